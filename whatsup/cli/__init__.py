@@ -1,0 +1,1 @@
+"""Command lines: ``whatsupd`` (the server) and ``whatsup`` (the client)."""

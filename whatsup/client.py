@@ -1,0 +1,219 @@
+"""A blocking whatsup client for scripts, tests and the ``whatsup`` CLI (docs/PROTOCOL.md).
+
+Plain sockets, no gevent: usable from any Python program. Requests that carry
+a ``ref`` wait for their answer; everything else the server pushes meanwhile
+(``msg``, ``receipt``, the ``sent`` of pipelined messages) is kept in order for
+:meth:`Client.recv`.
+
+Delivered items are deduplicated by ``seq`` (the server may deliver an item
+again after a crash if the device's ack was not yet durable) and acked in
+batches: ``recv`` acks everything it returned before it blocks on the socket.
+"""
+import collections
+import itertools
+import json
+import os
+import socket
+import ssl
+import time
+import uuid
+
+from . import protocol
+from .protocol import FrameDecoder, ProtocolError
+
+DEFAULT_SERVER = "127.0.0.1:7222"
+PUSHED = ("msg", "receipt")
+
+
+class ServerError(Exception):
+    """The server answered a request with an ``error`` frame."""
+
+    def __init__(self, frame):
+        super().__init__(f"{frame.get('code')}: {frame.get('message')}")
+        self.code, self.message, self.frame = frame.get("code"), frame.get("message"), frame
+
+
+class Closed(ConnectionError):
+    """The server closed the connection (``error`` holds its last error frame, if any)."""
+
+    def __init__(self, message, error=None):
+        super().__init__(message)
+        self.error = error
+
+
+def parse_server(text):
+    host, _, port = (text or DEFAULT_SERVER).rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+class Client:
+    def __init__(self, server=DEFAULT_SERVER, timeout=30.0, tls=False, cafile=None, last_seq=0,
+                 auto_ack=True, max_frame=1 << 24):
+        self.host, self.port = parse_server(server) if isinstance(server, str) else server
+        self.timeout = timeout
+        self.auto_ack = auto_ack
+        self.last_seq = last_seq  # highest delivered seq handed to the application
+        self.acked_seq = last_seq
+        self.user = None
+        self.hello = self.last_login = None
+        self.inbox = collections.deque()
+        self._refs = itertools.count(1)
+        self._decoder = FrameDecoder(max_frame)
+        sock = socket.create_connection((self.host, self.port), timeout=timeout)
+        if tls:
+            ctx = ssl.create_default_context(cafile=cafile)
+            sock = ctx.wrap_socket(sock, server_hostname=self.host)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = sock
+        self.hello = self.request({"type": "hello", "versions": list(protocol.VERSIONS),
+                                   "client": "whatsup.client"})
+
+    def __repr__(self):
+        return f"<Client {self.user or '-'} {self.host}:{self.port} last_seq={self.last_seq} inbox={len(self.inbox)}>"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        try:
+            self.flush_acks()
+        except OSError:
+            pass
+        self.sock.close()
+
+    # --- frames -----------------------------------------------------------------
+
+    def send_frame(self, frame):
+        self.sock.sendall(protocol.encode(frame))
+
+    def _read_frames(self, timeout):
+        self.sock.settimeout(timeout)
+        try:
+            data = self.sock.recv(1 << 20)
+        except (socket.timeout, ssl.SSLWantReadError):
+            return False
+        if not data:
+            last = next((f for f in reversed(self.inbox) if f.get("type") == "error"), None)
+            raise Closed("connection closed by the server", last)
+        for frame in self._decoder.feed(data):
+            if isinstance(frame, ProtocolError):
+                raise frame
+            self.inbox.append(frame)
+        return True
+
+    def request(self, frame, timeout=None):
+        """Send a request with a fresh ``ref`` and wait for the answer to it."""
+        ref = frame["ref"] = next(self._refs)
+        self.send_frame(frame)
+        deadline = time.monotonic() + (timeout or self.timeout)
+        while True:
+            for i, f in enumerate(self.inbox):
+                if f.get("ref") == ref:
+                    del self.inbox[i]
+                    if f.get("type") == "error":
+                        raise ServerError(f)
+                    return f
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no answer to {frame['type']} (ref {ref})")
+            self._read_frames(left)
+
+    # --- account ------------------------------------------------------------------
+
+    def register(self, user, password):
+        return self.request({"type": "register", "user": user, "password": password})
+
+    def login(self, user, password):
+        self.last_login = self.request({"type": "login", "user": user, "password": password})
+        self.user = user
+        return self.last_login
+
+    # --- messages ---------------------------------------------------------------------
+
+    def send(self, to, body, id=None):
+        """Send a message and wait for its ✓ (the ``sent`` frame, with ``id`` and ``ts``)."""
+        return self.request(self.message_frame(to, body, id))
+
+    def send_nowait(self, to, body, id=None):
+        """Send a message without waiting; its ``sent`` arrives through :meth:`recv`."""
+        frame = self.message_frame(to, body, id)
+        frame["ref"] = next(self._refs)
+        self.send_frame(frame)
+        return frame
+
+    @staticmethod
+    def message_frame(to, body, id=None):
+        return {"type": "msg", "id": id or uuid.uuid4().hex, "to": to, "body": body}
+
+    def read(self, to, ids):
+        """Tell ``to`` that its messages ``ids`` were read (waits until the server has it)."""
+        return self.request({"type": "read", "to": to, "ids": list(ids)})
+
+    def ping(self):
+        return self.request({"type": "ping"})
+
+    def ack(self, seq):
+        self.send_frame({"type": "ack", "seq": seq})
+        self.acked_seq = max(self.acked_seq, seq)
+
+    def flush_acks(self):
+        if self.auto_ack and self.last_seq > self.acked_seq:
+            self.ack(self.last_seq)
+
+    def recv(self, timeout=None):
+        """The next pushed frame (msg, receipt, sent, error...), or None after ``timeout``.
+
+        An item already handed out before (seq <= last_seq) is acked again and skipped.
+        """
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            while self.inbox:
+                frame = self.inbox.popleft()
+                if frame.get("type") in PUSHED:
+                    seq = frame.get("seq", 0)
+                    if seq <= self.last_seq:
+                        self.acked_seq = min(self.acked_seq, seq - 1)  # ack it again
+                        continue
+                    self.last_seq = seq
+                return frame
+            self.flush_acks()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            self._read_frames(left)
+
+    def drain(self, idle=0.5):
+        """Everything pushed until nothing more arrives for ``idle`` seconds."""
+        out = []
+        while True:
+            frame = self.recv(idle)
+            if frame is None:
+                return out
+            out.append(frame)
+
+
+class ClientState:
+    """The last delivered seq of one user on one server, kept between CLI runs."""
+
+    def __init__(self, server, user, directory=None):
+        base = directory or os.environ.get("XDG_STATE_HOME") or os.path.join(
+            os.path.expanduser("~"), ".local", "state")
+        host, port = parse_server(server)
+        self.path = os.path.join(base, "whatsup", f"{user}@{host}_{port}.json")
+
+    def load(self):
+        try:
+            with open(self.path) as f:
+                return int(json.load(f).get("last_seq", 0))
+        except (OSError, ValueError):
+            return 0
+
+    def save(self, last_seq):
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"last_seq": last_seq}, f)
+        os.replace(tmp, self.path)

@@ -1,0 +1,145 @@
+"""Settings: one declaration per setting feeds the TOML loader, the CLI and etc/whatsupd.toml.
+
+``python -m whatsup.config`` prints the commented default configuration; a test
+fails when etc/whatsupd.toml drifts from it.
+"""
+import dataclasses
+import os
+import sys
+import tomllib
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    name: str          # "section.key"
+    type: type
+    default: object
+    doc: str
+    minimum: object = None
+
+
+def _default_data_dir():
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "whatsup")
+
+
+SETTINGS = (
+    Setting("server.listen", str, "127.0.0.1:7222", "address whatsupd accepts clients on (host:port)"),
+    Setting("server.data_dir", str, "", "where accounts and the offd spool live; empty means "
+            "$XDG_DATA_HOME/whatsup (~/.local/share/whatsup)"),
+    Setting("server.log_level", str, "info", "debug, info, warning or error"),
+    Setting("server.node", str, "whatsup@localhost", "this node's name; pids carry it"),
+    Setting("protocol.max_frame", int, 65536, "largest frame accepted, in bytes (length header excluded)", 1024),
+    Setting("protocol.max_body", int, 61440, "largest message body, in UTF-8 bytes; must leave room for "
+            "the envelope below max_frame", 1),
+    Setting("protocol.idle_timeout", float, 90.0, "seconds without any frame from a client before its "
+            "connection is closed (clients ping every idle_timeout/3)", 1.0),
+    Setting("protocol.send_timeout", float, 30.0, "seconds a send to a device may stay blocked "
+            "before the session is closed (its items stay in offd)", 0.1),
+    Setting("protocol.login_timeout", float, 30.0, "seconds a new connection has to log in", 1.0),
+    Setting("session.window", int, 1000, "items sent to a device and not yet acked, at most; flow "
+            "control for spool drains and slow readers", 1),
+    Setting("session.dedup_window", int, 4096, "client message ids remembered per sender, so a "
+            "retransmission is acked again but not delivered twice", 16),
+    Setting("accounts.scrypt_n", int, 2 ** 15, "scrypt cost parameter N for password hashes", 2),
+    Setting("accounts.hash_threads", int, 2, "native threads hashing passwords off the hub", 1),
+    Setting("offd.shards", int, 4, "spool shards, each with its own directory and writer thread; "
+            "changing it needs ops/reshard.py", 1),
+    Setting("offd.segment_bytes", int, 64 * 2 ** 20, "spool segment size at which a new segment starts", 4096),
+    Setting("offd.max_queue", int, 100_000, "items queued for one user at most; senders get queue_full beyond", 1),
+    Setting("offd.expiry_days", float, 30.0, "undelivered items older than this are dropped (and logged)", 0.0),
+    Setting("offd.maintenance_interval", float, 10.0, "seconds between compaction and expiry passes", 0.1),
+)
+BY_NAME = {s.name: s for s in SETTINGS}
+
+
+class ConfigError(Exception):
+    """A configuration the node refuses to start with; the message is one line."""
+
+
+class Config:
+    """Resolved settings; read as ``cfg.offd.max_queue`` or ``cfg["offd.max_queue"]``."""
+
+    def __init__(self, values):
+        self._values = dict(values)
+
+    def __getitem__(self, name):
+        return self._values[name]
+
+    def __getattr__(self, section):
+        prefix = section + "."
+        found = {k[len(prefix):]: v for k, v in self._values.items() if k.startswith(prefix)}
+        if not found:
+            raise AttributeError(section)
+        return _Section(found)
+
+    def __repr__(self):
+        return f"<Config {self._values!r}>"
+
+    def as_dict(self):
+        return dict(self._values)
+
+    @property
+    def data_dir(self):
+        return self["server.data_dir"] or _default_data_dir()
+
+
+class _Section:
+    def __init__(self, values):
+        self.__dict__.update(values)
+
+
+def _coerce(setting, value):
+    if setting.type is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, setting.type) or isinstance(value, bool) != (setting.type is bool):
+        raise ConfigError(f"{setting.name} must be {setting.type.__name__}, got {value!r}")
+    if setting.minimum is not None and value < setting.minimum:
+        raise ConfigError(f"{setting.name} must be at least {setting.minimum}, got {value!r}")
+    return value
+
+
+def load(path=None, overrides=None):
+    """Defaults, then the TOML file at ``path``, then ``overrides`` (name -> value, None skipped)."""
+    values = {s.name: s.default for s in SETTINGS}
+    if path:
+        try:
+            with open(path, "rb") as f:
+                doc = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from None
+        for section, table in doc.items():
+            if not isinstance(table, dict):
+                raise ConfigError(f"{path}: top-level key {section!r} must be a [section]")
+            for key, value in table.items():
+                name = f"{section}.{key}"
+                if name not in BY_NAME:
+                    raise ConfigError(f"{path}: unknown setting {name}")
+                values[name] = _coerce(BY_NAME[name], value)
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            values[name] = _coerce(BY_NAME[name], value)
+    if values["protocol.max_body"] > values["protocol.max_frame"] - 512:
+        raise ConfigError("protocol.max_body must be at least 512 bytes below protocol.max_frame")
+    return Config(values)
+
+
+def render_toml():
+    """The commented default configuration, as shipped in etc/whatsupd.toml."""
+    lines = ["# whatsupd configuration. Every setting is shown with its default.",
+             "# Generated by `python -m whatsup.config`; edit a copy and pass it with --config."]
+    section = None
+    for s in SETTINGS:
+        sec, key = s.name.split(".", 1)
+        if sec != section:
+            lines += ["", f"[{sec}]"]
+            section = sec
+        bound = f" (minimum {s.minimum})" if s.minimum is not None else ""
+        lines.append(f"# {s.doc}{bound}")
+        value = f'"{s.default}"' if isinstance(s.default, str) else repr(s.default)
+        lines.append(f"{key} = {value}")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render_toml())

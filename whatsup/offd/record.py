@@ -1,0 +1,70 @@
+"""offd's on-disk record format (docs/ARCHITECTURE.md, "offd"). Pure: bytes in, records out.
+
+A segment file is a sequence of records::
+
+    magic  b"\\xa7W"      2 bytes
+    length uint32 BE     bytes in body
+    crc32  uint32 BE     of body
+    body   msgpack array, one of
+           ["B", counter]                              sequence base, first in every segment
+           ["P", user, seq, ts, kind, sender, cid, frame]  an item queued for ``user``
+           ["D", user, upto]                           items of ``user`` with seq <= upto are gone
+
+The magic lets recovery resynchronise after a damaged record: it keeps every
+intact record and counts the bad ones instead of giving up on the rest of the file.
+"""
+import struct
+import zlib
+
+import msgpack
+
+MAGIC = b"\xa7W"
+HEAD = struct.Struct(">2sII")
+MAX_BODY = 16 * 2 ** 20
+
+
+def encode(body):
+    data = msgpack.packb(body, use_bin_type=True)
+    return HEAD.pack(MAGIC, len(data), zlib.crc32(data)) + data
+
+
+def base(counter):
+    return encode(["B", counter])
+
+
+def put(user, seq, ts, kind, sender, cid, frame):
+    return encode(["P", user, seq, ts, kind, sender, cid, frame])
+
+
+def delete(user, upto):
+    return encode(["D", user, upto])
+
+
+def scan(data):
+    """Decode a segment's bytes; returns (records, bad, end).
+
+    ``records`` are the decoded bodies in file order, ``bad`` counts damaged
+    regions skipped, ``end`` is the offset just past the last intact record (a
+    torn tail beyond it is cut off by recovery).
+    """
+    records, bad, pos, end, n = [], 0, 0, 0, len(data)
+    while pos + HEAD.size <= n:
+        magic, length, crc = HEAD.unpack_from(data, pos)
+        stop = pos + HEAD.size + length
+        if magic == MAGIC and length <= MAX_BODY and stop <= n:
+            body = data[pos + HEAD.size:stop]
+            if zlib.crc32(body) == crc:
+                try:
+                    records.append(msgpack.unpackb(body, raw=False))
+                    pos = end = stop
+                    continue
+                except Exception:
+                    pass
+        if stop > n and magic == MAGIC and data.find(MAGIC, pos + 1) < 0:
+            break  # a torn last record: not damage, just an append the crash cut short
+        bad += 1
+        nxt = data.find(MAGIC, pos + 1)
+        if nxt < 0:
+            break
+        pos = nxt
+    return records, bad, end

@@ -1,0 +1,347 @@
+"""One offd spool: per-user queues in RAM, made durable by an append-only segment log.
+
+The hub only touches memory: ``put`` stamps an item, queues it and hands its
+record to the committer; a dedicated native thread writes and fsyncs whole
+batches (group commit), so every item that arrived while the previous fsync
+ran shares the next one. ``on_durable(err)`` fires on the hub after that fsync
+(err is None) or after a failed write (err is the OSError; the batch is cut off
+the file again and its items are taken out of their queues).
+
+Deletion is cumulative per user (devices ack "everything up to seq N"), so a
+queue is a deque consumed from the front. Segments are deleted oldest first
+only: a delete record then never outlives the put it cancels. Compaction
+rewrites the few live items of the oldest segment into the active one and
+unlinks it once that rewrite is fsynced.
+"""
+import collections
+import logging
+import os
+import time
+
+from gevent.threadpool import ThreadPool
+
+from ..batch import GroupCommitter
+from ..protocol import pack
+from . import record
+
+log = logging.getLogger("whatsup.offd")
+SEGMENT = "seg-{:010d}.log"
+
+
+class QueueFull(Exception):
+    """The recipient already has offd.max_queue items waiting."""
+
+
+class Item:
+    __slots__ = ("seq", "ts", "kind", "sender", "cid", "frame", "seg")
+
+    def __init__(self, seq, ts, kind, sender, cid, frame, seg):
+        self.seq, self.ts, self.kind, self.sender, self.cid, self.frame, self.seg = (
+            seq, ts, kind, sender, cid, frame, seg)
+
+    def __repr__(self):
+        return f"<Item {self.kind} seq={self.seq} from={self.sender} id={self.cid}>"
+
+
+class UserQueue:
+    """A user's undelivered items in seq order; the first ``sent`` went to the current device."""
+    __slots__ = ("items", "sent")
+
+    def __init__(self):
+        self.items = collections.deque()
+        self.sent = 0
+
+    def __len__(self):
+        return len(self.items)
+
+    def __repr__(self):
+        return f"<UserQueue queued={len(self.items)} sent={self.sent}>"
+
+    def unsent(self, n):
+        """Up to ``n`` items after those already sent, marking them sent."""
+        items, start = self.items, self.sent
+        stop = min(len(items), start + n)
+        self.sent = stop
+        return [items[i] for i in range(start, stop)]
+
+
+class Segment:
+    __slots__ = ("sid", "size", "live")
+
+    def __init__(self, sid, size=0, live=0):
+        self.sid, self.size, self.live = sid, size, live
+
+    def __repr__(self):
+        return f"<Segment {self.sid} size={self.size} live={self.live}>"
+
+
+class Spool:
+    """A spool directory. Create, then ``open()`` (recovery), then use from the hub."""
+
+    def __init__(self, directory, segment_bytes, max_queue, expiry_days):
+        self.dir = directory
+        self.segment_bytes = segment_bytes
+        self.max_queue = max_queue
+        self.expiry = expiry_days * 86400.0
+        self.queues = {}
+        self.segments = collections.OrderedDict()  # sid -> Segment, oldest first
+        self.counter = 0
+        self.recovered = []          # P records' (sender, cid, user, seq, ts) for dedup rebuild
+        self.stats = collections.Counter()
+        self._pool = ThreadPool(1)   # this spool's writer: a native thread owning the fds
+        self._fds = {}
+        self._log = None
+
+    def __repr__(self):
+        return (f"<Spool {self.dir} users={len(self.queues)} queued={self.queued()} "
+                f"segments={len(self.segments)} log={self._log!r}>")
+
+    # --- life cycle -------------------------------------------------------------
+
+    def open(self):
+        os.makedirs(self.dir, exist_ok=True)
+        self._pool.apply(self._recover)
+        self._log = GroupCommitter(self._pool, self._write, f"offd {self.dir}")
+        self._start_segment()
+        return self
+
+    def close(self):
+        """Flush what is pending, then stop the writer."""
+        self._log.stop()
+        self._pool.apply(self._close_fds)
+        self._pool.kill()
+
+    def flush(self, timeout=30.0):
+        """Wait until everything handed to the spool so far is fsynced."""
+        return self._log.flush(timeout)
+
+    # --- the hub's API -------------------------------------------------------------
+
+    def queue(self, user):
+        q = self.queues.get(user)
+        if q is None:
+            q = self.queues[user] = UserQueue()
+        return q
+
+    def queued(self):
+        return sum(len(q) for q in self.queues.values())
+
+    def put(self, user, kind, frame, sender=None, cid=None, on_durable=None, force=False):
+        """Queue ``frame`` (a dict; seq and ts are stamped into it) for ``user``.
+
+        Returns the Item. Raises QueueFull unless ``force`` (receipts are forced:
+        refusing one would lose it, and they are bounded by the messages sent).
+        """
+        q = self.queue(user)
+        if not force and len(q.items) >= self.max_queue:
+            raise QueueFull(user)
+        self.counter += 1
+        seq, ts = self.counter, int(time.time() * 1000)
+        frame["seq"], frame["ts"] = seq, ts
+        body = pack(frame)
+        seg = self._active
+        item = Item(seq, ts, kind, sender, cid, body, seg.sid)
+        q.items.append(item)
+        seg.live += 1
+        self._append(record.put(user, seq, ts, kind, sender, cid, body), on_durable and
+                     (lambda err: self._durable(user, item, err, on_durable)))
+        self.stats["put"] += 1
+        return item
+
+    def ack(self, user, upto):
+        """The device has every item up to ``upto``: drop those it was sent; returns them."""
+        q = self.queues.get(user)
+        if q is None:
+            return []
+        done = []
+        items = q.items
+        while q.sent and items and items[0].seq <= upto:
+            done.append(items.popleft())
+            q.sent -= 1
+        if done:
+            self._forget(done)
+            self._append(record.delete(user, done[-1].seq))
+            self.stats["acked"] += len(done)
+        if not items:
+            self.queues.pop(user, None)
+        return done
+
+    # --- durability -------------------------------------------------------------
+
+    def _append(self, data, waiter=None):
+        seg = self._active
+        self._log.add((seg.sid, data), waiter)
+        seg.size += len(data)
+        if seg.size >= self.segment_bytes:
+            self._start_segment()
+
+    def _durable(self, user, item, err, on_durable):
+        if err is not None:
+            q = self.queues.get(user)
+            if q is not None and item in q.items:
+                idx = q.items.index(item)
+                del q.items[idx]
+                if idx < q.sent:
+                    q.sent -= 1
+                self._forget([item])
+        on_durable(err)
+
+    # --- runs on the writer thread ----------------------------------------------------
+
+    def _path(self, sid):
+        return os.path.join(self.dir, SEGMENT.format(sid))
+
+    def _fd(self, sid):
+        fd = self._fds.get(sid)
+        if fd is None:
+            fd = self._fds[sid] = os.open(self._path(sid), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            dfd = os.open(self.dir, os.O_RDONLY)
+            try:
+                os.fsync(dfd)  # the new segment's name must survive a crash too
+            finally:
+                os.close(dfd)
+        return fd
+
+    def _write(self, batch):
+        """Append and fsync a batch; on error cut every touched file back and re-raise."""
+        touched = {}
+        try:
+            for sid, data in batch:
+                fd = self._fd(sid)
+                if sid not in touched:
+                    touched[sid] = os.fstat(fd).st_size
+                os.write(fd, data)  # short writes of regular files only happen on error
+            for sid in touched:
+                os.fsync(self._fds[sid])
+        except OSError:
+            for sid, size in touched.items():
+                try:
+                    os.ftruncate(self._fds[sid], size)
+                except OSError:
+                    pass
+            raise
+
+    def _unlink(self, sids):
+        for sid in sids:
+            fd = self._fds.pop(sid, None)
+            if fd is not None:
+                os.close(fd)
+            try:
+                os.unlink(self._path(sid))
+            except FileNotFoundError:
+                pass
+
+    def _close_fds(self):
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def _recover(self):
+        """Rebuild the queues from the segment files (writer thread, before serving)."""
+        sids = sorted(int(n[4:14]) for n in os.listdir(self.dir)
+                      if n.startswith("seg-") and n.endswith(".log") and n[4:14].isdigit())
+        found, wm = {}, {}
+        for sid in sids:
+            path = self._path(sid)
+            with open(path, "rb") as f:
+                data = f.read()
+            records, bad, end = record.scan(data)
+            if bad:
+                self.stats["bad_records"] += bad
+                log.error("offd %s: %d damaged record region(s) skipped in %s", self.dir, bad, path)
+            if end < len(data):
+                self.stats["torn_bytes"] += len(data) - end
+                log.warning("offd %s: cut a torn tail of %d bytes off %s", self.dir, len(data) - end, path)
+                with open(path, "r+b") as f:
+                    f.truncate(end)
+                    os.fsync(f.fileno())
+            self.segments[sid] = Segment(sid, end)
+            for rec in records:
+                self._replay(sid, rec, found, wm)
+        for user, by_seq in found.items():
+            q = self.queue(user)
+            for seq in sorted(by_seq):
+                item = by_seq[seq]
+                q.items.append(item)
+                self.segments[item.seg].live += 1
+        self.stats["recovered"] = self.queued()
+
+    def _replay(self, sid, rec, found, wm):
+        op = rec[0]
+        if op == "B":
+            self.counter = max(self.counter, rec[1])
+        elif op == "P":
+            _, user, seq, ts, kind, sender, cid, frame = rec
+            self.counter = max(self.counter, seq)
+            if cid is not None:
+                self.recovered.append((sender, cid, user, seq, ts))
+            if seq > wm.get(user, 0):
+                found.setdefault(user, {}).setdefault(seq, Item(seq, ts, kind, sender, cid, frame, sid))
+        elif op == "D":
+            _, user, upto = rec
+            wm[user] = max(wm.get(user, 0), upto)
+            by_seq = found.get(user)
+            if by_seq:
+                for seq in [s for s in by_seq if s <= upto]:
+                    del by_seq[seq]
+
+    # --- segments, compaction, expiry -------------------------------------------------
+
+    def _start_segment(self):
+        sid = (next(reversed(self.segments)) + 1) if self.segments else 1
+        self.segments[sid] = self._active = Segment(sid)
+        self._append(record.base(self.counter))
+
+    def _forget(self, items):
+        segs = self.segments
+        for item in items:
+            segs[item.seg].live -= 1
+
+    def maintain(self):
+        """Expire old items, roll an all-dead active segment, compact the oldest one."""
+        self._expire()
+        active = self._active
+        if active.live == 0 and active.size >= min(self.segment_bytes, 2 ** 20):
+            self._start_segment()
+        self._compact()
+
+    def _expire(self):
+        if self.expiry <= 0:
+            return
+        cutoff = (time.time() - self.expiry) * 1000
+        for user, q in list(self.queues.items()):
+            gone = []
+            while q.items and q.items[0].ts < cutoff:
+                gone.append(q.items.popleft())
+                q.sent = max(0, q.sent - 1)
+            if gone:
+                self._forget(gone)
+                self._append(record.delete(user, gone[-1].seq))
+                self.stats["expired"] += len(gone)
+                log.warning("offd: expired %d undelivered item(s) for %s (older than %.0f days)",
+                            len(gone), user, self.expiry / 86400)
+            if not q.items:
+                del self.queues[user]
+
+    def _compact(self):
+        """Rewrite the live items of every non-active segment forward, then unlink those segments."""
+        old = [s for s in self.segments.values() if s is not self._active]
+        if not old:
+            return
+        sids = {s.sid for s in old}
+        moved = 0
+        if any(s.live for s in old):
+            for user, q in self.queues.items():
+                for item in q.items:
+                    if item.seg in sids:
+                        self.segments[item.seg].live -= 1
+                        item.seg = self._active.sid
+                        self._active.live += 1
+                        self._append(record.put(user, item.seq, item.ts, item.kind, item.sender,
+                                                item.cid, item.frame))
+                        moved += 1
+        for sid in sids:
+            del self.segments[sid]
+        self.stats["compactions"] += 1
+        self.stats["compacted_items"] += moved
+        self._log.add(waiter=lambda err: err is None and self._pool.spawn(self._unlink, sorted(sids)))

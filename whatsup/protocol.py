@@ -1,0 +1,212 @@
+"""The wire protocol: frames <-> dicts, frame schemas and error codes.
+
+Implements docs/PROTOCOL.md ("Framing", "Frames", "Errors"). No sockets here: the
+session feeds received bytes to a :class:`FrameDecoder` and sends what
+:func:`encode` returns, so every rule of the protocol can be tested without I/O.
+"""
+import re
+import struct
+
+import msgpack
+
+VERSIONS = (1,)
+HEADER = struct.Struct(">I")
+USERNAME = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
+MIN_PASSWORD, MAX_PASSWORD = 6, 256
+MAX_ID = 64
+MAX_IDS = 1024
+
+
+class Code:
+    """Stable error codes (docs/PROTOCOL.md, "Errors"). Never renumber or rename."""
+    BAD_FRAME = "bad_frame"                  # zero length: framing corrupt, connection closed
+    FRAME_TOO_LARGE = "frame_too_large"      # length over max_frame: connection closed
+    BAD_MSGPACK = "bad_msgpack"
+    NOT_A_MAP = "not_a_map"
+    UNKNOWN_TYPE = "unknown_type"
+    BAD_FIELD = "bad_field"
+    UNSUPPORTED_VERSION = "unsupported_version"   # connection closed
+    HELLO_REQUIRED = "hello_required"
+    NOT_LOGGED_IN = "not_logged_in"
+    ALREADY_LOGGED_IN = "already_logged_in"
+    AUTH_FAILED = "auth_failed"
+    USER_TAKEN = "user_taken"
+    BAD_USERNAME = "bad_username"
+    BAD_PASSWORD = "bad_password"
+    UNKNOWN_USER = "unknown_user"
+    EMPTY_BODY = "empty_body"
+    BODY_TOO_LARGE = "body_too_large"
+    QUEUE_FULL = "queue_full"
+    STORE_FAILED = "store_failed"
+    REPLACED = "replaced"                    # connection closed
+    IDLE_TIMEOUT = "idle_timeout"            # connection closed
+    SHUTTING_DOWN = "shutting_down"          # connection closed
+    INTERNAL = "internal"
+
+
+#: Codes after which the server closes the connection.
+CLOSING = frozenset({Code.BAD_FRAME, Code.FRAME_TOO_LARGE, Code.UNSUPPORTED_VERSION,
+                     Code.REPLACED, Code.IDLE_TIMEOUT, Code.SHUTTING_DOWN})
+
+
+class ProtocolError(Exception):
+    """A frame the server refuses; answered with an ``error`` frame carrying ``code``."""
+
+    def __init__(self, code, message="", ref=None):
+        super().__init__(message or code)
+        self.code, self.message, self.ref = code, message or code, ref
+
+    def frame(self):
+        return error_frame(self.code, self.message, self.ref)
+
+
+class FramingError(ProtocolError):
+    """The byte stream can no longer be split into frames: the connection must close."""
+
+
+def error_frame(code, message, ref=None):
+    frame = {"type": "error", "code": code, "message": message}
+    if ref is not None:
+        frame["ref"] = ref
+    return frame
+
+
+def pack(frame):
+    """The msgpack body of a frame, without the length header."""
+    return msgpack.packb(frame, use_bin_type=True)
+
+
+def encode(frame):
+    """One frame on the wire: 4-byte big-endian length, then the msgpack map."""
+    body = pack(frame)
+    return HEADER.pack(len(body)) + body
+
+
+def frame_bytes(body):
+    """Wire bytes for an already packed body (offd stores packed bodies)."""
+    return HEADER.pack(len(body)) + body
+
+
+def unpack(body):
+    """Decode one frame body; raises ProtocolError(bad_msgpack|not_a_map).
+
+    Every container and string limit is bounded by the body's own size, so a few
+    hostile bytes cannot make the decoder allocate more than the frame (msgpack's
+    defaults allow arrays of ~100 million elements).
+    """
+    n = len(body)
+    try:
+        obj = msgpack.unpackb(body, raw=False, strict_map_key=True, max_str_len=n,
+                              max_bin_len=n, max_array_len=n, max_map_len=n, max_ext_len=n)
+    except Exception as exc:  # msgpack raises several unrelated types on bad input
+        raise ProtocolError(Code.BAD_MSGPACK, f"undecodable msgpack: {type(exc).__name__}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(Code.NOT_A_MAP, f"a frame must be a map, not {type(obj).__name__}")
+    return obj
+
+
+class FrameDecoder:
+    """Splits a byte stream into frames; fatal framing errors raise FramingError.
+
+    ``feed`` returns a list whose items are decoded maps or ProtocolError
+    instances for frames that were well delimited but undecodable: those cost
+    the client an error frame, not its connection.
+    """
+
+    def __init__(self, max_frame):
+        self.max_frame = max_frame
+        self._buf = bytearray()
+
+    def __repr__(self):
+        return f"<FrameDecoder buffered={len(self._buf)} max_frame={self.max_frame}>"
+
+    def feed(self, data):
+        buf = self._buf
+        buf += data
+        out, pos, size = [], 0, len(buf)
+        while size - pos >= 4:
+            (length,) = HEADER.unpack_from(buf, pos)
+            if length == 0:
+                raise FramingError(Code.BAD_FRAME, "zero-length frame")
+            if length > self.max_frame:
+                raise FramingError(Code.FRAME_TOO_LARGE,
+                                   f"frame of {length} bytes exceeds max_frame {self.max_frame}")
+            if size - pos - 4 < length:
+                break
+            body = bytes(buf[pos + 4:pos + 4 + length])
+            pos += 4 + length
+            try:
+                out.append(unpack(body))
+            except ProtocolError as exc:
+                out.append(exc)
+        del buf[:pos]
+        return out
+
+
+# --- frame schemas -----------------------------------------------------------------
+
+def _str(lo, hi):
+    def check(v):
+        return isinstance(v, str) and lo <= len(v) <= hi
+    check.doc = f"string of {lo}..{hi} characters"
+    return check
+
+
+def _int(v):
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2 ** 63
+
+
+_int.doc = "integer 0..2^63-1"
+
+
+def _ids(v):
+    return (isinstance(v, list) and 1 <= len(v) <= MAX_IDS
+            and all(isinstance(i, str) and 1 <= len(i) <= MAX_ID for i in v))
+
+
+_ids.doc = f"array of 1..{MAX_IDS} message ids"
+
+
+def _versions(v):
+    return isinstance(v, list) and 1 <= len(v) <= 16 and all(_int(i) for i in v)
+
+
+_versions.doc = "array of 1..16 integers"
+
+_ref = _int
+_user = _str(1, 64)  # the name rule itself is checked by register, so login can say auth_failed
+
+#: type -> {field: (required, check)}. Unknown extra fields are ignored, as is any
+#: ``from`` a client claims: the sender is always the authenticated user.
+SCHEMAS = {
+    "hello": {"ref": (True, _ref), "versions": (True, _versions), "client": (False, _str(0, 128))},
+    "register": {"ref": (True, _ref), "user": (True, _user), "password": (True, _str(0, MAX_PASSWORD))},
+    "login": {"ref": (True, _ref), "user": (True, _user), "password": (True, _str(0, MAX_PASSWORD))},
+    "msg": {"ref": (True, _ref), "id": (True, _str(1, MAX_ID)), "to": (True, _user),
+            "body": (True, lambda v: isinstance(v, str))},
+    "ack": {"seq": (True, _int)},
+    "read": {"ref": (True, _ref), "to": (True, _user), "ids": (True, _ids)},
+    "ping": {"ref": (False, _ref)},
+}
+
+
+def parse(frame):
+    """Check a decoded map against its schema; returns (type, frame).
+
+    Raises ProtocolError(unknown_type|bad_field) carrying the frame's ``ref``
+    when it has a usable one, so the client can match the error to its request.
+    """
+    ref = frame.get("ref")
+    ref = ref if _int(ref) else None
+    ftype = frame.get("type")
+    schema = SCHEMAS.get(ftype) if isinstance(ftype, str) else None
+    if schema is None:
+        raise ProtocolError(Code.UNKNOWN_TYPE, f"unknown frame type {ftype!r}"[:200], ref)
+    for name, (required, check) in schema.items():
+        if name not in frame:
+            if required:
+                raise ProtocolError(Code.BAD_FIELD, f"{ftype}: missing field {name!r}", ref)
+        elif not check(frame[name]):
+            doc = getattr(check, "doc", "")
+            raise ProtocolError(Code.BAD_FIELD, f"{ftype}: field {name!r} must be {doc}".strip(), ref)
+    return ftype, frame

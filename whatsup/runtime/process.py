@@ -1,0 +1,298 @@
+"""gen_server-style processes: a greenlet, a gevent.queue mailbox, one message at a time.
+
+A process is a container (pid, mailbox, greenlet, counters) running a
+*behaviour*: a class whose callbacks take the current state and return the next
+one, so state and code stay apart and code can be swapped between two messages.
+
+Callbacks (all optional but ``init``)::
+
+    init(proc, *args) -> state
+    handle_call(proc, request, state) -> (reply, state)
+    handle_cast(proc, msg, state) -> state
+    handle_info(proc, msg, state) -> state
+    terminate(proc, reason, state)
+    code_change(old_state, old_vsn) -> state        # on hot reload
+    describe(state) -> dict                         # what the operator shell shows
+
+Others hold a :class:`Pid`, never the object: ``send``, ``cast``, ``call`` and
+``kill`` take pids, and a pid names its node, so a later cross-node transport
+can serve the same calls. A ``call`` to a dead process, or one that dies before
+answering, raises :class:`ProcessDead` instead of hanging (pykka's rule).
+"""
+import itertools
+import logging
+import time
+from typing import NamedTuple
+
+import gevent
+from gevent.event import AsyncResult
+from gevent.queue import Queue
+
+log = logging.getLogger("whatsup.runtime")
+
+CALL, CAST, SYS = "$call", "$cast", "$sys"
+
+
+class Pid(NamedTuple):
+    node: str
+    n: int
+
+    def __repr__(self):
+        return f"<{self.node}.{self.n}>"
+
+
+class ProcessDead(Exception):
+    """The process a call or send was addressed to is not running (or died meanwhile)."""
+
+
+class CallTimeout(Exception):
+    """A call got no answer within its timeout; the callee may still process it."""
+
+
+class Exit(gevent.GreenletExit):
+    """Raised inside a process to stop it with ``reason``."""
+
+    def __init__(self, reason="normal"):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Process:
+    """One gen_server instance. See the module docstring for the behaviour contract."""
+
+    def __init__(self, table, behaviour, args=(), name=None, kind=None, entity=None, restarts=0):
+        self.table = table
+        self.pid = table.new_pid()
+        self.behaviour = behaviour
+        self.vsn = getattr(behaviour, "vsn", 1)
+        self.args = args
+        self.name = name
+        self.kind = kind or getattr(behaviour, "kind", behaviour.__name__.lower())
+        self.entity = entity
+        self.restarts = restarts
+        self.mailbox = Queue()
+        self.state = None
+        self.handled = 0
+        self.started = time.time()
+        self.last_message = None
+        self.exit_reason = None
+        self.monitors = {}  # ref -> callable(pid, reason) or watcher Pid
+        self.greenlet = gevent.Greenlet(self._run)
+        self.greenlet.name = f"{self.kind}{self.pid!r}"
+
+    def __repr__(self):
+        ent = f" {self.entity}" if self.entity is not None else ""
+        status = "dead" if self.exit_reason is not None else "alive"
+        return (f"<Process {self.pid!r} {self.kind}{ent} {status} mailbox={len(self.mailbox)} "
+                f"handled={self.handled}>")
+
+    # --- lifecycle ------------------------------------------------------------
+
+    def start(self):
+        """Run in a new greenlet; returns the pid."""
+        self.table.add(self)
+        self.greenlet.start()
+        return self.pid
+
+    def run_here(self):
+        """Run in the calling greenlet until the process exits (a server's connection greenlet
+        becomes the session process, so a connection costs one greenlet, not two)."""
+        self.greenlet = gevent.getcurrent()
+        self.table.add(self)
+        self._run()
+
+    @property
+    def alive(self):
+        return self.exit_reason is None
+
+    def info(self):
+        """What the process table and the operator shell show about this process."""
+        describe = getattr(self.behaviour, "describe", None)
+        return {
+            "pid": self.pid, "kind": self.kind, "name": self.name, "entity": self.entity,
+            "mailbox": len(self.mailbox), "handled": self.handled, "restarts": self.restarts,
+            "started": self.started, "uptime": time.time() - self.started,
+            "behaviour": f"{self.behaviour.__module__}.{self.behaviour.__qualname__}",
+            "vsn": self.vsn, "alive": self.alive,
+            "detail": describe(self.state) if describe and self.state is not None else None,
+        }
+
+    def _run(self):
+        reason = "normal"
+        try:
+            self.state = self.behaviour.init(self, *self.args)
+            while True:
+                msg = self.mailbox.get()
+                self.last_message = msg
+                self._dispatch(msg)
+                self.handled += 1
+        except Exit as exc:
+            reason = exc.reason
+        except gevent.GreenletExit:
+            reason = "killed"
+        except Exception as exc:
+            reason = ("crash", exc)
+            log.error("process %r (%s) crashed handling %.300r", self.pid, self.kind,
+                      self.last_message, exc_info=True)
+        finally:
+            self._exit(reason)
+
+    def _dispatch(self, msg):
+        tag = msg[0] if type(msg) is tuple and msg else None
+        b = self.behaviour
+        if tag == CALL:
+            _, result, request = msg
+            try:
+                reply, self.state = b.handle_call(self, request, self.state)
+            except BaseException as exc:
+                result.set_exception(ProcessDead(f"{self.pid!r} crashed handling the call: {exc!r}"))
+                raise
+            result.set(reply)
+        elif tag == CAST:
+            self.state = b.handle_cast(self, msg[1], self.state)
+        elif tag == SYS:
+            msg[1](self)
+        else:
+            self.state = b.handle_info(self, msg, self.state)
+
+    def _exit(self, reason):
+        self.exit_reason = reason
+        terminate = getattr(self.behaviour, "terminate", None)
+        if terminate is not None and self.state is not None:
+            try:
+                terminate(self, reason, self.state)
+            except Exception:
+                log.exception("terminate of %r failed", self.pid)
+        dead = ProcessDead(f"{self.pid!r} exited: {_reason_text(reason)}")
+        while len(self.mailbox):
+            msg = self.mailbox.get_nowait()
+            if type(msg) is tuple and msg and msg[0] == CALL:
+                msg[1].set_exception(dead)
+        self.table.remove(self)
+        for ref, watcher in list(self.monitors.items()):
+            if callable(watcher):
+                watcher(self.pid, reason)
+            else:
+                self.table.send(watcher, ("DOWN", ref, self.pid, reason))
+
+    # --- used by behaviours ---------------------------------------------------
+
+    def stop(self, reason="normal"):
+        """Stop this process from inside one of its callbacks."""
+        raise Exit(reason)
+
+
+def _reason_text(reason):
+    if isinstance(reason, tuple) and reason and reason[0] == "crash":
+        return f"crashed: {reason[1]!r}"
+    return str(reason)
+
+
+class ProcessTable:
+    """This node's processes by pid, and registered names (Erlang's process registry)."""
+
+    def __init__(self, node="whatsup@localhost"):
+        self.node = node
+        self.procs = {}
+        self.names = {}
+        self._ids = itertools.count(1)
+        self._refs = itertools.count(1)
+
+    def __repr__(self):
+        return f"<ProcessTable {self.node} processes={len(self.procs)} names={len(self.names)}>"
+
+    def __len__(self):
+        return len(self.procs)
+
+    def new_pid(self):
+        return Pid(self.node, next(self._ids))
+
+    def add(self, proc):
+        if proc.name is not None:
+            if proc.name in self.names:
+                raise ValueError(f"name {proc.name!r} already registered to {self.names[proc.name]!r}")
+            self.names[proc.name] = proc.pid
+        self.procs[proc.pid.n] = proc
+
+    def remove(self, proc):
+        self.procs.pop(proc.pid.n, None)
+        if proc.name is not None and self.names.get(proc.name) == proc.pid:
+            del self.names[proc.name]
+
+    def spawn(self, behaviour, *args, **opts):
+        """Start a process running ``behaviour``; returns its pid."""
+        return Process(self, behaviour, args, **opts).start()
+
+    def lookup(self, pid):
+        """The live local Process behind ``pid`` (or a registered name), else ProcessDead."""
+        if isinstance(pid, str):
+            pid = self.whereis(pid)
+        if pid is None or pid.node != self.node:
+            raise ProcessDead(f"no route to {pid!r}")
+        proc = self.procs.get(pid.n)
+        if proc is None:
+            raise ProcessDead(f"{pid!r} is not running")
+        return proc
+
+    def whereis(self, name):
+        return self.names.get(name)
+
+    def send(self, pid, msg):
+        """Put ``msg`` in the mailbox of ``pid`` (Erlang's ``Pid ! Msg``)."""
+        self.lookup(pid).mailbox.put(msg)
+
+    def cast(self, pid, msg):
+        self.send(pid, (CAST, msg))
+
+    def call(self, pid, request, timeout=5.0):
+        """Ask ``pid`` and wait for its answer; ProcessDead or CallTimeout otherwise."""
+        result = AsyncResult()
+        self.send(pid, (CALL, result, request))
+        try:
+            return result.get(timeout=timeout)
+        except gevent.Timeout:
+            raise CallTimeout(f"{pid!r} did not answer within {timeout}s") from None
+
+    def sys(self, pid, fn, timeout=5.0):
+        """Run ``fn(proc)`` inside the process between two messages and return its result."""
+        result = AsyncResult()
+
+        def run(proc):
+            try:
+                result.set(fn(proc))
+            except Exception as exc:
+                result.set_exception(exc)
+        self.send(pid, (SYS, run))
+        try:
+            return result.get(timeout=timeout)
+        except gevent.Timeout:
+            raise CallTimeout(f"{pid!r} did not run the system message within {timeout}s") from None
+
+    def monitor(self, target, watcher):
+        """Tell ``watcher`` (a pid, or a callable(pid, reason)) when ``target`` exits.
+
+        A monitor of a process that is already gone fires at once with reason
+        'noproc', as in Erlang, so no exit can be missed.
+        """
+        ref = next(self._refs)
+        try:
+            self.lookup(target).monitors[ref] = watcher
+        except ProcessDead:
+            if callable(watcher):
+                gevent.spawn(watcher, target, "noproc")
+            else:
+                self.send(watcher, ("DOWN", ref, target, "noproc"))
+        return ref
+
+    def demonitor(self, target, ref):
+        proc = self.procs.get(target.n)
+        if proc is not None:
+            proc.monitors.pop(ref, None)
+
+    def kill(self, pid, reason="killed"):
+        """Stop a process at once with ``reason``; its monitors and supervisor learn why."""
+        proc = self.lookup(pid)
+        proc.greenlet.kill(Exit(reason), block=False)
+
+    def processes(self, kind=None):
+        return [p for p in list(self.procs.values()) if kind is None or p.kind == kind]
