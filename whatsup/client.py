@@ -7,7 +7,8 @@ a ``ref`` wait for their answer; everything else the server pushes meanwhile
 
 Delivered items are deduplicated by ``seq`` (the server may deliver an item
 again after a crash if the device's ack was not yet durable) and acked in
-batches: ``recv`` acks everything it returned before it blocks on the socket.
+batches: with ``auto_ack``, handing out the last item of a received burst acks
+the whole burst with one cumulative ``ack``.
 """
 import collections
 import itertools
@@ -178,6 +179,8 @@ class Client:
                         self.acked_seq = min(self.acked_seq, seq - 1)  # ack it again
                         continue
                     self.last_seq = seq
+                    if not self.inbox:
+                        self.flush_acks()  # the last of a burst: one ack covers all of it
                 return frame
             self.flush_acks()
             left = deadline - time.monotonic()

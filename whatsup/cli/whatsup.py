@@ -171,3 +171,7 @@ def chat(ctx, user, password, peer):
         mine[frame["id"]] = text
     with lock:
         client.close()
+
+
+if __name__ == "__main__":
+    main()

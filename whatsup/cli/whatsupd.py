@@ -31,3 +31,7 @@ def main(config_path, listen, data_dir, log_level):
     except (StartError, config.ConfigError) as exc:
         raise click.ClickException(str(exc)) from None
     node.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

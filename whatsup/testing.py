@@ -1,0 +1,124 @@
+"""Run a real whatsupd as a subprocess: for the tests, the benchmarks and the chaos tools.
+
+The node gets its own data dir and config file, listens on a free loopback
+port (``server.listen = 127.0.0.1:0``; the port is read from its log) and logs
+to a file, so a test can read what the server logged and ``kill -9`` it for
+real.
+"""
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+from .client import Client
+
+LISTENING = re.compile(r"listening on ([0-9.]+):(\d+)")
+FAST = {"accounts.scrypt_n": 1024}  # tests hash thousands of passwords; production keeps 2**15
+
+
+def render(settings):
+    """A TOML document from ``{"section.key": value}``."""
+    sections = {}
+    for name, value in settings.items():
+        section, key = name.split(".", 1)
+        sections.setdefault(section, {})[key] = value
+    lines = []
+    for section, table in sections.items():
+        lines.append(f"[{section}]")
+        for key, value in table.items():
+            if isinstance(value, bool):
+                value = str(value).lower()
+            elif isinstance(value, str):
+                value = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            lines.append(f"{key} = {value}")
+    return "\n".join(lines) + "\n"
+
+
+class ServerProcess:
+    def __init__(self, directory, settings=None, env=None):
+        self.dir = str(directory)
+        self.data_dir = os.path.join(self.dir, "data")
+        self.config = os.path.join(self.dir, "whatsupd.toml")
+        self.log_path = os.path.join(self.dir, "whatsupd.log")
+        self.settings = {**FAST, "server.listen": "127.0.0.1:0", "server.data_dir": self.data_dir,
+                         **(settings or {})}
+        self.env = env
+        self.proc = None
+        self.address = None
+        self.starts = 0
+
+    def __repr__(self):
+        return f"<ServerProcess {self.address} pid={self.proc and self.proc.pid} starts={self.starts}>"
+
+    @property
+    def server(self):
+        return f"{self.address[0]}:{self.address[1]}"
+
+    def start(self, timeout=30.0):
+        if self.address is not None:  # a restart keeps the port, so clients reconnect to it
+            self.settings["server.listen"] = self.server
+        with open(self.config, "w") as f:
+            f.write(render(self.settings))
+        offset = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0
+        log = open(self.log_path, "ab")
+        env = {**os.environ, **(self.env or {})}
+        self.proc = subprocess.Popen([sys.executable, "-m", "whatsup.cli.whatsupd", "--config", self.config],
+                                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = LISTENING.search(self.log(offset))
+            if match:
+                self.address = (match.group(1), int(match.group(2)))
+                self.starts += 1
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"whatsupd exited with {self.proc.returncode}:\n{self.log(offset)}")
+            time.sleep(0.02)
+        self.kill()
+        raise RuntimeError(f"whatsupd did not start within {timeout}s:\n{self.log(offset)}")
+
+    def log(self, offset=0):
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(offset)
+                return f.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def kill(self):
+        """``kill -9``: no flush, no goodbye."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self, timeout=20.0):
+        """SIGTERM and wait; returns the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode
+
+    def restart(self):
+        self.kill()
+        return self.start()
+
+    def client(self, user=None, password=None, register=False, **opts):
+        c = Client(self.server, **opts)
+        if register:
+            c.register(user, password or f"pw-{user}")
+        if user is not None:
+            c.login(user, password or f"pw-{user}")
+        return c
+
+    def register(self, *users):
+        with self.client() as c:
+            for user in users:
+                c.register(user, f"pw-{user}")
