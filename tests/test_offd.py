@@ -1,0 +1,129 @@
+"""offd's spool driven directly: real files, no server (docs/ARCHITECTURE.md, "offd")."""
+import os
+
+import pytest
+
+from whatsup.offd import Offd, QueueFull, Spool
+from whatsup.offd.spool import SEGMENT
+
+
+def spool(path, **kw):
+    opts = {"segment_bytes": 1 << 20, "max_queue": 1000, "expiry_days": 30.0, **kw}
+    return Spool(str(path), **opts).open()
+
+
+def put(sp, user, n, sender="alice", durable=None):
+    return [sp.put(user, "msg", {"type": "msg", "body": f"m{i}"}, sender=sender, cid=f"c{i}",
+                   on_durable=durable) for i in range(n)]
+
+
+def bodies(sp, user):
+    import msgpack
+    return [msgpack.unpackb(i.frame)["body"] for i in sp.queue(user).items]
+
+
+def test_items_survive_a_reopen_in_order_and_acked_ones_are_gone(tmp_path):
+    sp = spool(tmp_path)
+    put(sp, "bob", 10)
+    q = sp.queue("bob")
+    q.unsent(4)
+    sp.ack("bob", q.items[3].seq)
+    sp.close()
+    sp = spool(tmp_path)
+    assert bodies(sp, "bob") == [f"m{i}" for i in range(4, 10)]
+    assert {(s, c) for s, c, *_ in sp.recovered} >= {("alice", f"c{i}") for i in range(10)}
+    sp.close()
+
+
+def test_durability_callbacks_fire_after_the_group_commit(tmp_path):
+    sp = spool(tmp_path)
+    done = []
+    put(sp, "bob", 50, durable=done.append)
+    assert done == []            # nothing is durable before the writer ran
+    sp.flush()
+    assert done == [None] * 50
+    assert sp._log.batches <= 3  # 50 puts shared a few fsyncs, not 50
+    sp.close()
+
+
+def test_an_ack_only_removes_items_the_device_was_sent(tmp_path):
+    sp = spool(tmp_path)
+    items = put(sp, "bob", 5)
+    sp.queue("bob").unsent(2)
+    assert [i.seq for i in sp.ack("bob", items[4].seq)] == [items[0].seq, items[1].seq]
+    assert len(sp.queue("bob")) == 3
+    sp.close()
+
+
+def test_a_torn_last_record_is_cut_and_everything_before_it_kept(tmp_path):
+    sp = spool(tmp_path)
+    put(sp, "bob", 3)
+    sp.close()
+    seg = sorted(os.listdir(tmp_path))[-1]
+    path = tmp_path / seg
+    data = path.read_bytes()
+    path.write_bytes(data[:-5])
+    sp = spool(tmp_path)
+    assert bodies(sp, "bob") == ["m0", "m1"]
+    assert sp.stats["torn_bytes"] > 0
+    sp.close()
+
+
+def test_seq_never_goes_backwards_even_after_everything_was_acked_and_compacted(tmp_path):
+    sp = spool(tmp_path, segment_bytes=4096)
+    last = put(sp, "bob", 200)[-1].seq
+    sp.queue("bob").unsent(200)
+    sp.ack("bob", last)
+    sp.maintain()
+    sp.flush()
+    sp.close()
+    sp = spool(tmp_path, segment_bytes=4096)
+    assert put(sp, "bob", 1)[0].seq > last
+    sp.close()
+
+
+def test_compaction_keeps_live_items_and_shrinks_the_files(tmp_path):
+    sp = spool(tmp_path, segment_bytes=4096)
+    put(sp, "carol", 3, sender="dave")        # stays queued: must survive compaction
+    items = put(sp, "bob", 400)
+    sp.queue("bob").unsent(400)
+    sp.ack("bob", items[-1].seq)
+    sp.flush()
+    before = sum(f.stat().st_size for f in tmp_path.iterdir())
+    sp.maintain()
+    sp.flush()
+    sp._pool.apply(lambda: None)             # the unlink runs on the writer thread
+    after = sum(f.stat().st_size for f in tmp_path.iterdir())
+    assert after < before / 4
+    sp.close()
+    sp = spool(tmp_path, segment_bytes=4096)
+    assert bodies(sp, "carol") == ["m0", "m1", "m2"] and len(sp.queue("bob")) == 0
+    sp.close()
+
+
+def test_a_full_queue_refuses_messages_but_not_receipts(tmp_path):
+    sp = spool(tmp_path, max_queue=3)
+    put(sp, "bob", 3)
+    with pytest.raises(QueueFull):
+        put(sp, "bob", 1)
+    sp.put("bob", "receipt", {"type": "receipt"}, force=True)
+    assert len(sp.queue("bob")) == 4
+    sp.close()
+
+
+def test_expired_items_are_dropped(tmp_path):
+    sp = spool(tmp_path, expiry_days=1e-9)
+    put(sp, "bob", 3)
+    sp.maintain()
+    assert len(sp.queue("bob")) == 0 and sp.stats["expired"] == 3
+    sp.close()
+
+
+def test_offd_refuses_a_data_dir_written_with_another_shard_count(tmp_path):
+    Offd(str(tmp_path), 2, 1 << 20, 10, 30.0).open().close()
+    with pytest.raises(Exception, match="reshard"):
+        Offd(str(tmp_path), 3, 1 << 20, 10, 30.0).open()
+
+
+def test_segment_names_sort_in_write_order():
+    assert SEGMENT.format(9) < SEGMENT.format(10)

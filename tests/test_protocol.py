@@ -1,0 +1,79 @@
+"""The codec and the schemas, without sockets (docs/PROTOCOL.md, "Framing" and "Frames")."""
+import struct
+
+import msgpack
+import pytest
+
+from whatsup import protocol
+from whatsup.protocol import Code, FrameDecoder, FramingError, ProtocolError
+
+
+def test_frames_split_across_reads_are_reassembled():
+    data = protocol.encode({"type": "ping", "ref": 1}) + protocol.encode({"type": "ping", "ref": 2})
+    dec = FrameDecoder(1024)
+    out = []
+    for i in range(len(data)):
+        out += dec.feed(data[i:i + 1])
+    assert out == [{"type": "ping", "ref": 1}, {"type": "ping", "ref": 2}]
+
+
+def test_zero_length_and_oversized_frames_are_framing_errors():
+    with pytest.raises(FramingError) as e:
+        FrameDecoder(1024).feed(b"\0\0\0\0")
+    assert e.value.code == Code.BAD_FRAME
+    with pytest.raises(FramingError) as e:
+        FrameDecoder(1024).feed(struct.pack(">I", 1025))
+    assert e.value.code == Code.FRAME_TOO_LARGE
+
+
+def test_undecodable_bodies_cost_an_error_not_the_stream():
+    bad = b"\xc1"                              # never used in msgpack
+    arr = msgpack.packb([1, 2])
+    trailing = msgpack.packb({"type": "ping"}) + b"\x01"
+    dec = FrameDecoder(1024)
+    out = dec.feed(b"".join(struct.pack(">I", len(b)) + b for b in (bad, arr, trailing))
+                   + protocol.encode({"type": "ping"}))
+    assert [o.code for o in out[:3]] == [Code.BAD_MSGPACK, Code.NOT_A_MAP, Code.BAD_MSGPACK]
+    assert out[3] == {"type": "ping"}
+
+
+def test_a_tiny_frame_cannot_claim_a_huge_array():
+    # 0xdd = array32 with 2^32-1 elements, in a 5-byte body: must fail fast, not allocate.
+    body = b"\xdd\xff\xff\xff\xff"
+    with pytest.raises(ProtocolError) as e:
+        protocol.unpack(body)
+    assert e.value.code == Code.BAD_MSGPACK
+
+
+@pytest.mark.parametrize("frame, code", [
+    ({"ref": 1}, Code.UNKNOWN_TYPE),
+    ({"type": "launch", "ref": 1}, Code.UNKNOWN_TYPE),
+    ({"type": 7}, Code.UNKNOWN_TYPE),
+    ({"type": "msg", "ref": 1, "id": "a", "to": "bob"}, Code.BAD_FIELD),
+    ({"type": "msg", "ref": 1, "id": "a", "to": "bob", "body": b"bytes"}, Code.BAD_FIELD),
+    ({"type": "msg", "ref": 1, "id": "x" * 65, "to": "bob", "body": "hi"}, Code.BAD_FIELD),
+    ({"type": "ack", "seq": -1}, Code.BAD_FIELD),
+    ({"type": "ack", "seq": True}, Code.BAD_FIELD),
+    ({"type": "read", "ref": 1, "to": "bob", "ids": []}, Code.BAD_FIELD),
+    ({"type": "hello", "ref": 1, "versions": "1"}, Code.BAD_FIELD),
+])
+def test_schema_violations_have_stable_codes(frame, code):
+    with pytest.raises(ProtocolError) as e:
+        protocol.parse(frame)
+    assert e.value.code == code
+    assert e.value.ref == frame.get("ref")
+
+
+def test_a_claimed_sender_is_not_part_of_any_schema():
+    ftype, frame = protocol.parse({"type": "msg", "ref": 1, "id": "a", "to": "bob", "body": "hi",
+                                   "from": "mallory"})
+    assert ftype == "msg" and "from" not in protocol.SCHEMAS["msg"]
+
+
+def test_the_worked_example_in_the_protocol_doc_is_true():
+    with open("docs/PROTOCOL.md") as f:
+        doc = f.read()
+    assert protocol.encode({"type": "hello", "ref": 1, "versions": [1]}).hex(" ")[:11] in doc
+    for name, code in vars(Code).items():
+        if name.isupper():
+            assert f"`{code}`" in doc, f"error code {code} is not documented"
