@@ -128,6 +128,7 @@ def chat(ctx, user, password, peer):
     def show(text):
         with lock:
             click.echo(text)
+            sys.stdout.flush()  # a pipe is block-buffered; a chat line must show now
 
     def receive():
         try:

@@ -1,0 +1,128 @@
+"""The command lines as README shows them, run as subprocesses."""
+import json
+import os
+import queue
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from whatsup import config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def cli(server, tmp_path):
+    env = {**os.environ, "WHATSUP_SERVER": server.server, "WHATSUP_PASSWORD": "correct-horse",
+           "XDG_STATE_HOME": str(tmp_path / "state")}
+
+    def run(*args, check=True, **kw):
+        proc = subprocess.run([os.path.join(ROOT, "bin", "whatsup"), *args], env=env,
+                              capture_output=True, text=True, timeout=60, **kw)
+        if check:
+            assert proc.returncode == 0, proc.stderr
+        return proc
+    run.env = env
+    return run
+
+
+def test_register_send_and_inbox_with_ticks(cli):
+    cli("register", "alice")
+    cli("register", "bob")
+    assert "user_taken" in cli("register", "bob", check=False).stderr
+    mid = cli("send", "--as", "alice", "bob", "hi bob").stdout.strip()
+    assert len(mid) == 32
+    lines = [json.loads(line) for line in cli("inbox", "--as", "bob", "--json").stdout.splitlines()]
+    assert [(m["type"], m["from"], m["body"], m["id"]) for m in lines] == [("msg", "alice", "hi bob", mid)]
+    assert cli("inbox", "--as", "bob").stdout == ""           # acked: gone
+    out = cli("inbox", "--as", "alice").stdout
+    assert "✓✓ delivered by bob" in out and mid in out
+    assert "auth_failed" in cli("inbox", "--as", "bob", "--password", "wrong!!", check=False).stderr
+
+
+def _reader(proc):
+    lines = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    return lines
+
+
+def _wait_for(lines, text, timeout=20):
+    deadline, seen = time.monotonic() + timeout, []
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=0.2)
+        except queue.Empty:
+            continue
+        seen.append(line)
+        if text in line:
+            return line
+    raise AssertionError(f"{text!r} not in {seen}")
+
+
+def test_chat_shows_messages_and_all_three_ticks(cli):
+    cli("register", "alice")
+    cli("register", "bob")
+    args = [os.path.join(ROOT, "bin", "whatsup"), "chat", "--as"]
+    opts = dict(env=cli.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                text=True, bufsize=1)
+    bob = subprocess.Popen(args + ["bob", "alice"], **opts)
+    alice = subprocess.Popen(args + ["alice", "bob"], **opts)
+    try:
+        bob_lines, alice_lines = _reader(bob), _reader(alice)
+        _wait_for(bob_lines, "chatting with alice")
+        _wait_for(alice_lines, "chatting with bob")
+        alice.stdin.write("hello from alice\n")
+        alice.stdin.flush()
+        _wait_for(bob_lines, "alice: hello from alice")
+        _wait_for(alice_lines, "✓ hello from alice")
+        _wait_for(alice_lines, "✓✓ hello from alice")
+        _wait_for(alice_lines, "✓✓ read hello from alice")
+    finally:
+        for p in (alice, bob):
+            p.stdin.close()
+            p.wait(10)
+
+
+def test_whatsupd_says_in_one_line_when_the_port_is_taken(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = subprocess.run([os.path.join(ROOT, "bin", "whatsupd"), "--listen", f"127.0.0.1:{port}",
+                               "--data-dir", str(tmp_path / "d")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "already in use" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_whatsupd_says_in_one_line_when_the_data_dir_is_unusable(tmp_path):
+    (tmp_path / "file").write_text("not a directory")
+    proc = subprocess.run([os.path.join(ROOT, "bin", "whatsupd"), "--listen", "127.0.0.1:0",
+                           "--data-dir", str(tmp_path / "file" / "data")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "not writable" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_whatsupd_stops_cleanly_on_sigterm(server):
+    server.register("alice")
+    assert server.stop() == 0
+    assert "stopped" in server.log()
+
+
+def test_a_bad_config_is_refused_in_one_line(tmp_path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("[offd]\nshards = 0\n")
+    proc = subprocess.run([sys.executable, "-m", "whatsup.cli.whatsupd", "--config", str(cfg)],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode != 0
+    assert "offd.shards must be at least 1" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_shipped_config_is_the_generated_one():
+    with open(os.path.join(ROOT, "etc", "whatsupd.toml")) as f:
+        assert f.read() == config.render_toml(), "regenerate: python3 -m whatsup.config > etc/whatsupd.toml"
+    assert config.load(os.path.join(ROOT, "etc", "whatsupd.toml")).as_dict() == config.load().as_dict()
