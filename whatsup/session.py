@@ -104,6 +104,8 @@ class Session:
     def terminate(proc, reason, st):
         if st.watcher is not None:
             st.watcher.stop()
+        if isinstance(reason, tuple) and reason[0] == "crash":
+            Session._send(st, error_frame(Code.INTERNAL, "server error; reconnect and retry"))
         try:  # a last error frame, if the device still reads
             st.sock.settimeout(1.0)
             Session._flush(st)
@@ -166,9 +168,9 @@ class Session:
         st.last_in = time.monotonic()
         try:
             frames = st.decoder.feed(data)
-        except protocol.FramingError as exc:
+        except protocol.FramingError as exc:  # the stream is lost: answer, then close
             Session._refuse(proc, st, exc)
-            Session._close(proc, st, exc.code, exc.message)
+            proc.stop(("closed", exc.code))
         for frame in frames:
             st.frames_in += 1
             try:
@@ -260,7 +262,7 @@ class Session:
             log.info("failed login for %r from %s", user, st.addr)
             raise ProtocolError(Code.AUTH_FAILED, "wrong user name or password", ref)
         node = st.node
-        st.user = user
+        st.user = proc.entity = user
         old = node.sm.register(user, proc.pid)
         if old is not None:
             node.router.tell(old, ("replaced",))
