@@ -1,5 +1,6 @@
 """offd's spool driven directly: real files, no server (docs/ARCHITECTURE.md, "offd")."""
 import os
+import time
 
 import pytest
 
@@ -114,6 +115,7 @@ def test_a_full_queue_refuses_messages_but_not_receipts(tmp_path):
 def test_expired_items_are_dropped(tmp_path):
     sp = spool(tmp_path, expiry_days=1e-9)
     put(sp, "bob", 3)
+    time.sleep(0.01)  # the items' millisecond stamps are now older than the 0.09 ms expiry
     sp.maintain()
     assert len(sp.queue("bob")) == 0 and sp.stats["expired"] == 3
     sp.close()
