@@ -123,6 +123,12 @@ def chat(ctx, user, password, peer):
     client = _connect(ctx, user, password)
     lock = threading.Lock()
     mine = {}  # message id -> text
+    shown = {}  # message id -> the highest tick shown (✓ can arrive after ✓✓: it waits for fsync)
+
+    def tick(mid, status):
+        if list(TICKS).index(status) > shown.get(mid, -1):
+            shown[mid] = list(TICKS).index(status)
+            show(f"  {TICKS[status]} {mine.get(mid, mid)}")
     interval = float(client.hello.get("idle_timeout", 90)) / 3
 
     def show(text):
@@ -144,10 +150,10 @@ def chat(ctx, user, password, peer):
                         with lock:
                             client.send_frame({"type": "read", "ref": 0, "to": peer, "ids": [frame["id"]]})
                 elif kind == "sent":
-                    show(f"  {TICKS['sent']} {mine.get(frame['id'], frame['id'])}")
+                    tick(frame["id"], "sent")
                 elif kind == "receipt":
                     for mid in frame["ids"]:
-                        show(f"  {TICKS[frame['status']]} {mine.get(mid, mid)}")
+                        tick(mid, frame["status"])
                 elif kind == "error" and frame.get("ref") != 0:
                     show(f"! {frame['code']}: {frame['message']}")
                 client.state.save(client.last_seq)
