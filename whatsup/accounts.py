@@ -1,12 +1,20 @@
 """Accounts: users and their password hashes in sqlitedict (Mnesia's disc_copies role).
 
-sqlite calls block, and sqlitedict's own worker thread would become a greenlet
-under monkey-patching, so every store call runs on one dedicated native thread
-and registrations are group-committed (one sqlite commit per batch, with
-``PRAGMA synchronous=FULL`` so a registered user survives ``kill -9``). Password
-hashing (scrypt) takes tens of milliseconds of CPU: it runs on its own native
-threads, so a login storm cannot freeze the sessions. The set of user names is
-kept in RAM, so checking a recipient costs no I/O.
+The store is an industry (whatsup/runtime/industry.py) of ``accounts.shards``
+shards: a user lives in ``accounts/shard-NNN.sqlite`` by a stable hash of the
+name, and each shard is an :class:`AccountShardProc` process owning one
+sqlite file on its own native writer thread. sqlite calls block, and
+sqlitedict's own worker thread would become a greenlet under monkey-patching,
+so every call of a shard runs on its thread and registrations are
+group-committed (one commit per batch, ``PRAGMA synchronous=FULL`` so a
+registered user survives ``kill -9``). A crashed shard is restarted and reopens
+its file; the others keep serving.
+
+Password hashing (scrypt) takes tens of milliseconds of CPU: a gen_factory of
+:class:`Hasher` workers (``accounts.hash_threads``, least-loaded dispatch), each
+with its own native thread, does it, so a login storm cannot freeze the
+sessions and shows up as mailbox depth. The set of user names is kept in RAM
+for the whole node, so checking a recipient costs no I/O.
 """
 import base64
 import hashlib
@@ -19,6 +27,9 @@ from gevent.threadpool import ThreadPool
 from sqlitedict import SqliteDict
 
 from .batch import GroupCommitter
+from .datadir import check_shards
+from .runtime.factory import Factory
+from .runtime.industry import Industry
 
 SCRYPT_R, SCRYPT_P = 8, 1
 
@@ -48,74 +59,166 @@ def check_password(password, stored):
     return hmac.compare_digest(got, base64.b64decode(digest))
 
 
-class AccountStore:
-    """The account table. ``open()`` first; then call from greenlets (calls wait, the hub does not)."""
+def shard_path(directory, i):
+    return os.path.join(directory, f"shard-{i:03d}.sqlite")
 
-    def __init__(self, path, scrypt_n=2 ** 15, hash_threads=2):
+
+def open_db(path):
+    """The accounts table of one shard file (call on the shard's writer thread)."""
+    db = SqliteDict(path, tablename="accounts", autocommit=False, journal_mode="WAL",
+                    encode=json.dumps, decode=json.loads)
+    db.conn.execute("PRAGMA synchronous=FULL")
+    db.commit()
+    return db
+
+
+class AccountShard:
+    """One sqlite file with its writer thread and group committer."""
+
+    def __init__(self, path):
         self.path = path
-        self.scrypt_n = scrypt_n
-        self.users = set()
-        self._reserved = set()
         self._db = None
-        self._db_pool = ThreadPool(1)
-        self._hash_pool = ThreadPool(hash_threads)
+        self._pool = ThreadPool(1)
         self._commits = None
 
     def __repr__(self):
-        return f"<AccountStore {self.path} users={len(self.users)} registering={len(self._reserved)}>"
+        return f"<AccountShard {self.path} {self._commits!r}>"
 
     def open(self):
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        self._db_pool.apply(self._open)
-        self._commits = GroupCommitter(self._db_pool, self._write, f"accounts {self.path}")
-        return self
-
-    def _open(self):
-        self._db = SqliteDict(self.path, tablename="accounts", autocommit=False, journal_mode="WAL",
-                              encode=json.dumps, decode=json.loads)
-        self._db.conn.execute("PRAGMA synchronous=FULL")
-        self._db.commit()
-        self.users = set(self._db.keys())
+        """Open the file; returns the user names it holds."""
+        self._db = self._pool.apply(open_db, (self.path,))
+        self._commits = GroupCommitter(self._pool, self._write, f"accounts {self.path}")
+        return self._pool.apply(lambda: set(self._db.keys()))
 
     def close(self):
         if self._commits is not None:
             self._commits.stop()
         if self._db is not None:
-            self._db_pool.apply(self._db.close)
-        self._db_pool.kill()
-        self._hash_pool.kill()
+            self._pool.apply(self._db.close)
+        self._pool.kill()
 
-    def exists(self, user):
-        return user in self.users
+    def put(self, user, record):
+        """Store ``record`` for ``user``; returns once it is committed (raises what failed it)."""
+        done = AsyncResult()
+        self._commits.add((user, record), done.set)
+        err = done.get()
+        if err is not None:
+            raise err
 
-    def register(self, user, password):
-        """Create ``user``; returns once it is durable. Raises UserTaken."""
-        if user in self.users or user in self._reserved:
-            raise UserTaken(user)
-        self._reserved.add(user)
-        try:
-            stored = self._hash_pool.apply(hash_password, (password, self.scrypt_n))
-            done = AsyncResult()
-            self._commits.add((user, {"password": stored}), lambda err: done.set(err))
-            err = done.get()
-            if err is not None:
-                raise err
-            self.users.add(user)
-        finally:
-            self._reserved.discard(user)
+    def get(self, user):
+        return self._pool.apply(self._db.get, (user,))
 
     def _write(self, batch):
         for user, record in batch:
             self._db[user] = record
         self._db.commit()
 
+
+class AccountShardProc:
+    """The process owning one account shard (gen_server callbacks)."""
+    kind = "accounts"
+    vsn = 1
+
+    @staticmethod
+    def init(proc, slot, store):
+        shard = AccountShard(shard_path(store.dir, slot.shard))
+        store.users |= shard.open()
+        slot.publish(shard)
+        return (slot, shard)
+
+    @staticmethod
+    def describe(state):
+        return {"shard": state[0].shard, "path": state[1].path}
+
+    @staticmethod
+    def terminate(proc, reason, state):
+        slot, shard = state
+        slot.withdraw()
+        shard.close()
+
+
+class Hasher:
+    """A password-hashing worker: one native thread, one scrypt at a time."""
+    kind = "hasher"
+    vsn = 1
+
+    @staticmethod
+    def init(proc, slot):
+        return ThreadPool(1)
+
+    @staticmethod
+    def handle_call(proc, request, pool):
+        op, password, arg = request
+        if op == "hash":
+            return pool.apply(hash_password, (password, arg)), pool
+        if op == "check":
+            return pool.apply(check_password, (password, arg)), pool
+        raise ValueError(f"hasher: unexpected call {request!r}")
+
+    @staticmethod
+    def terminate(proc, reason, pool):
+        pool.kill()
+
+
+class AccountStore:
+    """The accounts industry. ``check()``, start ``children()`` under a supervisor, then call
+    from greenlets (calls wait, the hub does not)."""
+
+    HASH_TIMEOUT = 120.0  # a login storm queues behind the hashers; a call must not give up early
+
+    def __init__(self, table, directory, shards=1, scrypt_n=2 ** 15, hash_threads=2, restart_wait=5.0):
+        self.dir = directory
+        self.scrypt_n = scrypt_n
+        self.restart_wait = restart_wait
+        self.users = set()
+        self._reserved = set()
+        self.industry = Industry(table, "accounts", shards, AccountShardProc, (self,),
+                                 paths=[shard_path(directory, i) for i in range(shards)])
+        self.hashers = Factory(table, "hasher", Hasher, hash_threads, policy="least_loaded")
+
+    def __repr__(self):
+        return (f"<AccountStore {self.dir} shards={len(self.industry)} users={len(self.users)} "
+                f"registering={len(self._reserved)}>")
+
+    def check(self):
+        check_shards(self.dir, len(self.industry), "accounts.shards")
+        return self
+
+    def children(self):
+        return self.industry.children() + self.hashers.children()
+
+    def shard(self, user):
+        """The AccountShard holding ``user``; waits for a restarting shard, else ShardDown."""
+        return self.industry.slot(user).resource(self.restart_wait)
+
+    def where(self, user):
+        return self.industry.where(user)
+
+    def exists(self, user):
+        return user in self.users
+
+    def _hash(self, op, password, arg):
+        return self.hashers.call(None, (op, password, arg), self.HASH_TIMEOUT)
+
+    def register(self, user, password):
+        """Create ``user``; returns once it is durable. Raises UserTaken, ShardDown, OSError."""
+        if user in self.users or user in self._reserved:
+            raise UserTaken(user)
+        self._reserved.add(user)
+        try:
+            stored = self._hash("hash", password, self.scrypt_n)
+            self.shard(user).put(user, {"password": stored})
+            self.users.add(user)
+        finally:
+            self._reserved.discard(user)
+
     def verify(self, user, password):
         """True when ``user`` exists and ``password`` is theirs."""
         if user not in self.users:
             # Hash anyway so timing does not tell which names exist.
-            self._hash_pool.apply(hash_password, (password, self.scrypt_n))
+            self._hash("hash", password, self.scrypt_n)
             return False
-        record = self._db_pool.apply(self._db.get, (user,))
+        record = self.shard(user).get(user)
         if record is None:
             return False
-        return self._hash_pool.apply(check_password, (password, record["password"]))
+        return self._hash("check", password, record["password"])

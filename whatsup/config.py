@@ -42,13 +42,22 @@ SETTINGS = (
     Setting("session.dedup_window", int, 4096, "client message ids remembered per sender, so a "
             "retransmission is acked again but not delivered twice", 16),
     Setting("accounts.scrypt_n", int, 2 ** 15, "scrypt cost parameter N for password hashes", 2),
-    Setting("accounts.hash_threads", int, 2, "native threads hashing passwords off the hub", 1),
+    Setting("accounts.hash_threads", int, 2, "password hashers (a gen_factory, least-loaded dispatch), "
+            "each with its own native thread, off the hub", 1),
+    Setting("accounts.shards", int, 4, "account-store shards, each its own sqlite file and writer "
+            "thread; changing it needs ops/reshard.py", 1),
     Setting("offd.shards", int, 4, "spool shards, each with its own directory and writer thread; "
             "changing it needs ops/reshard.py", 1),
     Setting("offd.segment_bytes", int, 64 * 2 ** 20, "spool segment size at which a new segment starts", 4096),
     Setting("offd.max_queue", int, 100_000, "items queued for one user at most; senders get queue_full beyond", 1),
     Setting("offd.expiry_days", float, 30.0, "undelivered items older than this are dropped (and logged)", 0.0),
     Setting("offd.maintenance_interval", float, 10.0, "seconds between compaction and expiry passes", 0.1),
+    Setting("runtime.max_restarts", int, 5, "restarts a supervisor allows within runtime.restart_period; "
+            "one more and it gives up and its own supervisor decides (the root's giving up stops the "
+            "node)", 0),
+    Setting("runtime.restart_period", float, 10.0, "the window, in seconds, of runtime.max_restarts", 0.1),
+    Setting("runtime.restart_wait", float, 5.0, "seconds a caller waits for a restarting shard before "
+            "getting store_failed (retry)", 0.0),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 

@@ -1,8 +1,22 @@
-"""A whatsup node: wires the account store, offd, the router and the listener together.
+"""A whatsup node: a supervision tree of the stores, the loops, the sessions and the listener.
 
-Start-up opens the stores (recovery included) before the listener accepts, so
-no client ever sees a half-recovered spool. Stop: stop accepting, tell every
-session, flush offd, close the stores.
+::
+
+    root (rest_for_one)
+    ├── accounts   supervisor (one_for_one): account shards 0..N-1, hashers 0..H-1
+    ├── offd       supervisor (one_for_one): offd shards 0..M-1
+    ├── maintenance  ticker: offd compaction and expiry, cast to every shard
+    ├── sessions   supervisor: every connection's session, adopted as a temporary child
+    ├── sweeper    ticker: tells every session the time
+    └── listener   the StreamServer; its handler greenlet becomes a session process
+
+Children start in that order, so the stores (with recovery) are open before
+the listener accepts, and stop in the reverse order. A crash restarts the
+process alone (one_for_one) or what depends on it (rest_for_one); a crash
+loop climbs the tree by the restart intensity rule (runtime.max_restarts in
+runtime.restart_period), and when the root gives up the node stops with exit
+status 1. The node holds ``data_dir/LOCK`` while it runs (see datadir.py).
+See docs/ARCHITECTURE.md.
 """
 import collections
 import errno
@@ -18,9 +32,13 @@ from gevent.server import StreamServer
 from . import __version__
 from .accounts import AccountStore
 from .config import ConfigError
-from .offd import Offd, ShardMismatch
+from .datadir import DataDirBusy, ShardMismatch, lock
+from .offd import Offd
 from .router import Router
-from .runtime import Process, ProcessTable
+from .runtime import Process, ProcessDead, ProcessTable, StartFailed
+from .runtime.industry import ShardRegistry, UnknownKind
+from .runtime.supervisor import NORMAL, Child, SupSpec, Supervisor, adopt, terminate_child
+from .runtime.ticker import Ticker
 from .session import Session
 from .sm import SessionManager
 
@@ -39,6 +57,32 @@ def parse_address(text):
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+class Listener:
+    """The process owning the listening socket (gen_server callbacks)."""
+    kind = "listener"
+    vsn = 1
+
+    @staticmethod
+    def init(proc, node):
+        host, port = parse_address(node.cfg["server.listen"])
+        try:
+            server = StreamServer((host, port), node._connection, backlog=1024)
+            server.start()
+        except OSError as exc:
+            why = "the address is already in use" if exc.errno == errno.EADDRINUSE else exc.strerror or exc
+            raise StartError(f"cannot listen on {host}:{port}: {why}") from None
+        node.server = server
+        return server
+
+    @staticmethod
+    def describe(server):
+        return {"address": server.address, "closed": server.closed}
+
+    @staticmethod
+    def terminate(proc, reason, server):
+        server.close()
+
+
 class Node:
     def __init__(self, cfg):
         self.cfg = cfg
@@ -47,15 +91,24 @@ class Node:
         self.table = ProcessTable(cfg["server.node"])
         self.sm = SessionManager()
         self.counters = collections.Counter()
-        self.accounts = AccountStore(os.path.join(self.data_dir, "accounts.sqlite"),
-                                     cfg["accounts.scrypt_n"], cfg["accounts.hash_threads"])
-        self.offd = Offd(os.path.join(self.data_dir, "offd"), cfg["offd.shards"],
-                         cfg["offd.segment_bytes"], cfg["offd.max_queue"], cfg["offd.expiry_days"])
+        wait = cfg["runtime.restart_wait"]
+        self.accounts = AccountStore(self.table, os.path.join(self.data_dir, "accounts"),
+                                     cfg["accounts.shards"], cfg["accounts.scrypt_n"],
+                                     cfg["accounts.hash_threads"], wait)
+        self.offd = Offd(self.table, os.path.join(self.data_dir, "offd"), cfg["offd.shards"],
+                         cfg["offd.segment_bytes"], cfg["offd.max_queue"], cfg["offd.expiry_days"], wait)
         self.router = Router(self.table, self.sm, self.offd, self.accounts, cfg["session.dedup_window"])
+        self.offd.on_up = self.router.shard_up
+        self.registry = ShardRegistry()
+        self.registry.add(self.accounts.industry)
+        self.registry.add(self.offd.industry)
         self.server = None
+        self.root = None
         self.started = None
+        self.exit_code = 0
         self.stopped = Event()
-        self._loops = []
+        self._stopping = False
+        self._lock = None
 
     def __repr__(self):
         return (f"<Node {self.table.node} listen={self.address} online={len(self.sm)} "
@@ -65,32 +118,55 @@ class Node:
     def address(self):
         return self.server.address if self.server is not None else None
 
+    def where(self, kind, entity):
+        """Which shard, worker and pid handle ``entity``: kinds offd, accounts and session."""
+        if kind == "session":
+            return {"kind": kind, "entity": entity, "node": self.table.node, "pid": self.sm.lookup(entity)}
+        try:
+            return self.registry.where(kind, entity)
+        except UnknownKind as exc:
+            raise UnknownKind(f"{exc}, session") from None
+
+    # --- start ----------------------------------------------------------------------
+
     def start(self):
         self._prepare_data_dir()
         try:
-            self.accounts.open()
-            self.offd.open()
-        except ShardMismatch as exc:
+            self._lock = lock(self.data_dir)
+            self.accounts.check()
+            self.offd.check()
+            self.root = self.table.start(Supervisor, self._tree(), name="root")
+        except (DataDirBusy, ShardMismatch, StartFailed) as exc:
+            self._release()
             raise StartError(str(exc)) from None
         except OSError as exc:
+            self._release()
             raise StartError(f"cannot open the stores in {self.data_dir}: {exc.strerror or exc}") from None
-        self.router.rebuild()
-        host, port = parse_address(self.cfg["server.listen"])
-        try:
-            self.server = StreamServer((host, port), self._connection, backlog=1024)
-            self.server.start()
-        except OSError as exc:
-            self.accounts.close()
-            self.offd.close()
-            if exc.errno == errno.EADDRINUSE:
-                raise StartError(f"cannot listen on {host}:{port}: the address is already in use") from None
-            raise StartError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        self.table.monitor(self.root, self._root_down)
         self.started = time.time()
-        self._loops = [gevent.spawn(self._sweep), gevent.spawn(self._maintain)]
         log.info("whatsupd %s listening on %s:%d, data in %s (%d users, %d items queued)",
                  __version__, *self.server.address[:2], self.data_dir, len(self.accounts.users),
                  self.offd.queued())
         return self
+
+    def _tree(self):
+        cfg = self.cfg
+        intensity = dict(max_restarts=cfg["runtime.max_restarts"], period=cfg["runtime.restart_period"])
+
+        def supervisor(name, strategy, children):
+            return Child(name, lambda: self.table.start(Supervisor, SupSpec(strategy, tuple(children),
+                                                                            **intensity), name=name))
+
+        def ticker(name, interval, fn):
+            return Child(name, lambda: self.table.start(Ticker, interval, fn, name=name, kind=name))
+        return SupSpec("rest_for_one", (
+            supervisor("accounts", "one_for_one", self.accounts.children()),
+            supervisor("offd", "one_for_one", self.offd.children()),
+            ticker("maintenance", cfg["offd.maintenance_interval"], self._maintain),
+            supervisor("sessions", "one_for_one", ()),
+            ticker("sweeper", TICK, self._sweep),
+            Child("listener", lambda: self.table.start(Listener, self, name="listener")),
+        ), **intensity)
 
     def _prepare_data_dir(self):
         try:
@@ -102,46 +178,69 @@ class Node:
         except OSError as exc:
             raise StartError(f"data dir {self.data_dir} is not writable: {exc.strerror or exc}") from None
 
+    def _release(self):
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    # --- the tree's work --------------------------------------------------------------
+
     def _connection(self, sock, addr):
         """StreamServer handler: this connection's greenlet becomes its session process."""
-        Process(self.table, Session, (self, sock, addr), entity=f"{addr[0]}:{addr[1]}").run_here()
+        proc = Process(self.table, Session, (self, sock, addr), entity=f"{addr[0]}:{addr[1]}")
+        try:
+            adopt(self.table, "sessions", proc)
+        except ProcessDead:  # the session supervisor is restarting: refuse rather than run unsupervised
+            sock.close()
+            return
+        proc.run_here()
 
     def _sweep(self):
-        """Tell every session the time once a second, so it can check its own deadlines."""
-        while True:
-            gevent.sleep(TICK)
-            now = time.monotonic()
-            for proc in self.table.processes("session"):
-                proc.mailbox.put(("tick", now))
+        """Tell every session the time, so it can check its own deadlines."""
+        now = time.monotonic()
+        for proc in self.table.processes("session"):
+            proc.mailbox.put(("tick", now))
 
     def _maintain(self):
-        while True:
-            gevent.sleep(self.cfg["offd.maintenance_interval"])
+        for slot in self.offd.industry.slots():
             try:
-                self.offd.maintain()
-            except Exception:
-                log.exception("offd maintenance failed")
+                self.table.cast(slot.pid, ("maintain",))
+            except ProcessDead:
+                pass  # restarting; the next pass covers it
+
+    def _root_down(self, pid, reason):
+        if self._stopping or reason in NORMAL:
+            return
+        log.critical("the supervision tree gave up (%s): stopping the node", reason)
+        self.exit_code = 1
+        gevent.spawn(self.stop)
+
+    # --- stop ---------------------------------------------------------------------------
 
     def stop(self, timeout=10.0):
-        """Graceful stop: no new connections, sessions told and closed, offd flushed."""
-        if self.stopped.is_set():
+        """Graceful stop: no new connections, sessions told and closed, then the tree in reverse
+        (offd flushed, stores closed)."""
+        if self._stopping:
+            self.stopped.wait()
             return
+        self._stopping = True
         log.info("stopping: closing %d sessions, flushing offd", len(self.sm))
-        if self.server is not None:
-            self.server.close()
-        for loop in self._loops:
-            loop.kill()
+        try:
+            terminate_child(self.table, self.root, "listener")
+        except ProcessDead:
+            pass  # the tree is already gone
         sessions = self.table.processes("session")
         for proc in sessions:
             proc.mailbox.put(("shutdown",))
         gevent.joinall([p.greenlet for p in sessions], timeout=timeout)
-        self.offd.close()
-        self.accounts.close()
+        self.table.stop(self.root, "shutdown", timeout=60.0)
+        self._release()
         log.info("stopped")
         self.stopped.set()
 
     def serve_forever(self):
-        """Run until SIGTERM or SIGINT, then stop gracefully."""
+        """Run until SIGTERM or SIGINT (or the tree gives up), then stop gracefully."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             gevent.signal_handler(sig, lambda: gevent.spawn(self.stop))
         self.stopped.wait()
+        return self.exit_code

@@ -18,7 +18,7 @@ mailbox, because the ✓ comes later, from the commit, not from the call.
 import collections
 import logging
 
-from .offd import QueueFull
+from .offd import QueueFull, ShardDown
 from .protocol import Code, error_frame
 from .runtime import ProcessDead
 
@@ -43,12 +43,17 @@ class Router:
     def __repr__(self):
         return f"<Router senders={len(self.dedup)} {dict(self.counters)}>"
 
-    def rebuild(self):
-        """Refill the dedup window from the spool records recovery found."""
-        for spool in self.offd.spools:
+    def shard_up(self, spool, restarted):
+        """An offd shard opened: at node start, refill the dedup window from what its recovery
+        found; after a crash (the window outlived it), poke its online users, whose sessions
+        resend what the new incarnation holds."""
+        if not restarted:
             for sender, cid, to, seq, ts in spool.recovered:
                 self._remember(sender, cid, _Pending(to, seq, ts, True))
-            spool.recovered = []
+        else:
+            for user in list(spool.queues):
+                self.poke(user)
+        spool.recovered = []
 
     # --- messages -------------------------------------------------------------------
 
@@ -71,6 +76,9 @@ class Router:
         try:
             item = self.offd.spool(to).put(to, "msg", frame, sender=sender, cid=cid,
                                            on_durable=lambda err: self._durable(sender, cid, pending, err))
+        except ShardDown as exc:
+            self.counters["shard_down"] += 1
+            return self._reply(pid, error_frame(Code.STORE_FAILED, f"{exc}", ref))
         except QueueFull:
             self.counters["queue_full"] += 1
             log.warning("queue of %s is full: refused message %s from %s", to, cid, sender)
@@ -112,7 +120,11 @@ class Router:
             if item.kind == "msg":
                 by_sender.setdefault(item.sender, []).append(item.cid)
         for sender, ids in by_sender.items():
-            self._receipt(user, sender, "delivered", ids)
+            try:
+                self._receipt(user, sender, "delivered", ids)
+            except ShardDown as exc:  # the items are gone from offd; only the ✓✓ is lost
+                self.counters["receipts_lost"] += 1
+                log.error("delivered receipt of %s for %s lost: %s", ids, sender, exc)
 
     def read(self, user, pid, ref, to, ids):
         """``user`` has read messages ``ids`` from ``to``; answer ``ok`` once the receipt is durable."""
@@ -122,7 +134,10 @@ class Router:
         def durable(err):
             self._reply(pid, {"type": "ok", "ref": ref} if err is None else
                         error_frame(Code.STORE_FAILED, "could not store the receipt; retry", ref))
-        self._receipt(user, to, "read", ids, durable)
+        try:
+            self._receipt(user, to, "read", ids, durable)
+        except ShardDown as exc:
+            self._reply(pid, error_frame(Code.STORE_FAILED, f"{exc}", ref))
 
     def _receipt(self, user, to, status, ids, on_durable=None):
         frame = {"type": "receipt", "from": user, "status": status, "ids": ids}

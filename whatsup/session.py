@@ -26,6 +26,7 @@ import gevent
 
 from . import protocol
 from .accounts import UserTaken
+from .runtime.factory import ShardDown
 from .protocol import Code, ProtocolError, error_frame
 
 log = logging.getLogger("whatsup.session")
@@ -181,6 +182,8 @@ class Session:
                 Session._refuse(proc, st, exc)
                 if exc.code in protocol.CLOSING:
                     proc.stop(("closed", exc.code))
+            except ShardDown as exc:  # a store shard is restarting: the device may retry
+                Session._refuse(proc, st, ProtocolError(Code.STORE_FAILED, str(exc), frame.get("ref")))
         Session._read_on(proc, st)
 
     @staticmethod
@@ -217,8 +220,10 @@ class Session:
                                     f"max_body {st.node.cfg['protocol.max_body']}", f["ref"])
             router.message(st.user, proc.pid, f["ref"], f["id"], f["to"], body)
         elif ftype == "ack":
-            if st.node.sm.lookup(st.user) == proc.pid:
-                done = st.node.offd.spool(st.user).ack(st.user, f["seq"])
+            spool = st.node.offd.current(st.user)
+            # While the shard restarts the ack is dropped: the items come again and are acked again.
+            if spool is not None and st.node.sm.lookup(st.user) == proc.pid:
+                done = spool.ack(st.user, f["seq"])
                 router.acked(st.user, done)
                 Session._push(proc, st)
         elif ftype == "read":
@@ -262,11 +267,11 @@ class Session:
             log.info("failed login for %r from %s", user, st.addr)
             raise ProtocolError(Code.AUTH_FAILED, "wrong user name or password", ref)
         node = st.node
+        q = node.offd.spool(user).queue(user)
         st.user = proc.entity = user
         old = node.sm.register(user, proc.pid)
         if old is not None:
             node.router.tell(old, ("replaced",))
-        q = node.offd.spool(user).queue(user)
         q.sent = 0
         node.counters["logins"] += 1
         Session._send(st, {"type": "ok", "ref": ref, "user": user, "queued": len(q)})
@@ -278,9 +283,9 @@ class Session:
         node = st.node
         if st.user is None or node.sm.lookup(st.user) != proc.pid:
             return
-        spool = node.offd.spool(st.user)
-        q = spool.queues.get(st.user)
-        if q is None:
+        spool = node.offd.current(st.user)
+        q = spool and spool.queues.get(st.user)
+        if q is None:  # nothing queued, or the shard restarts and pokes when it is back
             return
         room = node.cfg["session.window"] - q.sent
         if room > 0:

@@ -17,7 +17,7 @@ from ..node import Node, StartError
               help=config.BY_NAME["server.log_level"].doc)
 @click.version_option(package_name="whatsup", message="whatsupd %(version)s")
 def main(config_path, listen, data_dir, log_level):
-    """Run a whatsup node until SIGTERM or SIGINT."""
+    """Run a whatsup node until SIGTERM or SIGINT (exit status 1 if its supervision tree gave up)."""
     try:
         cfg = config.load(config_path, {"server.listen": listen, "server.data_dir": data_dir,
                                         "server.log_level": log_level})
@@ -30,7 +30,7 @@ def main(config_path, listen, data_dir, log_level):
         node.start()
     except (StartError, config.ConfigError) as exc:
         raise click.ClickException(str(exc)) from None
-    node.serve_forever()
+    sys.exit(node.serve_forever())
 
 
 if __name__ == "__main__":

@@ -1,70 +1,118 @@
 """offd: the durable spool of items (messages, receipts) not yet acked by a device.
 
-Users are placed on spool shards by a stable hash; each shard is a directory
-with its own segment log and its own writer thread, so a slow disk write on
-one shard does not hold up the others.
+offd is an industry (whatsup/runtime/industry.py): users are placed on spool
+shards by a stable hash; each shard is an :class:`OffdShard` process owning a
+:class:`Spool` — a directory with its own segment log and its own writer
+thread — so a slow disk write or a crash on one shard touches only its users.
+
+The hot path stays in-hub: the router and the sessions call the shard's Spool
+directly (memory operations plus a hand-off to the writer). The process owns
+the spool's life: it opens it (recovery from disk), runs its maintenance, and
+when it dies its ``terminate`` first withdraws the spool (new callers wait for
+the restart, up to ``runtime.restart_wait``, then get ShardDown -> store_failed)
+and then flushes what was handed to the writer, so every ✓ already promised is
+fsynced and every pending one fires. The restarted shard rebuilds its queues
+from the segment files and pokes the online users it holds, whose sessions
+resend the unacked items (devices drop duplicates by seq).
 """
 import logging
 import os
-import zlib
 
+from ..datadir import ShardMismatch, check_shards
+from ..runtime.factory import ShardDown, shard_of
+from ..runtime.industry import Industry
 from .spool import Item, QueueFull, Spool
 
-__all__ = ["Item", "Offd", "QueueFull", "Spool", "shard_of"]
+__all__ = ["Item", "Offd", "OffdShard", "QueueFull", "ShardDown", "ShardMismatch", "Spool", "shard_of"]
 log = logging.getLogger("whatsup.offd")
 
 
-class ShardMismatch(Exception):
-    """The data dir was written with another shard count than the config says."""
-
-
-def shard_of(entity, shards):
-    """Stable placement of an entity on one of ``shards`` (same on every node and restart)."""
-    return zlib.crc32(entity.encode()) % shards
+def shard_dir(directory, i):
+    return os.path.join(directory, f"shard-{i:03d}")
 
 
 class Offd:
-    def __init__(self, directory, shards, segment_bytes, max_queue, expiry_days):
+    """The offd industry; ``check()`` before the supervisor starts ``children()``."""
+
+    def __init__(self, table, directory, shards, segment_bytes, max_queue, expiry_days, restart_wait=5.0):
         self.dir = directory
-        self.spools = [Spool(os.path.join(directory, f"shard-{i:03d}"), segment_bytes, max_queue,
-                             expiry_days) for i in range(shards)]
+        self.options = (segment_bytes, max_queue, expiry_days)
+        self.restart_wait = restart_wait
+        self.industry = Industry(table, "offd", shards, OffdShard, (self,),
+                                 paths=[shard_dir(directory, i) for i in range(shards)])
+        self.on_up = None  # callable(spool, restarted): a shard opened (its recovery is done)
 
     def __repr__(self):
-        return f"<Offd {self.dir} shards={len(self.spools)} queued={self.queued()}>"
+        return f"<Offd {self.dir} shards={len(self.industry)} queued={self.queued()}>"
 
-    def open(self):
-        os.makedirs(self.dir, exist_ok=True)
-        marker = os.path.join(self.dir, "SHARDS")
-        if os.path.exists(marker):
-            with open(marker) as f:
-                found = int(f.read().strip() or 0)
-            if found != len(self.spools):
-                raise ShardMismatch(
-                    f"offd in {self.dir} has {found} shards but the config says {len(self.spools)}; "
-                    f"reshard it with ops/reshard.py (server stopped) or fix offd.shards")
-        else:
-            with open(marker, "w") as f:
-                f.write(f"{len(self.spools)}\n")
-                f.flush()
-                os.fsync(f.fileno())
-        for spool in self.spools:
-            spool.open()
+    def check(self):
+        check_shards(self.dir, len(self.industry), "offd.shards")
         return self
 
-    def close(self):
-        for spool in self.spools:
-            spool.close()
+    def children(self):
+        return self.industry.children()
+
+    @property
+    def spools(self):
+        """Every shard's Spool in shard order (None for a shard being restarted)."""
+        return [s.current for s in self.industry.slots()]
 
     def spool(self, user):
-        return self.spools[shard_of(user, len(self.spools))]
+        """The Spool holding ``user``'s queue; waits for a restarting shard, else ShardDown."""
+        return self.industry.slot(user).resource(self.restart_wait)
+
+    def where(self, user):
+        return self.industry.where(user)
+
+    def current(self, user):
+        """``user``'s Spool, or None while its shard restarts (never waits)."""
+        return self.industry.slot(user).current
 
     def queued(self):
-        return sum(s.queued() for s in self.spools)
+        return sum(s.queued() for s in self.spools if s is not None)
 
     def flush(self, timeout=30.0):
         for spool in self.spools:
-            spool.flush(timeout)
+            if spool is not None:
+                spool.flush(timeout)
 
-    def maintain(self):
-        for spool in self.spools:
-            spool.maintain()
+
+class OffdShard:
+    """The process owning one spool shard (gen_server callbacks)."""
+    kind = "offd"
+    vsn = 1
+
+    @staticmethod
+    def init(proc, slot, offd):
+        spool = Spool(shard_dir(offd.dir, slot.shard), *offd.options).open()
+        slot.publish(spool)
+        if slot.restarts:
+            log.warning("offd shard %d restarted: %d items recovered", slot.shard, spool.queued())
+        if offd.on_up is not None:
+            offd.on_up(spool, bool(slot.restarts))
+        return (slot, spool)
+
+    @staticmethod
+    def describe(state):
+        slot, spool = state
+        return {"shard": slot.shard, "dir": spool.dir, "users": len(spool.queues), "queued": spool.queued(),
+                "segments": len(spool.segments), "stats": dict(spool.stats)}
+
+    @staticmethod
+    def handle_call(proc, request, state):
+        if request[0] == "flush":
+            return state[1].flush(), state
+        raise ValueError(f"offd shard: unexpected call {request!r}")
+
+    @staticmethod
+    def handle_cast(proc, msg, state):
+        if msg[0] == "maintain":
+            state[1].maintain()
+            return state
+        raise ValueError(f"offd shard: unexpected cast {msg!r}")
+
+    @staticmethod
+    def terminate(proc, reason, state):
+        slot, spool = state
+        slot.withdraw()
+        spool.close()

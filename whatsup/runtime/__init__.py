@@ -1,4 +1,4 @@
-"""The OTP-style runtime: processes with mailboxes, pids and the process table."""
-from .process import (CallTimeout, Exit, Pid, Process, ProcessDead, ProcessTable)
+"""The OTP-style runtime: processes, supervisors, factories (pools) and industries (shards)."""
+from .process import CallTimeout, Exit, Pid, Process, ProcessDead, ProcessTable, StartFailed
 
-__all__ = ["CallTimeout", "Exit", "Pid", "Process", "ProcessDead", "ProcessTable"]
+__all__ = ["CallTimeout", "Exit", "Pid", "Process", "ProcessDead", "ProcessTable", "StartFailed"]

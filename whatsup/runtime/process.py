@@ -49,6 +49,10 @@ class CallTimeout(Exception):
     """A call got no answer within its timeout; the callee may still process it."""
 
 
+class StartFailed(Exception):
+    """A process's ``init`` raised: it never ran (the message is one line for the operator)."""
+
+
 class Exit(gevent.GreenletExit):
     """Raised inside a process to stop it with ``reason``."""
 
@@ -77,11 +81,12 @@ class Process:
         self.last_message = None
         self.exit_reason = None
         self.monitors = {}  # ref -> callable(pid, reason) or watcher Pid
+        self.ready = AsyncResult()  # set once init returned; its exception if init failed
         self.greenlet = gevent.Greenlet(self._run)
         self.greenlet.name = f"{self.kind}{self.pid!r}"
 
     def __repr__(self):
-        ent = f" {self.entity}" if self.entity is not None else ""
+        ent = "".join(f" {x}" for x in (self.name, self.entity) if x is not None)
         status = "dead" if self.exit_reason is not None else "alive"
         return (f"<Process {self.pid!r} {self.kind}{ent} {status} mailbox={len(self.mailbox)} "
                 f"handled={self.handled}>")
@@ -121,6 +126,7 @@ class Process:
         reason = "normal"
         try:
             self.state = self.behaviour.init(self, *self.args)
+            self.ready.set(self.pid)
             while True:
                 msg = self.mailbox.get()
                 self.last_message = msg
@@ -132,9 +138,15 @@ class Process:
             reason = "killed"
         except Exception as exc:
             reason = ("crash", exc)
-            log.error("process %r (%s) crashed handling %.300r", self.pid, self.kind,
-                      self.last_message, exc_info=True)
+            where = f"handling {self.last_message!r:.300}" if self.ready.ready() else "in init"
+            log.error("process %r (%s%s) crashed %s", self.pid, self.kind,
+                      f" {self.entity}" if self.entity is not None else "", where, exc_info=True)
         finally:
+            if not self.ready.ready():
+                why = reason[1] if isinstance(reason, tuple) and reason[0] == "crash" else reason
+                self.ready.set_exception(StartFailed(
+                    f"{self.kind}{' ' + str(self.entity) if self.entity is not None else ''} "
+                    f"did not start: {why}"))
             self._exit(reason)
 
     def _dispatch(self, msg):
@@ -220,8 +232,25 @@ class ProcessTable:
             del self.names[proc.name]
 
     def spawn(self, behaviour, *args, **opts):
-        """Start a process running ``behaviour``; returns its pid."""
+        """Start a process running ``behaviour``; returns its pid at once (init runs later)."""
         return Process(self, behaviour, args, **opts).start()
+
+    def start(self, behaviour, *args, timeout=60.0, **opts):
+        """Start a process and wait until its ``init`` returned (OTP's start_link handshake).
+
+        Returns the pid; raises StartFailed when init raised or the process died first,
+        so a supervisor learns at once that a child cannot start.
+        """
+        proc = Process(self, behaviour, args, **opts)
+        proc.start()
+        try:
+            return proc.ready.get(timeout=timeout)
+        except gevent.Timeout:
+            proc.greenlet.kill(Exit("start_timeout"), block=True)
+            raise StartFailed(f"{proc.kind} did not finish init within {timeout}s") from None
+
+    def new_ref(self):
+        return next(self._refs)
 
     def lookup(self, pid):
         """The live local Process behind ``pid`` (or a registered name), else ProcessDead."""
@@ -274,7 +303,7 @@ class ProcessTable:
         A monitor of a process that is already gone fires at once with reason
         'noproc', as in Erlang, so no exit can be missed.
         """
-        ref = next(self._refs)
+        ref = self.new_ref()
         try:
             self.lookup(target).monitors[ref] = watcher
         except ProcessDead:
@@ -288,6 +317,22 @@ class ProcessTable:
         proc = self.procs.get(target.n)
         if proc is not None:
             proc.monitors.pop(ref, None)
+
+    def stop(self, pid, reason="shutdown", timeout=5.0):
+        """Stop ``pid`` between two messages (its ``terminate`` runs); kill it after ``timeout``.
+
+        Returns once the process is gone. A process already gone is not an error.
+        """
+        try:
+            proc = self.lookup(pid)
+        except ProcessDead:
+            return
+        proc.mailbox.put((SYS, lambda p: p.stop(reason)))
+        if proc.greenlet is gevent.getcurrent():
+            return
+        proc.greenlet.join(timeout)
+        if proc.alive:
+            proc.greenlet.kill(Exit(reason), block=True, timeout=timeout)
 
     def kill(self, pid, reason="killed"):
         """Stop a process at once with ``reason``; its monitors and supervisor learn why."""

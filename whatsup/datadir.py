@@ -1,0 +1,86 @@
+"""The data dir's guards: one live owner at a time, and the shard count each store was written with.
+
+* ``lock(data_dir)``: an exclusive ``flock`` on ``data_dir/LOCK``, held by a
+  running whatsupd (and by ops/reshard.py while it works), so an offline tool
+  never touches the files of a live node and two nodes never share a spool.
+  The kernel drops the lock when the process dies, even by ``kill -9``.
+* ``check_shards(directory, shards, setting)``: a store directory remembers its
+  shard count in a ``SHARDS`` file; opening it with another count is refused
+  with a one-line message naming ops/reshard.py, because users would silently
+  land on shards that do not hold their data.
+"""
+import fcntl
+import os
+
+LOCK = "LOCK"
+RESHARDING = "RESHARDING"
+
+
+class DataDirBusy(Exception):
+    """Another process holds the data dir."""
+
+
+class ShardMismatch(Exception):
+    """A store was written with another shard count than the config says."""
+
+
+def lock(data_dir):
+    """Take the data dir's lock; returns the open file (keep it open to keep the lock)."""
+    os.makedirs(data_dir, exist_ok=True)
+    path = os.path.join(data_dir, LOCK)
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        owner = f.read().strip() or "?"
+        f.close()
+        raise DataDirBusy(f"data dir {data_dir} is in use by process {owner} "
+                          f"(a running whatsupd or ops/reshard.py)") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
+
+
+def write_marker(path, text):
+    """Write a small file durably (temp file, fsync, rename, fsync the directory)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(os.path.dirname(path))
+
+
+def fsync_dir(directory):
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_shards(directory):
+    """The shard count recorded in ``directory``, or None for a store never opened."""
+    try:
+        with open(os.path.join(directory, "SHARDS")) as f:
+            return int(f.read().strip() or 0)
+    except FileNotFoundError:
+        return None
+
+
+def check_shards(directory, shards, setting):
+    """Refuse a store written with another shard count; record the count of a new one."""
+    if os.path.exists(os.path.join(os.path.dirname(directory), RESHARDING)):
+        raise ShardMismatch(f"{os.path.dirname(directory)} holds an interrupted ops/reshard.py run; "
+                            f"run it again to finish or roll back")
+    os.makedirs(directory, exist_ok=True)
+    found = read_shards(directory)
+    if found is None:
+        write_marker(os.path.join(directory, "SHARDS"), f"{shards}\n")
+    elif found != shards:
+        raise ShardMismatch(f"{directory} has {found} shards but {setting} says {shards}; reshard it "
+                            f"with ops/reshard.py (server stopped) or set {setting} = {found}")
