@@ -37,7 +37,7 @@ def render(settings):
 
 
 class ServerProcess:
-    def __init__(self, directory, settings=None, env=None):
+    def __init__(self, directory, settings=None, env=None, command=None):
         self.dir = str(directory)
         self.data_dir = os.path.join(self.dir, "data")
         self.config = os.path.join(self.dir, "whatsupd.toml")
@@ -45,6 +45,7 @@ class ServerProcess:
         self.settings = {**FAST, "server.listen": "127.0.0.1:0", "server.data_dir": self.data_dir,
                          **(settings or {})}
         self.env = env
+        self.command = command or [sys.executable, "-m", "whatsup.cli.whatsupd"]  # + --config PATH
         self.proc = None
         self.address = None
         self.starts = 0
@@ -64,7 +65,7 @@ class ServerProcess:
         offset = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0
         log = open(self.log_path, "ab")
         env = {**os.environ, **(self.env or {})}
-        self.proc = subprocess.Popen([sys.executable, "-m", "whatsup.cli.whatsupd", "--config", self.config],
+        self.proc = subprocess.Popen([*self.command, "--config", self.config],
                                      stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         log.close()
         deadline = time.monotonic() + timeout

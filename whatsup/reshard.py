@@ -1,0 +1,182 @@
+"""Move offd spools and accounts from M shards to N shards, offline (ops/reshard.py is the CLI).
+
+As at WhatsApp, changing a shard count is a deliberate manual operation: the
+node is stopped (the data dir's LOCK is taken, so a live node makes this
+refuse), every store is rebuilt beside the old one, verified, and then swapped
+in. The plan:
+
+1. ``offd.new/`` and ``accounts.new/`` are written with the new shard counts.
+   An offd item keeps its seq, ts, sender and id, and a user's items keep their
+   order (a user's items all come from one old shard, in seq order). Every new
+   shard starts with a base record of the highest counter of all old shards,
+   so no user's seq ever goes backwards (devices drop seqs they have seen).
+2. The new stores are read back the way the node will read them (Spool
+   recovery, sqlite) and compared user by user with what was read from the
+   old ones; any difference aborts before anything is swapped.
+3. ``RESHARDING`` is written, each store ``X`` is renamed to ``X.old`` and
+   ``X.new`` to ``X``, ``RESHARDING`` is removed, the ``.old`` copies deleted.
+   The node refuses to start while ``RESHARDING`` exists; running the tool
+   again after an interruption first rolls the swap back, then starts over.
+"""
+import logging
+import os
+import shutil
+
+from . import datadir
+from .accounts import open_db, shard_path
+from .offd import record, shard_dir, shard_of
+from .offd.spool import SEGMENT, Spool
+
+log = logging.getLogger("whatsup.reshard")
+STORES = ("offd", "accounts")
+
+
+class ReshardError(Exception):
+    """The data could not be moved safely; nothing was swapped."""
+
+
+# --- offd ---------------------------------------------------------------------------
+
+def read_offd(directory, shards, options):
+    """``({user: [Item...]}, highest counter)`` as the node would recover them."""
+    queues, counter = {}, 0
+    for i in range(shards):
+        spool = Spool(shard_dir(directory, i), *options)
+        spool.open()
+        try:
+            counter = max(counter, spool.counter)
+            for user, q in spool.queues.items():
+                if q.items:
+                    queues[user] = list(q.items)
+        finally:
+            spool.close()
+    return queues, counter
+
+
+def write_offd(directory, shards, queues, counter):
+    os.makedirs(directory)
+    by_shard = [[] for _ in range(shards)]
+    for user, items in queues.items():
+        by_shard[shard_of(user, shards)].append((user, items))
+    for i, users in enumerate(by_shard):
+        sdir = shard_dir(directory, i)
+        os.makedirs(sdir)
+        with open(os.path.join(sdir, SEGMENT.format(1)), "wb") as f:
+            f.write(record.base(counter))
+            for user, items in users:
+                for it in items:
+                    f.write(record.put(user, it.seq, it.ts, it.kind, it.sender, it.cid, it.frame))
+            f.flush()
+            os.fsync(f.fileno())
+        datadir.fsync_dir(sdir)
+    datadir.write_marker(os.path.join(directory, "SHARDS"), f"{shards}\n")
+
+
+def _fingerprint(queues):
+    return {u: [(i.seq, i.ts, i.kind, i.sender, i.cid, bytes(i.frame)) for i in items]
+            for u, items in queues.items()}
+
+
+# --- accounts -------------------------------------------------------------------------
+
+def read_accounts(directory, shards):
+    users = {}
+    for i in range(shards):
+        db = open_db(shard_path(directory, i))
+        try:
+            users.update(db.items())
+        finally:
+            db.close()
+    return users
+
+
+def write_accounts(directory, shards, users):
+    os.makedirs(directory)
+    by_shard = [{} for _ in range(shards)]
+    for user, rec in users.items():
+        by_shard[shard_of(user, shards)][user] = rec
+    for i, part in enumerate(by_shard):
+        db = open_db(shard_path(directory, i))
+        try:
+            for user, rec in part.items():
+                db[user] = rec
+            db.commit()
+        finally:
+            db.close()
+    datadir.write_marker(os.path.join(directory, "SHARDS"), f"{shards}\n")
+
+
+# --- the plan ---------------------------------------------------------------------------
+
+def roll_back(data_dir):
+    """Undo an interrupted swap and remove half-built stores; returns what it did."""
+    done = []
+    marker = os.path.join(data_dir, datadir.RESHARDING)
+    for store in STORES:
+        path = os.path.join(data_dir, store)
+        if os.path.exists(marker) and os.path.isdir(path + ".old"):
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            os.rename(path + ".old", path)
+            done.append(f"restored {store} from {store}.old")
+        elif os.path.isdir(path + ".old"):
+            shutil.rmtree(path + ".old")  # the swap completed; only the clean-up was cut short
+        if os.path.isdir(path + ".new"):
+            shutil.rmtree(path + ".new")
+            done.append(f"removed a half-built {store}.new")
+    if os.path.exists(marker):
+        os.unlink(marker)
+    datadir.fsync_dir(data_dir)
+    return done
+
+
+def reshard(data_dir, offd_shards, accounts_shards, offd_options, say=print):
+    """Reshard ``data_dir`` (the node stopped) to the given counts; returns a summary dict."""
+    with datadir.lock(data_dir):
+        for line in roll_back(data_dir):
+            say(line)
+        targets = {"offd": offd_shards, "accounts": accounts_shards}
+        summary, built = {}, []
+        for store, new in targets.items():
+            path = os.path.join(data_dir, store)
+            old = datadir.read_shards(path)
+            if old is None or old == new:
+                say(f"{store}: {old or 'no'} shards on disk, {new} wanted: nothing to move")
+                continue
+            if store == "offd":
+                queues, counter = read_offd(path, old, offd_options)
+                write_offd(path + ".new", new, queues, counter)
+                again, new_counter = read_offd(path + ".new", new, offd_options)
+                if _fingerprint(again) != _fingerprint(queues) or new_counter < counter:
+                    raise ReshardError(f"offd: the rewritten spool differs from the old one; "
+                                       f"nothing swapped ({path}.new kept for inspection)")
+                n = sum(len(v) for v in queues.values())
+                summary[store] = {"from": old, "to": new, "users": len(queues), "items": n,
+                                  "counter": counter}
+                say(f"offd: {old} -> {new} shards: {n} items of {len(queues)} users moved and "
+                    f"verified; seqs continue above {counter}")
+            else:
+                users = read_accounts(path, old)
+                write_accounts(path + ".new", new, users)
+                if read_accounts(path + ".new", new) != users:
+                    raise ReshardError(f"accounts: the rewritten store differs from the old one; "
+                                       f"nothing swapped ({path}.new kept for inspection)")
+                summary[store] = {"from": old, "to": new, "users": len(users)}
+                say(f"accounts: {old} -> {new} shards: {len(users)} users moved and verified")
+            built.append(store)
+        if built:
+            _swap(data_dir, built)
+        return summary
+
+
+def _swap(data_dir, stores):
+    datadir.write_marker(os.path.join(data_dir, datadir.RESHARDING), " ".join(stores) + "\n")
+    for store in stores:
+        path = os.path.join(data_dir, store)
+        os.rename(path, path + ".old")
+        os.rename(path + ".new", path)
+    datadir.fsync_dir(data_dir)
+    os.unlink(os.path.join(data_dir, datadir.RESHARDING))
+    datadir.fsync_dir(data_dir)
+    for store in stores:
+        shutil.rmtree(os.path.join(data_dir, store) + ".old")
