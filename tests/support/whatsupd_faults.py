@@ -29,6 +29,9 @@ def start(node):
         with open(os.path.join(base, "fault")) as f:
             verb, kind, entity = f.read().split()
         place = node.where(kind, entity)
+        while not place.get("up", True):  # restarting: wait for the new incarnation
+            gevent.sleep(0.01)
+            place = node.where(kind, entity)
         if verb == "crash":
             node.table.cast(place["pid"], ("injected-fault",))
         out = os.path.join(base, "fault.out")
