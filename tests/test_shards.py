@@ -107,6 +107,19 @@ def test_a_crashed_offd_shard_is_restarted_and_keeps_its_data_while_others_serve
         assert [m["body"] for m in receive(c, 1)] == ["still here"]
 
 
+def test_a_crashed_account_shard_is_restarted_and_its_users_still_log_in(make_server):
+    srv = faulty(make_server)
+    srv.register("alice", "bob")
+    before = inject(srv, "where accounts bob")
+    inject(srv, "crash accounts bob")
+    after = inject(srv, "where accounts bob")  # waits for the restart
+    assert after["shard"] == before["shard"] and after["pid"] != before["pid"]
+    with srv.client("bob") as bob, srv.client("alice") as alice:
+        alice.send("bob", "hi")
+        assert [m["body"] for m in receive(bob, 1)] == ["hi"]
+    srv.register("carol")
+
+
 def test_messages_to_a_user_on_a_crashing_shard_are_acked_only_when_durable_or_refused(make_server):
     srv = faulty(make_server, {"runtime.restart_wait": 0.0})
     srv.register("alice", "bob")

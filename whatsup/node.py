@@ -65,6 +65,8 @@ class Listener:
     @staticmethod
     def init(proc, node):
         host, port = parse_address(node.cfg["server.listen"])
+        if node.server is not None:  # a restart keeps the port an ephemeral ":0" got the first time
+            host, port = node.server.address[:2]
         try:
             server = StreamServer((host, port), node._connection, backlog=1024)
             server.start()

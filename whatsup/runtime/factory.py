@@ -92,6 +92,8 @@ class Factory:
         return slot.pid
 
     def pick(self, entity=None):
+        if len(self.slots) == 1:  # a stateful shard's single worker: no second hash
+            return self.slots[0]
         if self.policy == "hash":
             return self.slots[shard_of(entity, len(self.slots))]
         return min(self.slots, key=lambda s: s.load)

@@ -138,13 +138,15 @@ class Process:
             reason = "killed"
         except Exception as exc:
             reason = ("crash", exc)
-            where = f"handling {self.last_message!r:.300}" if self.ready.ready() else "in init"
-            log.error("process %r (%s%s) crashed %s", self.pid, self.kind,
-                      f" {self.entity}" if self.entity is not None else "", where, exc_info=True)
+            started = self.ready.ready()
+            if started or not isinstance(exc, StartFailed):  # else a child's: its starter reports it
+                where = f"handling {self.last_message!r:.300}" if started else "in init"
+                log.error("process %r (%s%s) crashed %s", self.pid, self.kind,
+                          f" {self.entity}" if self.entity is not None else "", where, exc_info=True)
         finally:
             if not self.ready.ready():
                 why = reason[1] if isinstance(reason, tuple) and reason[0] == "crash" else reason
-                self.ready.set_exception(StartFailed(
+                self.ready.set_exception(why if isinstance(why, StartFailed) else StartFailed(
                     f"{self.kind}{' ' + str(self.entity) if self.entity is not None else ''} "
                     f"did not start: {why}"))
             self._exit(reason)

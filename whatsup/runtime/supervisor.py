@@ -71,6 +71,7 @@ class SupState:
         self.pids = {}                         # child id -> pid
         self.refs = {}                         # monitor ref -> child id
         self.restarts = collections.deque()    # monotonic times of recent restarts
+        self.starts = collections.Counter()    # child id -> times started
 
     def __repr__(self):
         return (f"<SupState {self.spec.strategy} children={len(self.pids)} "
@@ -205,6 +206,10 @@ class Supervisor:
     @staticmethod
     def _start(proc, st, child):
         pid = child.start()
+        st.starts[child.id] += 1
+        started = proc.table.procs.get(pid.n)
+        if started is not None:  # what ps shows as the child's restarts
+            started.restarts = max(started.restarts, st.starts[child.id] - 1)
         st.pids[child.id] = pid
         st.refs[proc.table.monitor(pid, proc.pid)] = child.id
 
