@@ -17,6 +17,7 @@ import click
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from whatsup import config  # noqa: E402  (the repo root must be on the path first)
+from whatsup.cli import load_config  # noqa: E402
 from whatsup.datadir import DataDirBusy  # noqa: E402
 from whatsup.reshard import ReshardError, reshard  # noqa: E402
 
@@ -30,11 +31,8 @@ from whatsup.reshard import ReshardError, reshard  # noqa: E402
               help="new account shard count (default: the config's)")
 def main(config_path, data_dir, offd_shards, accounts_shards):
     """Move offd and account data to new shard counts, with the server stopped."""
-    try:
-        cfg = config.load(config_path, {"server.data_dir": data_dir, "offd.shards": offd_shards,
-                                        "accounts.shards": accounts_shards})
-    except config.ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+    cfg = load_config(config_path, {"server.data_dir": data_dir, "offd.shards": offd_shards,
+                                    "accounts.shards": accounts_shards})
     directory = os.path.abspath(cfg.data_dir)
     if not os.path.isdir(directory):
         raise click.ClickException(f"no data dir at {directory}")

@@ -6,6 +6,7 @@ import click
 
 from .. import config
 from ..node import Node, StartError
+from . import load_config
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -18,11 +19,8 @@ from ..node import Node, StartError
 @click.version_option(package_name="whatsup", message="whatsupd %(version)s")
 def main(config_path, listen, data_dir, log_level):
     """Run a whatsup node until SIGTERM or SIGINT (exit status 1 if its supervision tree gave up)."""
-    try:
-        cfg = config.load(config_path, {"server.listen": listen, "server.data_dir": data_dir,
-                                        "server.log_level": log_level})
-    except config.ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+    cfg = load_config(config_path, {"server.listen": listen, "server.data_dir": data_dir,
+                                    "server.log_level": log_level})
     logging.basicConfig(level=cfg["server.log_level"].upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     node = Node(cfg)
