@@ -4,8 +4,9 @@ import time
 
 import pytest
 
-from whatsup.offd import Offd, QueueFull, Spool
+from whatsup.offd import Offd, QueueFull, ShardMismatch, Spool
 from whatsup.offd.spool import SEGMENT
+from whatsup.runtime import ProcessTable
 
 
 def spool(path, **kw):
@@ -122,9 +123,9 @@ def test_expired_items_are_dropped(tmp_path):
 
 
 def test_offd_refuses_a_data_dir_written_with_another_shard_count(tmp_path):
-    Offd(str(tmp_path), 2, 1 << 20, 10, 30.0).open().close()
-    with pytest.raises(Exception, match="reshard"):
-        Offd(str(tmp_path), 3, 1 << 20, 10, 30.0).open()
+    Offd(ProcessTable(), str(tmp_path), 2, 1 << 20, 10, 30.0).check()
+    with pytest.raises(ShardMismatch, match="has 2 shards but offd.shards says 3; reshard it with ops/reshard.py"):
+        Offd(ProcessTable(), str(tmp_path), 3, 1 << 20, 10, 30.0).check()
 
 
 def test_segment_names_sort_in_write_order():

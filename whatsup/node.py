@@ -72,7 +72,7 @@ class Listener:
             server.start()
         except OSError as exc:
             why = "the address is already in use" if exc.errno == errno.EADDRINUSE else exc.strerror or exc
-            raise StartError(f"cannot listen on {host}:{port}: {why}") from None
+            raise StartFailed(f"cannot listen on {host}:{port}: {why}") from None
         node.server = server
         return server
 

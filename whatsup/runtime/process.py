@@ -14,6 +14,10 @@ Callbacks (all optional but ``init``)::
     code_change(old_state, old_vsn) -> state        # on hot reload
     describe(state) -> dict                         # what the operator shell shows
 
+``init`` may raise :class:`StartFailed` to refuse to start with a message for
+the operator (a port in use): that is reported by whoever started the process,
+not logged as a crash. Any other exception is a crash, logged once here.
+
 Others hold a :class:`Pid`, never the object: ``send``, ``cast``, ``call`` and
 ``kill`` take pids, and a pid names its node, so a later cross-node transport
 can serve the same calls. A ``call`` to a dead process, or one that dies before
@@ -139,7 +143,7 @@ class Process:
         except Exception as exc:
             reason = ("crash", exc)
             started = self.ready.ready()
-            if started or not isinstance(exc, StartFailed):  # else a child's: its starter reports it
+            if started or not isinstance(exc, StartFailed):  # a refusal: its starter reports it
                 where = f"handling {self.last_message!r:.300}" if started else "in init"
                 log.error("process %r (%s%s) crashed %s", self.pid, self.kind,
                           f" {self.entity}" if self.entity is not None else "", where, exc_info=True)
