@@ -117,7 +117,8 @@ class Supervisor:
 
     @staticmethod
     def describe(st):
-        return {"strategy": st.spec.strategy, "children": {c: repr(p) for c, p in st.pids.items()},
+        static = {c: repr(p) for c, p in st.pids.items() if st.children[c].start is not None}
+        return {"strategy": st.spec.strategy, "children": static, "adopted": len(st.pids) - len(static),
                 "recent_restarts": len(st.restarts),
                 "intensity": f"{st.spec.max_restarts} in {st.spec.period}s"}
 

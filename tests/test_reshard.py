@@ -1,0 +1,48 @@
+"""whatsup/reshard.py on real files, no server: an interrupted swap is rolled back and redone."""
+import os
+import shutil
+
+import gevent
+import pytest
+
+from whatsup import datadir
+from whatsup.offd import Offd, ShardMismatch, shard_dir, shard_of
+from whatsup.offd.spool import Spool
+from whatsup.reshard import read_offd, reshard
+from whatsup.runtime import ProcessTable
+
+OPTIONS = (1 << 20, 1000, 30.0)
+
+
+def make_offd(directory, shards, users, per_user):
+    Offd(ProcessTable(), directory, shards, *OPTIONS).check()
+    spools = [Spool(shard_dir(directory, i), *OPTIONS).open() for i in range(shards)]
+    for n in range(per_user):
+        for user in users:
+            spools[shard_of(user, shards)].put(user, "msg", {"type": "msg", "body": f"{n}"},
+                                               sender="s", cid=f"{user}-{n}")
+    for sp in spools:
+        sp.close()
+
+
+def test_an_interrupted_swap_is_refused_by_the_node_and_redone_by_the_tool(tmp_path):
+    data = str(tmp_path)
+    offd = os.path.join(data, "offd")
+    users = [f"user{i}" for i in range(10)]
+    make_offd(offd, 2, users, 5)
+    before, counter = read_offd(offd, 2, OPTIONS)
+    # The swap was cut after the old store moved aside and half of the new one moved in.
+    shutil.copytree(offd, offd + ".old")
+    shutil.rmtree(shard_dir(offd, 1))
+    datadir.write_marker(os.path.join(data, datadir.RESHARDING), "offd\n")
+    with pytest.raises(ShardMismatch, match="interrupted ops/reshard.py"):
+        Offd(ProcessTable(), offd, 2, *OPTIONS).check()
+    said = []
+    summary = gevent.spawn(reshard, data, 5, 1, OPTIONS, said.append).get()
+    assert "restored offd from offd.old" in said
+    assert summary["offd"] == {"from": 2, "to": 5, "users": 10, "items": 50, "counter": counter}
+    after, new_counter = read_offd(offd, 5, OPTIONS)
+    assert {u: [i.seq for i in q] for u, q in after.items()} == {u: [i.seq for i in q] for u, q in before.items()}
+    assert new_counter >= counter
+    assert sorted(os.listdir(data)) == ["LOCK", "offd"]
+    Offd(ProcessTable(), offd, 5, *OPTIONS).check()
