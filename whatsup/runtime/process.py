@@ -241,8 +241,10 @@ class ProcessTable:
         """Start a process running ``behaviour``; returns its pid at once (init runs later)."""
         return Process(self, behaviour, args, **opts).start()
 
-    def start(self, behaviour, *args, timeout=60.0, **opts):
+    def start(self, behaviour, *args, timeout=None, **opts):
         """Start a process and wait until its ``init`` returned (OTP's start_link handshake).
+
+        No timeout by default: a shard's init is its recovery, as long as its spool is big.
 
         Returns the pid; raises StartFailed when init raised or the process died first,
         so a supervisor learns at once that a child cannot start.
