@@ -1,4 +1,5 @@
-"""offd and account shards as supervised processes of a live whatsupd, and resharding."""
+"""offd and account shards as supervised processes (in a live whatsupd, and one in-process
+test that needs exact interleaving), and resharding."""
 import json
 import os
 import signal
@@ -7,10 +8,14 @@ import subprocess
 import sys
 import time
 
+import gevent
 import pytest
+from gevent.event import AsyncResult
 
 from whatsup.client import ServerError
-from whatsup.offd import record
+from whatsup.offd import Offd, ShardDown, record
+from whatsup.runtime import ProcessTable
+from whatsup.runtime.supervisor import SupSpec, Supervisor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAULTS = [sys.executable, os.path.join(ROOT, "tests", "support", "whatsupd_faults.py")]
@@ -118,6 +123,24 @@ def test_a_crashed_account_shard_is_restarted_and_its_users_still_log_in(make_se
         alice.send("bob", "hi")
         assert [m["body"] for m in receive(bob, 1)] == ["hi"]
     srv.register("carol")
+
+
+def test_callers_of_a_killed_offd_shard_get_shard_down_or_wait_for_its_restart(tmp_path):
+    table = ProcessTable()
+    offd = Offd(table, str(tmp_path), 2, 1 << 20, 100, 30.0, restart_wait=0.0).check()
+    sup = table.start(Supervisor, SupSpec("one_for_one", tuple(offd.children())))
+    durable = AsyncResult()
+    offd.spool("bob").put("bob", "msg", {"type": "msg", "body": "hi"}, on_durable=durable.set)
+    old = offd.where("bob")["pid"]
+    table.kill(old)
+    gevent.sleep(0)  # the shard runs its terminate up to the final flush
+    with pytest.raises(ShardDown, match="restarting"):
+        offd.spool("bob")
+    assert durable.get(timeout=10) is None  # the pending ✓ was made durable, not dropped
+    offd.restart_wait = 10.0
+    spool = offd.spool("bob")  # waits for the new incarnation
+    assert offd.where("bob")["pid"] != old and len(spool.queue("bob")) == 1
+    table.stop(sup)
 
 
 def test_messages_to_a_user_on_a_crashing_shard_are_acked_only_when_durable_or_refused(make_server):

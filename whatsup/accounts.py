@@ -123,7 +123,7 @@ class AccountShardProc:
     def init(proc, slot, store):
         shard = AccountShard(shard_path(store.dir, slot.shard))
         store.users |= shard.open()
-        slot.publish(shard)
+        slot.publish(proc.pid, shard)
         return (slot, shard)
 
     @staticmethod

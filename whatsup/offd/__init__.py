@@ -85,7 +85,7 @@ class OffdShard:
     @staticmethod
     def init(proc, slot, offd):
         spool = Spool(shard_dir(offd.dir, slot.shard), *offd.options).open()
-        slot.publish(spool)
+        slot.publish(proc.pid, spool)
         if slot.restarts:
             log.warning("offd shard %d restarted: %d items recovered", slot.shard, spool.queued())
         if offd.on_up is not None:

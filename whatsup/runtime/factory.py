@@ -48,8 +48,9 @@ class Slot:
     def restarts(self):
         return max(0, self.starts - 1)
 
-    def publish(self, resource):
-        self._resource = resource
+    def publish(self, pid, resource):
+        """Called from the worker's init: callers get ``resource`` and ``where`` the new pid."""
+        self.pid, self._resource = pid, resource
         self._up.set()
 
     def withdraw(self):
