@@ -58,6 +58,9 @@ SETTINGS = (
     Setting("runtime.restart_period", float, 10.0, "the window, in seconds, of runtime.max_restarts", 0.1),
     Setting("runtime.restart_wait", float, 5.0, "seconds a caller waits for a restarting shard before "
             "getting store_failed (retry)", 0.0),
+    Setting("shell.listen", str, "unix:", "the operator shell, a Python REPL inside the node (arbitrary "
+            "code execution): 'unix:' is <data_dir>/backdoor.sock with mode 0600, 'unix:PATH' another "
+            "socket, a loopback host:port (127.0.0.0/8 or ::1; nothing else is accepted), or 'off'"),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 

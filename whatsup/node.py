@@ -40,6 +40,7 @@ from .runtime.industry import ShardRegistry, UnknownKind
 from .runtime.supervisor import NORMAL, Child, SupSpec, Supervisor, adopt, terminate_child
 from .runtime.ticker import Ticker
 from .session import Session
+from .shell.server import Backdoor
 from .sm import SessionManager
 
 log = logging.getLogger("whatsup.node")
@@ -104,6 +105,7 @@ class Node:
         self.registry = ShardRegistry()
         self.registry.add(self.accounts.industry)
         self.registry.add(self.offd.industry)
+        self.backdoor = Backdoor(self, cfg["shell.listen"])
         self.server = None
         self.root = None
         self.started = None
@@ -135,10 +137,11 @@ class Node:
         self._prepare_data_dir()
         try:
             self._lock = lock(self.data_dir)
+            self.backdoor.start()  # before recovery: the operator can look into a slow one
             self.accounts.check()
             self.offd.check()
             self.root = self.table.start(Supervisor, self._tree(), name="root")
-        except (DataDirBusy, ShardMismatch, StartFailed) as exc:
+        except (DataDirBusy, ShardMismatch, StartFailed, ConfigError) as exc:
             self._release()
             raise StartError(str(exc)) from None
         except OSError as exc:
@@ -181,6 +184,7 @@ class Node:
             raise StartError(f"data dir {self.data_dir} is not writable: {exc.strerror or exc}") from None
 
     def _release(self):
+        self.backdoor.stop()
         if self._lock is not None:
             self._lock.close()
             self._lock = None

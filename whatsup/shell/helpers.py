@@ -1,0 +1,311 @@
+"""What the operator types in the shell: a few verbs over the node's process table.
+
+Every helper takes a pid as a :class:`~whatsup.runtime.Pid`, an int (``12``),
+the text the shell prints (``"<whatsup@localhost.12>"``), a registered name,
+or an online user's name (``"alice"``: that user's session). Helpers that
+change a process do it the safe way: inside the process, between two messages
+(``update``), or without yielding from the shell's greenlet (``drain``). ``h()``
+lists them all; ``help(ps)`` shows one.
+"""
+import inspect
+import itertools
+import logging
+import os
+import re
+import resource
+import sys
+import time
+import traceback
+
+import gevent
+from gevent.event import Event
+
+from .. import __version__
+from ..offd import shard_of
+from ..runtime import Pid, Process, ProcessDead
+from ..runtime.process import CALL, SYS
+from . import ERROR_MARK, drain as draining, reload as reloading
+
+log = logging.getLogger("whatsup.shell")
+PID_TEXT = re.compile(r"<?(?:(?P<node>[^<>]+)\.)?(?P<n>\d+)>?")
+COLUMNS = ("pid", "kind", "who", "entity", "mailbox", "handled", "restarts", "uptime", "vsn")
+
+
+class Table(list):
+    """Rows (dicts) that print as an aligned text table in the shell and stay data in code."""
+
+    def __init__(self, rows, columns):
+        super().__init__(rows)
+        self.columns = columns
+
+    def __repr__(self):
+        cells = [[c.upper() for c in self.columns]]
+        cells += [[_cell(row.get(c)) for c in self.columns] for row in self]
+        widths = [max(len(r[i]) for r in cells) for i in range(len(self.columns))]
+        return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells)
+
+
+def _cell(value):
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    return str(value)
+
+
+def brief(msg):
+    """A mailbox message as the shell shows it: payload bytes shortened, call/system tags named."""
+    if type(msg) is not tuple or not msg:
+        return msg
+    if msg[0] == CALL:
+        return (CALL, msg[2])
+    if msg[0] == SYS:
+        return (SYS, getattr(msg[1], "__qualname__", repr(msg[1])))
+    return tuple(f"<{len(v)} bytes>" if isinstance(v, (bytes, bytearray)) and len(v) > 32 else v
+                 for v in msg)
+
+
+def percentile(values, p):
+    """Nearest-rank percentile of sorted ``values`` (0 when empty)."""
+    if not values:
+        return 0
+    return values[min(len(values) - 1, max(0, -(-len(values) * p // 100) - 1))]
+
+
+class Helpers:
+    """The shell's verbs, bound to one node; :meth:`namespace` is what a shell session sees."""
+
+    VERBS = ("h", "ps", "top", "i", "state", "mailbox", "update", "suspend", "resume", "drain",
+             "kill", "where", "stats", "reload")
+
+    def __init__(self, node):
+        self.node = node
+        self._held = {}  # pid -> Event releasing a suspended process
+
+    def namespace(self):
+        node = self.node
+        ns = {name: getattr(self, name) for name in self.VERBS}
+        ns.update(node=node, table=node.table, sm=node.sm, router=node.router, offd=node.offd,
+                  cfg=node.cfg, Pid=Pid, gevent=gevent, _c=self._c)
+        return ns
+
+    def banner(self):
+        return (f"whatsup {__version__} operator shell on {self.node.table.node} (os pid {os.getpid()}).\n"
+                f"This is arbitrary code execution inside the live node. h() lists the helpers; "
+                f"Ctrl-D leaves, the node keeps running.")
+
+    # --- looking -----------------------------------------------------------------
+
+    def h(self):
+        """List the helpers with their one-line docs."""
+        for name in self.VERBS:
+            fn = getattr(self, name)
+            doc = (fn.__doc__ or "").strip().splitlines()[0]
+            print(f"  {name + str(inspect.signature(fn)):<34} {doc}")
+
+    def ps(self, kind=None, sort="pid", n=None):
+        """Processes as a table (pid, kind, who, entity, mailbox, handled, restarts, uptime, vsn).
+
+        ``kind`` filters ("session"...); ``sort`` is a column, "-column" for descending; ``n`` limits.
+        """
+        rows = [self._row(p) for p in self.node.table.processes(kind)]
+        key = sort.lstrip("-")
+        if key not in COLUMNS:
+            raise ValueError(f"sort by one of {COLUMNS}")
+        rows.sort(key=lambda r: _sortable(r[key]), reverse=sort.startswith("-"))
+        return Table(rows[:n], COLUMNS)
+
+    def top(self, n=10):
+        """The ``n`` processes with the longest mailboxes."""
+        return self.ps(sort="-mailbox", n=n)
+
+    def i(self, pid):
+        """Everything about one process: its info, state, last message and mailbox head."""
+        proc = self.proc(pid)
+        return {**proc.info(), "state": proc.state, "last_message": brief(proc.last_message),
+                "mailbox_head": self.mailbox(proc, 5), "monitors": len(proc.monitors),
+                "greenlet": proc.greenlet}
+
+    def state(self, pid):
+        """The process's live state object (read it here; change it with update())."""
+        return self.proc(pid).state
+
+    def mailbox(self, pid, n=10):
+        """Peek at the first ``n`` messages waiting in the mailbox, without taking them."""
+        return [brief(m) for m in itertools.islice(self.proc(pid).mailbox.queue, n)]
+
+    def where(self, kind, entity):
+        """Which node, pid, worker and offd shard handle ``entity`` ("session"/"user" or "offd")."""
+        node = self.node
+        registry = getattr(node, "registry", None)
+        if kind in ("session", "user"):
+            pid = node.sm.lookup(entity)
+            proc = node.table.procs.get(pid.n) if pid is not None else None
+            found = {"kind": "session", "entity": entity, "node": node.table.node, "pid": pid,
+                     "online": pid is not None, "worker": proc.greenlet.name if proc else None,
+                     **self._offd_place(entity)}
+        elif kind == "offd":
+            found = {"kind": "offd", "entity": entity, "node": node.table.node, **self._offd_place(entity)}
+        elif registry is None:
+            raise ValueError(f"where() knows 'session', 'user' and 'offd', not {kind!r}")
+        else:
+            found = {}
+        if registry is not None:
+            found.update(registry.where(kind, entity) or {})
+        return found
+
+    def stats(self, interval=1.0):
+        """Connections, messages/s in and out (over ``interval`` s), offd queue, mailbox depths, memory."""
+        before = self._sample()
+        gevent.sleep(interval)
+        after = self._sample()
+        elapsed = after[0] - before[0]
+        node = self.node
+        procs = node.table.processes()
+        depths = sorted(len(p.mailbox) for p in procs)
+        kinds = {}
+        for proc in procs:
+            kinds[proc.kind] = kinds.get(proc.kind, 0) + 1
+        return {
+            "node": node.table.node, "uptime": round(time.time() - node.started, 1) if node.started else 0.0,
+            "connections": kinds.get("session", 0), "online_users": len(node.sm),
+            "msgs_in_per_s": round((after[1] - before[1]) / elapsed, 1),
+            "msgs_out_per_s": round((after[2] - before[2]) / elapsed, 1),
+            "offd_queued": node.offd.queued(),
+            "mailbox": {"p50": percentile(depths, 50), "p90": percentile(depths, 90),
+                        "p99": percentile(depths, 99), "max": depths[-1] if depths else 0},
+            "rss_mb": round(_rss_bytes() / 2 ** 20, 1), "processes": kinds,
+            "counters": dict(node.counters),
+        }
+
+    def _sample(self):
+        """(when, msgs routed in, items acked out): the counters stats() turns into rates."""
+        node = self.node
+        return (time.monotonic(), node.router.counters["msg_in"],
+                sum(s.stats["acked"] for s in node.offd.spools))
+
+    # --- acting ------------------------------------------------------------------
+
+    def update(self, pid, fn, timeout=5.0):
+        """Run ``fn(state)`` inside the process between two messages; its result (unless None) is the new state."""
+        def run(proc):
+            new = fn(proc.state)
+            if new is not None:
+                proc.state = new
+            return proc.state
+        proc = self.proc(pid)
+        log.warning("operator update of %r (%s)", proc.pid, proc.kind)
+        return self.node.table.sys(proc.pid, run, timeout)
+
+    def suspend(self, pid, limit=60.0):
+        """Park the process between two messages until resume(pid) (at most ``limit`` s); its mailbox fills."""
+        proc = self.proc(pid)
+        if proc.pid in self._held:
+            return f"{proc.pid!r} is already suspended"
+        release, parked = Event(), Event()
+        self._held[proc.pid] = release
+
+        def hold(p):
+            parked.set()
+            try:
+                release.wait(limit)
+            finally:
+                self._held.pop(p.pid, None)
+        proc.mailbox.put((SYS, hold))
+        parked.wait(5.0)
+        return f"{proc.pid!r} suspended" if parked.is_set() else f"{proc.pid!r} suspends after its current message"
+
+    def resume(self, pid):
+        """Let a suspended process go on with its mailbox."""
+        proc = self.proc(pid)
+        release = self._held.get(proc.pid)
+        if release is None:
+            return f"{proc.pid!r} is not suspended"
+        release.set()
+        return f"{proc.pid!r} resumed"
+
+    def drain(self, pid, to="offd"):
+        """Fast-drain the mailbox: to="offd" keeps nothing that is not already spooled (see whatsup.shell.drain); to="drop" drops."""
+        proc = self.proc(pid)
+        report = draining.drain(proc, to)
+        level = logging.WARNING if to == "drop" else logging.INFO
+        log.log(level, "operator drain of %r (%s) to %s: %d -> %d messages, removed %s", proc.pid,
+                proc.kind, to, report["before"], report["after"], report["removed"])
+        return report
+
+    def kill(self, pid, reason="killed by the operator"):
+        """Stop the process now with ``reason``; its monitors (and supervisor) learn why."""
+        proc = self.proc(pid)
+        log.warning("operator kill of %r (%s): %s", proc.pid, proc.kind, reason)
+        self.node.table.kill(proc.pid, reason)
+        return f"{proc.pid!r} killed: {reason}"
+
+    def reload(self, module, timeout=10.0):
+        """Hot-load ``module``'s new code into the node and its live processes (whatsup.shell.reload)."""
+        report = reloading.reload(self.node.table, module, timeout)
+        self.node.counters["reloads"] += 1
+        return report
+
+    # --- plumbing ---------------------------------------------------------------
+
+    def proc(self, pid):
+        """The live Process for any of the pid spellings in the module docstring (ProcessDead if none)."""
+        table = self.node.table
+        if isinstance(pid, Process):
+            return pid
+        if isinstance(pid, int):
+            pid = Pid(table.node, pid)
+        elif isinstance(pid, str):
+            match = PID_TEXT.fullmatch(pid.strip())
+            if match:
+                pid = Pid(match["node"] or table.node, int(match["n"]))
+            else:
+                found = table.whereis(pid) or self.node.sm.lookup(pid)
+                if found is None:
+                    raise ProcessDead(f"no process, registered name or online user {pid!r}")
+                pid = found
+        return table.lookup(pid)
+
+    def _row(self, proc):
+        info = proc.info()
+        detail = info["detail"] or {}
+        return {**{c: info.get(c) for c in COLUMNS}, "uptime": round(info["uptime"], 1),
+                "who": info["name"] or detail.get("user") or info["entity"]}
+
+    def _offd_place(self, user):
+        offd = self.node.offd
+        shard = shard_of(user, len(offd.spools))
+        queue = offd.spools[shard].queues.get(user)
+        return {"offd_shard": shard, "offd_dir": offd.spools[shard].dir,
+                "queued": len(queue) if queue is not None else 0}
+
+    def _c(self, source):
+        """``whatsup-shell -c``: evaluate (or execute) ``source`` in the caller's namespace, print the result."""
+        namespace = sys._getframe(1).f_globals  # the console runs each line with its locals as globals
+        try:
+            try:
+                code = compile(source, "<whatsup-shell -c>", "eval")
+            except SyntaxError:
+                exec(compile(source, "<whatsup-shell -c>", "exec"), namespace)
+                return
+            result = eval(code, namespace)
+            if result is not None:
+                print(repr(result))
+        except Exception:
+            traceback.print_exc()
+            print(ERROR_MARK)
+
+
+def _sortable(value):
+    if isinstance(value, Pid):
+        return (0, value.n)
+    return (0, value) if isinstance(value, (int, float)) else (1, str(value))
+
+
+def _rss_bytes():
+    """Resident memory now (Linux /proc), else the peak the kernel reports."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

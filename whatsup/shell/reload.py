@@ -1,0 +1,126 @@
+"""Hot code reload: load a module's new code, then swap it into every live process built on it.
+
+Prosody's order, so a bad module never half-replaces a good one:
+
+1. **Compile and import the new code first** — from the source on disk, into a
+   *fresh* module object (never on top of the running one, and never through
+   a possibly stale .pyc). A SyntaxError or an exception at import raises
+   :class:`ReloadError`: ``sys.modules`` is left as it was and every process
+   keeps running the old code.
+2. **Publish it**: ``sys.modules``, the parent package, and every name other
+   whatsup modules imported from it (``from .session import Session``) now
+   point at the new objects, so new processes start on the new code.
+3. **Swap live processes**: for every process whose behaviour class comes
+   from the module, a system message — handled between two messages, after
+   the one in hand has finished on the old code — sets ``proc.behaviour`` to
+   the class of the same qualname in the new module and, when that class
+   defines ``code_change(old_state, old_vsn)``, migrates the state. A process
+   whose migration raises keeps its old code and state (reported). Processes
+   keep their sockets: nothing is reconnected.
+
+Objects that are not processes (the router, the stores) keep the class they
+were built with; reload is for behaviours and the functions they call.
+"""
+import importlib.util
+import logging
+import sys
+import traceback
+
+import gevent
+
+from ..runtime import ProcessDead
+from ..runtime.process import CallTimeout
+
+log = logging.getLogger("whatsup.shell.reload")
+PACKAGE = "whatsup"
+
+
+class ReloadError(Exception):
+    """The new code did not load; the old code keeps running everywhere."""
+
+
+class ReloadReport(dict):
+    """What a reload did; prints as a short summary in the shell."""
+
+    def __repr__(self):
+        failed = "".join(f"\n  {pid}: {why}" for pid, why in self["failed"].items())
+        return (f"reloaded {self['module']}: {self['swapped']} processes on the new code "
+                f"({self['migrated']} migrated by code_change), {self['gone']} gone meanwhile, "
+                f"{len(self['failed'])} kept the old code{failed}")
+
+
+def reload(table, name, timeout=10.0):
+    """Reload module ``name`` (``whatsup.*``) and swap it into ``table``'s processes."""
+    old = sys.modules.get(name)
+    if not name.startswith(PACKAGE + ".") or old is None:
+        raise ReloadError(f"{name!r} is not a loaded {PACKAGE} module")
+    new = _load(name, old)
+    _publish(name, old, new)
+    procs = [p for p in table.processes() if p.behaviour.__module__ == name]
+    report = ReloadReport(module=name, swapped=0, migrated=0, gone=0, failed={})
+    jobs = [gevent.spawn(_swap, table, proc, new, timeout, report) for proc in procs]
+    gevent.joinall(jobs)
+    log.warning("hot reload of %s: %r", name, report)
+    return report
+
+
+def _load(name, old):
+    spec = importlib.util.spec_from_file_location(name, old.__spec__.origin,
+                                                  submodule_search_locations=old.__spec__.submodule_search_locations)
+    new = importlib.util.module_from_spec(spec)
+    try:
+        with open(spec.origin, "rb") as f:
+            code = compile(f.read(), spec.origin, "exec", dont_inherit=True)
+        sys.modules[name] = new  # the module may look itself up while it runs (dataclasses do)
+        exec(code, new.__dict__)
+    except BaseException as exc:
+        sys.modules[name] = old
+        detail = "".join(traceback.format_exception_only(exc)).strip()
+        log.error("hot reload of %s aborted, the old code keeps running: %s", name, detail)
+        raise ReloadError(f"{name} did not load, the old code keeps running everywhere:\n"
+                          f"{''.join(traceback.format_exception(exc))}") from None
+    return new
+
+
+def _publish(name, old, new):
+    """Point sys.modules, the parent package and every importer's names at the new objects."""
+    sys.modules[name] = new
+    parent, _, leaf = name.rpartition(".")
+    setattr(sys.modules[parent], leaf, new)
+    renamed = {id(old): new}
+    for attr, value in vars(old).items():
+        if getattr(value, "__module__", None) == name and hasattr(new, attr):
+            renamed[id(value)] = getattr(new, attr)
+    for modname, module in list(sys.modules.items()):
+        if module is None or module is new or not (modname == PACKAGE or modname.startswith(PACKAGE + ".")):
+            continue
+        for attr, value in list(vars(module).items()):
+            if id(value) in renamed:
+                setattr(module, attr, renamed[id(value)])
+
+
+def _swap(table, proc, new, timeout, report):
+    cls = new
+    for part in proc.behaviour.__qualname__.split("."):
+        cls = getattr(cls, part, None)
+    if cls is None:
+        report["failed"][proc.pid] = f"{proc.behaviour.__qualname__} is not in the new module"
+        return
+
+    def swap(p):
+        change = getattr(cls, "code_change", None)
+        if change is not None:
+            p.state = change(p.state, p.vsn)
+        p.behaviour, p.vsn = cls, getattr(cls, "vsn", 1)
+        return change is not None
+    try:
+        migrated = table.sys(proc.pid, swap, timeout)
+    except ProcessDead:
+        report["gone"] += 1
+    except CallTimeout:
+        report["failed"][proc.pid] = f"busy for {timeout}s; swaps when it reaches the system message"
+    except Exception as exc:
+        report["failed"][proc.pid] = f"code_change raised {exc!r}; old code and state kept"
+    else:
+        report["swapped"] += 1
+        report["migrated"] += migrated

@@ -1,0 +1,136 @@
+"""The backdoor: a Python REPL served inside the running node (gevent's BackdoorServer).
+
+Contract:
+
+* ``shell.listen`` says where (see :func:`whatsup.shell.parse_listen`): by default a Unix
+  socket ``<data_dir>/backdoor.sock`` created with mode 0600 (bound under a
+  0177 umask, so there is no moment when another user could connect), or a
+  TCP address on loopback only. Anything else refuses to start with a one-line
+  :class:`~whatsup.config.ConfigError`: the shell is arbitrary code execution as
+  the node's user, and a network address would hand that to the network.
+* A stale socket file left by a killed node is replaced; a socket another
+  live node still answers on is not (two nodes on one data dir is a mistake).
+* Every connection gets a fresh namespace holding the helpers of
+  :mod:`whatsup.shell.helpers`; the prompts are ``whatsup.shell.PROMPT`` and
+  ``MORE``, so ``whatsup-shell`` can tell where an answer ends.
+"""
+import logging
+import os
+import stat
+import sys
+
+from gevent import socket
+from gevent.backdoor import BackdoorServer
+
+from ..config import ConfigError
+from . import MORE, PROMPT, parse_listen
+from .helpers import Helpers
+
+log = logging.getLogger("whatsup.shell")
+
+
+class _Server(BackdoorServer):
+    def handle(self, conn, address):
+        """One operator's console; an operator who hangs up mid-answer (nc, -c) is no error."""
+        try:
+            super().handle(conn, address)
+        except OSError:
+            pass
+
+
+class Backdoor:
+    """The node's operator shell server; ``start`` raises ConfigError, ``stop`` is idempotent."""
+
+    def __init__(self, node, listen):
+        self.node = node
+        self.listen = listen
+        self.server = None
+        self.path = None
+
+    def __repr__(self):
+        return f"<Backdoor {self.where or 'off'}>"
+
+    @property
+    def where(self):
+        if self.path is not None:
+            return f"unix:{self.path}"
+        if self.server is not None:
+            return "{}:{}".format(*self.server.address[:2])
+        return None
+
+    def start(self):
+        try:
+            kind, address = parse_listen(self.listen, self.node.data_dir)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if kind == "off":
+            return self
+        try:
+            listener = self._unix(address) if kind == "unix" else self._tcp(address)
+        except OSError as exc:
+            raise ConfigError(f"cannot serve the operator shell on {self.listen!r}: "
+                             f"{exc.strerror or exc}") from None
+        sys.ps1, sys.ps2 = PROMPT, MORE  # the backdoor's console prompts (process-wide, and ours)
+        helpers = Helpers(self.node)
+        self.server = _Server(listener, locals=helpers.namespace(), banner=helpers.banner())
+        self.server.start()
+        log.info("operator shell on %s (whatsup-shell attaches; it is arbitrary code execution)", self.where)
+        return self
+
+    def stop(self):
+        if self.server is not None:
+            self.server.stop(timeout=1)
+            self.server = None
+        if self.path is not None:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+            self.path = None
+
+    def _unix(self, path):
+        self._clear_stale(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            sock.bind(path)
+        except OSError:
+            sock.close()
+            raise
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        sock.listen(16)
+        self.path = path
+        return sock
+
+    @staticmethod
+    def _clear_stale(path):
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(mode):
+            raise ConfigError(f"cannot serve the operator shell on {path}: a file that is not a socket is there")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)  # nobody answers: left behind by a node that was killed
+        else:
+            raise ConfigError(f"another node already serves its operator shell on {path}")
+        finally:
+            probe.close()
+
+    @staticmethod
+    def _tcp(address):
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError:
+            sock.close()
+            raise
+        sock.listen(16)
+        return sock
