@@ -1,3 +1,5 @@
+import ast
+
 import pytest
 
 from whatsup.testing import ServerProcess
@@ -21,3 +23,13 @@ def make_server(tmp_path):
 @pytest.fixture
 def server(make_server):
     return make_server()
+
+
+@pytest.fixture
+def ask():
+    """``ask(shell, expr)``: evaluate ``expr`` in the node's shell and return its (literal) value."""
+    def ask(shell, source):
+        out, ok = shell.run(source)
+        assert ok, out
+        return ast.literal_eval(out.strip()) if out.strip() else None
+    return ask

@@ -13,6 +13,8 @@ import sys
 import time
 
 from .client import Client
+from .shell import SOCKET_NAME
+from .shell.client import ShellClient
 
 LISTENING = re.compile(r"listening on ([0-9.]+):(\d+)")
 FAST = {"accounts.scrypt_n": 1024}  # tests hash thousands of passwords; production keeps 2**15
@@ -118,6 +120,14 @@ class ServerProcess:
         if user is not None:
             c.login(user, password or f"pw-{user}")
         return c
+
+    @property
+    def shell_socket(self):
+        return os.path.join(self.data_dir, SOCKET_NAME)
+
+    def shell(self, timeout=60.0):
+        """A client of the node's operator shell on its default Unix socket."""
+        return ShellClient("unix", self.shell_socket, timeout)
 
     def register(self, *users):
         with self.client() as c:

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# One-line deploy of new code into a running node, without dropping a connection:
+#   ops/deploy.sh [whatsup-shell options] whatsup.session [whatsup.router ...]
+#   e.g. ops/deploy.sh --data-dir /srv/whatsup whatsup.session
+# Put the new files in place first (git pull, rsync...). Each module is compiled and imported
+# before anything changes, then swapped into its live processes between two messages; the first
+# module that fails to load stops the deploy with a non-zero exit, and the old code keeps running.
+set -euo pipefail
+opts=() mods=()
+for arg in "$@"; do
+  case "$arg" in
+    whatsup.*) mods+=(--reload "$arg") ;;
+    *) opts+=("$arg") ;;
+  esac
+done
+[ ${#mods[@]} -gt 0 ] || { echo "usage: $0 [whatsup-shell options] whatsup.MODULE..." >&2; exit 2; }
+exec "$(dirname "$0")/../bin/whatsup-shell" "${opts[@]}" "${mods[@]}"

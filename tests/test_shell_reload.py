@@ -1,0 +1,116 @@
+"""Hot code reload through the shell: same connections, new code, nothing lost; a bad module changes nothing."""
+import os
+import shutil
+import subprocess
+import sys
+import threading
+
+import pytest
+
+import whatsup
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def upgrade(path):
+    """Session v2: pongs say their version; code_change records where a live state came from."""
+    with open(path) as f:
+        src = f.read()
+    for old, new in [('    vsn = 1\n', '    vsn = 2\n\n    @staticmethod\n    def code_change(st, old_vsn):\n'
+                      '        st.upgraded_from = old_vsn\n        return st\n'),
+                     ('{"type": "pong", ', '{"type": "pong", "vsn": 2, ')]:
+        assert src.count(old) == 1, old
+        src = src.replace(old, new)
+    with open(path, "w") as f:
+        f.write(src)
+    return src
+
+
+def run(*args):
+    return subprocess.run(list(args), capture_output=True, text=True, timeout=60, cwd=ROOT)
+
+
+class Chatter(threading.Thread):
+    """alice keeps sending to bob (each send waits for its ✓) until told to stop."""
+
+    def __init__(self, alice):
+        super().__init__(daemon=True)
+        self.alice, self.ids, self.error = alice, [], None
+        self.stop, self.progress = threading.Event(), threading.Condition()
+
+    def run(self):
+        try:
+            while not self.stop.is_set() and len(self.ids) < 2000:
+                self.ids.append(self.alice.send("bob", f"n{len(self.ids)}", id=f"n{len(self.ids)}")["id"])
+                with self.progress:
+                    self.progress.notify_all()
+        except Exception as exc:  # reported by the test, not swallowed
+            self.error = exc
+
+    def wait_for(self, count):
+        with self.progress:
+            assert self.progress.wait_for(lambda: len(self.ids) >= count or self.error, 30), self.ids
+        assert self.error is None, self.error
+
+
+@pytest.fixture
+def copy(tmp_path):
+    """A temp copy of the package the server runs from, so the test can rewrite its modules."""
+    pkg = tmp_path / "pkg"
+    shutil.copytree(os.path.dirname(whatsup.__file__), pkg / "whatsup",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    return pkg
+
+
+def test_reload_swaps_live_sessions_to_new_code_without_a_disconnect_or_a_lost_message(
+        make_server, copy, ask):
+    server = make_server(env={"PYTHONPATH": str(copy), "PYTHONSAFEPATH": "1"})
+    server.register("alice", "bob")
+    alice, bob = server.client("alice"), server.client("bob")
+    session_py = copy / "whatsup" / "session.py"
+    with server.shell() as sh:
+        assert ask(sh, "__import__('whatsup').__file__").startswith(str(copy))
+        pids = ask(sh, "[str(sm.lookup(u)) for u in ('alice', 'bob')]")
+        gone = ask(sh, "node.counters['disconnections']")
+        assert "vsn" not in bob.ping()
+        chatter = Chatter(alice)
+        chatter.start()
+        chatter.wait_for(20)
+        upgrade(session_py)
+        deploy = run(os.path.join(ROOT, "ops", "deploy.sh"), "--socket", server.shell_socket, "whatsup.session")
+        assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+        assert "reloaded whatsup.session" in deploy.stdout and "0 kept the old code" in deploy.stdout
+        seen = len(chatter.ids)
+        chatter.wait_for(seen + 20)  # the same connection keeps going on the new code
+        chatter.stop.set()
+        chatter.join(30)
+        assert chatter.error is None
+        assert bob.ping()["vsn"] == 2 and alice.ping()["vsn"] == 2
+        assert ask(sh, "[str(sm.lookup(u)) for u in ('alice', 'bob')]") == pids
+        assert ask(sh, "[(i(u)['vsn'], state(u).upgraded_from) for u in ('alice', 'bob')]") == [(2, 1)] * 2
+        assert ask(sh, "node.counters['disconnections']") == gone
+        with server.client("carol", register=True) as carol:  # new connections start on the new code
+            assert carol.ping()["vsn"] == 2
+        got = []
+        while len(got) < len(chatter.ids):
+            frame = bob.recv(10)
+            assert frame is not None, f"bob got {len(got)} of {len(chatter.ids)}"
+            if frame["type"] == "msg":
+                got.append(frame["id"])
+        assert got == chatter.ids
+
+        # a module that does not load changes nothing: the v2 code keeps serving
+        good = session_py.read_text()
+        for broken, error in [(good + "\ndef broken(:\n", "SyntaxError"),
+                              (good + "\nraise RuntimeError('boom at import')\n", "boom at import")]:
+            session_py.write_text(broken)
+            out = run(sys.executable, os.path.join(ROOT, "bin", "whatsup-shell"), "--socket",
+                      server.shell_socket, "-c", "reload('whatsup.session')")
+            assert out.returncode == 1 and error in out.stdout
+            assert "the old code keeps running everywhere" in out.stdout
+            assert ask(sh, "__import__('sys').modules['whatsup.session'].Session.vsn") == 2
+            assert bob.ping()["vsn"] == 2
+            alice.send("bob", "after a failed reload", id=f"after-{error}")
+            assert bob.recv(10)["id"] == f"after-{error}"
+        assert ask(sh, "node.counters['disconnections']") == gone + 1  # carol only
+    assert "hot reload of whatsup.session aborted" in server.log()
