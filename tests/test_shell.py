@@ -1,5 +1,6 @@
 """The operator shell, driven over its socket as an operator would (README "Operator shell")."""
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -60,6 +61,7 @@ def test_update_changes_a_live_session_state_inside_the_process(online, ask):
     server, alice, bob = online
     with server.shell() as sh:
         sh.send_line("def mark(st):\n    st.marked_inside = gevent.getcurrent() is i('alice')['greenlet']\n")
+        assert sh.prompt == "whatsup> "
         ask(sh, "update('alice', mark) and None")
         assert ask(sh, "state('alice').marked_inside") is True
         ask(sh, "update('alice', lambda st: setattr(st, 'frames_in', st.frames_in + 1000)) and None")
@@ -121,6 +123,13 @@ def test_the_unix_socket_is_0600_and_tcp_is_served_on_loopback_only(make_server,
     srv = make_server()
     mode = os.stat(srv.shell_socket).st_mode
     assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
+    with socket.socket(socket.AF_UNIX) as raw:  # what `printf 'len(sm)\n' | nc -U backdoor.sock` does
+        raw.settimeout(30)
+        raw.connect(srv.shell_socket)
+        raw.sendall(b"len(sm)\n")
+        raw.shutdown(socket.SHUT_WR)
+        answer = b"".join(iter(lambda: raw.recv(4096), b"")).decode()
+    assert "arbitrary code execution" in answer and "whatsup> 0\nwhatsup> " in answer
     with pytest.raises(RuntimeError) as refused:
         make_server({"shell.listen": "0.0.0.0:7399"}, name="exposed")
     assert "shell.listen '0.0.0.0:7399' refused" in str(refused.value)

@@ -58,10 +58,14 @@ class ShellClient:
         text, self._buf = self._buf[:-len(prompt)], ""
         return text, prompt
 
-    def send_line(self, line):
-        self.sock.sendall((line + "\n").encode())
-        text, self.prompt = self.read_answer()
-        return text
+    def send_line(self, text):
+        """Send ``text`` a line at a time, as typed, and return what the node answered to all of it."""
+        answers = []
+        for line in text.split("\n"):
+            self.sock.sendall((line + "\n").encode())
+            answer, self.prompt = self.read_answer()
+            answers.append(answer)
+        return "".join(answers)
 
     def run(self, source):
         """Evaluate ``source`` in the node: (printed output, True unless it raised)."""

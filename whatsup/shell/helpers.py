@@ -142,7 +142,7 @@ class Helpers:
             pid = node.sm.lookup(entity)
             proc = node.table.procs.get(pid.n) if pid is not None else None
             found = {"kind": "session", "entity": entity, "node": node.table.node, "pid": pid,
-                     "online": pid is not None, "worker": proc.greenlet.name if proc else None,
+                     "online": pid is not None, "worker": repr(proc) if proc else None,
                      **self._offd_place(entity)}
         elif kind == "offd":
             found = {"kind": "offd", "entity": entity, "node": node.table.node, **self._offd_place(entity)}
