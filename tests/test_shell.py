@@ -51,9 +51,9 @@ def test_where_answers_for_a_connected_user_and_an_offline_one(online, ask):
         pid = ask(sh, "str(sm.lookup('alice'))")
         found = ask(sh, "{k: str(v) if k == 'pid' else v for k, v in where('user', 'alice').items()}")
         assert found["pid"] == pid and found["online"] and found["node"] == "whatsup@localhost"
-        assert found["offd_shard"] == shard_of("alice", 4) and found["worker"]
+        assert found["offd"]["shard"] == shard_of("alice", 4) and pid in found["worker"]
         offline = ask(sh, "where('offd', 'carol')")
-        assert offline["offd_shard"] == shard_of("carol", 4) and offline["queued"] == 0
+        assert offline["shard"] == shard_of("carol", 4) and offline["path"].endswith(f"shard-{offline['shard']:03d}")
         assert ask(sh, "where('session', 'carol')['online']") is False
 
 

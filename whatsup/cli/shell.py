@@ -81,8 +81,14 @@ def main(socket_path, data_dir, config_path, command, modules, timeout):
             return
         sources = [f"reload({m!r})" for m in modules] + ([command] if command is not None else [])
         for source in sources:
-            out, ok = client.run(source)
+            try:
+                out, ok = client.run(source)
+            except TimeoutError:
+                raise click.ClickException(f"no answer from the node within {timeout}s "
+                                           f"(it may still be running {source!r})") from None
             _write(out)
+            if client.prompt is None:
+                raise click.ClickException("the node closed the shell connection")
             if not ok:
                 sys.exit(1)
 

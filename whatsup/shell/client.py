@@ -70,7 +70,7 @@ class ShellClient:
     def run(self, source):
         """Evaluate ``source`` in the node: (printed output, True unless it raised)."""
         text = self.send_line(f"_c({source!r})")
-        ok = ERROR_MARK not in text
+        ok = ERROR_MARK not in text and self.prompt is not None  # no prompt: the node hung up
         return text.replace(ERROR_MARK + "\n", ""), ok
 
     def interact(self, read_line, write):

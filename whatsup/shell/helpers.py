@@ -135,24 +135,27 @@ class Helpers:
         return [brief(m) for m in itertools.islice(self.proc(pid).mailbox.queue, n)]
 
     def where(self, kind, entity):
-        """Which node, pid, worker and offd shard handle ``entity`` ("session"/"user" or "offd")."""
+        """Which node, pid and worker serve ``entity``: "user"/"session" (with its offd place), "offd"...
+
+        Kinds other than the session come from the node's ShardRegistry when it has
+        one (``node.registry.where``), else from offd's placement hash.
+        """
         node = self.node
-        registry = getattr(node, "registry", None)
         if kind in ("session", "user"):
             pid = node.sm.lookup(entity)
             proc = node.table.procs.get(pid.n) if pid is not None else None
-            found = {"kind": "session", "entity": entity, "node": node.table.node, "pid": pid,
-                     "online": pid is not None, "worker": repr(proc) if proc else None,
-                     **self._offd_place(entity)}
-        elif kind == "offd":
-            found = {"kind": "offd", "entity": entity, "node": node.table.node, **self._offd_place(entity)}
-        elif registry is None:
-            raise ValueError(f"where() knows 'session', 'user' and 'offd', not {kind!r}")
-        else:
-            found = {}
+            return {"kind": "session", "entity": entity, "node": node.table.node, "pid": pid,
+                    "online": pid is not None, "worker": repr(proc) if proc else None,
+                    "offd": self.where("offd", entity)}
+        registry = getattr(node, "registry", None)
         if registry is not None:
-            found.update(registry.where(kind, entity) or {})
-        return found
+            return registry.where(kind, entity)
+        if kind != "offd":
+            raise ValueError(f"where() knows 'session', 'user' and 'offd', not {kind!r}")
+        shard = shard_of(entity, len(node.offd.spools))
+        spool = node.offd.spools[shard]
+        return {"kind": "offd", "entity": entity, "node": node.table.node, "shard": shard,
+                "path": spool.dir, "queued": len(spool.queues.get(entity) or ())}
 
     def stats(self, interval=1.0):
         """Connections, messages/s in and out (over ``interval`` s), offd queue, mailbox depths, memory."""
@@ -182,7 +185,7 @@ class Helpers:
         """(when, msgs routed in, items acked out): the counters stats() turns into rates."""
         node = self.node
         return (time.monotonic(), node.router.counters["msg_in"],
-                sum(s.stats["acked"] for s in node.offd.spools))
+                sum(s.stats["acked"] for s in node.offd.spools if s is not None))
 
     # --- acting ------------------------------------------------------------------
 
@@ -271,13 +274,6 @@ class Helpers:
         detail = info["detail"] or {}
         return {**{c: info.get(c) for c in COLUMNS}, "uptime": round(info["uptime"], 1),
                 "who": info["name"] or detail.get("user") or info["entity"]}
-
-    def _offd_place(self, user):
-        offd = self.node.offd
-        shard = shard_of(user, len(offd.spools))
-        queue = offd.spools[shard].queues.get(user)
-        return {"offd_shard": shard, "offd_dir": offd.spools[shard].dir,
-                "queued": len(queue) if queue is not None else 0}
 
     def _c(self, source):
         """``whatsup-shell -c``: evaluate (or execute) ``source`` in the caller's namespace, print the result."""
