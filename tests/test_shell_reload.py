@@ -114,3 +114,36 @@ def test_reload_swaps_live_sessions_to_new_code_without_a_disconnect_or_a_lost_m
             assert bob.recv(10)["id"] == f"after-{error}"
         assert ask(sh, "node.counters['disconnections']") == gone + 1  # carol only
     assert "hot reload of whatsup.session aborted" in server.log()
+
+
+class Recorder:
+    """A behaviour that logs what it handles; its first message waits for a gate."""
+    vsn = 1
+
+    @staticmethod
+    def init(proc, gate):
+        return {"gate": gate, "seen": []}
+
+    @staticmethod
+    def handle_info(proc, msg, state):
+        if msg == "first":
+            state["gate"].wait()
+        state["seen"].append(msg)
+        return state
+
+
+def test_an_urgent_system_message_runs_after_the_message_in_hand_before_the_waiting_ones():
+    import gevent
+    from gevent.event import Event
+
+    from whatsup.runtime import ProcessTable
+    table, gate = ProcessTable(), Event()
+    pid = table.spawn(Recorder, gate)
+    for msg in ("first", "second", "third"):
+        table.send(pid, msg)
+    gevent.sleep(0)  # "first" is now in hand, blocked on the gate
+    swap = gevent.spawn(table.sys, pid, lambda p: p.state["seen"].append("swap"), urgent=True)
+    gate.set()
+    swap.get(timeout=5)
+    table.sys(pid, lambda p: None)
+    assert table.lookup(pid).state["seen"] == ["first", "swap", "second", "third"]

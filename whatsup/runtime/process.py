@@ -290,8 +290,13 @@ class ProcessTable:
         except gevent.Timeout:
             raise CallTimeout(f"{pid!r} did not answer within {timeout}s") from None
 
-    def sys(self, pid, fn, timeout=5.0):
-        """Run ``fn(proc)`` inside the process between two messages and return its result."""
+    def sys(self, pid, fn, timeout=5.0, urgent=False):
+        """Run ``fn(proc)`` inside the process between two messages and return its result.
+
+        ``urgent`` runs it right after the message in hand, before those already
+        waiting: an operator's fix or a code swap must not queue behind the very
+        backlog it is meant to deal with.
+        """
         result = AsyncResult()
 
         def run(proc):
@@ -299,7 +304,11 @@ class ProcessTable:
                 result.set(fn(proc))
             except Exception as exc:
                 result.set_exception(exc)
-        self.send(pid, (SYS, run))
+        mailbox = self.lookup(pid).mailbox
+        if urgent and len(mailbox):
+            mailbox.queue.appendleft((SYS, run))  # nobody waits on a non-empty mailbox: no wake-up needed
+        else:
+            mailbox.put((SYS, run))
         try:
             return result.get(timeout=timeout)
         except gevent.Timeout:

@@ -3,8 +3,9 @@
 Every helper takes a pid as a :class:`~whatsup.runtime.Pid`, an int (``12``),
 the text the shell prints (``"<whatsup@localhost.12>"``), a registered name,
 or an online user's name (``"alice"``: that user's session). Helpers that
-change a process do it the safe way: inside the process, between two messages
-(``update``), or without yielding from the shell's greenlet (``drain``). ``h()``
+change a process do it the safe way: inside the process, right after the
+message in hand and ahead of any backlog (``update``, ``suspend``, a reload's
+swap), or from the shell's greenlet without yielding (``drain``). ``h()``
 lists them all; ``help(ps)`` shows one.
 """
 import inspect
@@ -22,7 +23,7 @@ from gevent.event import Event
 
 from .. import __version__
 from ..offd import shard_of
-from ..runtime import Pid, Process, ProcessDead
+from ..runtime import CallTimeout, Pid, Process, ProcessDead
 from ..runtime.process import CALL, SYS
 from . import ERROR_MARK, drain as draining, reload as reloading
 
@@ -190,7 +191,7 @@ class Helpers:
     # --- acting ------------------------------------------------------------------
 
     def update(self, pid, fn, timeout=5.0):
-        """Run ``fn(state)`` inside the process between two messages; its result (unless None) is the new state."""
+        """Run ``fn(state)`` inside the process right after the message in hand; its result (unless None) is the new state."""
         def run(proc):
             new = fn(proc.state)
             if new is not None:
@@ -198,10 +199,10 @@ class Helpers:
             return proc.state
         proc = self.proc(pid)
         log.warning("operator update of %r (%s)", proc.pid, proc.kind)
-        return self.node.table.sys(proc.pid, run, timeout)
+        return self.node.table.sys(proc.pid, run, timeout, urgent=True)
 
     def suspend(self, pid, limit=60.0):
-        """Park the process between two messages until resume(pid) (at most ``limit`` s); its mailbox fills."""
+        """Park the process after the message in hand until resume(pid) (at most ``limit`` s); its mailbox fills."""
         proc = self.proc(pid)
         if proc.pid in self._held:
             return f"{proc.pid!r} is already suspended"
@@ -214,7 +215,12 @@ class Helpers:
                 release.wait(limit)
             finally:
                 self._held.pop(p.pid, None)
-        proc.mailbox.put((SYS, hold))
+        def park():
+            try:
+                self.node.table.sys(proc.pid, hold, limit + 5.0, urgent=True)
+            except (ProcessDead, CallTimeout):  # it died, or never reached the hold
+                self._held.pop(proc.pid, None)
+        gevent.spawn(park)
         parked.wait(5.0)
         return f"{proc.pid!r} suspended" if parked.is_set() else f"{proc.pid!r} suspends after its current message"
 

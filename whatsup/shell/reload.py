@@ -11,8 +11,8 @@ Prosody's order, so a bad module never half-replaces a good one:
    whatsup modules imported from it (``from .session import Session``) now
    point at the new objects, so new processes start on the new code.
 3. **Swap live processes**: for every process whose behaviour class comes
-   from the module, a system message — handled between two messages, after
-   the one in hand has finished on the old code — sets ``proc.behaviour`` to
+   from the module, an urgent system message — handled right after the
+   message in hand has finished on the old code, before those waiting — sets ``proc.behaviour`` to
    the class of the same qualname in the new module and, when that class
    defines ``code_change(old_state, old_vsn)``, migrates the state. A process
    whose migration raises keeps its old code and state (reported). Processes
@@ -28,8 +28,7 @@ import traceback
 
 import gevent
 
-from ..runtime import ProcessDead
-from ..runtime.process import CallTimeout
+from ..runtime import CallTimeout, ProcessDead
 
 log = logging.getLogger("whatsup.shell.reload")
 PACKAGE = "whatsup"
@@ -114,7 +113,7 @@ def _swap(table, proc, new, timeout, report):
         p.behaviour, p.vsn = cls, getattr(cls, "vsn", 1)
         return change is not None
     try:
-        migrated = table.sys(proc.pid, swap, timeout)
+        migrated = table.sys(proc.pid, swap, timeout, urgent=True)
     except ProcessDead:
         report["gone"] += 1
     except CallTimeout:
