@@ -168,3 +168,15 @@ def test_whatsup_shell_says_so_when_no_node_listens(tmp_path):
     assert out.returncode == 1
     assert out.stderr.strip().splitlines() == [
         f"Error: no whatsup node is listening on unix:{tmp_path / 'nobody.sock'} (No such file or directory)"]
+
+
+def test_a_killed_nodes_stale_socket_is_replaced_and_a_live_one_is_not_taken_over(make_server, ask):
+    srv = make_server()
+    srv.restart()  # kill -9 leaves backdoor.sock behind
+    with srv.shell() as sh:
+        assert ask(sh, "len(sm)") == 0
+    with pytest.raises(RuntimeError) as refused:
+        make_server({"shell.listen": f"unix:{srv.shell_socket}"}, name="second")
+    assert f"another node already serves its operator shell on {srv.shell_socket}" in str(refused.value)
+    with srv.shell() as sh:
+        assert ask(sh, "len(sm)") == 0

@@ -191,7 +191,10 @@ class Helpers:
     # --- acting ------------------------------------------------------------------
 
     def update(self, pid, fn, timeout=5.0):
-        """Run ``fn(state)`` inside the process right after the message in hand; its result (unless None) is the new state."""
+        """Run ``fn(state)`` inside the process, right after the message in hand.
+
+        Its result, unless None, becomes the new state (None: ``fn`` changed it in place).
+        """
         def run(proc):
             new = fn(proc.state)
             if new is not None:
@@ -234,7 +237,10 @@ class Helpers:
         return f"{proc.pid!r} resumed"
 
     def drain(self, pid, to="offd"):
-        """Fast-drain the mailbox: to="offd" keeps nothing that is not already spooled (see whatsup.shell.drain); to="drop" drops."""
+        """Fast-drain the mailbox; to="offd" loses nothing, to="drop" drops replies too (logged).
+
+        What happens to each kind of message: whatsup/shell/drain.py.
+        """
         proc = self.proc(pid)
         report = draining.drain(proc, to)
         level = logging.WARNING if to == "drop" else logging.INFO
