@@ -147,3 +147,21 @@ def test_an_urgent_system_message_runs_after_the_message_in_hand_before_the_wait
     swap.get(timeout=5)
     table.sys(pid, lambda p: None)
     assert table.lookup(pid).state["seen"] == ["first", "swap", "second", "third"]
+
+
+def test_after_reloading_the_codec_live_sessions_still_refuse_a_bad_frame_and_go_on(server, ask):
+    """Their frame decoders were built by the old module: its errors must still be caught by name."""
+    import struct
+
+    import msgpack
+    server.register("alice")
+    alice = server.client("alice")
+    with server.shell() as sh:
+        assert "reloaded whatsup.protocol" in sh.run("reload('whatsup.protocol')")[0]
+        assert ask(sh, "__import__('whatsup.session').session.ProtocolError is "
+                       "type(type(state('alice').decoder)(1024).feed(b'\\x00\\x00\\x00\\x01\\x01')[0])")
+    body = msgpack.packb([1, 2])
+    alice.sock.sendall(struct.pack(">I", len(body)) + body)
+    refused = alice.recv(10)
+    assert (refused["type"], refused["code"]) == ("error", "not_a_map")
+    assert alice.ping()["type"] == "pong"

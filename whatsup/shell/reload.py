@@ -20,6 +20,7 @@ Prosody's order, so a bad module never half-replaces a good one:
 
 Objects that are not processes (the router, the stores) keep the class they
 were built with; reload is for behaviours and the functions they call.
+Exception classes keep their identity (see :func:`_keep_exceptions`).
 """
 import importlib.util
 import logging
@@ -78,7 +79,28 @@ def _load(name, old):
         log.error("hot reload of %s aborted, the old code keeps running: %s", name, detail)
         raise ReloadError(f"{name} did not load, the old code keeps running everywhere:\n"
                           f"{''.join(traceback.format_exception(exc))}") from None
+    _keep_exceptions(name, old, new)
     return new
+
+
+def _keep_exceptions(name, old, new):
+    """Exception classes keep their identity across a reload.
+
+    Live objects built by the old code (a session's frame decoder, a store)
+    still raise the old classes, and code everywhere catches them by name: a
+    new class of the same name would let those errors through. So the new
+    module's functions see the old exception classes; changing an exception
+    class itself takes a restart.
+    """
+    for attr, value in vars(old).items():
+        fresh = vars(new).get(attr)
+        if (_is_exception(value) and _is_exception(fresh) and value.__module__ == name
+                and fresh.__module__ == name):
+            setattr(new, attr, value)
+
+
+def _is_exception(value):
+    return isinstance(value, type) and issubclass(value, BaseException)
 
 
 def _publish(name, old, new):
