@@ -158,6 +158,9 @@ def test_after_reloading_the_codec_live_sessions_still_refuse_a_bad_frame_and_go
     alice = server.client("alice")
     with server.shell() as sh:
         assert "reloaded whatsup.protocol" in sh.run("reload('whatsup.protocol')")[0]
+        for machinery in ("whatsup.runtime.process", "whatsup.shell.helpers"):
+            out, ok = sh.run(f"reload({machinery!r})")
+            assert not ok and "restart the node to change it" in out
         assert ask(sh, "__import__('whatsup.session').session.ProtocolError is "
                        "type(type(state('alice').decoder)(1024).feed(b'\\x00\\x00\\x00\\x01\\x01')[0])")
     body = msgpack.packb([1, 2])

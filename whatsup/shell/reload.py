@@ -33,6 +33,7 @@ from ..runtime import CallTimeout, ProcessDead
 
 log = logging.getLogger("whatsup.shell.reload")
 PACKAGE = "whatsup"
+MACHINERY = ("whatsup.runtime.process", "whatsup.shell")  # live Process objects and consoles run this code
 
 
 class ReloadError(Exception):
@@ -54,6 +55,9 @@ def reload(table, name, timeout=10.0):
     old = sys.modules.get(name)
     if not name.startswith(PACKAGE + ".") or old is None:
         raise ReloadError(f"{name!r} is not a loaded {PACKAGE} module")
+    if any(name == m or name.startswith(m + ".") for m in MACHINERY):
+        raise ReloadError(f"{name} is the machinery doing the reload (processes, mailboxes, this shell): "
+                          f"restart the node to change it")
     new = _load(name, old)
     _publish(name, old, new)
     procs = [p for p in table.processes() if p.behaviour.__module__ == name]
