@@ -45,3 +45,10 @@ def test_drain_refuses_offd_for_a_kind_without_a_policy_and_leaves_its_mailbox_a
         drain.drain(proc, "offd")
     assert list(proc.mailbox.queue) == [("job", 1), ("job", 2)]
     assert drain.drain(proc, "drop") == {"pid": 7, "to": "drop", "before": 2, "after": 0, "removed": {"job": 2}}
+
+
+@pytest.mark.parametrize("values, p, expected", [([], 50, 0), ([7], 99, 7), ([1, 2, 3, 4], 50, 2),
+                                                 ([1, 2, 3, 4], 90, 4), (list(range(1, 101)), 99, 99)])
+def test_stats_mailbox_percentiles_are_nearest_rank(values, p, expected):
+    from whatsup.shell.helpers import percentile
+    assert percentile(values, p) == expected
