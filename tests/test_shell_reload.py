@@ -4,6 +4,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -168,3 +169,29 @@ def test_after_reloading_the_codec_live_sessions_still_refuse_a_bad_frame_and_go
     refused = alice.recv(10)
     assert (refused["type"], refused["code"]) == ("error", "not_a_map")
     assert alice.ping()["type"] == "pong"
+
+
+def test_a_reloaded_shard_behaviour_survives_a_kill_the_supervisor_restarts_it_on_the_new_code(
+        make_server, copy, ask):
+    server = make_server(env={"PYTHONPATH": str(copy), "PYTHONSAFEPATH": "1"})
+    server.register("alice", "bob")
+    alice, bob = server.client("alice"), server.client("bob")
+    offd_py = copy / "whatsup" / "offd" / "__init__.py"
+    src = offd_py.read_text()
+    assert src.count("    kind = \"offd\"\n    vsn = 1\n") == 1
+    offd_py.write_text(src.replace("    kind = \"offd\"\n    vsn = 1\n", "    kind = \"offd\"\n    vsn = 2\n"))
+    shard_of_bob = "(lambda w: (str(w['pid']), w['up']))(where('offd', 'bob'))"
+    with server.shell() as sh:
+        assert "0 kept the old code" in sh.run("reload('whatsup.offd')")[0]
+        assert set(ask(sh, "[i(p.pid)['vsn'] for p in table.processes('offd')]")) == {2}
+        before, up = ask(sh, shard_of_bob)
+        assert up and "killed" in ask(sh, f"kill({before!r}, 'operator test')")
+        deadline = time.monotonic() + 30
+        while (ask(sh, shard_of_bob)[0] == before or not ask(sh, shard_of_bob)[1]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        after, up = ask(sh, shard_of_bob)
+        assert after != before and up
+        assert ask(sh, f"i({after!r})['vsn']") == 2  # the factory starts the new code too
+    assert alice.send("bob", "after the restart", id="r1")["type"] == "sent"
+    assert bob.recv(10)["id"] == "r1"
+    assert "operator test" in server.log()

@@ -22,7 +22,6 @@ import gevent
 from gevent.event import Event
 
 from .. import __version__
-from ..offd import shard_of
 from ..runtime import CallTimeout, Pid, Process, ProcessDead
 from ..runtime.process import CALL, SYS
 from . import ERROR_MARK, drain as draining, reload as reloading
@@ -136,27 +135,19 @@ class Helpers:
         return [brief(m) for m in itertools.islice(self.proc(pid).mailbox.queue, n)]
 
     def where(self, kind, entity):
-        """Which node, pid and worker serve ``entity``: "user"/"session" (with its offd place), "offd"...
+        """Which node, pid and worker serve ``entity``: "user"/"session", or a shard kind ("offd", "accounts").
 
-        Kinds other than the session come from the node's ShardRegistry when it has
-        one (``node.registry.where``), else from offd's placement hash.
+        A user's answer includes where their offd queue lives; shard kinds come from
+        the node's ShardRegistry.
         """
         node = self.node
-        if kind in ("session", "user"):
-            pid = node.sm.lookup(entity)
-            proc = node.table.procs.get(pid.n) if pid is not None else None
-            return {"kind": "session", "entity": entity, "node": node.table.node, "pid": pid,
-                    "online": pid is not None, "worker": repr(proc) if proc else None,
-                    "offd": self.where("offd", entity)}
-        registry = getattr(node, "registry", None)
-        if registry is not None:
-            return registry.where(kind, entity)
-        if kind != "offd":
-            raise ValueError(f"where() knows 'session', 'user' and 'offd', not {kind!r}")
-        shard = shard_of(entity, len(node.offd.spools))
-        spool = node.offd.spools[shard]
-        return {"kind": "offd", "entity": entity, "node": node.table.node, "shard": shard,
-                "path": spool.dir, "queued": len(spool.queues.get(entity) or ())}
+        if kind not in ("session", "user"):
+            return node.registry.where(kind, entity)
+        pid = node.sm.lookup(entity)
+        proc = node.table.procs.get(pid.n) if pid is not None else None
+        return {"kind": "session", "entity": entity, "node": node.table.node, "pid": pid,
+                "online": pid is not None, "worker": repr(proc) if proc else None,
+                "offd": node.registry.where("offd", entity)}
 
     def stats(self, interval=1.0):
         """Connections, messages/s in and out (over ``interval`` s), offd queue, mailbox depths, memory."""
@@ -257,7 +248,8 @@ class Helpers:
 
     def reload(self, module, timeout=10.0):
         """Hot-load ``module``'s new code into the node and its live processes (whatsup.shell.reload)."""
-        report = reloading.reload(self.node.table, module, timeout)
+        starters = [f for industry in self.node.registry.industries.values() for f in industry.factories]
+        report = reloading.reload(self.node.table, module, timeout, starters)
         self.node.counters["reloads"] += 1
         return report
 

@@ -9,7 +9,8 @@ Prosody's order, so a bad module never half-replaces a good one:
    keeps running the old code.
 2. **Publish it**: ``sys.modules``, the parent package, and every name other
    whatsup modules imported from it (``from .session import Session``) now
-   point at the new objects, so new processes start on the new code.
+   point at the new objects, and so do the factories that start shard
+   workers: new and restarted processes start on the new code.
 3. **Swap live processes**: for every process whose behaviour class comes
    from the module, an urgent system message — handled right after the
    message in hand has finished on the old code, before those waiting — sets ``proc.behaviour`` to
@@ -50,8 +51,14 @@ class ReloadReport(dict):
                 f"{len(self['failed'])} kept the old code{failed}")
 
 
-def reload(table, name, timeout=10.0):
-    """Reload module ``name`` (``whatsup.*``) and swap it into ``table``'s processes."""
+def reload(table, name, timeout=10.0, starters=()):
+    """Reload module ``name`` (``whatsup.*``) and swap it into ``table``'s processes.
+
+    ``starters`` are the objects that start processes later from a behaviour
+    class they hold (``.behaviour``: the factories behind the node's shards);
+    they start the new class from now on, so a restart does not bring back the
+    old code.
+    """
     old = sys.modules.get(name)
     if not name.startswith(PACKAGE + ".") or old is None:
         raise ReloadError(f"{name!r} is not a loaded {PACKAGE} module")
@@ -59,7 +66,9 @@ def reload(table, name, timeout=10.0):
         raise ReloadError(f"{name} is the machinery doing the reload (processes, mailboxes, this shell): "
                           f"restart the node to change it")
     new = _load(name, old)
-    _publish(name, old, new)
+    renamed = _publish(name, old, new)
+    for starter in starters:
+        starter.behaviour = renamed.get(id(starter.behaviour), starter.behaviour)
     procs = [p for p in table.processes() if p.behaviour.__module__ == name]
     report = ReloadReport(module=name, swapped=0, migrated=0, gone=0, failed={})
     jobs = [gevent.spawn(_swap, table, proc, new, timeout, report) for proc in procs]
@@ -108,7 +117,10 @@ def _is_exception(value):
 
 
 def _publish(name, old, new):
-    """Point sys.modules, the parent package and every importer's names at the new objects."""
+    """Point sys.modules, the parent package and every importer's names at the new objects.
+
+    Returns {id(old object): new object} for what the module defined.
+    """
     sys.modules[name] = new
     parent, _, leaf = name.rpartition(".")
     setattr(sys.modules[parent], leaf, new)
@@ -122,6 +134,7 @@ def _publish(name, old, new):
         for attr, value in list(vars(module).items()):
             if id(value) in renamed:
                 setattr(module, attr, renamed[id(value)])
+    return renamed
 
 
 def _swap(table, proc, new, timeout, report):
