@@ -48,14 +48,16 @@ class Backdoor:
         self.path = None
 
     def __repr__(self):
-        return f"<Backdoor {self.where or 'off'}>"
+        return f"<Backdoor {self.address or 'off'}>"
 
     @property
-    def where(self):
+    def address(self):
+        """Where the shell listens, as shell.listen spells it; None when off or stopped."""
         if self.path is not None:
             return f"unix:{self.path}"
         if self.server is not None:
-            return "{}:{}".format(*self.server.address[:2])
+            host, port = self.server.address[:2]
+            return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         return None
 
     def start(self):
@@ -74,7 +76,7 @@ class Backdoor:
         helpers = Helpers(self.node)
         self.server = _Server(listener, locals=helpers.namespace(), banner=helpers.banner())
         self.server.start()
-        log.info("operator shell on %s (whatsup-shell attaches; it is arbitrary code execution)", self.where)
+        log.info("operator shell on %s (whatsup-shell attaches; it is arbitrary code execution)", self.address)
         return self
 
     def stop(self):
