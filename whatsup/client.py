@@ -23,7 +23,7 @@ from . import protocol
 from .protocol import FrameDecoder, ProtocolError
 
 DEFAULT_SERVER = "127.0.0.1:7222"
-PUSHED = ("msg", "receipt")
+PUSHED = ("msg", "receipt", "group_event")  # the spooled kinds: they carry seq and are acked
 
 
 class ServerError(Exception):
@@ -45,6 +45,11 @@ class Closed(ConnectionError):
 def parse_server(text):
     host, _, port = (text or DEFAULT_SERVER).rpartition(":")
     return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _address(to, group):
+    """A frame goes to one user or to one group, never both."""
+    return {"group": group} if group is not None else {"to": to}
 
 
 class Client:
@@ -134,24 +139,83 @@ class Client:
 
     # --- messages ---------------------------------------------------------------------
 
-    def send(self, to, body, id=None):
-        """Send a message and wait for its ✓ (the ``sent`` frame, with ``id`` and ``ts``)."""
-        return self.request(self.message_frame(to, body, id))
+    def send(self, to, body, id=None, group=None):
+        """Send a message (to a user, or to ``group`` with ``to=None``) and wait for its ✓
+        (the ``sent`` frame, with ``id`` and ``ts``)."""
+        return self.request(self.message_frame(to, body, id, group))
 
-    def send_nowait(self, to, body, id=None):
+    def send_nowait(self, to, body, id=None, group=None):
         """Send a message without waiting; its ``sent`` arrives through :meth:`recv`."""
-        frame = self.message_frame(to, body, id)
+        frame = self.message_frame(to, body, id, group)
         frame["ref"] = next(self._refs)
         self.send_frame(frame)
         return frame
 
     @staticmethod
-    def message_frame(to, body, id=None):
-        return {"type": "msg", "id": id or uuid.uuid4().hex, "to": to, "body": body}
+    def message_frame(to, body, id=None, group=None):
+        return {"type": "msg", "id": id or uuid.uuid4().hex, "body": body, **_address(to, group)}
 
-    def read(self, to, ids):
-        """Tell ``to`` that its messages ``ids`` were read (waits until the server has it)."""
-        return self.request({"type": "read", "to": to, "ids": list(ids)})
+    def read(self, to, ids, group=None):
+        """Tell ``to`` that its messages ``ids`` (in ``group``, if given) were read (waits until
+        the server has it)."""
+        frame = {"type": "read", "to": to, "ids": list(ids)}
+        if group is not None:
+            frame["group"] = group
+        return self.request(frame)
+
+    # --- groups (docs/PROTOCOL.md, "Groups") ----------------------------------------------
+
+    def group_create(self, name, members=()):
+        """Create a group (you are its admin); returns its id."""
+        return self.request({"type": "group_create", "name": name, "members": list(members)})["group"]
+
+    def group_add(self, group, members):
+        return self.request({"type": "group_add", "group": group, "members": list(members)})
+
+    def group_remove(self, group, members):
+        return self.request({"type": "group_remove", "group": group, "members": list(members)})
+
+    def group_leave(self, group):
+        return self.request({"type": "group_leave", "group": group})
+
+    def group_admin(self, group, user, admin=True):
+        return self.request({"type": "group_admin", "group": group, "user": user, "admin": admin})
+
+    def group_rename(self, group, name):
+        return self.request({"type": "group_rename", "group": group, "name": name})
+
+    def group_info(self, group):
+        return self.request({"type": "group_info", "group": group})
+
+    def group_list(self):
+        return self.request({"type": "group_list"})["groups"]
+
+    # --- presence, typing, blocking ------------------------------------------------------
+
+    def subscribe(self, user):
+        """Follow ``user``'s presence; returns the current ``presence`` frame (updates come
+        through :meth:`recv`). Subscriptions end with the connection."""
+        return self.request({"type": "presence_sub", "user": user})
+
+    def unsubscribe(self, user):
+        return self.request({"type": "presence_unsub", "user": user})
+
+    def privacy(self, last_seen):
+        """Who sees your last seen: ``"everyone"`` or ``"nobody"``."""
+        return self.request({"type": "privacy", "last_seen": last_seen})
+
+    def typing(self, to=None, group=None, state="typing"):
+        """Fire-and-forget typing indicator (``typing``, ``recording`` or ``paused``)."""
+        self.send_frame({"type": "typing", "state": state, **_address(to, group)})
+
+    def block(self, user):
+        return self.request({"type": "block", "user": user})
+
+    def unblock(self, user):
+        return self.request({"type": "unblock", "user": user})
+
+    def blocked(self):
+        return self.request({"type": "block_list"})["users"]
 
     def ping(self):
         return self.request({"type": "ping"})

@@ -41,6 +41,11 @@ SETTINGS = (
             "control for spool drains and slow readers", 1),
     Setting("session.dedup_window", int, 4096, "client message ids remembered per sender, so a "
             "retransmission is acked again but not delivered twice", 16),
+    Setting("groups.max_members", int, 1024, "members of one group at most (WhatsApp's limit)", 2),
+    Setting("groups.fanout_chunk", int, 64, "group members served between two yields to the hub, so "
+            "a large fan-out does not stall the other sessions", 1),
+    Setting("presence.typing_rate", int, 5, "typing frames per session and second at most; more are "
+            "refused with rate_limited", 1),
     Setting("accounts.scrypt_n", int, 2 ** 15, "scrypt cost parameter N for password hashes", 2),
     Setting("accounts.hash_threads", int, 2, "password hashers (a gen_factory, least-loaded dispatch), "
             "each with its own native thread, off the hub", 1),

@@ -5,6 +5,7 @@
     root (rest_for_one)
     ├── accounts   supervisor (one_for_one): account shards 0..N-1, hashers 0..H-1
     ├── offd       supervisor (one_for_one): offd shards 0..M-1
+    ├── social     the groups, blocks and privacy tables (whatsup/tables.py)
     ├── maintenance  ticker: offd compaction and expiry, cast to every shard
     ├── sessions   supervisor: every connection's session, adopted as a temporary child
     ├── sweeper    ticker: tells every session the time
@@ -31,9 +32,12 @@ from gevent.server import StreamServer
 
 from . import __version__
 from .accounts import AccountStore
+from .blocking import Blocks
 from .config import ConfigError
 from .datadir import DataDirBusy, ShardMismatch, lock
+from .groups import Groups
 from .offd import Offd
+from .presence import Presence
 from .router import Router
 from .runtime import Process, ProcessDead, ProcessTable, StartFailed
 from .runtime.industry import ShardRegistry, UnknownKind
@@ -42,6 +46,7 @@ from .runtime.ticker import Ticker
 from .session import Session
 from .shell.server import Backdoor
 from .sm import SessionManager
+from .tables import TableStore
 
 log = logging.getLogger("whatsup.node")
 TICK = 1.0
@@ -100,7 +105,12 @@ class Node:
                                      cfg["accounts.hash_threads"], wait)
         self.offd = Offd(self.table, os.path.join(self.data_dir, "offd"), cfg["offd.shards"],
                          cfg["offd.segment_bytes"], cfg["offd.max_queue"], cfg["offd.expiry_days"], wait)
-        self.router = Router(self.table, self.sm, self.offd, self.accounts, cfg["session.dedup_window"])
+        self.blocks = Blocks(self.accounts)
+        self.router = Router(self.table, self.sm, self.offd, self.accounts, self.blocks,
+                             cfg["session.dedup_window"])
+        self.groups = Groups(self.router, self.offd, self.accounts, cfg["groups.max_members"],
+                             cfg["groups.fanout_chunk"])
+        self.presence = Presence(self.sm, self.accounts, self.blocks, self.groups, cfg["presence.typing_rate"])
         self.offd.on_up = self.router.shard_up
         self.registry = ShardRegistry()
         self.registry.add(self.accounts.industry)
@@ -167,11 +177,19 @@ class Node:
         return SupSpec("rest_for_one", (
             supervisor("accounts", "one_for_one", self.accounts.children()),
             supervisor("offd", "one_for_one", self.offd.children()),
+            Child("social", self._social),
             ticker("maintenance", cfg["offd.maintenance_interval"], self._maintain),
             supervisor("sessions", "one_for_one", ()),
             ticker("sweeper", TICK, self._sweep),
             Child("listener", lambda: self.table.start(Listener, self, name="listener")),
         ), **intensity)
+
+    def _social(self):
+        """The process owning the groups, blocks and privacy tables; each (re)start reloads them."""
+        loaders = {"blocks": lambda t: self.blocks.open(t, self.router), "groups": self.groups.open,
+                   "privacy": lambda t: self.presence.open(t, self.router)}
+        return self.table.start(TableStore, os.path.join(self.data_dir, "social.sqlite"), loaders,
+                                name="social")
 
     def _prepare_data_dir(self):
         try:

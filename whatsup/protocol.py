@@ -42,6 +42,14 @@ class Code:
     IDLE_TIMEOUT = "idle_timeout"            # connection closed
     SHUTTING_DOWN = "shutting_down"          # connection closed
     INTERNAL = "internal"
+    # groups, presence and typing, blocking (docs/PROTOCOL.md, at the end)
+    UNKNOWN_GROUP = "unknown_group"
+    NOT_MEMBER = "not_member"
+    NOT_ADMIN = "not_admin"
+    GROUP_FULL = "group_full"
+    IS_SELF = "is_self"
+    RATE_LIMITED = "rate_limited"
+    BLOCKED = "blocked"
 
 
 #: Codes after which the server closes the connection.
@@ -173,8 +181,32 @@ def _versions(v):
 
 _versions.doc = "array of 1..16 integers"
 
+
+def _one_of(*values):
+    def check(v):
+        return v in values
+    check.doc = "one of " + ", ".join(map(repr, values))
+    return check
+
+
+def _bool(v):
+    return isinstance(v, bool)
+
+
+_bool.doc = "true or false"
+
+
+def _users(lo):
+    def check(v):
+        return (isinstance(v, list) and lo <= len(v) <= MAX_IDS
+                and all(isinstance(u, str) and 1 <= len(u) <= 64 for u in v))
+    check.doc = f"array of {lo}..{MAX_IDS} user names"
+    return check
+
 _ref = _int
 _user = _str(1, 64)  # the name rule itself is checked by register, so login can say auth_failed
+_group = _str(1, 64)
+_name = _str(1, 100)
 
 #: type -> {field: (required, check)}. Unknown extra fields are ignored, as is any
 #: ``from`` a client claims: the sender is always the authenticated user.
@@ -182,12 +214,35 @@ SCHEMAS = {
     "hello": {"ref": (True, _ref), "versions": (True, _versions), "client": (False, _str(0, 128))},
     "register": {"ref": (True, _ref), "user": (True, _user), "password": (True, _str(0, MAX_PASSWORD))},
     "login": {"ref": (True, _ref), "user": (True, _user), "password": (True, _str(0, MAX_PASSWORD))},
-    "msg": {"ref": (True, _ref), "id": (True, _str(1, MAX_ID)), "to": (True, _user),
-            "body": (True, lambda v: isinstance(v, str))},
+    "msg": {"ref": (True, _ref), "id": (True, _str(1, MAX_ID)), "to": (False, _user),
+            "group": (False, _group), "body": (True, lambda v: isinstance(v, str))},
     "ack": {"seq": (True, _int)},
-    "read": {"ref": (True, _ref), "to": (True, _user), "ids": (True, _ids)},
+    "read": {"ref": (True, _ref), "to": (True, _user), "ids": (True, _ids), "group": (False, _group)},
     "ping": {"ref": (False, _ref)},
+    # groups
+    "group_create": {"ref": (True, _ref), "name": (True, _name), "members": (False, _users(0))},
+    "group_add": {"ref": (True, _ref), "group": (True, _group), "members": (True, _users(1))},
+    "group_remove": {"ref": (True, _ref), "group": (True, _group), "members": (True, _users(1))},
+    "group_leave": {"ref": (True, _ref), "group": (True, _group)},
+    "group_admin": {"ref": (True, _ref), "group": (True, _group), "user": (True, _user),
+                    "admin": (True, _bool)},
+    "group_rename": {"ref": (True, _ref), "group": (True, _group), "name": (True, _name)},
+    "group_info": {"ref": (True, _ref), "group": (True, _group)},
+    "group_list": {"ref": (True, _ref)},
+    # presence and typing
+    "presence_sub": {"ref": (True, _ref), "user": (True, _user)},
+    "presence_unsub": {"ref": (True, _ref), "user": (True, _user)},
+    "privacy": {"ref": (True, _ref), "last_seen": (True, _one_of("everyone", "nobody"))},
+    "typing": {"ref": (False, _ref), "to": (False, _user), "group": (False, _group),
+               "state": (True, _one_of("typing", "recording", "paused"))},
+    # blocking
+    "block": {"ref": (True, _ref), "user": (True, _user)},
+    "unblock": {"ref": (True, _ref), "user": (True, _user)},
+    "block_list": {"ref": (True, _ref)},
 }
+
+#: Frame types that address either one user (``to``) or one group (``group``): exactly one.
+ADDRESSED = frozenset({"msg", "typing"})
 
 
 def parse(frame):
@@ -209,4 +264,6 @@ def parse(frame):
         elif not check(frame[name]):
             doc = getattr(check, "doc", "")
             raise ProtocolError(Code.BAD_FIELD, f"{ftype}: field {name!r} must be {doc}".strip(), ref)
+    if ftype in ADDRESSED and ("to" in frame) == ("group" in frame):
+        raise ProtocolError(Code.BAD_FIELD, f"{ftype}: give exactly one of 'to' and 'group'", ref)
     return ftype, frame

@@ -17,9 +17,10 @@ mailbox, because the ✓ comes later, from the commit, not from the call.
 """
 import collections
 import logging
+import time
 
 from .offd import QueueFull, ShardDown
-from .protocol import Code, error_frame
+from .protocol import Code, error_frame, unpack
 from .runtime import ProcessDead
 
 log = logging.getLogger("whatsup.router")
@@ -34,8 +35,9 @@ class _Pending:
 
 
 class Router:
-    def __init__(self, table, sm, offd, accounts, dedup_window):
+    def __init__(self, table, sm, offd, accounts, blocks, dedup_window):
         self.table, self.sm, self.offd, self.accounts = table, sm, offd, accounts
+        self.blocks = blocks
         self.dedup_window = dedup_window
         self.dedup = {}  # sender -> OrderedDict(cid -> _Pending)
         self.counters = collections.Counter()
@@ -60,34 +62,56 @@ class Router:
     def message(self, sender, pid, ref, cid, to, body):
         """Route a msg from ``sender`` (its session is ``pid``); the answer goes to ``pid``."""
         self.counters["msg_in"] += 1
-        seen = self.dedup.get(sender, {}).get(cid)
-        if seen is not None:
-            self.counters["retransmits"] += 1
-            if seen.durable:
-                self._reply(pid, self._sent(ref, cid, seen.ts))
-            else:
-                seen.waiters.append((pid, ref))
+        if self.retransmit(sender, pid, ref, cid):
             return
         if not self.accounts.exists(to):
-            return self._reply(pid, error_frame(Code.UNKNOWN_USER, f"no such user {to!r}", ref))
-        pending = _Pending(to, None, None, False)
-        pending.waiters.append((pid, ref))
+            return self.reply(pid, error_frame(Code.UNKNOWN_USER, f"no such user {to!r}", ref))
+        if self.blocks.blocks(sender, to):
+            return self.reply(pid, error_frame(Code.BLOCKED, f"you blocked {to}; unblock to write", ref))
+        if self.blocks.blocks(to, sender):
+            # WhatsApp's single tick forever: acked as sent, never queued (docs/PROTOCOL.md, "Blocking").
+            self.counters["blocked"] += 1
+            pending = self.track(sender, cid, to, durable=True, ts=int(time.time() * 1000))
+            return self.reply(pid, self._sent(ref, cid, pending.ts))
+        pending = self.track(sender, cid, to, waiter=(pid, ref))
         frame = {"type": "msg", "from": sender, "id": cid, "body": body}
         try:
             item = self.offd.spool(to).put(to, "msg", frame, sender=sender, cid=cid,
-                                           on_durable=lambda err: self._durable(sender, cid, pending, err))
+                                           on_durable=lambda err: self.durable(sender, cid, pending, err))
         except ShardDown as exc:
+            self.dedup[sender].pop(cid, None)
             self.counters["shard_down"] += 1
-            return self._reply(pid, error_frame(Code.STORE_FAILED, f"{exc}", ref))
+            return self.reply(pid, error_frame(Code.STORE_FAILED, f"{exc}", ref))
         except QueueFull:
+            self.dedup[sender].pop(cid, None)
             self.counters["queue_full"] += 1
             log.warning("queue of %s is full: refused message %s from %s", to, cid, sender)
-            return self._reply(pid, error_frame(Code.QUEUE_FULL, f"{to}'s queue is full", ref))
+            return self.reply(pid, error_frame(Code.QUEUE_FULL, f"{to}'s queue is full", ref))
         pending.seq, pending.ts = item.seq, item.ts
-        self._remember(sender, cid, pending)
         self.poke(to)
 
-    def _durable(self, sender, cid, pending, err):
+    def retransmit(self, sender, pid, ref, cid):
+        """True when ``cid`` was seen from ``sender``: its ✓ is (or will be) sent again, nothing more."""
+        seen = self.dedup.get(sender, {}).get(cid)
+        if seen is None:
+            return False
+        self.counters["retransmits"] += 1
+        if seen.durable:
+            self.reply(pid, self._sent(ref, cid, seen.ts))
+        else:
+            seen.waiters.append((pid, ref))
+        return True
+
+    def track(self, sender, cid, to, waiter=None, durable=False, ts=None):
+        """Remember a new message id in ``sender``'s dedup window; returns its _Pending."""
+        pending = _Pending(to, None, ts, durable)
+        if waiter is not None:
+            pending.waiters.append(waiter)
+        self._remember(sender, cid, pending)
+        return pending
+
+    def durable(self, sender, cid, pending, err):
+        """The message is stored (err None) or failed: answer everyone waiting for its ✓."""
         if err is None:
             pending.durable = True
             frames = [(pid, self._sent(ref, cid, pending.ts)) for pid, ref in pending.waiters]
@@ -97,7 +121,7 @@ class Router:
                                         "retry later", ref)) for pid, ref in pending.waiters]
         pending.waiters = []
         for pid, frame in frames:
-            self._reply(pid, frame)
+            self.reply(pid, frame)
 
     @staticmethod
     def _sent(ref, cid, ts):
@@ -114,33 +138,39 @@ class Router:
     # --- receipts ---------------------------------------------------------------------
 
     def acked(self, user, items):
-        """``user``'s device acked ``items``: tell each sender its messages were delivered."""
+        """``user``'s device acked ``items``: tell each sender its messages were delivered.
+
+        Group copies (kind ``gmsg``) give one receipt per (sender, group), carrying ``group``.
+        """
         by_sender = {}
         for item in items:
             if item.kind == "msg":
-                by_sender.setdefault(item.sender, []).append(item.cid)
-        for sender, ids in by_sender.items():
+                by_sender.setdefault((item.sender, None), []).append(item.cid)
+            elif item.kind == "gmsg":
+                group = unpack(item.frame)["group"]
+                by_sender.setdefault((item.sender, group), []).append(item.cid)
+        for (sender, group), ids in by_sender.items():
             try:
-                self._receipt(user, sender, "delivered", ids)
+                self._receipt(user, sender, "delivered", ids, group=group)
             except ShardDown as exc:  # the items are gone from offd; only the ✓✓ is lost
                 self.counters["receipts_lost"] += 1
                 log.error("delivered receipt of %s for %s lost: %s", ids, sender, exc)
 
-    def read(self, user, pid, ref, to, ids):
-        """``user`` has read messages ``ids`` from ``to``; answer ``ok`` once the receipt is durable."""
+    def read(self, user, pid, ref, to, ids, group=None):
+        """``user`` has read messages ``ids`` from ``to`` (in ``group``, if given); answer ``ok``
+        once the receipt is durable."""
         if not self.accounts.exists(to):
-            return self._reply(pid, error_frame(Code.UNKNOWN_USER, f"no such user {to!r}", ref))
+            return self.reply(pid, error_frame(Code.UNKNOWN_USER, f"no such user {to!r}", ref))
 
-        def durable(err):
-            self._reply(pid, {"type": "ok", "ref": ref} if err is None else
-                        error_frame(Code.STORE_FAILED, "could not store the receipt; retry", ref))
         try:
-            self._receipt(user, to, "read", ids, durable)
+            self._receipt(user, to, "read", ids, self.ok_when_durable(pid, {"type": "ok", "ref": ref}), group)
         except ShardDown as exc:
-            self._reply(pid, error_frame(Code.STORE_FAILED, f"{exc}", ref))
+            self.reply(pid, error_frame(Code.STORE_FAILED, f"{exc}", ref))
 
-    def _receipt(self, user, to, status, ids, on_durable=None):
+    def _receipt(self, user, to, status, ids, on_durable=None, group=None):
         frame = {"type": "receipt", "from": user, "status": status, "ids": ids}
+        if group is not None:
+            frame["group"] = group
         self.offd.spool(to).put(to, "receipt", frame, on_durable=on_durable, force=True)
         self.counters["receipts"] += 1
         self.poke(to)
@@ -153,7 +183,15 @@ class Router:
         if pid is not None:
             self.tell(pid, ("poke",))
 
-    def _reply(self, pid, frame):
+    def ok_when_durable(self, pid, ok):
+        """A durability callback answering ``ok`` to ``pid``, or ``store_failed`` on error."""
+        def answer(err):
+            self.reply(pid, ok if err is None else error_frame(
+                Code.STORE_FAILED, "the server could not store that; retry", ok["ref"]))
+        return answer
+
+    def reply(self, pid, frame):
+        """Queue ``frame`` for the session ``pid`` to send (if it still runs)."""
         self.tell(pid, ("reply", frame))
 
     def tell(self, pid, msg):

@@ -112,8 +112,9 @@ class Session:
             Session._flush(st)
         except OSError:
             pass
-        if st.user is not None:
-            st.node.sm.unregister(st.user, proc.pid)
+        st.node.presence.gone(proc.pid)
+        if st.user is not None and st.node.sm.unregister(st.user, proc.pid):
+            st.node.presence.offline(st.user)
         st.node.counters["disconnections"] += 1
         log.debug("session %r (%s) ended: %s", proc.pid, st.user, reason)
         st.sock.close()
@@ -209,25 +210,40 @@ class Session:
             return (Session._register if ftype == "register" else Session._login)(proc, st, f)
         if st.user is None:
             raise ProtocolError(Code.NOT_LOGGED_IN, "log in first", f.get("ref"))
-        router = st.node.router
-        if ftype == "msg":
-            body = f["body"]
-            if not body:
-                raise ProtocolError(Code.EMPTY_BODY, "the body is empty", f["ref"])
-            size = len(body.encode())
-            if size > st.node.cfg["protocol.max_body"]:
-                raise ProtocolError(Code.BODY_TOO_LARGE, f"body of {size} bytes exceeds "
-                                    f"max_body {st.node.cfg['protocol.max_body']}", f["ref"])
-            router.message(st.user, proc.pid, f["ref"], f["id"], f["to"], body)
-        elif ftype == "ack":
-            spool = st.node.offd.current(st.user)
-            # While the shard restarts the ack is dropped: the items come again and are acked again.
-            if spool is not None and st.node.sm.lookup(st.user) == proc.pid:
-                done = spool.ack(st.user, f["seq"])
-                router.acked(st.user, done)
-                Session._push(proc, st)
-        elif ftype == "read":
-            router.read(st.user, proc.pid, f["ref"], f["to"], f["ids"])
+        owner, method = ROUTES[ftype]
+        if owner is None:
+            return getattr(Session, method)(proc, st, f)
+        answer = getattr(getattr(st.node, owner), method)(st.user, proc.pid, f)
+        if answer is not None:
+            Session._send(st, answer)
+
+    @staticmethod
+    def _msg(proc, st, f):
+        body = f["body"]
+        if not body:
+            raise ProtocolError(Code.EMPTY_BODY, "the body is empty", f["ref"])
+        size = len(body.encode())
+        if size > st.node.cfg["protocol.max_body"]:
+            raise ProtocolError(Code.BODY_TOO_LARGE, f"body of {size} bytes exceeds "
+                                f"max_body {st.node.cfg['protocol.max_body']}", f["ref"])
+        if "group" in f:
+            return st.node.groups.message(st.user, proc.pid, f)
+        st.node.router.message(st.user, proc.pid, f["ref"], f["id"], f["to"], body)
+
+    @staticmethod
+    def _ack(proc, st, f):
+        spool = st.node.offd.current(st.user)
+        # While the shard restarts the ack is dropped: the items come again and are acked again.
+        if spool is not None and st.node.sm.lookup(st.user) == proc.pid:
+            done = spool.ack(st.user, f["seq"])
+            st.node.router.acked(st.user, done)
+            Session._push(proc, st)
+
+    @staticmethod
+    def _read(proc, st, f):
+        if "group" in f:
+            st.node.groups.members_of(st.user, f["group"], f["ref"])
+        st.node.router.read(st.user, proc.pid, f["ref"], f["to"], f["ids"], f.get("group"))
 
     @staticmethod
     def _hello(st, f):
@@ -272,6 +288,8 @@ class Session:
         old = node.sm.register(user, proc.pid)
         if old is not None:
             node.router.tell(old, ("replaced",))
+        else:
+            node.presence.online(user)
         q.sent = 0
         node.counters["logins"] += 1
         Session._send(st, {"type": "ok", "ref": ref, "user": user, "queued": len(q)})
@@ -291,3 +309,28 @@ class Session:
         if room > 0:
             for item in q.unsent(room):
                 st.out.append(protocol.frame_bytes(item.frame))
+
+
+#: What a logged-in session does with each frame type: (node attribute, method) for the
+#: features that live in their own module, each called as method(user, pid, frame) and
+#: returning an immediate answer or None; (None, name) for Session's own handlers.
+ROUTES = {
+    "msg": (None, "_msg"),
+    "ack": (None, "_ack"),
+    "read": (None, "_read"),
+    "group_create": ("groups", "create"),
+    "group_add": ("groups", "add"),
+    "group_remove": ("groups", "remove"),
+    "group_leave": ("groups", "leave"),
+    "group_admin": ("groups", "set_admin"),
+    "group_rename": ("groups", "rename"),
+    "group_info": ("groups", "info"),
+    "group_list": ("groups", "list"),
+    "presence_sub": ("presence", "subscribe"),
+    "presence_unsub": ("presence", "unsubscribe"),
+    "privacy": ("presence", "privacy"),
+    "typing": ("presence", "typing"),
+    "block": ("blocks", "block"),
+    "unblock": ("blocks", "unblock"),
+    "block_list": ("blocks", "list"),
+}

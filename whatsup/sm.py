@@ -25,6 +25,11 @@ class SessionManager:
         return old if old != pid else None
 
     def unregister(self, user, pid):
-        """Forget ``pid`` as the user's session unless a newer one already replaced it."""
+        """Forget ``pid`` as the user's session unless a newer one already replaced it.
+
+        True when the user is now offline.
+        """
         if self.sessions.get(user) == pid:
             del self.sessions[user]
+            return True
+        return False

@@ -1,0 +1,63 @@
+"""Blocking (docs/PROTOCOL.md, "Blocking"): who blocked whom, durable, consulted in RAM.
+
+What a block does is decided where the traffic goes (router, presence); this
+module only keeps the relation. As at WhatsApp the blocked user is told
+nothing: their 1:1 messages to the blocker get ✓ (``sent``) and are never
+delivered, their presence subscription sees the blocker offline without a last
+seen, their typing is dropped. The blocker, who knows, gets ``blocked`` when
+writing, typing to or subscribing to the user they blocked.
+"""
+from .protocol import Code, ProtocolError
+
+
+class Blocks:
+    def __init__(self, accounts):
+        self.accounts = accounts
+        self.blocked = {}  # blocker -> set of users they blocked
+        self.table = None
+        self.router = None  # set by open(): the router needs this object first
+
+    def __repr__(self):
+        return f"<Blocks blockers={len(self.blocked)}>"
+
+    def open(self, table, router):
+        """Load the relation from ``table`` (a whatsup.tables.Table); answers go through ``router``."""
+        self.table, self.router = table, router
+        self.blocked = {user: set(others) for user, others in table.load().items()}
+        return self
+
+    def blocks(self, blocker, other):
+        """True when ``blocker`` has blocked ``other``."""
+        others = self.blocked.get(blocker)
+        return others is not None and other in others
+
+    # --- frames ----------------------------------------------------------------------
+
+    def block(self, user, pid, f):
+        other = self._target(user, f)
+        self.blocked.setdefault(user, set()).add(other)
+        self._store(user, pid, f["ref"])
+
+    def unblock(self, user, pid, f):
+        other = self._target(user, f)
+        others = self.blocked.get(user, set())
+        others.discard(other)
+        if not others:
+            self.blocked.pop(user, None)
+        self._store(user, pid, f["ref"])
+
+    def list(self, user, pid, f):
+        return {"type": "blocked", "ref": f["ref"], "users": sorted(self.blocked.get(user, ()))}
+
+    def _target(self, user, f):
+        other = f["user"]
+        if other == user:
+            raise ProtocolError(Code.IS_SELF, "you cannot block yourself", f["ref"])
+        if not self.accounts.exists(other):
+            raise ProtocolError(Code.UNKNOWN_USER, f"no such user {other!r}", f["ref"])
+        return other
+
+    def _store(self, user, pid, ref):
+        others = self.blocked.get(user)
+        self.table.put(user, sorted(others) if others else None,
+                       self.router.ok_when_durable(pid, {"type": "ok", "ref": ref}))

@@ -1,0 +1,305 @@
+"""Groups: durable membership and the server-side fan-out (docs/PROTOCOL.md, "Groups").
+
+A group message is sent once; the server puts one copy into every other
+member's offd queue (each copy gets that member's own seq), so offline members
+are served exactly like 1:1 recipients and order per (group, sender) comes from
+the per-recipient queues. The sender's ✓ comes when the copy of EVERY member is
+fsynced; each member's ack becomes a ``delivered`` receipt carrying ``group``.
+
+Group events (created, added, removed, left, admin, renamed) are system items
+(``group_event``) queued for every member through offd the same way.
+
+Every operation on one group runs under that group's lock, so messages and
+events enter every member's queue in one order: a member removed before a
+message does not get it, one added after it does not get it. A fan-out yields
+to the hub every ``fanout_chunk`` members, so a 1024-member group does not
+stall the other sessions; it runs in a greenlet of its own, which the sending
+session waits for, so killing the session cannot cut a fan-out in half.
+
+Membership lives in RAM and in a :class:`whatsup.tables.Table` (``load``/``put``),
+so it can move with the account store.
+"""
+import logging
+import time
+import uuid
+
+import gevent
+from gevent.lock import Semaphore
+
+from .offd import QueueFull
+from .protocol import Code, ProtocolError
+
+log = logging.getLogger("whatsup.groups")
+
+
+class Group:
+    __slots__ = ("gid", "name", "members", "lock")
+
+    def __init__(self, gid, name, members):
+        self.gid, self.name = gid, name
+        self.members = members  # user -> is admin, in the order they joined
+        self.lock = Semaphore()
+
+    def __repr__(self):
+        return f"<Group {self.gid} {self.name!r} members={len(self.members)} busy={self.lock.locked()}>"
+
+    def admins(self):
+        return [u for u, admin in self.members.items() if admin]
+
+    def record(self):
+        return {"name": self.name, "members": [[u, a] for u, a in self.members.items()]}
+
+
+class AllDurable:
+    """Calls ``done(err)`` once every expected durability callback came (the first error wins).
+
+    It starts holding one expectation for the issuer, released by :meth:`release`
+    after the last put, so it cannot fire while a fan-out is still issuing.
+    """
+    __slots__ = ("n", "err", "done")
+
+    def __init__(self, done):
+        self.n, self.err, self.done = 1, None, done
+
+    def expect(self):
+        self.n += 1
+        return self
+
+    def __call__(self, err=None):
+        if err is not None and self.err is None:
+            self.err = err
+        self.n -= 1
+        if self.n == 0:
+            self.done(self.err)
+
+    release = __call__
+
+
+class Groups:
+    def __init__(self, router, offd, accounts, max_members, fanout_chunk):
+        self.router, self.offd, self.accounts = router, offd, accounts
+        self.max_members, self.chunk = max_members, fanout_chunk
+        self.groups = {}    # gid -> Group
+        self.of_user = {}   # user -> set of gids
+        self.table = None
+
+    def __repr__(self):
+        return f"<Groups {len(self.groups)} groups>"
+
+    def open(self, table):
+        """Load every group from ``table`` (a whatsup.tables.Table)."""
+        self.table = table
+        for gid, rec in table.load().items():
+            self._index(Group(gid, rec["name"], {u: a for u, a in rec["members"]}))
+        return self
+
+    # --- frames (each returns an immediate answer frame, or None when it comes later) ---
+
+    def create(self, user, pid, f):
+        ref = f["ref"]
+        wanted = [m for m in dict.fromkeys(f.get("members", ())) if m != user]
+        self._check_users(wanted, ref)
+        self._check_size(1 + len(wanted), ref)
+        group = Group("g" + uuid.uuid4().hex[:16], f["name"], {user: True, **dict.fromkeys(wanted, False)})
+        self._index(group)
+        log.info("%s created group %s with %d members", user, group.gid, len(group.members))
+
+        def op(group):
+            done = self._answer(pid, {"type": "ok", "ref": ref, "group": group.gid})
+            self._store(group, done)
+            self._event(group, list(group.members), done, "created", user, name=group.name,
+                        members=list(group.members))
+            done.release()
+        return self._serial(group.gid, ref, op)
+
+    def add(self, user, pid, f):
+        def op(group):
+            self._admin(group, user, f["ref"])
+            new = [m for m in dict.fromkeys(f["members"]) if m not in group.members]
+            self._check_users(new, f["ref"])
+            self._check_size(len(group.members) + len(new), f["ref"])
+            for m in new:
+                group.members[m] = False
+                self._link(m, group)
+            self._change(group, pid, f["ref"], list(group.members), "added", user, members=new)
+        return self._serial(f["group"], f["ref"], op)
+
+    def remove(self, user, pid, f):
+        def op(group):
+            self._admin(group, user, f["ref"])
+            gone = [m for m in dict.fromkeys(f["members"]) if m in group.members and m != user]
+            recipients = list(group.members)
+            for m in gone:
+                self._drop(group, m)
+            self._change(group, pid, f["ref"], recipients, "removed", user, members=gone)
+        return self._serial(f["group"], f["ref"], op)
+
+    def leave(self, user, pid, f):
+        def op(group):
+            self._member(group, user, f["ref"])
+            recipients = list(group.members)
+            self._drop(group, user)
+            if group.members and not group.admins():  # WhatsApp: the oldest member takes over
+                heir = next(iter(group.members))
+                group.members[heir] = True
+                extra = {"heir": heir}
+            else:
+                extra = {}
+            self._change(group, pid, f["ref"], recipients, "left", user, members=[user], **extra)
+        return self._serial(f["group"], f["ref"], op)
+
+    def set_admin(self, user, pid, f):
+        def op(group):
+            ref, who = f["ref"], f["user"]
+            self._admin(group, user, ref)
+            self._member(group, who, ref)
+            if not f["admin"] and group.admins() == [who]:
+                raise ProtocolError(Code.BAD_FIELD, "a group keeps at least one admin", ref)
+            group.members[who] = f["admin"]
+            self._change(group, pid, ref, list(group.members), "admin", user, user=who, admin=f["admin"])
+        return self._serial(f["group"], f["ref"], op)
+
+    def rename(self, user, pid, f):
+        def op(group):
+            self._admin(group, user, f["ref"])
+            group.name = f["name"]
+            self._change(group, pid, f["ref"], list(group.members), "renamed", user, name=group.name)
+        return self._serial(f["group"], f["ref"], op)
+
+    def info(self, user, pid, f):
+        group = self._group(f["group"], f["ref"])
+        self._member(group, user, f["ref"])
+        return {"type": "group_info", "ref": f["ref"], "group": group.gid, "name": group.name,
+                "members": list(group.members), "admins": group.admins()}
+
+    def list(self, user, pid, f):
+        groups = [self.groups[gid] for gid in sorted(self.of_user.get(user, ()))]
+        return {"type": "groups", "ref": f["ref"],
+                "groups": [{"group": g.gid, "name": g.name, "members": len(g.members)} for g in groups]}
+
+    def message(self, sender, pid, f):
+        """A ``msg`` with ``group``: fan it out; the ✓ comes once every copy is durable."""
+        ref, cid = f["ref"], f["id"]
+
+        def op(group):
+            if self.router.retransmit(sender, pid, ref, cid):
+                return
+            self._member(group, sender, ref)
+            pending = self.router.track(sender, cid, group.gid, waiter=(pid, ref),
+                                        ts=int(time.time() * 1000))
+            done = AllDurable(lambda err: self.router.durable(sender, cid, pending, err))
+            frame = {"type": "msg", "from": sender, "group": group.gid, "id": cid, "body": f["body"]}
+
+            def put(user):
+                try:
+                    self.offd.spool(user).put(user, "gmsg", dict(frame), sender=sender, cid=cid,
+                                              on_durable=done.expect())
+                except QueueFull:
+                    done()  # that member's copy is skipped (logged); the others still get theirs
+                    log.warning("queue of %s is full: group %s message %s skipped for them",
+                                user, group.gid, cid)
+            self._fan_out([m for m in group.members if m != sender], put)
+            done.release()
+        return self._serial(f["group"], ref, op)
+
+    def members_of(self, user, gid, ref):
+        """The members of ``gid``, which ``user`` must belong to (for typing)."""
+        group = self._group(gid, ref)
+        self._member(group, user, ref)
+        return list(group.members)
+
+    # --- internals ---------------------------------------------------------------------
+
+    def _serial(self, gid, ref, op):
+        """Run ``op(group)`` under the group's lock in a greenlet of its own and wait for it.
+
+        A ProtocolError from ``op`` is re-raised here, in the session, so it is
+        answered and counted like any refused frame.
+        """
+        def run():
+            group = self._group(gid, ref)
+            with group.lock:
+                if self.groups.get(gid) is not group:  # dissolved while we waited
+                    raise ProtocolError(Code.UNKNOWN_GROUP, f"no such group {gid!r}", ref)
+                op(group)
+        g = gevent.spawn(run)
+        g.join()
+        if isinstance(g.exception, ProtocolError):
+            raise g.exception
+        if g.exception is not None:
+            raise ProtocolError(Code.INTERNAL, "the group operation failed", ref)
+
+    def _change(self, group, pid, ref, recipients, event, by, **fields):
+        """Store the changed group and tell ``recipients``; ``ok`` once all of it is durable."""
+        done = self._answer(pid, {"type": "ok", "ref": ref})
+        self._store(group, done)
+        self._event(group, recipients, done, event, by, **fields)
+        done.release()
+
+    def _answer(self, pid, ok):
+        return AllDurable(self.router.ok_when_durable(pid, ok))
+
+    def _store(self, group, done):
+        if group.members:
+            self.table.put(group.gid, group.record(), done.expect())
+        else:
+            del self.groups[group.gid]
+            self.table.put(group.gid, None, done.expect())
+            log.info("group %s dissolved: no members left", group.gid)
+
+    def _event(self, group, recipients, done, event, by, **fields):
+        frame = {"type": "group_event", "group": group.gid, "event": event, "by": by, **fields}
+
+        def put(user):
+            self.offd.spool(user).put(user, "event", dict(frame), on_durable=done.expect(), force=True)
+        self._fan_out(recipients, put)
+
+    def _fan_out(self, users, put):
+        """``put(user)`` for each user, poking them, yielding to the hub every ``chunk`` users."""
+        for i, user in enumerate(users, 1):
+            put(user)
+            self.router.poke(user)
+            if i % self.chunk == 0:
+                gevent.sleep(0)
+
+    def _index(self, group):
+        self.groups[group.gid] = group
+        for m in group.members:
+            self._link(m, group)
+
+    def _link(self, user, group):
+        self.of_user.setdefault(user, set()).add(group.gid)
+
+    def _drop(self, group, user):
+        del group.members[user]
+        gids = self.of_user.get(user)
+        if gids is not None:
+            gids.discard(group.gid)
+            if not gids:
+                del self.of_user[user]
+
+    def _group(self, gid, ref):
+        group = self.groups.get(gid)
+        if group is None:
+            raise ProtocolError(Code.UNKNOWN_GROUP, f"no such group {gid!r}", ref)
+        return group
+
+    @staticmethod
+    def _member(group, user, ref):
+        if user not in group.members:
+            raise ProtocolError(Code.NOT_MEMBER, f"{user} is not a member of {group.gid}", ref)
+
+    def _admin(self, group, user, ref):
+        self._member(group, user, ref)
+        if not group.members[user]:
+            raise ProtocolError(Code.NOT_ADMIN, f"only admins of {group.gid} may do that", ref)
+
+    def _check_users(self, users, ref):
+        unknown = [u for u in users if not self.accounts.exists(u)]
+        if unknown:
+            raise ProtocolError(Code.UNKNOWN_USER, f"no such user {unknown[0]!r}", ref)
+
+    def _check_size(self, n, ref):
+        if n > self.max_members:
+            raise ProtocolError(Code.GROUP_FULL, f"a group has at most {self.max_members} members "
+                                f"(groups.max_members); this would make {n}", ref)

@@ -1,0 +1,140 @@
+"""Presence, last seen and typing (docs/PROTOCOL.md, "Presence and typing").
+
+Transient signals: held in RAM, sent only to sessions online now, never
+spooled in offd and never acked. A subscription belongs to the session that
+made it; a device that reconnects subscribes again and the answer carries the
+current state, so nothing is lost that still matters. Only the privacy setting
+(last seen visible to ``everyone`` or ``nobody``) is durable, in a
+:class:`whatsup.tables.Table`.
+
+Blocking (see whatsup/blocking.py): a user who is blocked sees the blocker as
+offline with no last seen and gets no updates; the blocker gets ``blocked``.
+"""
+import time
+
+from .protocol import Code, ProtocolError
+
+
+class RateLimit:
+    """At most ``limit`` events per ``per`` seconds, in fixed windows. I/O-free (the caller
+    passes the clock), deliberately small so a generic token bucket can replace it."""
+    __slots__ = ("limit", "per", "start", "count")
+
+    def __init__(self, limit, per=1.0):
+        self.limit, self.per = limit, per
+        self.start, self.count = None, 0
+
+    def allow(self, now):
+        if self.start is None or now - self.start >= self.per:
+            self.start, self.count = now, 0
+        self.count += 1
+        return self.count <= self.limit
+
+
+class Presence:
+    def __init__(self, sm, accounts, blocks, groups, typing_rate):
+        self.sm, self.accounts, self.blocks, self.groups = sm, accounts, blocks, groups
+        self.typing_rate = typing_rate
+        self.watchers = {}       # user -> {subscriber pid: subscriber user}
+        self.watching = {}       # subscriber pid -> set of users
+        self.last_seen = {}      # user -> ms since the epoch, when their last session ended
+        self.hidden = set()      # users whose last seen is visible to nobody
+        self.limits = {}         # session pid -> RateLimit for its typing frames
+        self.table = self.router = None
+
+    def __repr__(self):
+        return f"<Presence watched={len(self.watchers)} watching={len(self.watching)}>"
+
+    def open(self, table, router):
+        """Load the privacy settings from ``table``; updates go out through ``router``."""
+        self.table, self.router = table, router
+        self.hidden = {user for user, prefs in table.load().items() if prefs.get("last_seen") == "nobody"}
+        return self
+
+    # --- what sessions report -----------------------------------------------------------
+
+    def online(self, user):
+        """``user``'s first session logged in."""
+        self._notify(user)
+
+    def offline(self, user):
+        """``user``'s last session ended: last seen is now."""
+        self.last_seen[user] = int(time.time() * 1000)
+        self._notify(user)
+
+    def gone(self, pid):
+        """Session ``pid`` ended: drop its subscriptions and its limiter."""
+        self.limits.pop(pid, None)
+        for target in self.watching.pop(pid, ()):
+            watchers = self.watchers.get(target)
+            if watchers is not None:
+                watchers.pop(pid, None)
+                if not watchers:
+                    del self.watchers[target]
+
+    # --- frames -------------------------------------------------------------------------
+
+    def subscribe(self, user, pid, f):
+        target, ref = f["user"], f["ref"]
+        self._peer(user, target, ref, "subscribe to your own presence")
+        self.watchers.setdefault(target, {})[pid] = user
+        self.watching.setdefault(pid, set()).add(target)
+        return {**self.state(target, user), "ref": ref}
+
+    def unsubscribe(self, user, pid, f):
+        target = f["user"]
+        self.watching.get(pid, set()).discard(target)
+        self.watchers.get(target, {}).pop(pid, None)
+        return {"type": "ok", "ref": f["ref"]}
+
+    def privacy(self, user, pid, f):
+        value = f["last_seen"]
+        (self.hidden.add if value == "nobody" else self.hidden.discard)(user)
+        self.table.put(user, {"last_seen": value},
+                       self.router.ok_when_durable(pid, {"type": "ok", "ref": f["ref"]}))
+        self._notify(user)
+
+    def typing(self, user, pid, f):
+        """Relay a typing indicator to an online peer or the online members of a group."""
+        ref = f.get("ref")
+        limit = self.limits.get(pid)
+        if limit is None:
+            limit = self.limits[pid] = RateLimit(self.typing_rate)
+        if not limit.allow(time.monotonic()):
+            raise ProtocolError(Code.RATE_LIMITED, f"at most {self.typing_rate} typing frames a second", ref)
+        relay = {"type": "typing", "from": user, "state": f["state"]}
+        if "group" in f:
+            relay["group"] = f["group"]
+            targets = [m for m in self.groups.members_of(user, f["group"], ref) if m != user]
+        else:
+            self._peer(user, f["to"], ref, "type to yourself")
+            targets = [] if self.blocks.blocks(f["to"], user) else [f["to"]]
+        for target in targets:
+            session = self.sm.lookup(target)
+            if session is not None:
+                self.router.reply(session, relay)
+        return {"type": "ok", "ref": ref} if ref is not None else None
+
+    # --- state ---------------------------------------------------------------------------
+
+    def state(self, user, viewer):
+        """The ``presence`` frame ``viewer`` may see about ``user``."""
+        if self.blocks.blocks(user, viewer):
+            return {"type": "presence", "user": user, "online": False}
+        frame = {"type": "presence", "user": user, "online": self.sm.lookup(user) is not None}
+        if not frame["online"] and user not in self.hidden and user in self.last_seen:
+            frame["last_seen"] = self.last_seen[user]
+        return frame
+
+    def _notify(self, user):
+        for pid, viewer in list(self.watchers.get(user, {}).items()):
+            if not self.blocks.blocks(user, viewer):
+                self.router.reply(pid, self.state(user, viewer))
+
+    def _peer(self, user, other, ref, what):
+        if other == user:
+            raise ProtocolError(Code.IS_SELF, f"you cannot {what}", ref)
+        if not self.accounts.exists(other):
+            raise ProtocolError(Code.UNKNOWN_USER, f"no such user {other!r}", ref)
+        if self.blocks.blocks(user, other):
+            raise ProtocolError(Code.BLOCKED, f"you blocked {other}; unblock first", ref)

@@ -1,0 +1,103 @@
+"""Small durable tables (groups, blocks, privacy), in their own sqlite file.
+
+The groups, blocking and presence modules hold their data in RAM and only need
+three things from a store: load everything at start, write a changed record,
+and hear when it is durable. :class:`Table` is that contract, so the records
+can move (into the account shards, say) without those modules changing.
+
+:class:`SqliteTable` is one sqlitedict table (json codec, never pickle,
+``synchronous=FULL``); the tables of one file share one native writer thread
+and each group-commits its writes, as the account shards do.
+:class:`TableStore` is the process that owns the file in the supervision
+tree: its ``init`` opens every table and hands it to its loader (e.g.
+``Groups.open``), so a restart reloads the modules from disk.
+"""
+import json
+import os
+from typing import Callable, Optional, Protocol
+
+from gevent.threadpool import ThreadPool
+from sqlitedict import SqliteDict
+
+from .batch import GroupCommitter
+
+
+class Table(Protocol):
+    def load(self) -> dict:
+        """Every key and its value (blocks the calling greenlet, never the hub)."""
+
+    def put(self, key: str, value, on_durable: Optional[Callable] = None) -> None:
+        """Store ``value`` (JSON-able; None deletes) under ``key``; ``on_durable(err)`` on the hub later."""
+
+
+class SqliteTable:
+    """A Table in ``path`` named ``name``; every sqlite call runs on ``pool`` (one native thread)."""
+
+    def __init__(self, path, name, pool):
+        self.path, self.name, self.pool = path, name, pool
+        self._db = None
+        self._commits = None
+
+    def __repr__(self):
+        return f"<SqliteTable {self.path}:{self.name} {self._commits!r}>"
+
+    def open(self):
+        self.pool.apply(self._open)
+        self._commits = GroupCommitter(self.pool, self._write, f"table {self.name}")
+        return self
+
+    def _open(self):
+        self._db = SqliteDict(self.path, tablename=self.name, autocommit=False, journal_mode="WAL",
+                              encode=json.dumps, decode=json.loads)
+        self._db.conn.execute("PRAGMA synchronous=FULL")
+        self._db.commit()
+
+    def close(self):
+        if self._commits is not None:
+            self._commits.stop()
+        if self._db is not None:
+            self.pool.apply(self._db.close)
+
+    def load(self):
+        return self.pool.apply(lambda: dict(self._db.items()))
+
+    def put(self, key, value, on_durable=None):
+        self._commits.add((key, value), on_durable)
+
+    def _write(self, batch):
+        for key, value in batch:
+            if value is None:
+                self._db.pop(key, None)
+            else:
+                self._db[key] = value
+        self._db.commit()
+
+
+class TableStore:
+    """The process owning one tables file (gen_server callbacks).
+
+    ``init(proc, path, loaders)``: ``loaders`` maps a table name to a callable
+    taking the opened Table.
+    """
+    kind = "tables"
+    vsn = 1
+
+    @staticmethod
+    def init(proc, path, loaders):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        pool = ThreadPool(1)
+        tables = [SqliteTable(path, name, pool).open() for name in loaders]
+        for table in tables:
+            loaders[table.name](table)
+        return pool, tables
+
+    @staticmethod
+    def describe(state):
+        return {"tables": [repr(t) for t in state[1]]}
+
+    @staticmethod
+    def terminate(proc, reason, state):
+        pool, tables = state
+        for table in tables:
+            table.close()
+        pool.kill()
