@@ -175,7 +175,7 @@ class Groups:
     def list(self, user, pid, f):
         groups = [self.groups[gid] for gid in sorted(self.of_user.get(user, ()))]
         return {"type": "groups", "ref": f["ref"],
-                "groups": [{"group": g.gid, "name": g.name, "members": len(g.members)} for g in groups]}
+                "groups": [{"group": g.gid, "name": g.name, "size": len(g.members)} for g in groups]}
 
     def message(self, sender, pid, f):
         """A ``msg`` with ``group``: fan it out; the ✓ comes once every copy is durable."""

@@ -1,5 +1,6 @@
 """``whatsup``: the command-line client (register, send, inbox, chat)."""
 import datetime
+import functools
 import json
 import sys
 import threading
@@ -7,7 +8,7 @@ import time
 
 import click
 
-from ..client import DEFAULT_SERVER, Client, ClientState, Closed, ServerError
+from ..client import DEFAULT_SERVER, PUSHED, Client, ClientState, Closed, ServerError
 
 TICKS = {"sent": "✓", "delivered": "✓✓", "read": "✓✓ read"}
 
@@ -42,11 +43,25 @@ def _stamp(ms):
 
 
 def _line(frame):
-    if frame["type"] == "msg":
-        return f"[{_stamp(frame['ts'])}] {frame['from']}: {frame['body']}  (id {frame['id']})"
-    if frame["type"] == "receipt":
-        return f"[{_stamp(frame['ts'])}] {TICKS[frame['status']]} {frame['status']} by {frame['from']}: " + \
+    kind = frame["type"]
+    where = f" in {frame['group']}" if "group" in frame else ""
+    if kind == "msg":
+        return f"[{_stamp(frame['ts'])}] {frame['from']}{where}: {frame['body']}  (id {frame['id']})"
+    if kind == "receipt":
+        return f"[{_stamp(frame['ts'])}] {TICKS[frame['status']]} {frame['status']} by {frame['from']}{where}: " + \
             ", ".join(frame["ids"])
+    if kind == "group_event":
+        detail = {k: v for k, v in frame.items() if k not in ("type", "group", "event", "by", "seq", "ts")}
+        return f"[{_stamp(frame['ts'])}] group {frame['group']}: {frame['event']} by {frame['by']} " + \
+            " ".join(f"{k}={v}" for k, v in detail.items())
+    if kind == "presence":
+        if frame["online"]:
+            return f"{frame['user']} is online"
+        if "last_seen" in frame:
+            return f"{frame['user']} was last seen at {_stamp(frame['last_seen'])}"
+        return f"{frame['user']} is offline"
+    if kind == "typing":
+        return f"{frame['from']}{where} is {frame['state']}" + ("..." if frame["state"] != "paused" else "")
     return json.dumps(frame)
 
 
@@ -73,19 +88,33 @@ def register(ctx, user, password):
     click.echo(f"registered {user}")
 
 
+def _call(fn, *args, **kw):
+    """Run a client request; a server error becomes the CLI's one-line error."""
+    try:
+        return fn(*args, **kw)
+    except ServerError as exc:
+        raise click.ClickException(f"{exc.code}: {exc.message}") from None
+
+
+def _target(peer, group):
+    if (peer is None) == (group is None):
+        raise click.UsageError("give PEER or --group GROUP (one of them)")
+
+
 @main.command()
 @_as_option
 @_password_option()
-@click.argument("peer")
-@click.argument("text")
+@click.option("--group", metavar="GROUP", help="send to this group instead of PEER")
+@click.argument("words", nargs=-1, required=True, metavar="[PEER] TEXT")
 @click.pass_context
-def send(ctx, user, password, peer, text):
-    """Send TEXT to PEER; returns after ✓ and prints the message id."""
+def send(ctx, user, password, group, words):
+    """Send TEXT to PEER (or to --group); returns after ✓ and prints the message id."""
+    if len(words) > 2:
+        raise click.UsageError("too many arguments: quote TEXT")
+    peer, text = (words[0] if len(words) == 2 else None), words[-1]
+    _target(peer, group)
     with _connect(ctx, user, password) as client:
-        try:
-            answer = client.send(peer, text)
-        except ServerError as exc:
-            raise click.ClickException(f"{exc.code}: {exc.message}") from None
+        answer = _call(client.send, peer, text, group=group)
     click.echo(answer["id"])
 
 
@@ -104,7 +133,7 @@ def inbox(ctx, user, password, as_json, wait):
             frame = client.recv(wait if seen >= pending else client.timeout)
             if frame is None:
                 break
-            if frame["type"] not in ("msg", "receipt"):
+            if frame["type"] not in PUSHED:
                 continue
             seen += 1
             click.echo(json.dumps(frame, ensure_ascii=False) if as_json else _line(frame))
@@ -116,25 +145,38 @@ def inbox(ctx, user, password, as_json, wait):
 @main.command()
 @_as_option
 @_password_option()
-@click.argument("peer")
+@click.option("--group", metavar="GROUP", help="chat in this group instead of with PEER")
+@click.argument("peer", required=False)
 @click.pass_context
-def chat(ctx, user, password, peer):
-    """Chat with PEER: type a line to send it, Ctrl-D to quit. Ticks: ✓ sent, ✓✓ delivered, read."""
+def chat(ctx, user, password, group, peer):
+    """Chat with PEER (or in --group): type a line to send it, Ctrl-D to quit.
+
+    Ticks: ✓ sent, ✓✓ delivered, read (per member in a group). PEER's presence
+    and typing, and the group's events, are shown as they happen.
+    """
+    _target(peer, group)
     client = _connect(ctx, user, password)
     lock = threading.Lock()
     mine = {}  # message id -> text
-    shown = {}  # message id -> the highest tick shown (✓ can arrive after ✓✓: it waits for fsync)
+    shown = {}  # (message id, member or None) -> the highest tick shown (✓ can arrive after ✓✓:
+    #             it waits for fsync; in a group, for the fsync of every member's copy)
 
-    def tick(mid, status):
-        if list(TICKS).index(status) > shown.get(mid, -1):
-            shown[mid] = list(TICKS).index(status)
-            show(f"  {TICKS[status]} {mine.get(mid, mid)}")
+    def tick(mid, status, member=None):
+        rank = list(TICKS).index(status)
+        if rank > shown.get((mid, member), -1):
+            shown[(mid, member)] = rank
+            if member is not None:  # a member's ✓✓ implies the message's ✓
+                shown.setdefault((mid, None), 0)
+            show(f"  {TICKS[status]} {member + ': ' if member else ''}{mine.get(mid, mid)}")
     interval = float(client.hello.get("idle_timeout", 90)) / 3
 
     def show(text):
         with lock:
             click.echo(text)
             sys.stdout.flush()  # a pipe is block-buffered; a chat line must show now
+
+    def ours(frame):
+        return frame.get("group") == group and (group is not None or frame["from"] == peer)
 
     def receive():
         try:
@@ -144,18 +186,19 @@ def chat(ctx, user, password, peer):
                 if frame is None:
                     continue
                 kind = frame["type"]
-                if kind == "msg":
-                    show(_line(frame))
-                    if frame["from"] == peer:
-                        with lock:
-                            client.send_frame({"type": "read", "ref": 0, "to": peer, "ids": [frame["id"]]})
-                elif kind == "sent":
+                if kind == "msg" and ours(frame):
+                    read = {"type": "read", "ref": 0, "to": frame["from"], "ids": [frame["id"]]}
+                    with lock:
+                        client.send_frame({**read, "group": group} if group else read)
+                if kind == "sent":
                     tick(frame["id"], "sent")
                 elif kind == "receipt":
                     for mid in frame["ids"]:
-                        tick(mid, frame["status"])
+                        tick(mid, frame["status"], frame.get("group") and frame["from"])
                 elif kind == "error" and frame.get("ref") != 0:
                     show(f"! {frame['code']}: {frame['message']}")
+                elif kind != "error":
+                    show(_line(frame))
                 client.state.save(client.last_seq)
         except (Closed, OSError) as exc:
             show(f"! disconnected: {exc}")
@@ -166,18 +209,135 @@ def chat(ctx, user, password, peer):
             with lock:
                 client.send_frame({"type": "ping"})
 
+    if peer is not None:
+        try:
+            click.echo(_line(client.subscribe(peer)))
+        except ServerError as exc:
+            click.echo(f"! presence of {peer}: {exc.code}")
     threading.Thread(target=receive, daemon=True).start()
     threading.Thread(target=keepalive, daemon=True).start()
-    click.echo(f"chatting with {peer} as {user}; Ctrl-D to quit")
+    click.echo(f"chatting {'in ' + group if group else 'with ' + peer} as {user}; Ctrl-D to quit")
     for text in sys.stdin:
         text = text.rstrip("\n")
         if not text:
             continue
         with lock:
-            frame = client.send_nowait(peer, text)
+            frame = client.send_nowait(peer, text, group=group)
         mine[frame["id"]] = text
     with lock:
         client.close()
+
+
+@main.command()
+@_as_option
+@_password_option()
+@click.argument("target")
+@click.option("--watch", default=0.0, show_default=True, metavar="SECONDS",
+              help="keep printing changes for this long")
+@click.pass_context
+def presence(ctx, user, password, target, watch):
+    """Show whether TARGET is online, or when they were last seen."""
+    with _connect(ctx, user, password) as client:
+        click.echo(_line(_call(client.subscribe, target)))
+        deadline = time.monotonic() + watch
+        while time.monotonic() < deadline:
+            frame = client.recv(deadline - time.monotonic())
+            if frame is not None and frame["type"] == "presence":
+                click.echo(_line(frame))
+
+
+@main.command()
+@_as_option
+@_password_option()
+@click.argument("setting", type=click.Choice(["everyone", "nobody"]))
+@click.pass_context
+def privacy(ctx, user, password, setting):
+    """Who may see your last seen time."""
+    with _connect(ctx, user, password) as client:
+        _call(client.privacy, setting)
+    click.echo(f"last seen visible to {setting}")
+
+
+@main.command()
+@_as_option
+@_password_option()
+@click.argument("other")
+@click.option("--undo", is_flag=True, help="unblock instead")
+@click.pass_context
+def block(ctx, user, password, other, undo):
+    """Block OTHER (their messages, presence requests and typing no longer reach you)."""
+    with _connect(ctx, user, password) as client:
+        _call(client.unblock if undo else client.block, other)
+    click.echo(f"{'unblocked' if undo else 'blocked'} {other}")
+
+
+# --- groups ------------------------------------------------------------------------------
+
+@main.group()
+def group():
+    """Create and manage groups (see docs/PROTOCOL.md, "Groups")."""
+
+
+def _group_command(f):
+    """A ``whatsup group`` sub-command: --as, --password, and a connected client for ``f``."""
+    @group.command(name=f.__name__.replace("group_", ""), help=f.__doc__)
+    @_as_option
+    @_password_option()
+    @click.pass_context
+    @functools.wraps(f)
+    def command(ctx, user, password, **args):
+        with _connect(ctx, user, password) as client:
+            f(client, **args)
+    return command
+
+
+@_group_command
+@click.argument("name")
+@click.argument("members", nargs=-1)
+def group_create(client, name, members):
+    """Create group NAME with MEMBERS (you are its admin); prints its id."""
+    click.echo(_call(client.group_create, name, members))
+
+
+@_group_command
+@click.argument("group_id", metavar="GROUP")
+@click.argument("members", nargs=-1, required=True)
+def group_add(client, group_id, members):
+    """Add MEMBERS to GROUP (admins only)."""
+    _call(client.group_add, group_id, members)
+
+
+@_group_command
+@click.argument("group_id", metavar="GROUP")
+@click.argument("members", nargs=-1, required=True)
+def group_remove(client, group_id, members):
+    """Remove MEMBERS from GROUP (admins only)."""
+    _call(client.group_remove, group_id, members)
+
+
+@_group_command
+@click.argument("group_id", metavar="GROUP")
+def group_leave(client, group_id):
+    """Leave GROUP."""
+    _call(client.group_leave, group_id)
+
+
+@_group_command
+@click.argument("group_id", metavar="GROUP")
+def group_info(client, group_id):
+    """Show GROUP's name and members (admins marked *)."""
+    info = _call(client.group_info, group_id)
+    admins = set(info["admins"])
+    click.echo(f"{info['group']} {info['name']}")
+    for member in info["members"]:
+        click.echo(f"  {member}{' *' if member in admins else ''}")
+
+
+@_group_command
+def group_list(client):
+    """List your groups: id, member count, name."""
+    for g in _call(client.group_list):
+        click.echo(f"{g['group']} {g['size']} {g['name']}")
 
 
 if __name__ == "__main__":

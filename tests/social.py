@@ -1,0 +1,31 @@
+"""Helpers shared by the group, presence and blocking tests (real server, real clients)."""
+from concurrent.futures import ThreadPoolExecutor
+
+SPOOLED = ("msg", "receipt", "group_event")
+
+
+def register_many(server, users, connections=16):
+    """Register ``users`` over parallel connections, so the account store group-commits them."""
+    users = list(users)
+    with ThreadPoolExecutor(connections) as pool:
+        list(pool.map(lambda part: server.register(*part), [users[i::connections] for i in range(connections)]))
+    return users
+
+
+def take(client, n, kinds=SPOOLED, timeout=15.0):
+    """The next ``n`` pushed frames of ``kinds``; the others are kept aside for later calls."""
+    stash = client.__dict__.setdefault("stash", [])
+    got = [f for f in stash if f["type"] in kinds][:n]
+    for f in got:
+        stash.remove(f)
+    while len(got) < n:
+        frame = client.recv(timeout)
+        assert frame is not None, f"{client.user}: got {len(got)} of {n} frames: {got[-3:]}"
+        (got if frame["type"] in kinds else stash).append(frame)
+    client.flush_acks()  # the application has them all now, stashed or not
+    return got
+
+
+def quiet(client, idle=0.3, kinds=SPOOLED + ("presence", "typing")):
+    """Frames of ``kinds`` that arrive until ``idle`` seconds pass without any (expected: none)."""
+    return [f for f in client.drain(idle) if f["type"] in kinds]
