@@ -92,7 +92,6 @@ class Presence:
         (self.hidden.add if value == "nobody" else self.hidden.discard)(user)
         self.table.put(user, {"last_seen": value},
                        self.router.ok_when_durable(pid, {"type": "ok", "ref": f["ref"]}))
-        self._notify(user)
 
     def typing(self, user, pid, f):
         """Relay a typing indicator to an online peer or the online members of a group."""
