@@ -180,3 +180,19 @@ def test_cli_group_commands(server):
     cli("group", "leave", gid, user="bob")
     inbox = cli("inbox", "--json", user="bob")
     assert '"event": "created"' in inbox and mid in inbox and '"event": "left"' in inbox
+
+
+def test_cli_chat_in_a_group_and_presence(server):
+    server.register("alice", "bob")
+    alice = server.client("alice")
+    gid = alice.group_create("chatters", ["bob"])
+    base = [sys.executable, "-m", "whatsup.cli.whatsup", "--server", server.server]
+    auth = ["--as", "bob", "--password", "pw-bob"]
+    out = subprocess.run(base + ["chat", "--group", gid] + auth, input="hello from the cli\n",
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert f"chatting in {gid} as bob" in out.stdout
+    got = [f for f in take(alice, 2, ("msg", "group_event")) if f["type"] == "msg"]
+    assert [(f["from"], f["group"], f["body"]) for f in got] == [("bob", gid, "hello from the cli")]
+    out = subprocess.run(base + ["presence", "alice"] + auth, capture_output=True, text=True, timeout=30)
+    assert out.stdout.strip() == "alice is online", out.stderr

@@ -10,7 +10,11 @@ Implements the delivery rules of docs/PROTOCOL.md ("Messages and ticks"):
 * device acks become ``delivered`` receipts and ``read`` frames become
   ``read`` receipts, queued for the original sender the same way;
 * a retransmitted client id is acked again but never queued twice (a bounded
-  per-sender window of recent ids, rebuilt from the spool after a restart).
+  per-sender window of recent ids, rebuilt from the spool after a restart;
+  whatsup/groups.py shares it through ``retransmit``/``track``/``durable``);
+* a message to a user who blocked the sender is answered ``sent`` and dropped
+  (docs/PROTOCOL.md, "Blocking"); group copies (kind ``gmsg``) give receipts
+  that carry ``group``.
 
 Replies travel as ``("reply", frame)`` messages to the asking session's
 mailbox, because the ✓ comes later, from the commit, not from the call.
