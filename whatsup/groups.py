@@ -19,6 +19,7 @@ session waits for, so killing the session cannot cut a fan-out in half.
 Membership lives in RAM and in a :class:`whatsup.tables.Table` (``load``/``put``),
 so it can move with the account store.
 """
+import collections
 import logging
 import time
 import uuid
@@ -82,9 +83,10 @@ class Groups:
         self.groups = {}    # gid -> Group
         self.of_user = {}   # user -> set of gids
         self.table = None
+        self.counters = collections.Counter()
 
     def __repr__(self):
-        return f"<Groups {len(self.groups)} groups>"
+        return f"<Groups {len(self.groups)} groups {dict(self.counters)}>"
 
     def open(self, table):
         """Load every group from ``table`` (a whatsup.tables.Table)."""
@@ -196,9 +198,11 @@ class Groups:
                                               on_durable=done.expect())
                 except QueueFull:
                     done()  # that member's copy is skipped (logged); the others still get theirs
+                    self.counters["skipped_queue_full"] += 1
                     log.warning("queue of %s is full: group %s message %s skipped for them",
                                 user, group.gid, cid)
             self._fan_out([m for m in group.members if m != sender], put)
+            self.counters["messages"] += 1
             done.release()
         return self._serial(f["group"], ref, op)
 
@@ -260,7 +264,8 @@ class Groups:
             put(user)
             self.router.poke(user)
             if i % self.chunk == 0:
-                gevent.sleep(0)
+                gevent.sleep(0)  # other sessions run; the hub polls I/O at least every switch interval
+        self.counters["copies"] += len(users)
 
     def _index(self, group):
         self.groups[group.gid] = group
