@@ -65,12 +65,8 @@ class Presence:
     def gone(self, pid):
         """Session ``pid`` ended: drop its subscriptions and its limiter."""
         self.limits.pop(pid, None)
-        for target in self.watching.pop(pid, ()):
-            watchers = self.watchers.get(target)
-            if watchers is not None:
-                watchers.pop(pid, None)
-                if not watchers:
-                    del self.watchers[target]
+        for target in list(self.watching.get(pid, ())):
+            self._unwatch(pid, target)
 
     # --- frames -------------------------------------------------------------------------
 
@@ -82,9 +78,7 @@ class Presence:
         return {**self.state(target, user), "ref": ref}
 
     def unsubscribe(self, user, pid, f):
-        target = f["user"]
-        self.watching.get(pid, set()).discard(target)
-        self.watchers.get(target, {}).pop(pid, None)
+        self._unwatch(pid, f["user"])
         return {"type": "ok", "ref": f["ref"]}
 
     def privacy(self, user, pid, f):
@@ -129,6 +123,18 @@ class Presence:
         for pid, viewer in list(self.watchers.get(user, {}).items()):
             if not self.blocks.blocks(user, viewer):
                 self.router.reply(pid, self.state(user, viewer))
+
+    def _unwatch(self, pid, target):
+        targets = self.watching.get(pid)
+        if targets is not None:
+            targets.discard(target)
+            if not targets:
+                del self.watching[pid]
+        watchers = self.watchers.get(target)
+        if watchers is not None:
+            watchers.pop(pid, None)
+            if not watchers:
+                del self.watchers[target]
 
     def _peer(self, user, other, ref, what):
         if other == user:
