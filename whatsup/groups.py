@@ -217,21 +217,24 @@ class Groups:
     def _serial(self, gid, ref, op):
         """Run ``op(group)`` under the group's lock in a greenlet of its own and wait for it.
 
-        A ProtocolError from ``op`` is re-raised here, in the session, so it is
-        answered and counted like any refused frame.
+        A ProtocolError from ``op`` is handed back and re-raised here, in the
+        session, so it is answered and counted like any refused frame.
         """
         def run():
-            group = self._group(gid, ref)
-            with group.lock:
-                if self.groups.get(gid) is not group:  # dissolved while we waited
-                    raise ProtocolError(Code.UNKNOWN_GROUP, f"no such group {gid!r}", ref)
-                op(group)
-        g = gevent.spawn(run)
-        g.join()
-        if isinstance(g.exception, ProtocolError):
-            raise g.exception
-        if g.exception is not None:
-            raise ProtocolError(Code.INTERNAL, "the group operation failed", ref)
+            try:
+                group = self._group(gid, ref)
+                with group.lock:
+                    if self.groups.get(gid) is not group:  # dissolved while we waited
+                        raise ProtocolError(Code.UNKNOWN_GROUP, f"no such group {gid!r}", ref)
+                    op(group)
+            except ProtocolError as exc:
+                return exc
+            except Exception:
+                log.exception("group %s: operation failed", gid)
+                return ProtocolError(Code.INTERNAL, "the group operation failed", ref)
+        refused = gevent.spawn(run).get()
+        if refused is not None:
+            raise refused
 
     def _change(self, group, pid, ref, recipients, event, by, **fields):
         """Store the changed group and tell ``recipients``; ``ok`` once all of it is durable."""
