@@ -53,7 +53,7 @@ def _line(frame):
     if kind == "group_event":
         detail = {k: v for k, v in frame.items() if k not in ("type", "group", "event", "by", "seq", "ts")}
         return f"[{_stamp(frame['ts'])}] group {frame['group']}: {frame['event']} by {frame['by']} " + \
-            " ".join(f"{k}={v}" for k, v in detail.items())
+            " ".join(f"{k}={','.join(v) if isinstance(v, list) else v}" for k, v in detail.items())
     if kind == "presence":
         if frame["online"]:
             return f"{frame['user']} is online"
