@@ -1,5 +1,9 @@
-"""The I/O-free parts of groups and presence, with a fake clock and fake callbacks."""
+"""The I/O-free parts of groups, presence and blocking: schemas, limiter, durability counting."""
+import pytest
+
+from whatsup import protocol
 from whatsup.groups import AllDurable
+from whatsup.protocol import Code, ProtocolError
 from whatsup.presence import RateLimit
 
 
@@ -25,3 +29,35 @@ def test_all_durable_with_nothing_expected_fires_on_release():
     fired = []
     AllDurable(fired.append).release()
     assert fired == [None]
+
+
+@pytest.mark.parametrize("frame", [
+    {"type": "msg", "ref": 1, "id": "a", "body": "hi"},                              # neither
+    {"type": "msg", "ref": 1, "id": "a", "to": "bob", "group": "g1", "body": "hi"},  # both
+    {"type": "typing", "state": "typing"},
+    {"type": "typing", "to": "bob", "state": "shouting"},
+    {"type": "group_create", "ref": 1, "name": ""},
+    {"type": "group_create", "ref": 1, "name": "x", "members": "bob"},
+    {"type": "group_add", "ref": 1, "group": "g1", "members": []},
+    {"type": "group_admin", "ref": 1, "group": "g1", "user": "bob", "admin": 1},
+    {"type": "privacy", "ref": 1, "last_seen": "contacts"},
+    {"type": "block", "ref": 1},
+])
+def test_new_frames_with_bad_fields_are_bad_field(frame):
+    with pytest.raises(ProtocolError) as e:
+        protocol.parse(frame)
+    assert e.value.code == Code.BAD_FIELD
+
+
+@pytest.mark.parametrize("frame", [
+    {"type": "msg", "ref": 1, "id": "a", "group": "g1", "body": "hi"},
+    {"type": "read", "ref": 1, "to": "bob", "ids": ["a"], "group": "g1"},
+    {"type": "group_create", "ref": 1, "name": "x"},
+    {"type": "group_admin", "ref": 1, "group": "g1", "user": "bob", "admin": False},
+    {"type": "group_list", "ref": 1},
+    {"type": "presence_sub", "ref": 1, "user": "bob"},
+    {"type": "typing", "group": "g1", "state": "recording"},
+    {"type": "block_list", "ref": 1},
+])
+def test_new_frames_parse(frame):
+    assert protocol.parse(frame) == (frame["type"], frame)
