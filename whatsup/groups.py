@@ -27,7 +27,7 @@ import uuid
 import gevent
 from gevent.lock import Semaphore
 
-from .offd import QueueFull
+from .offd import QueueFull, ShardDown
 from .protocol import Code, ProtocolError
 
 log = logging.getLogger("whatsup.groups")
@@ -193,14 +193,17 @@ class Groups:
             frame = {"type": "msg", "from": sender, "group": group.gid, "id": cid, "body": f["body"]}
 
             def put(user):
+                waiter = done.expect()
                 try:
                     self.offd.spool(user).put(user, "gmsg", dict(frame), sender=sender, cid=cid,
-                                              on_durable=done.expect())
+                                              on_durable=waiter)
                 except QueueFull:
-                    done()  # that member's copy is skipped (logged); the others still get theirs
+                    waiter()  # that member's copy is skipped (logged); the others still get theirs
                     self.counters["skipped_queue_full"] += 1
                     log.warning("queue of %s is full: group %s message %s skipped for them",
                                 user, group.gid, cid)
+                except ShardDown as exc:  # the sender hears store_failed and retransmits
+                    waiter(exc)
             self._fan_out([m for m in group.members if m != sender], put)
             self.counters["messages"] += 1
             done.release()
@@ -258,7 +261,12 @@ class Groups:
         frame = {"type": "group_event", "group": group.gid, "event": event, "by": by, **fields}
 
         def put(user):
-            self.offd.spool(user).put(user, "event", dict(frame), on_durable=done.expect(), force=True)
+            waiter = done.expect()
+            try:
+                self.offd.spool(user).put(user, "event", dict(frame), on_durable=waiter, force=True)
+            except ShardDown as exc:  # the change stands; this member misses its event (logged)
+                log.error("group %s: %s event lost for %s: %s", group.gid, event, user, exc)
+                waiter(exc)
         self._fan_out(recipients, put)
 
     def _fan_out(self, users, put):
