@@ -2,7 +2,8 @@
 import pytest
 
 from whatsup import protocol
-from whatsup.groups import AllDurable
+from whatsup.groups import AllDurable, Groups
+from whatsup.offd import ShardDown
 from whatsup.protocol import Code, ProtocolError
 from whatsup.presence import RateLimit
 
@@ -61,3 +62,37 @@ def test_new_frames_with_bad_fields_are_bad_field(frame):
 ])
 def test_new_frames_parse(frame):
     assert protocol.parse(frame) == (frame["type"], frame)
+
+
+class _Offd:
+    """Spools by user; the users in ``down`` live on a shard that is restarting."""
+
+    def __init__(self, down):
+        self.down, self.waits = down, 0
+
+    def spool(self, user):
+        if user in self.down:
+            self.waits += 1  # the real one waits runtime.restart_wait here
+            raise ShardDown(user)
+        return f"spool-of-{user}"
+
+    def current(self, user):
+        return None if user in self.down else f"spool-of-{user}"
+
+
+class _Router:
+    def __init__(self):
+        self.poked = []
+
+    def poke(self, user):
+        self.poked.append(user)
+
+
+def test_a_fan_out_waits_for_a_down_offd_shard_once_and_reports_its_members_lost():
+    offd, router = _Offd(down={"b", "d"}), _Router()
+    groups = Groups(router, offd, accounts=None, max_members=10, fanout_chunk=2)
+    put, lost = [], []
+    groups._fan_out(["a", "b", "c", "d", "e"], lambda spool, user: put.append(spool),
+                    lambda user, exc: lost.append(user))
+    assert put == ["spool-of-a", "spool-of-c", "spool-of-e"] and router.poked == ["a", "c", "e"]
+    assert lost == ["b", "d"] and offd.waits == 1

@@ -192,19 +192,19 @@ class Groups:
             done = AllDurable(lambda err: self.router.durable(sender, cid, pending, err))
             frame = {"type": "msg", "from": sender, "group": group.gid, "id": cid, "body": f["body"]}
 
-            def put(user):
+            def put(spool, user):
                 waiter = done.expect()
                 try:
-                    self.offd.spool(user).put(user, "gmsg", dict(frame), sender=sender, cid=cid,
-                                              on_durable=waiter)
+                    spool.put(user, "gmsg", dict(frame), sender=sender, cid=cid, on_durable=waiter)
                 except QueueFull:
                     waiter()  # that member's copy is skipped (logged); the others still get theirs
                     self.counters["skipped_queue_full"] += 1
                     log.warning("queue of %s is full: group %s message %s skipped for them",
                                 user, group.gid, cid)
-                except ShardDown as exc:  # the sender hears store_failed and retransmits
-                    waiter(exc)
-            self._fan_out([m for m in group.members if m != sender], put)
+
+            def lost(user, exc):  # the sender hears store_failed and retransmits
+                done.expect()(exc)
+            self._fan_out([m for m in group.members if m != sender], put, lost)
             self.counters["messages"] += 1
             done.release()
         return self._serial(f["group"], ref, op)
@@ -260,20 +260,33 @@ class Groups:
     def _event(self, group, recipients, done, event, by, **fields):
         frame = {"type": "group_event", "group": group.gid, "event": event, "by": by, **fields}
 
-        def put(user):
-            waiter = done.expect()
-            try:
-                self.offd.spool(user).put(user, "event", dict(frame), on_durable=waiter, force=True)
-            except ShardDown as exc:  # the change stands; this member misses its event (logged)
-                log.error("group %s: %s event lost for %s: %s", group.gid, event, user, exc)
-                waiter(exc)
-        self._fan_out(recipients, put)
+        def put(spool, user):
+            spool.put(user, "event", dict(frame), on_durable=done.expect(), force=True)
 
-    def _fan_out(self, users, put):
-        """``put(user)`` for each user, poking them, yielding to the hub every ``chunk`` users."""
+        def lost(user, exc):  # the change stands; this member misses its event
+            log.error("group %s: %s event lost for %s: %s", group.gid, event, user, exc)
+            done.expect()(exc)
+        self._fan_out(recipients, put, lost)
+
+    def _fan_out(self, users, put, lost):
+        """``put(spool, user)`` for each user, poking them, yielding to the hub every ``chunk`` users.
+
+        A user whose offd shard is down gets ``lost(user, exc)`` instead. Only the first
+        such shard is waited for (runtime.restart_wait): a crash-looping shard must cost a
+        fan-out one wait, not one per member.
+        """
+        waited = False
         for i, user in enumerate(users, 1):
-            put(user)
-            self.router.poke(user)
+            try:
+                spool = self.offd.current(user) if waited else self.offd.spool(user)
+                if spool is None:
+                    raise ShardDown(f"the offd shard of {user} is restarting")
+            except ShardDown as exc:
+                waited = True
+                lost(user, exc)
+            else:
+                put(spool, user)
+                self.router.poke(user)
             if i % self.chunk == 0:
                 gevent.sleep(0)  # other sessions run; the hub polls I/O at least every switch interval
         self.counters["copies"] += len(users)
