@@ -16,8 +16,13 @@ to the hub every ``fanout_chunk`` members, so a 1024-member group does not
 stall the other sessions; it runs in a greenlet of its own, which the sending
 session waits for, so killing the session cannot cut a fan-out in half.
 
-Membership lives in RAM and in a :class:`whatsup.tables.Table` (``load``/``put``),
-so it can move with the account store.
+Membership lives in RAM and in a :class:`whatsup.tables.Table` (``load``/``put``;
+today social.sqlite), so it can move into the account shards without this
+module changing.
+
+Known gap: the dedup window rebuilt after a crash cannot tell a group message
+whose copies were all fsynced from one cut off mid-fan-out (the ✓ was not sent
+then); a retransmission after the restart gets ✓ without the missing copies.
 """
 import collections
 import logging
