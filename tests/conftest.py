@@ -7,7 +7,8 @@ from whatsup.testing import ServerProcess
 
 @pytest.fixture
 def make_server(tmp_path):
-    """Start real whatsupd subprocesses; every one is killed when the test ends."""
+    """Start real whatsupd subprocesses; every one is killed when the test ends, and the test
+    fails if gevent's monitor thread reported the hub blocked in any of them."""
     started = []
 
     def make(settings=None, name="node", **kw):
@@ -18,6 +19,8 @@ def make_server(tmp_path):
     yield make
     for srv in started:
         srv.kill()
+    blocked = [report for srv in started for report in srv.blocking_reports()]
+    assert not blocked, "the hub was blocked:\n" + "\n".join(blocked)
 
 
 @pytest.fixture

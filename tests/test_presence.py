@@ -75,7 +75,7 @@ def test_typing_reaches_online_peers_and_group_members_and_is_never_spooled(serv
 
 
 def test_bad_presence_and_typing_input_gets_its_error_code(make_server):
-    server = make_server({"presence.typing_rate": 3})
+    server = make_server({"ratelimit.typing": 3.0, "session.rate_burst": 1.0})
     server.register("alice", "bob", "carol")
     alice, bob = server.client("alice"), server.client("bob")
     gid = bob.group_create("not yours", ["carol"])

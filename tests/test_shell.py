@@ -77,9 +77,9 @@ def test_drain_spools_a_stuffed_mailbox_and_the_recipient_gets_every_message(onl
         ids = [alice.send("bob", f"m{k}", id=f"m{k}")["id"] for k in range(40)]  # each ✓: in offd
         bob.send_nowait("alice", "from a suspended session", id="b1")
         peek = ask(sh, "mailbox('bob', 100)")
-        assert peek.count(("poke",)) == 40
+        assert peek.count(("poke",)) == 1  # 40 messages, one wake-up: the router's pokes coalesce
         report = ask(sh, "{k: v for k, v in drain('bob').items() if k != 'pid'}")
-        assert report["removed"]["poke"] == 39 and report["after"] < report["before"] - 38
+        assert "poke" not in report["removed"] and report["after"] <= report["before"]
         after = ask(sh, "[m[0] for m in mailbox('bob', 100)]")
         assert after.count("poke") == 1 and after[-1] == "poke"
         assert ask(sh, "len(offd.spool('bob').queue('bob'))") == 40  # the drained messages are in offd

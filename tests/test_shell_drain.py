@@ -35,6 +35,7 @@ class _Proc:
     def __init__(self, kind, messages):
         from gevent.queue import Queue
         self.pid, self.kind, self.mailbox = 7, kind, Queue()
+        self.notified = {"poke"}  # as if a coalesced wake-up were queued (ProcessTable.notify)
         for m in messages:
             self.mailbox.put(m)
 
@@ -45,6 +46,7 @@ def test_drain_refuses_offd_for_a_kind_without_a_policy_and_leaves_its_mailbox_a
         drain.drain(proc, "offd")
     assert list(proc.mailbox.queue) == [("job", 1), ("job", 2)]
     assert drain.drain(proc, "drop") == {"pid": 7, "to": "drop", "before": 2, "after": 0, "removed": {"job": 2}}
+    assert proc.notified == set()  # nothing coalesced is queued any more: a new wake-up may be sent
 
 
 @pytest.mark.parametrize("values, p, expected", [([], 50, 0), ([7], 99, 7), ([1, 2, 3, 4], 50, 2),

@@ -1,17 +1,11 @@
-"""The I/O-free parts of groups, presence and blocking: schemas, limiter, durability counting."""
+"""The I/O-free parts of groups, presence and blocking: schemas, durability counting (the typing
+limit is the generic token bucket: tests/test_ratelimit.py)."""
 import pytest
 
 from whatsup import protocol
 from whatsup.groups import AllDurable, Groups
 from whatsup.offd import ShardDown
 from whatsup.protocol import Code, ProtocolError
-from whatsup.presence import RateLimit
-
-
-def test_typing_rate_limit_allows_the_limit_per_window_then_refuses_until_the_next():
-    limit = RateLimit(3, per=1.0)
-    assert [limit.allow(t) for t in (0.0, 0.1, 0.2, 0.3, 0.9)] == [True, True, True, False, False]
-    assert [limit.allow(t) for t in (1.0, 1.5, 1.6, 1.7)] == [True, True, True, False]
 
 
 def test_all_durable_fires_once_after_every_expected_callback_and_the_issuer_release():

@@ -29,23 +29,54 @@ SETTINGS = (
             "$XDG_DATA_HOME/whatsup (~/.local/share/whatsup)"),
     Setting("server.log_level", str, "info", "debug, info, warning or error"),
     Setting("server.node", str, "whatsup@localhost", "this node's name; pids carry it"),
+    Setting("server.max_connections", int, 50_000, "open client connections at most (all listeners); "
+            "when full the node stops accepting until one ends", 1),
+    Setting("server.max_connections_per_ip", int, 1000, "open connections from one client address at "
+            "most; more are refused at accept time with too_many_connections", 1),
+    Setting("tls.listen", str, "", "second address for TLS clients (host:port); empty means no TLS "
+            "listener (plain TCP stays for loopback use)"),
+    Setting("tls.certfile", str, "", "PEM certificate chain of the TLS listener"),
+    Setting("tls.keyfile", str, "", "PEM private key of the TLS listener"),
     Setting("protocol.max_frame", int, 65536, "largest frame accepted, in bytes (length header excluded)", 1024),
     Setting("protocol.max_body", int, 61440, "largest message body, in UTF-8 bytes; must leave room for "
             "the envelope below max_frame", 1),
     Setting("protocol.idle_timeout", float, 90.0, "seconds without any frame from a client before its "
             "connection is closed (clients ping every idle_timeout/3)", 1.0),
-    Setting("protocol.send_timeout", float, 30.0, "seconds a send to a device may stay blocked "
-            "before the session is closed (its items stay in offd)", 0.1),
+    Setting("protocol.send_timeout", float, 30.0, "seconds a device's socket may take no byte of what "
+            "waits for it before the session is closed with slow_reader (its items stay in offd)", 0.1),
     Setting("protocol.login_timeout", float, 30.0, "seconds a new connection has to log in", 1.0),
     Setting("session.window", int, 1000, "items sent to a device and not yet acked, at most; flow "
             "control for spool drains and slow readers", 1),
+    Setting("session.max_outbound", int, 2 ** 20, "bytes buffered for one device and not yet taken "
+            "by its socket, at most: queued items are sent only into the first half; a device that "
+            "lets its own replies fill the rest is closed with slow_reader (its items stay in offd)",
+            4096),
+    Setting("session.max_inflight", int, 1000, "requests of one session awaiting their answer (✓) at "
+            "most; at the bound the session handles no more frames, and reads no more, until "
+            "answers come back", 1),
+    Setting("session.rate_burst", float, 5.0, "seconds of the [ratelimit] rate a client may send "
+            "at once (each bucket holds rate × rate_burst frames)", 0.0),
+    Setting("session.rate_strikes", int, 50, "rate_limited refusals a connection may collect (forgiven "
+            "at rate_strikes/10 per second) before it is closed with flooding", 1),
     Setting("session.dedup_window", int, 4096, "client message ids remembered per sender, so a "
             "retransmission is acked again but not delivered twice", 16),
     Setting("groups.max_members", int, 1024, "members of one group at most (WhatsApp's limit)", 2),
     Setting("groups.fanout_chunk", int, 64, "group members served between two yields to the hub, so "
             "a large fan-out does not stall the other sessions", 1),
-    Setting("presence.typing_rate", int, 5, "typing frames per session and second at most; more are "
-            "refused with rate_limited", 1),
+    Setting("ratelimit.msg", float, 500.0, "msg frames per second per connection; 0 means no limit", 0.0),
+    Setting("ratelimit.read", float, 500.0, "read receipts per second per connection; 0 means no limit", 0.0),
+    Setting("ratelimit.typing", float, 5.0, "typing frames per second per connection; 0 means no limit",
+            0.0),
+    Setting("ratelimit.presence_sub", float, 20.0, "presence subscriptions per second per connection; "
+            "0 means no limit", 0.0),
+    Setting("mailbox.session", int, 10_000, "messages queued in one session's mailbox at most; a "
+            "session whose mailbox is full is closed (its items are in offd, its device retransmits "
+            "what had no ✓); must exceed session.max_inflight", 64),
+    Setting("auth.user_failures", int, 10, "failed logins per user name within auth.failure_window, "
+            "then too_many_attempts until the window refills; 0 means no limit", 0),
+    Setting("auth.ip_failures", int, 100, "failed logins per client address within "
+            "auth.failure_window; 0 means no limit", 0),
+    Setting("auth.failure_window", float, 60.0, "seconds over which failed logins are counted", 1.0),
     Setting("accounts.scrypt_n", int, 2 ** 15, "scrypt cost parameter N for password hashes", 2),
     Setting("accounts.hash_threads", int, 2, "password hashers (a gen_factory, least-loaded dispatch), "
             "each with its own native thread, off the hub", 1),
@@ -138,6 +169,12 @@ def load(path=None, overrides=None):
             values[name] = _coerce(BY_NAME[name], value)
     if values["protocol.max_body"] > values["protocol.max_frame"] - 512:
         raise ConfigError("protocol.max_body must be at least 512 bytes below protocol.max_frame")
+    if values["session.max_outbound"] < 4 * values["protocol.max_frame"]:
+        raise ConfigError("session.max_outbound must be at least 4 × protocol.max_frame")
+    if values["mailbox.session"] < values["session.max_inflight"] + 64:
+        raise ConfigError("mailbox.session must exceed session.max_inflight by 64 at least")
+    if bool(values["tls.listen"]) != bool(values["tls.certfile"] and values["tls.keyfile"]):
+        raise ConfigError("tls.listen, tls.certfile and tls.keyfile go together")
     return Config(values)
 
 

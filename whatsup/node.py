@@ -9,7 +9,8 @@
     ├── maintenance  ticker: offd compaction and expiry, cast to every shard
     ├── sessions   supervisor: every connection's session, adopted as a temporary child
     ├── sweeper    ticker: tells every session the time
-    └── listener   the StreamServer; its handler greenlet becomes a session process
+    └── listener   the listening sockets (plain, and TLS if configured); a handler
+                   greenlet becomes a session process
 
 Children start in that order, so the stores (with recovery) are open before
 the listener accepts, and stop in the reverse order. A crash restarts the
@@ -18,6 +19,11 @@ loop climbs the tree by the restart intensity rule (runtime.max_restarts in
 runtime.restart_period), and when the root gives up the node stops with exit
 status 1. The node holds ``data_dir/LOCK`` while it runs (see datadir.py).
 See docs/ARCHITECTURE.md.
+
+Connection limits (one pool for ``server.max_connections``, the per-IP gate,
+the TLS handshake deadline) live in :mod:`whatsup.listener`; the node owns
+the pool, the gate and the failed-login limiters, so they outlive a listener
+restart and cover every connection of a user.
 """
 import collections
 import errno
@@ -28,16 +34,18 @@ import time
 
 import gevent
 from gevent.event import Event
-from gevent.server import StreamServer
+from gevent.pool import Pool
 
-from . import __version__
+from . import __version__, watchdog
 from .accounts import AccountStore
 from .blocking import Blocks
 from .config import ConfigError
 from .datadir import DataDirBusy, ShardMismatch, lock
 from .groups import Groups
+from .listener import ConnectionGate, GatedServer, server_context
 from .offd import Offd
 from .presence import Presence
+from .ratelimit import KeyedLimiter
 from .router import Router
 from .runtime import Process, ProcessDead, ProcessTable, StartFailed
 from .runtime.industry import ShardRegistry, UnknownKind
@@ -64,31 +72,49 @@ def parse_address(text):
 
 
 class Listener:
-    """The process owning the listening socket (gen_server callbacks)."""
+    """The process owning the listening sockets (gen_server callbacks): plain TCP, and TLS when
+    ``tls.listen`` is set. Both spawn sessions from the node's one pool through its gate."""
     kind = "listener"
     vsn = 1
 
     @staticmethod
     def init(proc, node):
-        host, port = parse_address(node.cfg["server.listen"])
-        if node.server is not None:  # a restart keeps the port an ephemeral ":0" got the first time
-            host, port = node.server.address[:2]
+        servers = []
         try:
-            server = StreamServer((host, port), node._connection, backlog=1024)
+            node.server = Listener._listen(node, node.cfg["server.listen"], node.server)
+            servers.append(node.server)
+            if node.cfg["tls.listen"]:
+                tls = server_context(node.cfg["tls.certfile"], node.cfg["tls.keyfile"])
+                node.tls_server = Listener._listen(node, node.cfg["tls.listen"], node.tls_server, tls)
+                servers.append(node.tls_server)
+        except StartFailed:
+            for server in servers:
+                server.close()
+            raise
+        return servers
+
+    @staticmethod
+    def _listen(node, address, previous, tls=None):
+        host, port = parse_address(address)
+        if previous is not None:  # a restart keeps the port an ephemeral ":0" got the first time
+            host, port = previous.address[:2]
+        server = GatedServer((host, port), node._connection, node.pool, node.gate, node.counters, tls,
+                             node.cfg["protocol.login_timeout"])
+        try:
             server.start()
         except OSError as exc:
             why = "the address is already in use" if exc.errno == errno.EADDRINUSE else exc.strerror or exc
             raise StartFailed(f"cannot listen on {host}:{port}: {why}") from None
-        node.server = server
         return server
 
     @staticmethod
-    def describe(server):
-        return {"address": server.address, "closed": server.closed}
+    def describe(servers):
+        return {"addresses": [s.address for s in servers], "closed": all(s.closed for s in servers)}
 
     @staticmethod
-    def terminate(proc, reason, server):
-        server.close()
+    def terminate(proc, reason, servers):
+        for server in servers:
+            server.close()
 
 
 class Node:
@@ -110,13 +136,18 @@ class Node:
                              cfg["session.dedup_window"])
         self.groups = Groups(self.router, self.offd, self.accounts, cfg["groups.max_members"],
                              cfg["groups.fanout_chunk"])
-        self.presence = Presence(self.sm, self.accounts, self.blocks, self.groups, cfg["presence.typing_rate"])
+        self.presence = Presence(self.sm, self.accounts, self.blocks, self.groups)
         self.offd.on_up = self.router.shard_up
         self.registry = ShardRegistry()
         self.registry.add(self.accounts.industry)
         self.registry.add(self.offd.industry)
         self.backdoor = Backdoor(self, cfg["shell.listen"])
-        self.server = None
+        self.failed_logins = {  # "user" / "ip" -> limiter of failed login attempts
+            "user": KeyedLimiter(cfg["auth.user_failures"], cfg["auth.failure_window"]),
+            "ip": KeyedLimiter(cfg["auth.ip_failures"], cfg["auth.failure_window"])}
+        self.pool = Pool(cfg["server.max_connections"])
+        self.gate = ConnectionGate(cfg["server.max_connections_per_ip"])
+        self.server = self.tls_server = None
         self.root = None
         self.started = None
         self.exit_code = 0
@@ -144,6 +175,7 @@ class Node:
     # --- start ----------------------------------------------------------------------
 
     def start(self):
+        watchdog.install()
         self._prepare_data_dir()
         try:
             self._lock = lock(self.data_dir)
@@ -162,6 +194,8 @@ class Node:
         log.info("whatsupd %s listening on %s:%d, data in %s (%d users, %d items queued)",
                  __version__, *self.server.address[:2], self.data_dir, len(self.accounts.users),
                  self.offd.queued())
+        if self.tls_server is not None:
+            log.info("TLS clients on %s:%d", *self.tls_server.address[:2])
         return self
 
     def _tree(self):
@@ -211,7 +245,8 @@ class Node:
 
     def _connection(self, sock, addr):
         """StreamServer handler: this connection's greenlet becomes its session process."""
-        proc = Process(self.table, Session, (self, sock, addr), entity=f"{addr[0]}:{addr[1]}")
+        proc = Process(self.table, Session, (self, sock, addr), entity=f"{addr[0]}:{addr[1]}",
+                       mailbox_max=self.cfg["mailbox." + Session.kind])
         try:
             adopt(self.table, "sessions", proc)
         except ProcessDead:  # the session supervisor is restarting: refuse rather than run unsupervised
@@ -220,10 +255,13 @@ class Node:
         proc.run_here()
 
     def _sweep(self):
-        """Tell every session the time, so it can check its own deadlines."""
+        """Tell every session the time, so it can check its own deadlines (coalesced: a busy
+        session has at most one tick queued); forget failed logins that are forgiven."""
         now = time.monotonic()
         for proc in self.table.processes("session"):
-            proc.mailbox.put(("tick", now))
+            self.table.notify(proc.pid, ("tick", now))
+        for limiter in self.failed_logins.values():
+            limiter.prune()
 
     def _maintain(self):
         for slot in self.offd.industry.slots():

@@ -15,31 +15,13 @@ import time
 from .protocol import Code, ProtocolError
 
 
-class RateLimit:
-    """At most ``limit`` events per ``per`` seconds, in fixed windows. I/O-free (the caller
-    passes the clock), deliberately small so a generic token bucket can replace it."""
-    __slots__ = ("limit", "per", "start", "count")
-
-    def __init__(self, limit, per=1.0):
-        self.limit, self.per = limit, per
-        self.start, self.count = None, 0
-
-    def allow(self, now):
-        if self.start is None or now - self.start >= self.per:
-            self.start, self.count = now, 0
-        self.count += 1
-        return self.count <= self.limit
-
-
 class Presence:
-    def __init__(self, sm, accounts, blocks, groups, typing_rate):
+    def __init__(self, sm, accounts, blocks, groups):
         self.sm, self.accounts, self.blocks, self.groups = sm, accounts, blocks, groups
-        self.typing_rate = typing_rate
         self.watchers = {}       # user -> {subscriber pid: subscriber user}
         self.watching = {}       # subscriber pid -> set of users
         self.last_seen = {}      # user -> ms since the epoch, when their last session ended
         self.hidden = set()      # users whose last seen is visible to nobody
-        self.limits = {}         # session pid -> RateLimit for its typing frames
         self.table = self.router = None
 
     def __repr__(self):
@@ -63,8 +45,7 @@ class Presence:
         self._notify(user)
 
     def gone(self, pid):
-        """Session ``pid`` ended: drop its subscriptions and its limiter."""
-        self.limits.pop(pid, None)
+        """Session ``pid`` ended: drop its subscriptions."""
         for target in list(self.watching.get(pid, ())):
             self._unwatch(pid, target)
 
@@ -88,13 +69,9 @@ class Presence:
                        self.router.ok_when_durable(pid, {"type": "ok", "ref": f["ref"]}))
 
     def typing(self, user, pid, f):
-        """Relay a typing indicator to an online peer or the online members of a group."""
+        """Relay a typing indicator to an online peer or the online members of a group (the
+        session's [ratelimit] table limits how often: ratelimit.typing)."""
         ref = f.get("ref")
-        limit = self.limits.get(pid)
-        if limit is None:
-            limit = self.limits[pid] = RateLimit(self.typing_rate)
-        if not limit.allow(time.monotonic()):
-            raise ProtocolError(Code.RATE_LIMITED, f"at most {self.typing_rate} typing frames a second", ref)
         relay = {"type": "typing", "from": user, "state": f["state"]}
         if "group" in f:
             relay["group"] = f["group"]

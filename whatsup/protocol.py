@@ -48,13 +48,20 @@ class Code:
     NOT_ADMIN = "not_admin"
     GROUP_FULL = "group_full"
     IS_SELF = "is_self"
-    RATE_LIMITED = "rate_limited"
     BLOCKED = "blocked"
+    # Limits (docs/PROTOCOL.md, "Limits")
+    RATE_LIMITED = "rate_limited"            # frame refused: over its [ratelimit] rate; retry later
+    FLOODING = "flooding"                    # connection closed: rate_limited too often
+    TOO_MANY_ATTEMPTS = "too_many_attempts"  # login refused unchecked: too many failures lately
+    SLOW_READER = "slow_reader"              # connection closed: the device does not read
+    TOO_MANY_CONNECTIONS = "too_many_connections"  # connection closed at accept: per-address cap
+    OVERLOADED = "overloaded"                # connection closed: the session's mailbox is full
 
 
 #: Codes after which the server closes the connection.
 CLOSING = frozenset({Code.BAD_FRAME, Code.FRAME_TOO_LARGE, Code.UNSUPPORTED_VERSION,
-                     Code.REPLACED, Code.IDLE_TIMEOUT, Code.SHUTTING_DOWN})
+                     Code.REPLACED, Code.IDLE_TIMEOUT, Code.SHUTTING_DOWN, Code.FLOODING,
+                     Code.SLOW_READER, Code.TOO_MANY_CONNECTIONS, Code.OVERLOADED})
 
 
 class ProtocolError(Exception):

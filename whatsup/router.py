@@ -25,7 +25,7 @@ import time
 
 from .offd import QueueFull, ShardDown
 from .protocol import Code, error_frame, unpack
-from .runtime import ProcessDead
+from .runtime import MailboxFull, ProcessDead
 
 log = logging.getLogger("whatsup.router")
 
@@ -162,30 +162,38 @@ class Router:
 
     def read(self, user, pid, ref, to, ids, group=None):
         """``user`` has read messages ``ids`` from ``to`` (in ``group``, if given); answer ``ok``
-        once the receipt is durable."""
+        once the receipt is durable, or ``queue_full`` when ``to`` has offd.max_queue items waiting."""
         if not self.accounts.exists(to):
             return self.reply(pid, error_frame(Code.UNKNOWN_USER, f"no such user {to!r}", ref))
 
-        try:
-            self._receipt(user, to, "read", ids, self.ok_when_durable(pid, {"type": "ok", "ref": ref}), group)
+        try:  # unlike ✓✓, read receipts are not bounded by messages sent, so they obey max_queue
+            self._receipt(user, to, "read", ids, self.ok_when_durable(pid, {"type": "ok", "ref": ref}),
+                          group, force=False)
         except ShardDown as exc:
             self.reply(pid, error_frame(Code.STORE_FAILED, f"{exc}", ref))
+        except QueueFull:
+            self.counters["queue_full"] += 1
+            self.reply(pid, error_frame(Code.QUEUE_FULL, f"{to}'s queue is full", ref))
 
-    def _receipt(self, user, to, status, ids, on_durable=None, group=None):
+    def _receipt(self, user, to, status, ids, on_durable=None, group=None, force=True):
         frame = {"type": "receipt", "from": user, "status": status, "ids": ids}
         if group is not None:
             frame["group"] = group
-        self.offd.spool(to).put(to, "receipt", frame, on_durable=on_durable, force=True)
+        self.offd.spool(to).put(to, "receipt", frame, on_durable=on_durable, force=force)
         self.counters["receipts"] += 1
         self.poke(to)
 
     # --- delivery ----------------------------------------------------------------------
 
     def poke(self, user):
-        """Wake ``user``'s session, if online, to send what its queue holds."""
+        """Wake ``user``'s session, if online, to send what its queue holds (coalesced: at most
+        one poke waits in a session's mailbox, however many items arrive meanwhile)."""
         pid = self.sm.lookup(user)
         if pid is not None:
-            self.tell(pid, ("poke",))
+            try:
+                self.table.notify(pid, ("poke",))
+            except ProcessDead:
+                pass
 
     def ok_when_durable(self, pid, ok):
         """A durability callback answering ``ok`` to ``pid``, or ``store_failed`` on error."""
@@ -204,3 +212,10 @@ class Router:
             self.table.send(pid, msg)
         except ProcessDead:
             pass  # the session is gone; a retransmission after reconnect gets its answer
+        except MailboxFull:
+            # A session's own requests are bounded (session.max_inflight) and wake-ups are
+            # coalesced, so a full mailbox means it is stuck: close it. Its items are in offd;
+            # its device retransmits what got no answer, and dedup answers it again.
+            self.counters[Code.OVERLOADED] += 1
+            log.warning("session %r: mailbox full, closing it (%s)", pid, Code.OVERLOADED)
+            self.table.kill(pid, ("closed", Code.OVERLOADED))

@@ -4,22 +4,40 @@ The connection's greenlet *is* the process. The socket does not get a reader
 greenlet of its own: a libev read watcher hands each chunk of bytes to the
 mailbox as ``("data", bytes)`` and then stops until the process has handled
 it, so a client that floods is throttled by TCP instead of filling memory.
+The socket is non-blocking both ways and read through its own ``recv``, so
+a TLS socket (whose fd carries encrypted bytes) takes the same path: the
+watcher reads what OpenSSL can decrypt, plus what it already holds
+(``pending()``), and treats "want read/write" as "nothing yet".
 
 Mailbox messages::
 
     ("data", bytes) / ("eof", why)      from the socket watcher
+    ("writable",)                       the socket takes bytes again (write watcher)
     ("reply", frame)                    an answer from the router (sent, ok, error)
-    ("poke",)                           the user's offd queue has something new
+    ("poke",)                           the user's offd queue has something new (coalesced)
     ("replaced",)                       the user logged in elsewhere
-    ("tick", now)                       the node's sweeper: check the deadlines
+    ("tick", now)                       the node's sweeper: check the deadlines (coalesced)
     ("shutdown",)                       the node is stopping
 
-Outgoing frames are gathered while the mailbox has more to do and written with
-one send when it is empty, so a burst costs one system call, not one per frame.
+Outgoing frames are gathered in one buffer while the mailbox has more to do
+and written when it is empty, so a burst costs one system call, not one per
+frame. Bounds, each a setting (docs/PROTOCOL.md, "Limits"):
+
+* queued items go out within ``session.window`` unacked items *and* while the
+  buffer holds less than half of ``session.max_outbound`` bytes; the rest of
+  the buffer is for answers, and a device that lets it overflow, or takes no
+  byte for ``protocol.send_timeout`` seconds, is closed with ``slow_reader``
+  (unacked items stay in offd for its next login);
+* at ``session.max_inflight`` requests awaiting their answer the session stops
+  handling frames, and reading its socket, until answers come back
+  (backpressure through TCP);
+* rated frame types (``[ratelimit]``) spend a token bucket each; a refusal
+  costs a strike, and a connection out of strikes is closed with ``flooding``.
 """
+import collections
 import logging
-import os
 import socket
+import ssl
 import time
 
 import gevent
@@ -28,8 +46,13 @@ from . import protocol
 from .accounts import UserTaken
 from .runtime.factory import ShardDown
 from .protocol import Code, ProtocolError, error_frame
+from .ratelimit import TokenBucket, frame_buckets
+from .runtime.process import FAIR_SHARE
 
 log = logging.getLogger("whatsup.session")
+#: What a non-blocking socket (plain or TLS) raises when it has nothing to give or take now.
+WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+READ_SIZE = 65536
 
 
 class SessionState:
@@ -40,17 +63,28 @@ class SessionState:
         self.sock = sock
         self.addr = addr
         self.fd = sock.fileno()
-        self.decoder = protocol.FrameDecoder(node.cfg["protocol.max_frame"])
-        self.watcher = None
+        self.pending = getattr(sock, "pending", None)  # TLS sockets only
+        cfg = node.cfg
+        self.decoder = protocol.FrameDecoder(cfg["protocol.max_frame"])
+        self.watcher = self.write_watcher = None
         self.version = None
         self.user = None
-        self.out = []
+        self.out = bytearray()
         self.opened = self.last_in = time.monotonic()
+        self.stalled_since = None  # since when the socket takes none of a non-empty buffer
         self.frames_in = self.frames_out = 0
+        self.inflight = 0        # msg/read requests handed on, not yet answered
+        self.awaiting = collections.Counter()  # their refs (other "reply"s are relays, not answers)
+        self.backlog = collections.deque()  # decoded frames waiting for inflight to drop
+        self.paused = False      # reading stopped at session.max_inflight
+        self.buckets = frame_buckets(vars(cfg.ratelimit), cfg["session.rate_burst"])
+        strikes = cfg["session.rate_strikes"]
+        self.strikes = TokenBucket(strikes / 10.0, strikes)
 
     def __repr__(self):
         return (f"<SessionState {self.user or '-'} from {self.addr} v={self.version} "
-                f"out={len(self.out)} in={self.frames_in} sent={self.frames_out}>")
+                f"out={len(self.out)}B inflight={self.inflight} in={self.frames_in} "
+                f"sent={self.frames_out}>")
 
 
 class Session:
@@ -63,8 +97,9 @@ class Session:
         st = SessionState(node, sock, addr)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        sock.settimeout(node.cfg["protocol.send_timeout"])
-        st.watcher = gevent.get_hub().loop.io(st.fd, 1)
+        sock.settimeout(0.0)
+        loop = gevent.get_hub().loop
+        st.watcher, st.write_watcher = loop.io(st.fd, 1), loop.io(st.fd, 2)
         Session._read_on(proc, st)
         node.counters["connections"] += 1
         return st
@@ -73,7 +108,7 @@ class Session:
     def describe(st):
         return {"user": st.user, "addr": st.addr, "version": st.version, "frames_in": st.frames_in,
                 "frames_out": st.frames_out, "idle": round(time.monotonic() - st.last_in, 3),
-                "unflushed": len(st.out)}
+                "unflushed": len(st.out), "inflight": st.inflight, "paused": st.paused}
 
     @staticmethod
     def handle_info(proc, msg, st):
@@ -81,8 +116,8 @@ class Session:
         if tag == "data":
             Session._data(proc, st, msg[1])
         elif tag == "reply":
-            Session._send(st, msg[1])
-        elif tag == "poke":
+            Session._answered(proc, st, msg[1])
+        elif tag in ("poke", "writable"):  # something new to send, or room to send it
             Session._push(proc, st)
         elif tag == "eof":
             proc.stop(("closed", msg[1]))
@@ -95,21 +130,18 @@ class Session:
         else:
             log.warning("session %r: unexpected message %.200r", proc.pid, msg)
         if not len(proc.mailbox):
-            try:
-                Session._flush(st)
-            except OSError as exc:  # includes the send timeout of a device that stopped reading
-                proc.stop(("closed", f"send failed: {exc}"))
+            Session._flush(proc, st)
         return st
 
     @staticmethod
     def terminate(proc, reason, st):
-        if st.watcher is not None:
-            st.watcher.stop()
+        for watcher in (st.watcher, st.write_watcher):
+            if watcher is not None:
+                watcher.stop()
         if isinstance(reason, tuple) and reason[0] == "crash":
             Session._send(st, error_frame(Code.INTERNAL, "server error; reconnect and retry"))
-        try:  # a last error frame, if the device still reads
-            st.sock.settimeout(1.0)
-            Session._flush(st)
+        try:  # a last error frame, if the socket takes it now
+            Session._write(st)
         except OSError:
             pass
         st.node.presence.gone(proc.pid)
@@ -126,11 +158,13 @@ class Session:
         def readable():
             """Runs on the hub: never blocks, never raises."""
             try:
-                data = os.read(st.fd, 65536)
-            except BlockingIOError:
+                data = st.sock.recv(READ_SIZE)
+                while data and st.pending is not None and st.pending():
+                    data += st.sock.recv(st.pending())  # TLS: decrypted bytes OpenSSL holds
+            except WOULD_BLOCK:
                 return
             except OSError as exc:
-                data, why = b"", exc.strerror
+                data, why = b"", exc.strerror or str(exc)
             else:
                 why = "closed by peer"
             st.watcher.stop()
@@ -139,20 +173,47 @@ class Session:
 
     @staticmethod
     def _send(st, frame):
-        st.out.append(protocol.encode(frame))
+        st.out += protocol.encode(frame)
+        st.frames_out += 1
 
     @staticmethod
-    def _flush(st):
-        if st.out:
-            data = b"".join(st.out)
-            st.frames_out += len(st.out)
-            st.out = []
-            st.sock.sendall(data)
+    def _flush(proc, st):
+        """Write what the socket takes now; wait for writability for the rest, within bounds."""
+        try:
+            Session._write(st)
+        except OSError as exc:
+            proc.stop(("closed", f"send failed: {exc.strerror or exc}"))
+        if len(st.out) > st.node.cfg["session.max_outbound"]:
+            Session._close(proc, st, Code.SLOW_READER, f"more than session.max_outbound "
+                                                       f"({st.node.cfg['session.max_outbound']}) bytes unread")
+        if st.out and not st.write_watcher.active:
+            def writable():
+                st.write_watcher.stop()
+                proc.mailbox.put(("writable",))
+            st.write_watcher.start(writable)
+
+    @staticmethod
+    def _write(st):
+        """Non-blocking: send until the socket would block. Raises OSError if the peer is gone."""
+        sent = False
+        while st.out:
+            try:
+                n = st.sock.send(st.out[:READ_SIZE])
+            except WOULD_BLOCK:
+                n = 0
+            if not n:  # a TLS socket answers 0 rather than raising
+                break
+            del st.out[:n]
+            sent = True
+        if not st.out:
+            st.stalled_since = None
+        elif sent or st.stalled_since is None:
+            st.stalled_since = time.monotonic()
 
     @staticmethod
     def _close(proc, st, code, message):
         Session._send(st, error_frame(code, message))
-        log.info("session %r (%s, %s): closing: %s", proc.pid, st.user, st.addr, code)
+        log.info("session %r (%s, %s): closing: %s: %s", proc.pid, st.user, st.addr, code, message)
         proc.stop(("closed", code))
 
     @staticmethod
@@ -162,6 +223,22 @@ class Session:
             Session._close(proc, st, Code.IDLE_TIMEOUT, "no login within protocol.login_timeout")
         if now - st.last_in > cfg["protocol.idle_timeout"]:
             Session._close(proc, st, Code.IDLE_TIMEOUT, "nothing received within protocol.idle_timeout")
+        if st.stalled_since is not None and now - st.stalled_since > cfg["protocol.send_timeout"]:
+            Session._close(proc, st, Code.SLOW_READER, "no byte taken within protocol.send_timeout")
+
+    @staticmethod
+    def _answered(proc, st, frame):
+        """A frame to send from elsewhere: an answer to one of this session's requests (frames
+        resume below the bound), or a relay (typing, presence) that answers nothing."""
+        Session._send(st, frame)
+        ref = frame.get("ref")
+        if st.awaiting.get(ref):
+            st.awaiting[ref] -= 1
+            if not st.awaiting[ref]:
+                del st.awaiting[ref]
+            st.inflight -= 1
+            if st.paused:
+                Session._work(proc, st)
 
     # --- frames -------------------------------------------------------------------
 
@@ -173,8 +250,19 @@ class Session:
         except protocol.FramingError as exc:  # the stream is lost: answer, then close
             Session._refuse(proc, st, exc)
             proc.stop(("closed", exc.code))
-        for frame in frames:
+        st.backlog.extend(frames)
+        Session._work(proc, st)
+
+    @staticmethod
+    def _work(proc, st):
+        """Handle decoded frames while under session.max_inflight (one read may hold a thousand
+        requests); read the socket again only once all of them are handled."""
+        limit = st.node.cfg["session.max_inflight"]
+        while st.backlog and st.inflight < limit:
+            frame = st.backlog.popleft()
             st.frames_in += 1
+            if not st.frames_in % FAIR_SHARE:
+                gevent.sleep(0)  # one read can hold a thousand frames: let the others run
             try:
                 if isinstance(frame, ProtocolError):
                     raise frame
@@ -185,7 +273,9 @@ class Session:
                     proc.stop(("closed", exc.code))
             except ShardDown as exc:  # a store shard is restarting: the device may retry
                 Session._refuse(proc, st, ProtocolError(Code.STORE_FAILED, str(exc), frame.get("ref")))
-        Session._read_on(proc, st)
+        st.paused = bool(st.backlog)
+        if not st.paused:
+            Session._read_on(proc, st)
 
     @staticmethod
     def _refuse(proc, st, exc):
@@ -210,6 +300,11 @@ class Session:
             return (Session._register if ftype == "register" else Session._login)(proc, st, f)
         if st.user is None:
             raise ProtocolError(Code.NOT_LOGGED_IN, "log in first", f.get("ref"))
+        bucket = st.buckets.get(ftype)
+        if bucket is not None and not bucket.take():
+            Session._strike(proc, st, ftype)
+            raise ProtocolError(Code.RATE_LIMITED, f"more than {bucket.rate:g} {ftype} frames per "
+                                f"second; slow down", f.get("ref"))
         owner, method = ROUTES[ftype]
         if owner is None:
             return getattr(Session, method)(proc, st, f)
@@ -227,8 +322,10 @@ class Session:
             raise ProtocolError(Code.BODY_TOO_LARGE, f"body of {size} bytes exceeds "
                                 f"max_body {st.node.cfg['protocol.max_body']}", f["ref"])
         if "group" in f:
-            return st.node.groups.message(st.user, proc.pid, f)
-        st.node.router.message(st.user, proc.pid, f["ref"], f["id"], f["to"], body)
+            st.node.groups.message(st.user, proc.pid, f)
+        else:
+            st.node.router.message(st.user, proc.pid, f["ref"], f["id"], f["to"], body)
+        Session._awaiting(st, f["ref"])
 
     @staticmethod
     def _ack(proc, st, f):
@@ -244,6 +341,19 @@ class Session:
         if "group" in f:
             st.node.groups.members_of(st.user, f["group"], f["ref"])
         st.node.router.read(st.user, proc.pid, f["ref"], f["to"], f["ids"], f.get("group"))
+        Session._awaiting(st, f["ref"])
+
+    @staticmethod
+    def _awaiting(st, ref):
+        """A request whose answer comes later as a ("reply", frame) carrying ``ref``: in flight."""
+        st.awaiting[ref] += 1
+        st.inflight += 1
+
+    @staticmethod
+    def _strike(proc, st, ftype):
+        """A rated frame was refused; out of strikes, the connection is closed."""
+        if not st.strikes.take():
+            Session._close(proc, st, Code.FLOODING, f"too many {ftype} frames over the rate limit")
 
     @staticmethod
     def _hello(st, f):
@@ -279,10 +389,16 @@ class Session:
     @staticmethod
     def _login(proc, st, f):
         user, ref = f["user"], f["ref"]
-        if not st.node.accounts.verify(user, f["password"]):
+        node, ip = st.node, st.addr[0]
+        failed = node.failed_logins
+        if not (failed["user"].allowed(user) and failed["ip"].allowed(ip)):
+            log.warning("login for %r from %s refused: %s", user, st.addr, Code.TOO_MANY_ATTEMPTS)
+            raise ProtocolError(Code.TOO_MANY_ATTEMPTS, "too many failed logins; wait and retry", ref)
+        if not node.accounts.verify(user, f["password"]):
+            failed["user"].charge(user)
+            failed["ip"].charge(ip)
             log.info("failed login for %r from %s", user, st.addr)
             raise ProtocolError(Code.AUTH_FAILED, "wrong user name or password", ref)
-        node = st.node
         q = node.offd.spool(user).queue(user)
         st.user = proc.entity = user
         old = node.sm.register(user, proc.pid)
@@ -306,9 +422,11 @@ class Session:
         if q is None:  # nothing queued, or the shard restarts and pokes when it is back
             return
         room = node.cfg["session.window"] - q.sent
-        if room > 0:
-            for item in q.unsent(room):
-                st.out.append(protocol.frame_bytes(item.frame))
+        budget = node.cfg["session.max_outbound"] // 2 - len(st.out)
+        if room > 0 and budget > 0:
+            for item in q.unsent(room, budget):
+                st.out += protocol.frame_bytes(item.frame)
+                st.frames_out += 1
 
 
 #: What a logged-in session does with each frame type: (node attribute, method) for the

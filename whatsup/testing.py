@@ -4,6 +4,11 @@ The node gets its own data dir and config file, listens on a free loopback
 port (``server.listen = 127.0.0.1:0``; the port is read from its log) and logs
 to a file, so a test can read what the server logged and ``kill -9`` it for
 real.
+
+Every node runs with gevent's monitor thread (``MONITOR``): a callback that
+holds the hub for more than 0.1 s is reported in the log as "appears to be
+blocked", and :meth:`ServerProcess.blocking_reports` finds those reports, so a
+test fixture can fail on them (the hub must never block).
 """
 import os
 import re
@@ -18,6 +23,8 @@ from .shell.client import ShellClient
 
 LISTENING = re.compile(r"listening on ([0-9.]+):(\d+)")
 FAST = {"accounts.scrypt_n": 1024}  # tests hash thousands of passwords; production keeps 2**15
+MONITOR = {"GEVENT_MONITOR_THREAD_ENABLE": "1", "GEVENT_MAX_BLOCKING_TIME": "0.1"}
+BLOCKED = "appears to be blocked"  # how gevent's monitor thread words its report
 
 
 def render(settings):
@@ -66,7 +73,7 @@ class ServerProcess:
             f.write(render(self.settings))
         offset = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0
         log = open(self.log_path, "ab")
-        env = {**os.environ, **(self.env or {})}
+        env = {**os.environ, **MONITOR, **(self.env or {})}
         self.proc = subprocess.Popen([*self.command, "--config", self.config],
                                      stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         log.close()
@@ -90,6 +97,11 @@ class ServerProcess:
                 return f.read().decode(errors="replace")
         except FileNotFoundError:
             return ""
+
+    def blocking_reports(self):
+        """The monitor thread's reports of a blocked hub in this node's log (empty: never blocked)."""
+        log = self.log()
+        return [log[max(0, m.start() - 200):m.end() + 3000] for m in re.finditer(BLOCKED, log)]
 
     def kill(self):
         """``kill -9``: no flush, no goodbye."""

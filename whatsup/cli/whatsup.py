@@ -25,7 +25,7 @@ def _as_option(f):
 def _connect(ctx, user=None, password=None):
     server = ctx.obj["server"]
     try:
-        client = Client(server)
+        client = Client(server, tls=ctx.obj["tls"], cafile=ctx.obj["cafile"])
         if user is not None:
             state = ClientState(server, user)
             client.last_seq = client.acked_seq = state.load()
@@ -68,10 +68,15 @@ def _line(frame):
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--server", envvar="WHATSUP_SERVER", default=DEFAULT_SERVER, show_default=True,
               help="whatsupd address host:port (or $WHATSUP_SERVER)")
+@click.option("--tls", is_flag=True, envvar="WHATSUP_TLS",
+              help="connect with TLS (to the server's tls.listen address) and verify its certificate")
+@click.option("--cafile", envvar="WHATSUP_CAFILE", type=click.Path(exists=True, dir_okay=False),
+              help="PEM file of the CA (or self-signed certificate) to trust with --tls; "
+                   "the system's CAs without it")
 @click.pass_context
-def main(ctx, server):
+def main(ctx, server, tls, cafile):
     """Talk to a whatsup server."""
-    ctx.obj = {"server": server}
+    ctx.obj = {"server": server, "tls": tls or bool(cafile), "cafile": cafile}
 
 
 @main.command()

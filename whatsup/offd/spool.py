@@ -57,12 +57,18 @@ class UserQueue:
     def __repr__(self):
         return f"<UserQueue queued={len(self.items)} sent={self.sent}>"
 
-    def unsent(self, n):
-        """Up to ``n`` items after those already sent, marking them sent."""
-        items, start = self.items, self.sent
-        stop = min(len(items), start + n)
-        self.sent = stop
-        return [items[i] for i in range(start, stop)]
+    def unsent(self, n, budget=None):
+        """Up to ``n`` items after those already sent, marking them sent; with ``budget``,
+        only while the frames before the last one hold fewer than ``budget`` bytes."""
+        items, out = self.items, []
+        stop = min(len(items), self.sent + n)
+        while self.sent < stop and (budget is None or budget > 0):
+            item = items[self.sent]
+            out.append(item)
+            self.sent += 1
+            if budget is not None:
+                budget -= len(item.frame) + 4
+        return out
 
 
 class Segment:

@@ -18,6 +18,14 @@ Callbacks (all optional but ``init``)::
 the operator (a port in use): that is reported by whoever started the process,
 not logged as a crash. Any other exception is a crash, logged once here.
 
+Mailboxes may be bounded (``mailbox_max``, per process kind from the config's
+``mailbox`` table): ``send`` to a full mailbox raises :class:`MailboxFull` and
+the sender decides, explicitly, what that means (the router closes an
+overloaded session; its items are already safe in offd). Wake-up messages that
+only say "look again" go through ``notify``, which coalesces them: a process has
+at most one queued per tag, so a burst of 50,000 messages to one user queues
+one ``("poke",)``, not 50,000.
+
 Others hold a :class:`Pid`, never the object: ``send``, ``cast``, ``call`` and
 ``kill`` take pids, and a pid names its node, so a later cross-node transport
 can serve the same calls. A ``call`` to a dead process, or one that dies before
@@ -35,6 +43,9 @@ from gevent.queue import Queue
 log = logging.getLogger("whatsup.runtime")
 
 CALL, CAST, SYS = "$call", "$cast", "$sys"
+#: Messages a process handles before it yields to the hub even if its mailbox is not empty
+#: (Erlang counts reductions; without this a busy process could hold the hub for seconds).
+FAIR_SHARE = 64
 
 
 class Pid(NamedTuple):
@@ -47,6 +58,10 @@ class Pid(NamedTuple):
 
 class ProcessDead(Exception):
     """The process a call or send was addressed to is not running (or died meanwhile)."""
+
+
+class MailboxFull(Exception):
+    """``send`` found the target's bounded mailbox full; nothing was queued."""
 
 
 class CallTimeout(Exception):
@@ -68,7 +83,8 @@ class Exit(gevent.GreenletExit):
 class Process:
     """One gen_server instance. See the module docstring for the behaviour contract."""
 
-    def __init__(self, table, behaviour, args=(), name=None, kind=None, entity=None, restarts=0):
+    def __init__(self, table, behaviour, args=(), name=None, kind=None, entity=None, restarts=0,
+                 mailbox_max=None):
         self.table = table
         self.pid = table.new_pid()
         self.behaviour = behaviour
@@ -79,11 +95,14 @@ class Process:
         self.entity = entity
         self.restarts = restarts
         self.mailbox = Queue()
+        self.mailbox_max = mailbox_max
+        self.notified = set()  # tags of coalesced messages queued and not yet handled
         self.state = None
         self.handled = 0
         self.started = time.time()
         self.last_message = None
         self.exit_reason = None
+        self.killed = None  # the reason given to ProcessTable.kill, until the exit
         self.monitors = {}  # ref -> callable(pid, reason) or watcher Pid
         self.ready = AsyncResult()  # set once init returned; its exception if init failed
         self.greenlet = gevent.Greenlet(self._run)
@@ -92,7 +111,8 @@ class Process:
     def __repr__(self):
         ent = "".join(f" {x}" for x in (self.name, self.entity) if x is not None)
         status = "dead" if self.exit_reason is not None else "alive"
-        return (f"<Process {self.pid!r} {self.kind}{ent} {status} mailbox={len(self.mailbox)} "
+        bound = f"/{self.mailbox_max}" if self.mailbox_max else ""
+        return (f"<Process {self.pid!r} {self.kind}{ent} {status} mailbox={len(self.mailbox)}{bound} "
                 f"handled={self.handled}>")
 
     # --- lifecycle ------------------------------------------------------------
@@ -136,6 +156,8 @@ class Process:
                 self.last_message = msg
                 self._dispatch(msg)
                 self.handled += 1
+                if not self.handled % FAIR_SHARE:
+                    gevent.sleep(0)  # a full mailbox never blocks get(): let the others run
         except Exit as exc:
             reason = exc.reason
         except gevent.GreenletExit:
@@ -157,6 +179,7 @@ class Process:
 
     def _dispatch(self, msg):
         tag = msg[0] if type(msg) is tuple and msg else None
+        self.notified.discard(tag)
         b = self.behaviour
         if tag == CALL:
             _, result, request = msg
@@ -275,8 +298,22 @@ class ProcessTable:
         return self.names.get(name)
 
     def send(self, pid, msg):
-        """Put ``msg`` in the mailbox of ``pid`` (Erlang's ``Pid ! Msg``)."""
-        self.lookup(pid).mailbox.put(msg)
+        """Put ``msg`` in the mailbox of ``pid`` (Erlang's ``Pid ! Msg``); MailboxFull at its bound."""
+        proc = self.lookup(pid)
+        if proc.killed is not None:  # its mailbox will never be read again
+            raise ProcessDead(f"{pid!r} is being killed: {_reason_text(proc.killed)}")
+        if proc.mailbox_max is not None and len(proc.mailbox) >= proc.mailbox_max:
+            raise MailboxFull(f"{pid!r}: mailbox full ({proc.mailbox_max})")
+        proc.mailbox.put(msg)
+
+    def notify(self, pid, msg):
+        """Queue the wake-up ``msg`` unless one with its tag is already waiting (never bounded:
+        there is at most one per tag)."""
+        proc = self.lookup(pid)
+        tag = msg[0]
+        if tag not in proc.notified:
+            proc.notified.add(tag)
+            proc.mailbox.put(msg)
 
     def cast(self, pid, msg):
         self.send(pid, (CAST, msg))
@@ -354,6 +391,7 @@ class ProcessTable:
     def kill(self, pid, reason="killed"):
         """Stop a process at once with ``reason``; its monitors and supervisor learn why."""
         proc = self.lookup(pid)
+        proc.killed = reason  # dying: from now on ``send`` treats it as dead
         proc.greenlet.kill(Exit(reason), block=False)
 
     def processes(self, kind=None):

@@ -8,9 +8,11 @@ the process takes it. For a session (see whatsup/session.py) that is:
     the user's offd queue (the router queues first, then pokes), so the
     message itself is spooled: draining collapses every poke into **one**,
     put back at the end of the mailbox. On it the session sends its whole
-    queue up to the flow-control window; nothing is lost.
+    queue up to the flow-control window; nothing is lost. (Pokes are
+    coalesced when sent, ProcessTable.notify, so there is one at most.)
 ``("tick", now)``
     the sweeper's clock; only the newest matters: one is kept (the last).
+    (Coalesced when sent too.)
 
 Everything else stays, in its order, because it is bounded by the device's
 own traffic or is control that must not be lost:
@@ -95,5 +97,7 @@ def drain(proc, to="offd"):
     kept, removed = policy(messages, to)
     for msg in kept:
         mailbox.put(msg)
+    # A coalesced wake-up whose message left must be sendable again (ProcessTable.notify).
+    proc.notified &= {msg[0] for msg in kept if type(msg) is tuple and msg}
     return {"pid": proc.pid, "to": to, "before": len(messages), "after": len(mailbox),
             "removed": dict(removed)}

@@ -1,0 +1,66 @@
+"""Auth hardening: failed logins are limited per user and per address, and a session acts only
+as its own user (docs/PROTOCOL.md, "Limits" and "Identity")."""
+import pytest
+
+from rawwire import RawConnection
+from whatsup.client import ServerError
+
+
+def login_code(client, user, password):
+    try:
+        client.login(user, password)
+        return "ok"
+    except ServerError as exc:
+        return exc.code
+
+
+def test_failed_logins_lock_the_user_name_but_not_other_users(make_server):
+    server = make_server({"auth.user_failures": 3})
+    server.register("victim", "other")
+    with server.client() as c:
+        codes = [login_code(c, "victim", "wrong-guess") for _ in range(3)]
+        codes.append(login_code(c, "victim", "pw-victim"))  # even the right one, for now
+        assert codes == ["auth_failed"] * 3 + ["too_many_attempts"]
+        assert login_code(c, "other", "pw-other") == "ok"
+
+
+def test_failed_logins_lock_the_address_but_not_other_addresses(make_server):
+    server = make_server({"auth.ip_failures": 3, "auth.user_failures": 100})
+    server.register("ann", "ben", "cat", "dan")
+    with server.client() as c:
+        codes = [login_code(c, user, "wrong-guess") for user in ("ann", "ben", "cat")]
+        codes.append(login_code(c, "dan", "pw-dan"))
+        assert codes == ["auth_failed"] * 3 + ["too_many_attempts"]
+    with RawConnection(server, source="127.0.0.2") as elsewhere:
+        assert elsewhere.login("dan")["type"] == "ok"
+
+
+def test_a_session_cannot_claim_another_sender(server):
+    server.register("alice", "bob", "carol")
+    with RawConnection(server) as alice:
+        alice.login("alice")
+        answer = alice.request({"type": "msg", "id": "m1", "to": "bob", "body": "hi",
+                                "from": "carol", "user": "carol"}, 10)
+        assert answer["type"] == "sent"
+    with server.client("bob") as bob:
+        msg = bob.recv(10)
+        assert (msg["from"], msg["body"]) == ("alice", "hi")
+
+
+def test_a_session_only_ever_receives_and_acks_its_own_queue(server):
+    server.register("alice", "bob", "carol")
+    with server.client("carol") as carol:
+        for i in range(5):
+            carol.send("bob", f"for bob {i}", id=f"b{i}")
+            carol.send("alice", f"for alice {i}", id=f"a{i}")
+    with server.client("alice") as alice:
+        alice.send_frame({"type": "ack", "seq": 2 ** 62})  # acks alice's items only
+        got = [f for f in alice.drain(1.0) if f["type"] == "msg"]
+        assert [f["id"] for f in got] == [f"a{i}" for i in range(5)]
+        with pytest.raises(ServerError) as refused:
+            alice.login("bob", "pw-bob")
+        assert refused.value.code == "already_logged_in"
+    with server.client("bob") as bob:
+        assert bob.last_login["queued"] == 5
+        got = [f for f in bob.drain(1.0) if f["type"] == "msg"]
+        assert [f["id"] for f in got] == [f"b{i}" for i in range(5)]

@@ -1,0 +1,74 @@
+"""The token buckets as pure objects with a fake clock: no sockets, no sleeping."""
+from whatsup.ratelimit import KeyedLimiter, TokenBucket, frame_buckets
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_a_full_bucket_allows_its_burst_then_refuses():
+    clock = FakeClock()
+    bucket = TokenBucket(rate=2, capacity=5, clock=clock)
+    assert [bucket.take() for _ in range(6)] == [True] * 5 + [False]
+
+
+def test_tokens_come_back_at_the_rate_and_never_beyond_capacity():
+    clock = FakeClock()
+    bucket = TokenBucket(rate=2, capacity=5, clock=clock)
+    while bucket.take():
+        pass
+    clock.now += 1.0
+    assert [bucket.take() for _ in range(3)] == [True, True, False]
+    clock.now += 3600
+    assert bucket.full() and bucket.available() == 5
+
+
+def test_a_refused_take_spends_nothing():
+    clock = FakeClock()
+    bucket = TokenBucket(rate=1, capacity=3, clock=clock)
+    assert bucket.take(2)
+    assert not bucket.take(2)
+    assert bucket.take(1)
+
+
+def test_a_clock_going_backwards_gives_no_tokens():
+    clock = FakeClock()
+    bucket = TokenBucket(rate=10, capacity=1, clock=clock)
+    assert bucket.take()
+    clock.now -= 50
+    assert not bucket.take()
+
+
+def test_rate_zero_means_unlimited_and_gets_no_bucket():
+    clock = FakeClock()
+    assert all(TokenBucket(0, 0, clock).take() for _ in range(10_000))
+    buckets = frame_buckets({"msg": 10.0, "typing": 0.0}, burst_seconds=3.0, clock=clock)
+    assert set(buckets) == {"msg"} and buckets["msg"].capacity == 30
+
+
+def test_keyed_limiter_counts_failures_per_key_and_forgets_refilled_keys():
+    clock = FakeClock()
+    limiter = KeyedLimiter(count=3, window=60.0, clock=clock)
+    for _ in range(3):
+        assert limiter.allowed("mallory")
+        limiter.charge("mallory")
+    assert not limiter.allowed("mallory")
+    assert limiter.allowed("alice")          # other keys are untouched
+    clock.now += 20.0                        # one failure's worth refilled (3 per 60 s)
+    assert limiter.allowed("mallory")
+    limiter.prune()
+    assert "mallory" in limiter.buckets
+    clock.now += 60.0
+    limiter.prune()
+    assert limiter.buckets == {}
+
+
+def test_keyed_limiter_with_count_zero_never_refuses():
+    limiter = KeyedLimiter(count=0, window=60.0, clock=FakeClock())
+    for _ in range(100):
+        limiter.charge("x")
+    assert limiter.allowed("x")

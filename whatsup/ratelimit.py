@@ -1,0 +1,96 @@
+"""Rate limits: token buckets, pure and clock-injected (docs/PROTOCOL.md, "Limits").
+
+Nothing here does I/O or reads the time by itself: the clock is a parameter,
+so every rule is tested with a fake clock and no sockets, as Prosody tests its
+own token bucket. The session holds one bucket per rated frame type (the
+``ratelimit`` table of the config), plus a strike bucket that decides when
+refusals have become persistent abuse; the node holds :class:`KeyedLimiter`
+instances for failed logins per user and per IP.
+"""
+import time
+
+
+class TokenBucket:
+    """``capacity`` tokens, refilled at ``rate`` per second; ``take`` spends them.
+
+    A full bucket lets a client burst ``capacity`` frames at once; after that it
+    gets ``rate`` per second. ``rate == 0`` and ``capacity == 0`` means no limit.
+    """
+    __slots__ = ("rate", "capacity", "tokens", "stamp", "clock")
+
+    def __init__(self, rate, capacity, clock=time.monotonic):
+        self.rate, self.capacity, self.clock = float(rate), float(capacity), clock
+        self.tokens = self.capacity
+        self.stamp = clock()
+
+    def __repr__(self):
+        self._refill()
+        return f"<TokenBucket {self.tokens:.1f}/{self.capacity:g} +{self.rate:g}/s>"
+
+    @property
+    def unlimited(self):
+        return self.rate == 0 and self.capacity == 0
+
+    def _refill(self):
+        now = self.clock()
+        if now > self.stamp:
+            self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+    def take(self, n=1):
+        """Spend ``n`` tokens if there are that many; False (and nothing spent) otherwise."""
+        if self.unlimited:
+            return True
+        self._refill()
+        if self.tokens >= n:
+            self.tokens -= n
+            return True
+        return False
+
+    def available(self):
+        """Tokens there are now (infinite for an unlimited bucket)."""
+        if self.unlimited:
+            return float("inf")
+        self._refill()
+        return self.tokens
+
+    def full(self):
+        """True when the bucket has refilled completely (a limiter may then forget it)."""
+        return self.available() >= self.capacity
+
+
+def frame_buckets(limits, burst_seconds, clock=time.monotonic):
+    """One bucket per rated frame type, from ``{type: frames per second}`` (0 = unlimited)."""
+    return {ftype: TokenBucket(rate, rate * burst_seconds, clock)
+            for ftype, rate in limits.items() if rate > 0}
+
+
+class KeyedLimiter:
+    """At most ``count`` charges per key within ``window`` seconds (refilled smoothly).
+
+    Used for failed logins per user and per IP (``count == 0``: no limit).
+    Buckets that refilled are dropped by :meth:`prune`, so the table holds only
+    keys seen failing lately.
+    """
+
+    def __init__(self, count, window, clock=time.monotonic):
+        self.count, self.window, self.clock = count, window, clock
+        self.buckets = {}
+
+    def __repr__(self):
+        return f"<KeyedLimiter {self.count}/{self.window:g}s keys={len(self.buckets)}>"
+
+    def allowed(self, key):
+        """True while ``key`` has charges left (checking spends nothing)."""
+        bucket = self.buckets.get(key)
+        return bucket is None or bucket.available() >= 1
+
+    def charge(self, key):
+        bucket = self.buckets.get(key)
+        if bucket is None:
+            bucket = self.buckets[key] = TokenBucket(self.count / self.window, self.count, self.clock)
+        bucket.take()
+
+    def prune(self):
+        for key in [k for k, b in self.buckets.items() if b.full()]:
+            del self.buckets[key]
