@@ -64,3 +64,17 @@ def test_a_session_only_ever_receives_and_acks_its_own_queue(server):
         assert bob.last_login["queued"] == 5
         got = [f for f in bob.drain(1.0) if f["type"] == "msg"]
         assert [f["id"] for f in got] == [f"b{i}" for i in range(5)]
+
+
+def test_parallel_guesses_from_many_connections_get_no_more_than_the_limit(make_server):
+    server = make_server({"auth.user_failures": 3})
+    server.register("victim")
+    conns = [RawConnection(server) for _ in range(10)]
+    for conn in conns:
+        conn.hello()
+    for conn in conns:  # all ten in flight before any hash is done
+        conn.send({"type": "login", "ref": 5, "user": "victim", "password": "wrong-guess"})
+    codes = sorted(conn.recv(30)["code"] for conn in conns)
+    assert codes == ["auth_failed"] * 3 + ["too_many_attempts"] * 7
+    for conn in conns:
+        conn.sock.close()

@@ -72,3 +72,14 @@ def test_keyed_limiter_with_count_zero_never_refuses():
     for _ in range(100):
         limiter.charge("x")
     assert limiter.allowed("x")
+
+
+def test_keyed_limiter_refund_gives_a_charge_back_but_never_beyond_the_count():
+    clock = FakeClock()
+    limiter = KeyedLimiter(count=2, window=60.0, clock=clock)
+    limiter.charge("u"), limiter.charge("u")      # two attempts in flight at once
+    assert not limiter.allowed("u")              # a third must wait for one of them
+    limiter.refund("u")                          # one of them was the right password
+    assert limiter.allowed("u")
+    limiter.refund("u"), limiter.refund("u"), limiter.refund("never-charged")
+    assert limiter.buckets["u"].available() == 2 and "never-charged" not in limiter.buckets

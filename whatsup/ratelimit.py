@@ -47,6 +47,12 @@ class TokenBucket:
             return True
         return False
 
+    def give(self, n=1):
+        """Put ``n`` tokens back (never beyond capacity): a charge that turned out undeserved."""
+        if not self.unlimited:
+            self._refill()
+            self.tokens = min(self.capacity, self.tokens + n)
+
     def available(self):
         """Tokens there are now (infinite for an unlimited bucket)."""
         if self.unlimited:
@@ -90,6 +96,12 @@ class KeyedLimiter:
         if bucket is None:
             bucket = self.buckets[key] = TokenBucket(self.count / self.window, self.count, self.clock)
         bucket.take()
+
+    def refund(self, key):
+        """Give back one charge of ``key`` (the attempt succeeded after all)."""
+        bucket = self.buckets.get(key)
+        if bucket is not None:
+            bucket.give()
 
     def prune(self):
         for key in [k for k, b in self.buckets.items() if b.full()]:

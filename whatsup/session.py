@@ -394,9 +394,16 @@ class Session:
         if not (failed["user"].allowed(user) and failed["ip"].allowed(ip)):
             log.warning("login for %r from %s refused: %s", user, st.addr, Code.TOO_MANY_ATTEMPTS)
             raise ProtocolError(Code.TOO_MANY_ATTEMPTS, "too many failed logins; wait and retry", ref)
-        if not node.accounts.verify(user, f["password"]):
-            failed["user"].charge(user)
-            failed["ip"].charge(ip)
+        for kind, key in (("user", user), ("ip", ip)):  # charged before hashing, so attempts in
+            failed[kind].charge(key)                    # parallel cannot all pass the check above
+        verified = None
+        try:
+            verified = node.accounts.verify(user, f["password"])
+        finally:
+            if verified is not False:  # a success, or no answer (store down): not a failed guess
+                failed["user"].refund(user)
+                failed["ip"].refund(ip)
+        if not verified:
             log.info("failed login for %r from %s", user, st.addr)
             raise ProtocolError(Code.AUTH_FAILED, "wrong user name or password", ref)
         q = node.offd.spool(user).queue(user)
