@@ -3,9 +3,11 @@
 Implements the delivery rules of docs/PROTOCOL.md ("Messages and ticks"):
 
 * a ``msg`` is stamped and queued in the recipient's offd queue, and the
-  recipient's session (if any) is poked at once; it sends from the queue, so
-  live and spooled items share one order and one flow-control window, and an
-  item leaves offd only when the device acks it;
+  recipient's session (if any) is poked once it is durable (every shard calls
+  ``poke`` through ``Spool.on_ready``); it sends from the queue, so live and
+  spooled items share one order and one flow-control window, and an item
+  leaves offd only when the device acks it (and the ✓✓ receipts that ack
+  causes are durable);
 * the sender hears ``sent`` (the ✓) only after the group-committed fsync;
 * device acks become ``delivered`` receipts and ``read`` frames become
   ``read`` receipts, queued for the original sender the same way;
@@ -23,11 +25,14 @@ import collections
 import logging
 import time
 
+import gevent
+
 from .offd import QueueFull, ShardDown
 from .protocol import Code, error_frame, unpack
 from .runtime import MailboxFull, ProcessDead
 
 log = logging.getLogger("whatsup.router")
+RETRY = 1.0  # seconds between attempts to store a ✓✓ receipt the spool refused
 
 
 class _Pending:
@@ -52,7 +57,11 @@ class Router:
     def shard_up(self, spool, restarted):
         """An offd shard opened: at node start, refill the dedup window from what its recovery
         found; after a crash (the window outlived it), poke its online users, whose sessions
-        resend what the new incarnation holds."""
+        resend what the new incarnation holds. Either way the shard pokes a user's session
+        whenever an item for them becomes durable (only durable items go to devices), and its
+        compaction carries the dedup window's ids forward (see :meth:`remembered`)."""
+        spool.on_ready = self.poke
+        spool.carry = self.remembered
         if not restarted:
             for sender, cid, to, seq, ts in spool.recovered:
                 self._remember(sender, cid, _Pending(to, seq, ts, True))
@@ -92,7 +101,6 @@ class Router:
             log.warning("queue of %s is full: refused message %s from %s", to, cid, sender)
             return self.reply(pid, error_frame(Code.QUEUE_FULL, f"{to}'s queue is full", ref))
         pending.seq, pending.ts = item.seq, item.ts
-        self.poke(to)
 
     def retransmit(self, sender, pid, ref, cid):
         """True when ``cid`` was seen from ``sender``: its ✓ is (or will be) sent again, nothing more."""
@@ -127,6 +135,22 @@ class Router:
         for pid, frame in frames:
             self.reply(pid, frame)
 
+    def remembered(self, spool, upto):
+        """The durable ids of the dedup window queued on ``spool`` with seq <= ``upto``.
+
+        Compaction drops the P records of acked messages, and a restart
+        rebuilds the window from the records it finds: without this, a device
+        retransmitting a message whose ✓ it missed would, after compaction and
+        a restart, have it delivered a second time (tests/test_dedup.py).
+        Carrying exactly the window keeps the spool's share of it as bounded
+        as the window itself. (Group messages, whose ids map to several
+        copies, are not carried.)
+        """
+        for sender, window in self.dedup.items():
+            for cid, p in window.items():
+                if p.durable and p.seq is not None and p.seq <= upto and self.offd.current(p.to) is spool:
+                    yield sender, cid, p.to, p.seq, p.ts
+
     @staticmethod
     def _sent(ref, cid, ts):
         return {"type": "sent", "ref": ref, "id": cid, "ts": ts}
@@ -141,24 +165,54 @@ class Router:
 
     # --- receipts ---------------------------------------------------------------------
 
-    def acked(self, user, items):
-        """``user``'s device acked ``items``: tell each sender its messages were delivered.
+    def acked(self, user, spool, upto):
+        """``user``'s device has every item up to seq ``upto`` of ``spool``: tell each sender ✓✓.
 
         Group copies (kind ``gmsg``) give one receipt per (sender, group), carrying ``group``.
+        offd forgets the acked items only once those receipts are durable (a
+        receipt that cannot be stored, or whose shard is restarting, is retried
+        every RETRY seconds), so no crash or disk fault between the two can
+        lose a ✓✓. If ``user``'s own shard dies meanwhile, its new incarnation
+        recovers the items (no delete record was written) and delivers them
+        again with the same seqs: the device skips them and acks again.
         """
+        acked = spool.ack(user, upto)
         by_sender = {}
-        for item in items:
+        for item in acked.items:
             if item.kind == "msg":
                 by_sender.setdefault((item.sender, None), []).append(item.cid)
             elif item.kind == "gmsg":
                 group = unpack(item.frame)["group"]
                 by_sender.setdefault((item.sender, group), []).append(item.cid)
+        if not by_sender:
+            if acked.items:
+                spool.release(acked)
+            return
+        left = [len(by_sender)]
+
+        def stored():
+            left[0] -= 1
+            if not left[0]:
+                spool.release(acked)
         for (sender, group), ids in by_sender.items():
-            try:
-                self._receipt(user, sender, "delivered", ids, group=group)
-            except ShardDown as exc:  # the items are gone from offd; only the ✓✓ is lost
-                self.counters["receipts_lost"] += 1
-                log.error("delivered receipt of %s for %s lost: %s", ids, sender, exc)
+            self._delivered(user, sender, ids, group, stored)
+
+    def _delivered(self, user, sender, ids, group, stored):
+        """Store one ✓✓ receipt; a full disk or a restarting shard only delays it."""
+        def retry(why):
+            self.counters["receipt_retries"] += 1
+            log.warning("delivered receipt of %s for %s not stored (%s): retrying in %ss", ids, sender, why, RETRY)
+            gevent.spawn_later(RETRY, self._delivered, user, sender, ids, group, stored)
+
+        def durable(err):
+            if err is None:
+                stored()
+            else:
+                retry(err)
+        try:
+            self._receipt(user, sender, "delivered", ids, durable, group)
+        except ShardDown as exc:
+            retry(exc)
 
     def read(self, user, pid, ref, to, ids, group=None):
         """``user`` has read messages ``ids`` from ``to`` (in ``group``, if given); answer ``ok``
@@ -181,7 +235,6 @@ class Router:
             frame["group"] = group
         self.offd.spool(to).put(to, "receipt", frame, on_durable=on_durable, force=force)
         self.counters["receipts"] += 1
-        self.poke(to)
 
     # --- delivery ----------------------------------------------------------------------
 

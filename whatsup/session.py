@@ -332,8 +332,7 @@ class Session:
         spool = st.node.offd.current(st.user)
         # While the shard restarts the ack is dropped: the items come again and are acked again.
         if spool is not None and st.node.sm.lookup(st.user) == proc.pid:
-            done = spool.ack(st.user, f["seq"])
-            st.node.router.acked(st.user, done)
+            st.node.router.acked(st.user, spool, f["seq"])
             Session._push(proc, st)
 
     @staticmethod

@@ -21,9 +21,10 @@ import os
 from ..datadir import ShardMismatch, check_shards
 from ..runtime.factory import ShardDown, shard_of
 from ..runtime.industry import Industry
-from .spool import Item, QueueFull, Spool
+from .spool import Acked, Item, QueueFull, Spool
 
-__all__ = ["Item", "Offd", "OffdShard", "QueueFull", "ShardDown", "ShardMismatch", "Spool", "shard_of"]
+__all__ = ["Acked", "Item", "Offd", "OffdShard", "QueueFull", "ShardDown", "ShardMismatch", "Spool",
+           "shard_of"]
 log = logging.getLogger("whatsup.offd")
 
 

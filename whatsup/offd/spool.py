@@ -7,6 +7,14 @@ ran shares the next one. ``on_durable(err)`` fires on the hub after that fsync
 (err is None) or after a failed write (err is the OSError; the batch is cut off
 the file again and its items are taken out of their queues).
 
+An item is handed to a device only once it is durable (``UserQueue.unsent``
+stops at the first item that is not). Otherwise a kill -9 between the send and
+the fsync would make the device show a message the node then forgets: the
+sender, never ✓'d, retransmits it and the device shows it a second time under
+a new seq, and the seq it had seen is stamped again on another item after
+recovery, which the device then skips as already seen (a lost message). Both
+were found by ops/chaos.py.
+
 Deletion is cumulative per user (devices ack "everything up to seq N"), so a
 queue is a deque consumed from the front. Segments are deleted oldest first
 only: a delete record then never outlives the put it cancels. Compaction
@@ -33,11 +41,12 @@ class QueueFull(Exception):
 
 
 class Item:
-    __slots__ = ("seq", "ts", "kind", "sender", "cid", "frame", "seg")
+    __slots__ = ("seq", "ts", "kind", "sender", "cid", "frame", "seg", "durable")
 
-    def __init__(self, seq, ts, kind, sender, cid, frame, seg):
+    def __init__(self, seq, ts, kind, sender, cid, frame, seg, durable=True):
         self.seq, self.ts, self.kind, self.sender, self.cid, self.frame, self.seg = (
             seq, ts, kind, sender, cid, frame, seg)
+        self.durable = durable
 
     def __repr__(self):
         return f"<Item {self.kind} seq={self.seq} from={self.sender} id={self.cid}>"
@@ -58,17 +67,34 @@ class UserQueue:
         return f"<UserQueue queued={len(self.items)} sent={self.sent}>"
 
     def unsent(self, n, budget=None):
-        """Up to ``n`` items after those already sent, marking them sent; with ``budget``,
-        only while the frames before the last one hold fewer than ``budget`` bytes."""
+        """Up to ``n`` durable items after those already sent, marking them sent; with
+        ``budget``, only while the frames before the last one hold fewer than ``budget`` bytes.
+
+        Items become durable in queue order (one log per spool, written in
+        order), so stopping at the first item that is not yet keeps the order.
+        """
         items, out = self.items, []
         stop = min(len(items), self.sent + n)
         while self.sent < stop and (budget is None or budget > 0):
             item = items[self.sent]
+            if not item.durable:
+                break
             out.append(item)
             self.sent += 1
             if budget is not None:
                 budget -= len(item.frame) + 4
         return out
+
+
+class Acked:
+    """Items a device acked whose delete record waits for :meth:`Spool.release`."""
+    __slots__ = ("user", "items", "released")
+
+    def __init__(self, user):
+        self.user, self.items, self.released = user, [], False
+
+    def __repr__(self):
+        return f"<Acked {self.user} items={len(self.items)} released={self.released}>"
 
 
 class Segment:
@@ -90,6 +116,8 @@ class Spool:
         self.max_queue = max_queue
         self.expiry = expiry_days * 86400.0
         self.queues = {}
+        self.held = {}               # user -> deque of Acked, in ack order
+        self.on_ready = None         # callable(user): an item for user became durable (sendable)
         self.segments = collections.OrderedDict()  # sid -> Segment, oldest first
         self.counter = 0
         self.recovered = []          # P records' (sender, cid, user, seq, ts) for dedup rebuild
@@ -146,31 +174,50 @@ class Spool:
         frame["seq"], frame["ts"] = seq, ts
         body = pack(frame)
         seg = self._active
-        item = Item(seq, ts, kind, sender, cid, body, seg.sid)
+        item = Item(seq, ts, kind, sender, cid, body, seg.sid, durable=False)
         q.items.append(item)
         seg.live += 1
-        self._append(record.put(user, seq, ts, kind, sender, cid, body), on_durable and
-                     (lambda err: self._durable(user, item, err, on_durable)))
+        self._append(record.put(user, seq, ts, kind, sender, cid, body),
+                     lambda err: self._durable(user, item, err, on_durable))
         self.stats["put"] += 1
         return item
 
     def ack(self, user, upto):
-        """The device has every item up to ``upto``: drop those it was sent; returns them."""
+        """The device has every item up to ``upto``: take those it was sent out of the queue.
+
+        Returns an :class:`Acked` (empty when nothing was acked). The items'
+        delete record is written only by :meth:`release`: the router releases
+        once the ✓✓ receipts the ack causes are durable, so a crash in between
+        delivers the items again (same seq: the device skips them and acks
+        again) instead of losing those receipts. Until then compaction keeps
+        the items' records.
+        """
         q = self.queues.get(user)
+        acked = Acked(user)
         if q is None:
-            return []
-        done = []
+            return acked
         items = q.items
         while q.sent and items and items[0].seq <= upto:
-            done.append(items.popleft())
+            acked.items.append(items.popleft())
             q.sent -= 1
-        if done:
-            self._forget(done)
-            self._append(record.delete(user, done[-1].seq))
-            self.stats["acked"] += len(done)
+        if acked.items:
+            self.held.setdefault(user, collections.deque()).append(acked)
+            self.stats["acked"] += len(acked.items)
         if not items:
             self.queues.pop(user, None)
-        return done
+        return acked
+
+    def release(self, acked):
+        """Write the delete record of ``acked``, after those of every earlier ack of its user
+        (a delete record is cumulative: "everything up to seq N")."""
+        acked.released = True
+        held = self.held.get(acked.user)
+        while held and held[0].released:
+            items = held.popleft().items
+            self._forget(items)
+            self._append(record.delete(acked.user, items[-1].seq))
+        if not held:
+            self.held.pop(acked.user, None)
 
     # --- durability -------------------------------------------------------------
 
@@ -182,7 +229,11 @@ class Spool:
             self._start_segment()
 
     def _durable(self, user, item, err, on_durable):
-        if err is not None:
+        if err is None:
+            item.durable = True
+            if self.on_ready is not None:
+                self.on_ready(user)
+        else:
             q = self.queues.get(user)
             if q is not None and item in q.items:
                 idx = q.items.index(item)
@@ -190,7 +241,8 @@ class Spool:
                 if idx < q.sent:
                     q.sent -= 1
                 self._forget([item])
-        on_durable(err)
+        if on_durable is not None:
+            on_durable(err)
 
     # --- runs on the writer thread ----------------------------------------------------
 
@@ -265,6 +317,8 @@ class Spool:
             for rec in records:
                 self._replay(sid, rec, found, wm)
         for user, by_seq in found.items():
+            if not by_seq:
+                continue  # every item of this user was deleted: no empty queue in RAM
             q = self.queue(user)
             for seq in sorted(by_seq):
                 item = by_seq[seq]
@@ -329,6 +383,16 @@ class Spool:
             if not q.items:
                 del self.queues[user]
 
+    def _live(self):
+        """(user, item) for every item whose record must be kept: queued or acked but held."""
+        for user, q in self.queues.items():
+            for item in q.items:
+                yield user, item
+        for user, held in self.held.items():
+            for acked in held:
+                for item in acked.items:
+                    yield user, item
+
     def _compact(self):
         """Rewrite the live items of every non-active segment forward, then unlink those segments."""
         old = [s for s in self.segments.values() if s is not self._active]
@@ -337,15 +401,14 @@ class Spool:
         sids = {s.sid for s in old}
         moved = 0
         if any(s.live for s in old):
-            for user, q in self.queues.items():
-                for item in q.items:
-                    if item.seg in sids:
-                        self.segments[item.seg].live -= 1
-                        item.seg = self._active.sid
-                        self._active.live += 1
-                        self._append(record.put(user, item.seq, item.ts, item.kind, item.sender,
-                                                item.cid, item.frame))
-                        moved += 1
+            for user, item in self._live():
+                if item.seg in sids:
+                    self.segments[item.seg].live -= 1
+                    item.seg = self._active.sid
+                    self._active.live += 1
+                    self._append(record.put(user, item.seq, item.ts, item.kind, item.sender,
+                                            item.cid, item.frame))
+                    moved += 1
         for sid in sids:
             del self.segments[sid]
         self.stats["compactions"] += 1
