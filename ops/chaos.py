@@ -1,0 +1,306 @@
+"""The delivery ledger under chaos: kill -9 the node and drop connections while users chat.
+
+Every user is a thread driving a real :class:`whatsup.client.Client` the way a
+phone would: it pipelines messages, keeps the ones without a ✓ (``sent``) in an
+outbox and retransmits them with the *same* id after every reconnect (the
+server deduplicates), and keeps its last delivered seq across reconnects
+(``Client(last_seq=...)``) because the server may deliver an item again, with
+the same seq, when the device's ack was not durable before a crash.
+
+Meanwhile the main thread SIGKILLs the node at random moments and restarts it
+on the same data dir and port, and every client drops its connection now and
+then without a goodbye. At the end nothing is killed any more: clients
+retransmit what still lacks a ✓ and drain until every ✓'d message has arrived
+and its ✓✓ (``delivered`` receipt) has reached its sender.
+
+The ledger then checks, for every message that got ✓:
+
+* it was shown to its recipient's application exactly once (lost / duplicates);
+* per conversation (sender -> recipient) in the order it was sent (out of order);
+* its sender got the ``delivered`` receipt (receipts missing).
+
+It prints the tallies and exits 1 on any violation, 2 when the node logged an
+unhandled exception. ``tests/test_chaos.py`` runs a short version.
+
+    python3 ops/chaos.py --users 20 --duration 180 --kills 25
+"""
+import collections
+import json
+import os
+import random
+import socket
+import sys
+import tempfile
+import threading
+import time
+
+import click
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from whatsup.client import Client, Closed, ServerError  # noqa: E402
+from whatsup.testing import ServerProcess  # noqa: E402
+
+NETWORK_ERRORS = (OSError, Closed, TimeoutError, ServerError)
+RETRYABLE = {"store_failed", "queue_full", "shutting_down", "internal"}
+
+
+class Device(threading.Thread):
+    """One user's phone: sends, receives, acks, reconnects, and writes down what it saw."""
+
+    def __init__(self, user, peers, server, rate, drop_rate, inflight, seed, stop, quiet):
+        super().__init__(name=f"device-{user}", daemon=True)
+        self.user, self.peers, self.server = user, peers, server
+        self.rate, self.drop_rate, self.inflight = rate, drop_rate, inflight
+        self.rng = random.Random(seed)
+        self.stop, self.quiet = stop, quiet  # quiet: stop sending new messages, keep draining
+        self.last_seq = 0
+        self.outbox = collections.OrderedDict()   # id -> (to, body): no ✓ yet
+        self.counter = collections.Counter()      # per recipient: messages created
+        # the ledger
+        self.sent = []                             # (id, to, k) in creation order
+        self.acked = set()                         # ids that got ✓
+        self.shown = []                            # (from, id, body) handed to the app
+        self.receipts = collections.Counter()      # id -> delivered receipts received
+        self.errors = collections.Counter()
+        self.connects = self.drops = 0
+        self.client = None
+        self.refs = {}
+
+    # --- connection ------------------------------------------------------------
+
+    def _connect(self):
+        while not self.stop.is_set():
+            try:
+                c = Client(self.server, timeout=3.0, last_seq=self.last_seq)
+                c.login(self.user, f"pw-{self.user}")
+            except NETWORK_ERRORS:
+                time.sleep(0.05)
+                continue
+            self.client, self.refs = c, {}
+            self.connects += 1
+            for mid, (to, body) in list(self.outbox.items()):  # retransmit, same ids, same order
+                self._transmit(mid, to, body)
+            return True
+        return False
+
+    def _drop(self):
+        """Lose the connection the way a phone does: no ack flush, no goodbye."""
+        c, self.client = self.client, None
+        if c is not None:
+            try:
+                c.sock.close()
+            except OSError:
+                pass
+
+    def _transmit(self, mid, to, body):
+        frame = self.client.send_nowait(to, body, id=mid)
+        self.refs[frame["ref"]] = mid
+
+    # --- the loop --------------------------------------------------------------------
+
+    def run(self):
+        next_send = time.monotonic()
+        while not self.stop.is_set():
+            if self.client is None and not self._connect():
+                break
+            try:
+                now = time.monotonic()
+                if not self.quiet.is_set() and now >= next_send and len(self.outbox) < self.inflight:
+                    self._new_message()
+                    next_send = now + self.rng.expovariate(self.rate)
+                if self.rng.random() < self.drop_rate * 0.02:
+                    self.drops += 1
+                    self._drop()
+                    continue
+                frame = self.client.recv(0.02)
+                while frame is not None:
+                    self._handle(frame)
+                    frame = self.client.recv(0) if len(self.client.inbox) else None
+            except NETWORK_ERRORS:
+                self._drop()
+        self._drop()
+
+    def _new_message(self):
+        to = self.rng.choice(self.peers)
+        self.counter[to] += 1
+        k = self.counter[to]
+        mid = f"{self.user}.{to}.{k}"
+        body = f"{self.user}>{to}#{k}"
+        self.sent.append((mid, to, k))
+        self.outbox[mid] = (to, body)
+        self._transmit(mid, to, body)
+
+    def _handle(self, frame):
+        kind = frame.get("type")
+        if kind == "msg":
+            self.last_seq = self.client.last_seq
+            self.shown.append((frame["from"], frame["id"], frame["body"], frame["seq"]))
+        elif kind == "receipt":
+            self.last_seq = self.client.last_seq
+            if frame["status"] == "delivered":
+                for mid in frame["ids"]:
+                    self.receipts[mid] += 1
+        elif kind == "sent":
+            mid = self.refs.pop(frame["ref"], frame.get("id"))
+            self.outbox.pop(mid, None)
+            self.acked.add(mid)
+        elif kind == "error":
+            self.errors[frame.get("code")] += 1
+            mid = self.refs.pop(frame.get("ref"), None)
+            if mid in self.outbox and frame.get("code") in RETRYABLE:
+                to, body = self.outbox[mid]
+                self._transmit(mid, to, body)  # a real app retries later; order is kept by the id
+            elif mid in self.outbox:
+                raise SystemExit(f"{self.user}: message {mid} refused for good: {frame}")
+
+    def settled(self, expected_receipts):
+        return not self.outbox and all(self.receipts[m] for m in expected_receipts)
+
+
+def audit(devices):
+    """Compare what got ✓ with what the applications were shown; returns the tallies."""
+    t = collections.Counter()
+    by_user = {d.user: d for d in devices}
+    order = {}  # (sender, recipient) -> ks in the order shown
+    shown = collections.Counter()
+    for d in devices:
+        t["delivered"] += len(d.shown)
+        for sender, mid, body, _ in d.shown:
+            shown[(d.user, mid)] += 1
+            if shown[(d.user, mid)] == 1:
+                order.setdefault((sender, d.user), []).append(int(mid.rsplit(".", 1)[1]))
+            if body != f"{sender}>{d.user}#{mid.rsplit('.', 1)[1]}" or not mid.startswith(sender + "."):
+                t["corrupted"] += 1
+    t["duplicates"] = sum(n - 1 for n in shown.values() if n > 1)
+    examples = []
+    for d in devices:
+        examples += [f"duplicate {mid} to {d.user} seqs={[s for _, m, _, s in d.shown if m == mid]}"
+                     for mid in {m for _, m, _, _ in d.shown if shown[(d.user, m)] > 1}]
+    for d in devices:
+        t["sent"] += len(d.sent)
+        t["acked"] += len(d.acked)
+        t["unacked"] += len(d.outbox)
+        t["connects"] += d.connects
+        t["drops"] += d.drops
+        for code, n in d.errors.items():
+            t["error:" + code] += n
+        for mid, to, _ in d.sent:
+            got = shown[(to, mid)]
+            if mid in d.acked and not got:
+                t["lost"] += 1
+                examples.append(f"lost {mid}: recipient's last seq {by_user[to].last_seq}")
+            if mid not in d.acked and got:
+                t["delivered_without_ack"] += 1
+            if got and not d.receipts[mid]:
+                t["receipts_missing"] += 1
+            t["receipts_duplicated"] += max(0, d.receipts[mid] - 1)
+        t["receipts"] += sum(1 for m in d.receipts if d.receipts[m])
+    for ks in order.values():
+        t["out_of_order"] += sum(1 for a, b in zip(ks, ks[1:]) if b < a)
+    t["conversations"] = len(order)
+    for key in FAILURES:
+        t[key] = t[key]  # printed even when zero
+    return t, examples
+
+
+FAILURES = ("lost", "duplicates", "out_of_order", "receipts_missing", "corrupted", "unacked",
+            "delivered_without_ack")
+
+
+def run_chaos(directory, users, duration, kills, rate, drop_rate, inflight, seed, settle, settings, echo):
+    rng = random.Random(seed)
+    srv = ServerProcess(directory, settings)
+    os.makedirs(directory, exist_ok=True)
+    srv.start()
+    names = [f"u{i:02d}" for i in range(users)]
+    srv.register(*names)
+    stop, quiet = threading.Event(), threading.Event()
+    devices = [Device(u, [p for p in names if p != u] or [u], srv.server, rate, drop_rate, inflight,
+                      rng.random(), stop, quiet) for u in names]
+    for d in devices:
+        d.start()
+    started = time.monotonic()
+    killed = 0
+    try:
+        # kill at random moments spread over the run (uniform gaps around the mean)
+        gap = duration / (kills + 1)
+        for _ in range(kills):
+            time.sleep(rng.uniform(0.3 * gap, 1.7 * gap) if gap > 0 else 0)
+            srv.kill()
+            killed += 1
+            time.sleep(rng.uniform(0, 0.3))
+            srv.start()
+            echo(f"kill {killed}/{kills} at {time.monotonic() - started:.1f}s, restarted")
+        time.sleep(max(0.0, duration - (time.monotonic() - started)))
+        quiet.set()
+        expected = {d.user: [m for m, *_ in d.sent] for d in devices}
+        deadline = time.monotonic() + settle
+        while time.monotonic() < deadline:
+            acked = {m for d in devices for m in d.acked}
+            if all(d.settled([m for m in expected[d.user] if m in acked]) for d in devices):
+                break
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        for d in devices:
+            d.join(10)
+        srv.stop()
+    tally, examples = audit(devices)
+    for line in examples[:20]:
+        echo(line)
+    tally["kills"] = killed
+    tally["seconds"] = round(time.monotonic() - started, 1)
+    log = srv.log()
+    tally["server_tracebacks"] = log.count("Traceback")
+    return tally, log
+
+
+@click.command()
+@click.option("--users", default=12, show_default=True, help="simulated devices, one user each")
+@click.option("--duration", default=60.0, show_default=True, help="seconds of chaos before settling")
+@click.option("--kills", default=20, show_default=True, help="SIGKILL + restart of the node during the run")
+@click.option("--rate", default=20.0, show_default=True, help="new messages per second per user")
+@click.option("--drop-rate", default=0.5, show_default=True, help="connection drops per second per user")
+@click.option("--inflight", default=32, show_default=True, help="messages without ✓ per user at most")
+@click.option("--seed", default=None, type=int, help="random seed (printed; reuse it to replay a run)")
+@click.option("--settle", default=60.0, show_default=True, help="seconds allowed to drain after the chaos")
+@click.option("--shards", default=2, show_default=True, help="offd.shards of the node")
+@click.option("--segment-bytes", default=65536, show_default=True,
+              help="offd.segment_bytes (small, so compaction runs during the chaos)")
+@click.option("--dir", "directory", default=None, help="work dir (a temporary one by default; kept on failure)")
+@click.option("--json", "as_json", is_flag=True, help="print the tallies as one JSON object")
+def main(users, duration, kills, rate, drop_rate, inflight, seed, settle, shards, segment_bytes,
+         directory, as_json):
+    """Chat under kill -9 and dropped connections, then audit the delivery ledger."""
+    seed = random.randrange(2 ** 32) if seed is None else seed
+    directory = directory or tempfile.mkdtemp(prefix="whatsup-chaos-")
+    settings = {"offd.shards": shards, "offd.segment_bytes": segment_bytes,
+                "offd.maintenance_interval": 0.5, "protocol.idle_timeout": 30.0}
+    echo = (lambda s: None) if as_json else (lambda s: click.echo(s, err=True))
+    echo(f"chaos: seed={seed} dir={directory}")
+    tally, log = run_chaos(directory, users, duration, kills, rate, drop_rate, inflight, seed,
+                           settle, settings, echo)
+    tally["seed"] = seed
+    bad = {k: tally[k] for k in FAILURES if tally[k]}
+    if as_json:
+        click.echo(json.dumps(dict(sorted(tally.items()))))
+    else:
+        for key in sorted(tally):
+            click.echo(f"{key:>24} {tally[key]}")
+    if tally["server_tracebacks"]:
+        echo(f"the node logged {tally['server_tracebacks']} traceback(s); see {srv_log(directory)}")
+        sys.exit(2)
+    if bad:
+        echo(f"FAILED: {bad}; data and log kept in {directory}")
+        sys.exit(1)
+    echo("ok: every ✓'d message delivered exactly once, in order, with its ✓✓")
+
+
+def srv_log(directory):
+    return os.path.join(directory, "whatsupd.log")
+
+
+if __name__ == "__main__":
+    socket.setdefaulttimeout(10)
+    main()

@@ -1,0 +1,20 @@
+"""The CI-sized chaos run: ops/chaos.py against a real node, killed -9 a few times."""
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_every_acked_message_is_delivered_once_in_order_with_its_receipt_through_kill_9(tmp_path):
+    run = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "ops", "chaos.py"), "--users", "6", "--duration", "12",
+         "--kills", "3", "--rate", "15", "--drop-rate", "0.5", "--settle", "40", "--seed", "7",
+         "--dir", str(tmp_path / "chaos"), "--json"],
+        capture_output=True, text=True, timeout=100)
+    tally = json.loads(run.stdout.strip().splitlines()[-1])
+    assert run.returncode == 0, (tally, run.stderr)
+    assert tally["kills"] == 3 and tally["drops"] > 0
+    assert tally["acked"] == tally["sent"] > 100
+    assert tally["lost"] == tally["duplicates"] == tally["out_of_order"] == tally["receipts_missing"] == 0
