@@ -53,18 +53,30 @@ class GroupCommitter:
                 batch, waiters = self.pending, self.waiters
                 self.pending, self.waiters = [], []
                 started = time.monotonic()
-                try:
-                    self.pool.apply(self.write, (batch,))
-                    err = None
+                err = self.pool.apply(_attempt, (self.write, batch))
+                if err is None:
                     self.batches += 1
                     self.seconds += time.monotonic() - started
-                except Exception as exc:
-                    err = exc
+                else:
                     self.failures += 1
-                    log.error("%s: write of %d entries failed: %s", self.name, len(batch), exc)
+                    log.error("%s: write of %d entries failed: %s", self.name, len(batch), err)
                 for waiter in waiters:
                     try:
                         waiter(err)
                     except Exception:
                         log.exception("%s: waiter failed", self.name)
             self._idle.set()
+
+
+def _attempt(write, batch):
+    """Run ``write`` on the pool's thread; returns its exception instead of raising it.
+
+    gevent's ThreadPool prints the traceback of any exception a task raises,
+    so a disk that is full (an expected, handled failure) would put
+    "Traceback" in the node's log on every refused batch.
+    """
+    try:
+        write(batch)
+    except Exception as exc:
+        return exc
+    return None
