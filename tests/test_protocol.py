@@ -17,13 +17,14 @@ def test_frames_split_across_reads_are_reassembled():
     assert out == [{"type": "ping", "ref": 1}, {"type": "ping", "ref": 2}]
 
 
-def test_zero_length_and_oversized_frames_are_framing_errors():
-    with pytest.raises(FramingError) as e:
-        FrameDecoder(1024).feed(b"\0\0\0\0")
-    assert e.value.code == Code.BAD_FRAME
-    with pytest.raises(FramingError) as e:
-        FrameDecoder(1024).feed(struct.pack(">I", 1025))
-    assert e.value.code == Code.FRAME_TOO_LARGE
+def test_zero_length_and_oversized_frames_are_framing_errors_after_the_frames_before_them():
+    ping = protocol.encode({"type": "ping"})
+    for bad, code in ((b"\0\0\0\0", Code.BAD_FRAME), (struct.pack(">I", 1025), Code.FRAME_TOO_LARGE)):
+        dec = FrameDecoder(1024)
+        first, error = dec.feed(ping + bad + ping)
+        assert first == {"type": "ping"}
+        assert isinstance(error, FramingError) and error.code == code
+        assert dec.feed(ping) == [error]  # the stream stays lost
 
 
 def test_undecodable_bodies_cost_an_error_not_the_stream():

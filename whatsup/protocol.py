@@ -121,31 +121,39 @@ def unpack(body):
 
 
 class FrameDecoder:
-    """Splits a byte stream into frames; fatal framing errors raise FramingError.
+    """Splits a byte stream into frames.
 
     ``feed`` returns a list whose items are decoded maps or ProtocolError
     instances for frames that were well delimited but undecodable: those cost
-    the client an error frame, not its connection.
+    the client an error frame, not its connection. A fatal framing error is
+    the list's last item, a FramingError, after the frames that preceded it in
+    the stream (they are answered before the connection closes); from then on
+    every ``feed`` returns just that error.
     """
 
     def __init__(self, max_frame):
         self.max_frame = max_frame
         self._buf = bytearray()
+        self._failed = None
 
     def __repr__(self):
         return f"<FrameDecoder buffered={len(self._buf)} max_frame={self.max_frame}>"
 
     def feed(self, data):
+        if self._failed is not None:
+            return [self._failed]
         buf = self._buf
         buf += data
         out, pos, size = [], 0, len(buf)
         while size - pos >= 4:
             (length,) = HEADER.unpack_from(buf, pos)
-            if length == 0:
-                raise FramingError(Code.BAD_FRAME, "zero-length frame")
-            if length > self.max_frame:
-                raise FramingError(Code.FRAME_TOO_LARGE,
-                                   f"frame of {length} bytes exceeds max_frame {self.max_frame}")
+            if length == 0 or length > self.max_frame:
+                self._failed = (FramingError(Code.BAD_FRAME, "zero-length frame") if length == 0 else
+                                FramingError(Code.FRAME_TOO_LARGE,
+                                             f"frame of {length} bytes exceeds max_frame {self.max_frame}"))
+                self._buf = bytearray()
+                out.append(self._failed)
+                return out
             if size - pos - 4 < length:
                 break
             body = bytes(buf[pos + 4:pos + 4 + length])

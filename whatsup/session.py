@@ -245,12 +245,9 @@ class Session:
     @staticmethod
     def _data(proc, st, data):
         st.last_in = time.monotonic()
-        try:
-            frames = st.decoder.feed(data)
-        except protocol.FramingError as exc:  # the stream is lost: answer, then close
-            Session._refuse(proc, st, exc)
-            proc.stop(("closed", exc.code))
-        st.backlog.extend(frames)
+        # a framing error comes last, after the frames before it: they are answered, then it
+        # closes the connection (its code is in protocol.CLOSING)
+        st.backlog.extend(st.decoder.feed(data))
         Session._work(proc, st)
 
     @staticmethod
