@@ -13,11 +13,13 @@ test fixture can fail on them (the hub must never block).
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
 
-from .client import Client
+from . import protocol
+from .client import Client, parse_server
 from .shell import SOCKET_NAME
 from .shell.client import ShellClient
 
@@ -25,6 +27,10 @@ LISTENING = re.compile(r"listening on ([0-9.]+):(\d+)")
 FAST = {"accounts.scrypt_n": 1024}  # tests hash thousands of passwords; production keeps 2**15
 MONITOR = {"GEVENT_MONITOR_THREAD_ENABLE": "1", "GEVENT_MAX_BLOCKING_TIME": "0.1"}
 BLOCKED = "appears to be blocked"  # how gevent's monitor thread words its report
+#: What a server may send: frame types of docs/PROTOCOL.md and the error codes of protocol.Code.
+RESPONSES = frozenset({"hello", "ok", "sent", "pong", "msg", "receipt", "error", "group_info", "groups",
+                       "group_event", "presence", "typing", "blocked"})
+CODES = frozenset(v for k, v in vars(protocol.Code).items() if k.isupper())
 
 
 def render(settings):
@@ -145,3 +151,50 @@ class ServerProcess:
         with self.client() as c:
             for user in users:
                 c.register(user, f"pw-{user}")
+
+
+def exchange(server, data, expect=0, timeout=10.0):
+    """Send raw bytes on a fresh connection and return the frames the server sends back.
+
+    Our side is closed once ``expect`` frames have arrived (answers that come
+    after an fsync, like ``sent``, would be lost if the session saw our
+    end-of-stream first), then everything up to the server's close is read.
+    Raises ProtocolError if the server's own bytes do not decode: the server
+    must always speak the protocol.
+    """
+    sock = socket.create_connection(parse_server(server), timeout=timeout)
+    decoder, frames, open_ = protocol.FrameDecoder(1 << 24), [], True
+    try:
+        try:
+            sock.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server closed first: what it said before is still to be read
+        while True:
+            if open_ and len(frames) >= expect:
+                open_ = False
+                try:
+                    sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+            try:
+                chunk = sock.recv(1 << 16)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            for frame in decoder.feed(chunk):
+                if isinstance(frame, protocol.ProtocolError):
+                    raise frame
+                frames.append(frame)
+    finally:
+        sock.close()
+    return frames
+
+
+def undocumented(frame):
+    """Why ``frame`` is not something docs/PROTOCOL.md lets a server send (None if it is)."""
+    if frame.get("type") not in RESPONSES:
+        return f"unknown frame type {frame.get('type')!r}"
+    if frame["type"] == "error" and frame.get("code") not in CODES:
+        return f"undocumented error code {frame.get('code')!r}"
+    return None
