@@ -234,10 +234,11 @@ def run_chaos(directory, users, duration, kills, rate, drop_rate, inflight, seed
             echo(f"kill {killed}/{kills} at {time.monotonic() - started:.1f}s, restarted")
         time.sleep(max(0.0, duration - (time.monotonic() - started)))
         quiet.set()
-        expected = {d.user: [m for m, *_ in d.sent] for d in devices}
+        time.sleep(0.2)  # a device may be creating its last message
+        expected = {d.user: [m for m, *_ in list(d.sent)] for d in devices}
         deadline = time.monotonic() + settle
         while time.monotonic() < deadline:
-            acked = {m for d in devices for m in d.acked}
+            acked = set().union(*(d.acked.copy() for d in devices))  # copies: the devices still run
             if all(d.settled([m for m in expected[d.user] if m in acked]) for d in devices):
                 break
             time.sleep(0.2)
