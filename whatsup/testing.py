@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 from . import protocol
@@ -198,3 +199,44 @@ def undocumented(frame):
     if frame["type"] == "error" and frame.get("code") not in CODES:
         return f"undocumented error code {frame.get('code')!r}"
     return None
+
+
+class Bystander(threading.Thread):
+    """Two users chatting while something else hammers the node: their service must not suffer.
+
+    ``sender`` sends a message every ``interval`` seconds and ``receiver``
+    must get each one; ``stop()`` returns (exchanged, failures), failures
+    being the reprs of whatever went wrong (an error, a lost message, a
+    dropped connection).
+    """
+
+    def __init__(self, srv, sender, receiver, interval=0.05):
+        super().__init__(name="bystander", daemon=True)
+        self.srv, self.users, self.interval = srv, (sender, receiver), interval
+        self.exchanged, self.failures = 0, []
+        self._halt = threading.Event()
+
+    def run(self):
+        sender, receiver = self.users
+        try:
+            with self.srv.client(sender) as a, self.srv.client(receiver) as b:
+                n = 0
+                while not self._halt.wait(self.interval):
+                    n += 1
+                    a.send(receiver, f"bystander {n}", id=f"by-{n}")
+                    got = b.recv(10)
+                    while got is not None and got.get("type") != "msg":
+                        got = b.recv(10)
+                    if got is None or got["id"] != f"by-{n}":
+                        self.failures.append(f"message {n}: got {got!r}")
+                        return
+                    self.exchanged += 1
+                    while a.recv(0) is not None:  # ✓✓ receipts: read and acked
+                        pass
+        except Exception as exc:  # whatever it is, the fuzzed node hurt a bystander
+            self.failures.append(repr(exc))
+
+    def stop(self):
+        self._halt.set()
+        self.join(30)
+        return self.exchanged, self.failures
