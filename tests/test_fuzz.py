@@ -7,28 +7,23 @@ connection survives every bad frame that does not break the framing (a ping
 sent after it is answered), the node never logs a traceback, and two
 bystanders keep chatting throughout. ops/fuzz.py is the 100,000-frame run.
 """
-import struct
+import os
+import subprocess
+import sys
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from whatsup import protocol
-from whatsup.testing import Bystander, ServerProcess, exchange, undocumented
+from whatsup.testing import FUZZ_SEEDS, Bystander, ServerProcess, exchange, splits_cleanly, undocumented
 
 HELLO = protocol.encode({"type": "hello", "ref": 1, "versions": [1]})
 LOGIN = HELLO + protocol.encode({"type": "login", "ref": 2, "user": "fuzzer", "password": "pw-fuzzer"})
 PING = protocol.encode({"type": "ping", "ref": 4242})
-VALID = [
-    {"type": "hello", "ref": 1, "versions": [1]},
-    {"type": "login", "ref": 2, "user": "fuzzer", "password": "pw-fuzzer"},
-    {"type": "register", "ref": 3, "user": "fz", "password": "pw-fz-pw"},
-    {"type": "msg", "ref": 4, "id": "f1", "to": "sink", "body": "fuzz"},
-    {"type": "ack", "seq": 1},
-    {"type": "read", "ref": 5, "to": "sink", "ids": ["f1"]},
-    {"type": "ping", "ref": 6},
-]
+VALID = FUZZ_SEEDS
 MAX_FRAME = 65536
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 values = st.recursive(
     st.none() | st.booleans() | st.integers(-2 ** 63, 2 ** 64 - 1) | st.floats() | st.text(max_size=20)
@@ -60,16 +55,6 @@ frames = st.one_of(st.binary(max_size=48), flipped(), truncated(), random_map(),
                    st.builds(protocol.frame_bytes, st.binary(min_size=1, max_size=40)))
 payloads = st.tuples(st.sampled_from([b"", HELLO, LOGIN]), st.lists(frames, min_size=1, max_size=6))
 
-def splits_cleanly(data):
-    """True when ``data`` is a whole number of frames the decoder accepts the lengths of."""
-    pos = 0
-    while pos + 4 <= len(data):
-        (length,) = struct.unpack_from(">I", data, pos)
-        if not 0 < length <= MAX_FRAME:
-            return False
-        pos += 4 + length
-    return pos == len(data)
-
 @pytest.fixture(scope="module")
 def node(tmp_path_factory):
     srv = ServerProcess(tmp_path_factory.mktemp("fuzz")).start()
@@ -87,7 +72,7 @@ def node(tmp_path_factory):
 def test_any_bytes_get_documented_answers_and_bad_frames_cost_at_most_the_connection(node, payload):
     prefix, parts = payload
     data = prefix + b"".join(parts)
-    clean = splits_cleanly(data)
+    clean = splits_cleanly(data, MAX_FRAME)
     answers = exchange(node.server, data + PING if clean else data)
     assert [undocumented(f) for f in answers if undocumented(f)] == []
     closing = [f["code"] for f in answers if f.get("code") in protocol.CLOSING]
@@ -98,3 +83,11 @@ def test_any_bytes_get_documented_answers_and_bad_frames_cost_at_most_the_connec
 def test_the_fuzzed_node_logged_no_unhandled_exception(node):
     """Runs after the property above (file order), on the same node."""
     assert "Traceback" not in node.log() and node.proc.poll() is None
+
+
+def test_the_ops_fuzz_run_passes_at_ci_size(tmp_path):
+    run = subprocess.run([sys.executable, os.path.join(ROOT, "ops", "fuzz.py"), "--frames", "10000",
+                          "--seed", "7", "--dir", str(tmp_path / "fuzz")],
+                         capture_output=True, text=True, timeout=100)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "tracebacks in the node log 0" in run.stdout

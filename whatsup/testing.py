@@ -32,6 +32,16 @@ BLOCKED = "appears to be blocked"  # how gevent's monitor thread words its repor
 RESPONSES = frozenset({"hello", "ok", "sent", "pong", "msg", "receipt", "error", "group_info", "groups",
                        "group_event", "presence", "typing", "blocked"})
 CODES = frozenset(v for k, v in vars(protocol.Code).items() if k.isupper())
+#: One valid frame of each client type, the seeds the fuzzers mutate (user ``fuzzer``, target ``sink``).
+FUZZ_SEEDS = (
+    {"type": "hello", "ref": 1, "versions": [1]},
+    {"type": "login", "ref": 2, "user": "fuzzer", "password": "pw-fuzzer"},
+    {"type": "register", "ref": 3, "user": "fz", "password": "pw-fz-pw"},
+    {"type": "msg", "ref": 4, "id": "f1", "to": "sink", "body": "fuzz"},
+    {"type": "ack", "seq": 1},
+    {"type": "read", "ref": 5, "to": "sink", "ids": ["f1"]},
+    {"type": "ping", "ref": 6},
+)
 
 
 def render(settings):
@@ -240,3 +250,15 @@ class Bystander(threading.Thread):
         self._halt.set()
         self.join(30)
         return self.exchanged, self.failures
+
+
+def splits_cleanly(data, max_frame):
+    """True when ``data`` is a whole number of frames whose lengths a server accepts:
+    then every bad frame in it must cost an error frame, never the connection."""
+    pos = 0
+    while pos + 4 <= len(data):
+        (length,) = protocol.HEADER.unpack_from(data, pos)
+        if not 0 < length <= max_frame:
+            return False
+        pos += 4 + length
+    return pos == len(data)
