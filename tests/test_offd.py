@@ -27,9 +27,10 @@ def bodies(sp, user):
 def test_items_survive_a_reopen_in_order_and_acked_ones_are_gone(tmp_path):
     sp = spool(tmp_path)
     put(sp, "bob", 10)
+    sp.flush()  # a device is only sent durable items
     q = sp.queue("bob")
     q.unsent(4)
-    sp.ack("bob", q.items[3].seq)
+    sp.release(sp.ack("bob", q.items[3].seq))
     sp.close()
     sp = spool(tmp_path)
     assert bodies(sp, "bob") == [f"m{i}" for i in range(4, 10)]
@@ -51,8 +52,9 @@ def test_durability_callbacks_fire_after_the_group_commit(tmp_path):
 def test_an_ack_only_removes_items_the_device_was_sent(tmp_path):
     sp = spool(tmp_path)
     items = put(sp, "bob", 5)
+    sp.flush()
     sp.queue("bob").unsent(2)
-    assert [i.seq for i in sp.ack("bob", items[4].seq)] == [items[0].seq, items[1].seq]
+    assert [i.seq for i in sp.ack("bob", items[4].seq).items] == [items[0].seq, items[1].seq]
     assert len(sp.queue("bob")) == 3
     sp.close()
 
@@ -74,8 +76,9 @@ def test_a_torn_last_record_is_cut_and_everything_before_it_kept(tmp_path):
 def test_seq_never_goes_backwards_even_after_everything_was_acked_and_compacted(tmp_path):
     sp = spool(tmp_path, segment_bytes=4096)
     last = put(sp, "bob", 200)[-1].seq
+    sp.flush()
     sp.queue("bob").unsent(200)
-    sp.ack("bob", last)
+    sp.release(sp.ack("bob", last))
     sp.maintain()
     sp.flush()
     sp.close()
@@ -88,8 +91,9 @@ def test_compaction_keeps_live_items_and_shrinks_the_files(tmp_path):
     sp = spool(tmp_path, segment_bytes=4096)
     put(sp, "carol", 3, sender="dave")        # stays queued: must survive compaction
     items = put(sp, "bob", 400)
+    sp.flush()
     sp.queue("bob").unsent(400)
-    sp.ack("bob", items[-1].seq)
+    sp.release(sp.ack("bob", items[-1].seq))
     sp.flush()
     before = sum(f.stat().st_size for f in tmp_path.iterdir())
     sp.maintain()
