@@ -9,6 +9,8 @@ A segment file is a sequence of records::
            ["B", counter]                              sequence base, first in every segment
            ["P", user, seq, ts, kind, sender, cid, frame]  an item queued for ``user``
            ["D", user, upto]                           items of ``user`` with seq <= upto are gone
+           ["I", [[sender, cid, user, seq, ts], ...]]  message ids still deduplicated whose
+                                                       P records compaction dropped
 
 The magic lets recovery resynchronise after a damaged record: it keeps every
 intact record and counts the bad ones instead of giving up on the rest of the file.
@@ -38,6 +40,10 @@ def put(user, seq, ts, kind, sender, cid, frame):
 
 def delete(user, upto):
     return encode(["D", user, upto])
+
+
+def ids(entries):
+    return encode(["I", [list(e) for e in entries]])
 
 
 def scan(data):

@@ -98,10 +98,11 @@ class Acked:
 
 
 class Segment:
-    __slots__ = ("sid", "size", "live")
+    __slots__ = ("sid", "size", "live", "base")
 
-    def __init__(self, sid, size=0, live=0):
+    def __init__(self, sid, size=0, live=0, base=None):
         self.sid, self.size, self.live = sid, size, live
+        self.base = base  # the seq counter when it started: items stamped later are in it
 
     def __repr__(self):
         return f"<Segment {self.sid} size={self.size} live={self.live}>"
@@ -118,6 +119,11 @@ class Spool:
         self.queues = {}
         self.held = {}               # user -> deque of Acked, in ack order
         self.on_ready = None         # callable(user): an item for user became durable (sendable)
+        # callable(spool, upto) -> (sender, cid, user, seq, ts) of the message ids still to be
+        # deduplicated among those stamped up to seq ``upto``: compaction writes them in an I
+        # record, because it drops the P records a restart rebuilds the dedup window from (the
+        # router's window, see Router.shard_up). None: nothing carried.
+        self.carry = None
         self.segments = collections.OrderedDict()  # sid -> Segment, oldest first
         self.counter = 0
         self.recovered = []          # P records' (sender, cid, user, seq, ts) for dedup rebuild
@@ -337,6 +343,8 @@ class Spool:
                 self.recovered.append((sender, cid, user, seq, ts))
             if seq > wm.get(user, 0):
                 found.setdefault(user, {}).setdefault(seq, Item(seq, ts, kind, sender, cid, frame, sid))
+        elif op == "I":
+            self.recovered.extend(tuple(e) for e in rec[1])
         elif op == "D":
             _, user, upto = rec
             wm[user] = max(wm.get(user, 0), upto)
@@ -349,7 +357,7 @@ class Spool:
 
     def _start_segment(self):
         sid = (next(reversed(self.segments)) + 1) if self.segments else 1
-        self.segments[sid] = self._active = Segment(sid)
+        self.segments[sid] = self._active = Segment(sid, base=self.counter)
         self._append(record.base(self.counter))
 
     def _forget(self, items):
@@ -409,6 +417,11 @@ class Spool:
                     self._append(record.put(user, item.seq, item.ts, item.kind, item.sender,
                                             item.cid, item.frame))
                     moved += 1
+        if self.carry is not None:
+            kept = list(self.carry(self, self._active.base))
+            if kept:
+                self._append(record.ids(kept))
+                self.stats["carried_ids"] += len(kept)
         for sid in sids:
             del self.segments[sid]
         self.stats["compactions"] += 1
