@@ -28,7 +28,6 @@ import collections
 import json
 import os
 import random
-import socket
 import sys
 import tempfile
 import threading
@@ -64,6 +63,7 @@ class Device(threading.Thread):
         self.receipts = collections.Counter()      # id -> delivered receipts received
         self.errors = collections.Counter()
         self.connects = self.drops = 0
+        self.crashed = None
         self.client = None
         self.refs = {}
 
@@ -100,6 +100,13 @@ class Device(threading.Thread):
     # --- the loop --------------------------------------------------------------------
 
     def run(self):
+        try:
+            self._run()
+        except BaseException as exc:  # the ledger must hear of it: counted as device_crashes
+            self.crashed = repr(exc)
+            self._drop()
+
+    def _run(self):
         next_send = time.monotonic()
         while not self.stop.is_set():
             if self.client is None and not self._connect():
@@ -152,7 +159,7 @@ class Device(threading.Thread):
                 to, body = self.outbox[mid]
                 self._transmit(mid, to, body)  # a real app retries later; order is kept by the id
             elif mid in self.outbox:
-                raise SystemExit(f"{self.user}: message {mid} refused for good: {frame}")
+                raise RuntimeError(f"{self.user}: message {mid} refused for good: {frame}")
 
     def settled(self, expected_receipts):
         return not self.outbox and all(self.receipts[m] for m in expected_receipts)
@@ -182,6 +189,9 @@ def audit(devices):
         t["acked"] += len(d.acked)
         t["unacked"] += len(d.outbox)
         t["connects"] += d.connects
+        if d.crashed:
+            t["device_crashes"] += 1
+            examples.append(f"device {d.user} crashed: {d.crashed}")
         t["drops"] += d.drops
         for code, n in d.errors.items():
             t["error:" + code] += n
@@ -205,7 +215,7 @@ def audit(devices):
 
 
 FAILURES = ("lost", "duplicates", "out_of_order", "receipts_missing", "corrupted", "unacked",
-            "delivered_without_ack")
+            "delivered_without_ack", "device_crashes")
 
 
 def run_chaos(directory, users, duration, kills, rate, drop_rate, inflight, seed, settle, settings, echo):
@@ -290,7 +300,7 @@ def main(users, duration, kills, rate, drop_rate, inflight, seed, settle, shards
         for key in sorted(tally):
             click.echo(f"{key:>24} {tally[key]}")
     if tally["server_tracebacks"]:
-        echo(f"the node logged {tally['server_tracebacks']} traceback(s); see {srv_log(directory)}")
+        echo(f"the node logged {tally['server_tracebacks']} traceback(s); see {directory}/whatsupd.log")
         sys.exit(2)
     if bad:
         echo(f"FAILED: {bad}; data and log kept in {directory}")
@@ -298,10 +308,5 @@ def main(users, duration, kills, rate, drop_rate, inflight, seed, settle, shards
     echo("ok: every ✓'d message delivered exactly once, in order, with its ✓✓")
 
 
-def srv_log(directory):
-    return os.path.join(directory, "whatsupd.log")
-
-
 if __name__ == "__main__":
-    socket.setdefaulttimeout(10)
     main()
