@@ -36,9 +36,11 @@ def test_an_offline_recipient_gets_its_spool_in_order_and_only_once(make_server)
         assert bob.last_login["queued"] == 0
         assert msgs(bob.drain(0.5)) == []
     deadline = time.monotonic() + 10
-    while spool_bytes(server) >= grown / 4 and time.monotonic() < deadline:
+    while spool_bytes(server) >= grown / 2 and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert spool_bytes(server) < grown / 4, "compaction did not shrink the spool"
+    # what stays: alice's one ✓✓ receipt for 300 ids, and the 300 ids compaction carries so
+    # that a retransmission after a restart is still recognised (docs/RELIABILITY.md)
+    assert spool_bytes(server) < grown / 2, "compaction did not shrink the spool"
 
 
 def test_receipts_for_an_offline_sender_wait_for_its_next_login(server):

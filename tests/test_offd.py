@@ -134,3 +134,21 @@ def test_offd_refuses_a_data_dir_written_with_another_shard_count(tmp_path):
 
 def test_segment_names_sort_in_write_order():
     assert SEGMENT.format(9) < SEGMENT.format(10)
+
+
+def test_compaction_moves_live_data_once_not_on_every_pass(tmp_path):
+    sp = spool(tmp_path, segment_bytes=4096)
+    put(sp, "carol", 100)                     # ~2.5 segments of live items, never acked
+    put(sp, "bob", 200)
+    sp.flush()
+    sp.queue("bob").unsent(200)
+    sp.release(sp.ack("bob", sp.queue("bob").items[-1].seq))
+    sp.maintain()
+    sp.flush()
+    moved = sp.stats["compacted_items"]
+    assert moved >= 100
+    for _ in range(3):                        # no new traffic: nothing to move again
+        sp.maintain()
+        sp.flush()
+    assert sp.stats["compacted_items"] == moved
+    sp.close()

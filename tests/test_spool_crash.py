@@ -34,7 +34,7 @@ def snapshot(directory):
 
 
 def spool(directory):
-    return Spool(str(directory), segment_bytes=1024, max_queue=10_000, expiry_days=0)
+    return Spool(str(directory), segment_bytes=512, max_queue=10_000, expiry_days=0)
 
 
 class Workload:

@@ -9,8 +9,9 @@ A segment file is a sequence of records::
            ["B", counter]                              sequence base, first in every segment
            ["P", user, seq, ts, kind, sender, cid, frame]  an item queued for ``user``
            ["D", user, upto]                           items of ``user`` with seq <= upto are gone
-           ["I", [[sender, cid, user, seq, ts], ...]]  message ids still deduplicated whose
-                                                       P records compaction dropped
+           ["I", sender, user, [[cid, seq, ts], ...]]  message ids from ``sender`` to ``user``
+                                                       still deduplicated whose P records
+                                                       compaction dropped (IDS_PER_RECORD at most)
 
 The magic lets recovery resynchronise after a damaged record: it keeps every
 intact record and counts the bad ones instead of giving up on the rest of the file.
@@ -23,6 +24,7 @@ import msgpack
 MAGIC = b"\xa7W"
 HEAD = struct.Struct(">2sII")
 MAX_BODY = 16 * 2 ** 20
+IDS_PER_RECORD = 1000  # keeps an I record far below MAX_BODY
 
 
 def encode(body):
@@ -42,8 +44,8 @@ def delete(user, upto):
     return encode(["D", user, upto])
 
 
-def ids(entries):
-    return encode(["I", [list(e) for e in entries]])
+def ids(sender, user, entries):
+    return encode(["I", sender, user, [list(e) for e in entries]])
 
 
 def scan(data):

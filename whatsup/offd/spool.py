@@ -98,11 +98,12 @@ class Acked:
 
 
 class Segment:
-    __slots__ = ("sid", "size", "live", "base")
+    __slots__ = ("sid", "size", "live", "base", "moved")
 
     def __init__(self, sid, size=0, live=0, base=None):
         self.sid, self.size, self.live = sid, size, live
         self.base = base  # the seq counter when it started: items stamped later are in it
+        self.moved = 0    # bytes compaction moved into it (live items, carried ids)
 
     def __repr__(self):
         return f"<Segment {self.sid} size={self.size} live={self.live}>"
@@ -227,11 +228,18 @@ class Spool:
 
     # --- durability -------------------------------------------------------------
 
-    def _append(self, data, waiter=None):
+    def _append(self, data, waiter=None, moved=False):
+        """Hand ``data`` to the writer for the active segment, which rolls once it holds
+        segment_bytes of *new* records. What compaction moves into it (``moved``: live
+        items, carried ids) does not count: otherwise more live data than segment_bytes
+        would roll the segment it was moved to, and the next pass would move it again,
+        rewriting all of it on every maintenance pass, forever."""
         seg = self._active
         self._log.add((seg.sid, data), waiter)
         seg.size += len(data)
-        if seg.size >= self.segment_bytes:
+        if moved:
+            seg.moved += len(data)
+        elif seg.size - seg.moved >= self.segment_bytes:
             self._start_segment()
 
     def _durable(self, user, item, err, on_durable):
@@ -344,7 +352,8 @@ class Spool:
             if seq > wm.get(user, 0):
                 found.setdefault(user, {}).setdefault(seq, Item(seq, ts, kind, sender, cid, frame, sid))
         elif op == "I":
-            self.recovered.extend(tuple(e) for e in rec[1])
+            _, sender, user, entries = rec
+            self.recovered.extend((sender, cid, user, seq, ts) for cid, seq, ts in entries)
         elif op == "D":
             _, user, upto = rec
             wm[user] = max(wm.get(user, 0), upto)
@@ -369,7 +378,7 @@ class Spool:
         """Expire old items, roll an all-dead active segment, compact the oldest one."""
         self._expire()
         active = self._active
-        if active.live == 0 and active.size >= min(self.segment_bytes, 2 ** 20):
+        if active.live == 0 and active.size - active.moved >= min(self.segment_bytes, 2 ** 20):
             self._start_segment()
         self._compact()
 
@@ -401,6 +410,16 @@ class Spool:
                 for item in acked.items:
                     yield user, item
 
+    def _carry_ids(self):
+        """Write the ids ``carry`` names into the active segment, grouped by conversation."""
+        by_pair = {}
+        for sender, cid, user, seq, ts in self.carry(self, self._active.base):
+            by_pair.setdefault((sender, user), []).append((cid, seq, ts))
+        for (sender, user), entries in by_pair.items():
+            for i in range(0, len(entries), record.IDS_PER_RECORD):
+                self._append(record.ids(sender, user, entries[i:i + record.IDS_PER_RECORD]), moved=True)
+            self.stats["carried_ids"] += len(entries)
+
     def _compact(self):
         """Rewrite the live items of every non-active segment forward, then unlink those segments."""
         old = [s for s in self.segments.values() if s is not self._active]
@@ -415,13 +434,10 @@ class Spool:
                     item.seg = self._active.sid
                     self._active.live += 1
                     self._append(record.put(user, item.seq, item.ts, item.kind, item.sender,
-                                            item.cid, item.frame))
+                                            item.cid, item.frame), moved=True)
                     moved += 1
         if self.carry is not None:
-            kept = list(self.carry(self, self._active.base))
-            if kept:
-                self._append(record.ids(kept))
-                self.stats["carried_ids"] += len(kept)
+            self._carry_ids()
         for sid in sids:
             del self.segments[sid]
         self.stats["compactions"] += 1
