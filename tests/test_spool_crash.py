@@ -205,3 +205,19 @@ def test_acked_items_are_deleted_only_when_released_and_in_ack_order(tmp_path):
         assert recovered(tmp_path / "offd", tmp_path / "r2") == {}
     finally:
         sp.close()
+
+
+def test_a_record_of_unexpected_shape_is_counted_and_skipped_not_fatal(tmp_path):
+    from whatsup.offd import record
+    sp = spool(tmp_path / "offd").open()
+    first = sp.put("ann", "msg", {})
+    sp._append(record.encode(["I", "too", "short"]))  # intact bytes, a shape recovery does not know
+    second = sp.put("ann", "msg", {})
+    sp.flush()
+    sp.close()
+    sp = spool(tmp_path / "offd").open()
+    try:
+        assert [i.seq for i in sp.queue("ann").items] == [first.seq, second.seq]
+        assert sp.stats["bad_records"] == 1
+    finally:
+        sp.close()

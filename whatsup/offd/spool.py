@@ -329,7 +329,13 @@ class Spool:
                     os.fsync(f.fileno())
             self.segments[sid] = Segment(sid, end)
             for rec in records:
-                self._replay(sid, rec, found, wm)
+                try:
+                    self._replay(sid, rec, found, wm)
+                except (ValueError, TypeError, IndexError, KeyError) as exc:
+                    # intact bytes, unknown shape (a bug or another version wrote it): skip it
+                    self.stats["bad_records"] += 1
+                    log.error("offd %s: skipped a record of unexpected shape in %s: %.100r (%s)",
+                              self.dir, path, rec, exc)
         for user, by_seq in found.items():
             if not by_seq:
                 continue  # every item of this user was deleted: no empty queue in RAM
