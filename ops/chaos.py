@@ -37,7 +37,7 @@ import click
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from whatsup.client import Client, Closed, ServerError  # noqa: E402
+from whatsup.client import Client, Closed, Seen, ServerError  # noqa: E402
 from whatsup.testing import ServerProcess  # noqa: E402
 
 NETWORK_ERRORS = (OSError, Closed, TimeoutError, ServerError)
@@ -54,6 +54,7 @@ class Device(threading.Thread):
         self.rng = random.Random(seed)
         self.stop, self.quiet = stop, quiet  # quiet: stop sending new messages, keep draining
         self.last_seq = 0
+        self.seen = Seen()                         # (group, from, id) shown, across reconnects
         self.outbox = collections.OrderedDict()   # id -> (to, body): no ✓ yet
         self.counter = collections.Counter()      # per recipient: messages created
         # the ledger
@@ -72,7 +73,7 @@ class Device(threading.Thread):
     def _connect(self):
         while not self.stop.is_set():
             try:
-                c = Client(self.server, timeout=3.0, last_seq=self.last_seq)
+                c = Client(self.server, timeout=3.0, last_seq=self.last_seq, seen=self.seen)
                 c.login(self.user, f"pw-{self.user}")
             except NETWORK_ERRORS:
                 time.sleep(0.05)

@@ -40,7 +40,8 @@ def test_an_interrupted_swap_is_refused_by_the_node_and_redone_by_the_tool(tmp_p
     said = []
     summary = gevent.spawn(reshard, data, 5, 1, OPTIONS, said.append).get()
     assert "restored offd from offd.old" in said
-    assert summary["offd"] == {"from": 2, "to": 5, "users": 10, "items": 50, "counter": counter}
+    assert summary["offd"].pop("counter") >= counter  # every open moves it SEQ_GAP further
+    assert summary["offd"] == {"from": 2, "to": 5, "users": 10, "items": 50}
     after, new_counter = read_offd(offd, 5, OPTIONS)
     assert {u: [i.seq for i in q] for u, q in after.items()} == {u: [i.seq for i in q] for u, q in before.items()}
     assert new_counter >= counter

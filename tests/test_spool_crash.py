@@ -179,13 +179,24 @@ def recovered(directory, target):
         sp.close()
 
 
-def test_an_item_reaches_a_device_only_once_it_is_durable(tmp_path):
-    sp = spool(tmp_path / "offd").open()
+def test_an_item_sent_before_its_fsync_and_lost_in_a_crash_never_gives_its_seq_away(tmp_path):
+    directory = tmp_path / "offd"
+    sp = spool(directory).open()
     try:
-        item = sp.put("ann", "msg", {"type": "msg"})
-        assert sp.queue("ann").unsent(10) == []  # not fsynced yet: a crash could forget it
+        sp.put("ann", "msg", {"type": "msg"})
         sp.flush()
-        assert sp.queue("ann").unsent(10) == [item]
+        segment = max(directory.iterdir())
+        durable_size = segment.stat().st_size
+        item = sp.put("ann", "msg", {"type": "msg"})
+        assert sp.queue("ann").unsent(10)[-1] is item  # delivery does not wait for the fsync
+    finally:
+        sp.close()
+    with open(segment, "r+b") as f:  # the crash came before that write reached the disk
+        f.truncate(durable_size)
+    sp = spool(directory).open()
+    try:
+        assert [i.seq for i in sp.queue("ann").items] == [item.seq - 1]
+        assert sp.put("ann", "msg", {"type": "msg"}).seq > item.seq  # a device would skip a reused seq
     finally:
         sp.close()
 

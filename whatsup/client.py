@@ -26,6 +26,41 @@ DEFAULT_SERVER = "127.0.0.1:7222"
 PUSHED = ("msg", "receipt", "group_event")  # the spooled kinds: they carry seq and are acked
 
 
+class Seen:
+    """The (group, from, id) keys of the last ``size`` messages handed to the application.
+
+    Kept across connections like ``last_seq``: a message erased by a crash before
+    its fsync, after the device had it, comes again under a new seq when its
+    sender retransmits it (docs/PROTOCOL.md, "Exactly once on screen").
+    """
+
+    def __init__(self, keys=(), size=10000):
+        self.size = size
+        self._keys = collections.OrderedDict((tuple(k), None) for k in keys)
+
+    def __repr__(self):
+        return f"<Seen {len(self._keys)}/{self.size}>"
+
+    def __len__(self):
+        return len(self._keys)
+
+    def __iter__(self):
+        return iter(self._keys)
+
+    def add(self, key):
+        """Remember ``key``; False when it was already there."""
+        if key in self._keys:
+            return False
+        self._keys[key] = None
+        if len(self._keys) > self.size:
+            self._keys.popitem(last=False)
+        return True
+
+
+def message_key(frame):
+    return frame.get("group"), frame.get("from"), frame.get("id")
+
+
 class ServerError(Exception):
     """The server answered a request with an ``error`` frame."""
 
@@ -53,12 +88,13 @@ def _address(to, group):
 
 
 class Client:
-    def __init__(self, server=DEFAULT_SERVER, timeout=30.0, tls=False, cafile=None, last_seq=0,
+    def __init__(self, server=DEFAULT_SERVER, timeout=30.0, tls=False, cafile=None, last_seq=0, seen=None,
                  auto_ack=True, max_frame=1 << 24):
         self.host, self.port = parse_server(server) if isinstance(server, str) else server
         self.timeout = timeout
         self.auto_ack = auto_ack
         self.last_seq = last_seq  # highest delivered seq handed to the application
+        self.seen = seen if seen is not None else Seen()
         self.acked_seq = last_seq
         self.user = None
         self.hello = self.last_login = None
@@ -231,7 +267,8 @@ class Client:
     def recv(self, timeout=None):
         """The next pushed frame (msg, receipt, sent, error...), or None after ``timeout``.
 
-        An item already handed out before (seq <= last_seq) is acked again and skipped.
+        An item already handed out before (seq <= last_seq, or a message whose
+        (group, from, id) is in ``seen``) is acked again and skipped.
         """
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while True:
@@ -245,6 +282,8 @@ class Client:
                     self.last_seq = seq
                     if not self.inbox:
                         self.flush_acks()  # the last of a burst: one ack covers all of it
+                    if frame["type"] == "msg" and not self.seen.add(message_key(frame)):
+                        continue  # shown before under another seq: acked, not shown again
                 return frame
             self.flush_acks()
             left = deadline - time.monotonic()
@@ -263,24 +302,28 @@ class Client:
 
 
 class ClientState:
-    """The last delivered seq of one user on one server, kept between CLI runs."""
+    """What a device keeps between CLI runs for one user of one data dir: the last
+    delivered seq and the keys of the messages it has shown."""
+    KEEP = 2000
 
-    def __init__(self, server, user, directory=None):
+    def __init__(self, node_id, user, directory=None):
         base = directory or os.environ.get("XDG_STATE_HOME") or os.path.join(
             os.path.expanduser("~"), ".local", "state")
-        host, port = parse_server(server)
-        self.path = os.path.join(base, "whatsup", f"{user}@{host}_{port}.json")
+        self.path = os.path.join(base, "whatsup", f"{user}@{node_id}.json")
 
-    def load(self):
+    def load(self, client):
+        """Give ``client`` the saved last seq and seen keys."""
         try:
             with open(self.path) as f:
-                return int(json.load(f).get("last_seq", 0))
-        except (OSError, ValueError):
-            return 0
+                saved = json.load(f)
+            client.last_seq = client.acked_seq = int(saved.get("last_seq", 0))
+            client.seen = Seen(saved.get("seen", []))
+        except (OSError, ValueError, TypeError):
+            pass
 
-    def save(self, last_seq):
+    def save(self, client):
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:
-            json.dump({"last_seq": last_seq}, f)
+            json.dump({"last_seq": client.last_seq, "seen": list(client.seen)[-self.KEEP:]}, f)
         os.replace(tmp, self.path)

@@ -4,6 +4,7 @@
   running whatsupd (and by ops/reshard.py while it works), so an offline tool
   never touches the files of a live node and two nodes never share a spool.
   The kernel drops the lock when the process dies, even by ``kill -9``.
+* ``identity(data_dir)``: the data dir's random id, announced in ``hello``.
 * ``check_shards(directory, shards, setting)``: a store directory remembers its
   shard count in a ``SHARDS`` file; opening it with another count is refused
   with a one-line message naming ops/reshard.py, because users would silently
@@ -11,8 +12,10 @@
 """
 import fcntl
 import os
+import uuid
 
 LOCK = "LOCK"
+IDENTITY = "ID"
 RESHARDING = "RESHARDING"
 
 
@@ -42,6 +45,18 @@ def lock(data_dir):
     f.write(f"{os.getpid()}\n")
     f.flush()
     return f
+
+
+def identity(data_dir):
+    """This data dir's random id, made at its first start: devices key their saved state
+    (last seq, messages seen) by it, so a new data dir on an old address starts them afresh."""
+    path = os.path.join(data_dir, IDENTITY)
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        write_marker(path, uuid.uuid4().hex)
+        return identity(data_dir)
 
 
 def write_marker(path, text):

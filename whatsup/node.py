@@ -40,7 +40,7 @@ from . import __version__, watchdog
 from .accounts import AccountStore
 from .blocking import Blocks
 from .config import ConfigError
-from .datadir import DataDirBusy, ShardMismatch, lock
+from .datadir import DataDirBusy, ShardMismatch, identity, lock
 from .groups import Groups
 from .listener import ConnectionGate, GatedServer, server_context
 from .offd import Offd
@@ -121,6 +121,7 @@ class Node:
     def __init__(self, cfg):
         self.cfg = cfg
         self.server_name = f"whatsup/{__version__}"
+        self.node_id = None  # the data dir's identity, read at start
         self.data_dir = os.path.abspath(cfg.data_dir)
         self.table = ProcessTable(cfg["server.node"])
         self.sm = SessionManager()
@@ -179,6 +180,7 @@ class Node:
         self._prepare_data_dir()
         try:
             self._lock = lock(self.data_dir)
+            self.node_id = identity(self.data_dir)
             self.backdoor.start()  # before recovery: the operator can look into a slow one
             self.accounts.check()
             self.offd.check()

@@ -3,8 +3,8 @@
 Implements the delivery rules of docs/PROTOCOL.md ("Messages and ticks"):
 
 * a ``msg`` is stamped and queued in the recipient's offd queue, and the
-  recipient's session (if any) is poked once it is durable (every shard calls
-  ``poke`` through ``Spool.on_ready``); it sends from the queue, so live and
+  recipient's session (if any) is poked at once, without waiting for the fsync
+  (every shard calls ``poke`` through ``Spool.on_ready``); it sends from the queue, so live and
   spooled items share one order and one flow-control window, and an item
   leaves offd only when the device acks it (and the ✓✓ receipts that ack
   causes are durable);

@@ -360,7 +360,8 @@ class Session:
         st.version = max(common)
         cfg = st.node.cfg
         Session._send(st, {"type": "hello", "ref": f["ref"], "version": st.version,
-                           "server": st.node.server_name, "max_frame": cfg["protocol.max_frame"],
+                           "server": st.node.server_name, "node_id": st.node.node_id,
+                           "max_frame": cfg["protocol.max_frame"],
                            "max_body": cfg["protocol.max_body"],
                            "idle_timeout": cfg["protocol.idle_timeout"]})
 

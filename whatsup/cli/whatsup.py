@@ -27,8 +27,8 @@ def _connect(ctx, user=None, password=None):
     try:
         client = Client(server, tls=ctx.obj["tls"], cafile=ctx.obj["cafile"])
         if user is not None:
-            state = ClientState(server, user)
-            client.last_seq = client.acked_seq = state.load()
+            state = ClientState(client.hello["node_id"], user)
+            state.load(client)
             client.state = state
             client.login(user, password)
         return client
@@ -144,7 +144,7 @@ def inbox(ctx, user, password, as_json, wait):
             click.echo(json.dumps(frame, ensure_ascii=False) if as_json else _line(frame))
         client.flush_acks()
         client.ping()  # the acks are in once the pong is back
-        client.state.save(client.last_seq)
+        client.state.save(client)
 
 
 @main.command()
@@ -204,7 +204,7 @@ def chat(ctx, user, password, group, peer):
                     show(f"! {frame['code']}: {frame['message']}")
                 elif kind != "error":
                     show(_line(frame))
-                client.state.save(client.last_seq)
+                client.state.save(client)
         except (Closed, OSError) as exc:
             show(f"! disconnected: {exc}")
 

@@ -7,13 +7,18 @@ ran shares the next one. ``on_durable(err)`` fires on the hub after that fsync
 (err is None) or after a failed write (err is the OSError; the batch is cut off
 the file again and its items are taken out of their queues).
 
-An item is handed to a device only once it is durable (``UserQueue.unsent``
-stops at the first item that is not). Otherwise a kill -9 between the send and
-the fsync would make the device show a message the node then forgets: the
-sender, never ✓'d, retransmits it and the device shows it a second time under
-a new seq, and the seq it had seen is stamped again on another item after
-recovery, which the device then skips as already seen (a lost message). Both
-were found by ops/chaos.py.
+An item can be sent to its device as soon as it is queued: delivery to an
+online recipient does not wait for the fsync (only the sender's ✓ does). A
+kill -9 can then erase an item a device has already shown. Two rules keep
+that from costing a loss or a duplicate (both were found by ops/chaos.py when
+they were missing):
+
+* a seq is never stamped twice: recovery moves the counter ``SEQ_GAP`` past
+  the highest seq on disk, beyond any seq handed out before the crash, so a
+  device never skips a new item as one it has seen;
+* the sender, never ✓'d, retransmits with the same id, and the new copy gets a
+  new seq: a device recognises it by (group, from, id) and only acks it
+  (docs/PROTOCOL.md, "Exactly once on screen"; whatsup/client.py does this).
 
 Deletion is cumulative per user (devices ack "everything up to seq N"), so a
 queue is a deque consumed from the front. Segments are deleted oldest first
@@ -34,6 +39,7 @@ from . import record
 
 log = logging.getLogger("whatsup.offd")
 SEGMENT = "seg-{:010d}.log"
+SEQ_GAP = 1 << 32  # recovery's counter jump: more than a node stamps between two fsyncs
 
 
 class QueueFull(Exception):
@@ -41,12 +47,11 @@ class QueueFull(Exception):
 
 
 class Item:
-    __slots__ = ("seq", "ts", "kind", "sender", "cid", "frame", "seg", "durable")
+    __slots__ = ("seq", "ts", "kind", "sender", "cid", "frame", "seg")
 
-    def __init__(self, seq, ts, kind, sender, cid, frame, seg, durable=True):
+    def __init__(self, seq, ts, kind, sender, cid, frame, seg):
         self.seq, self.ts, self.kind, self.sender, self.cid, self.frame, self.seg = (
             seq, ts, kind, sender, cid, frame, seg)
-        self.durable = durable
 
     def __repr__(self):
         return f"<Item {self.kind} seq={self.seq} from={self.sender} id={self.cid}>"
@@ -67,18 +72,12 @@ class UserQueue:
         return f"<UserQueue queued={len(self.items)} sent={self.sent}>"
 
     def unsent(self, n, budget=None):
-        """Up to ``n`` durable items after those already sent, marking them sent; with
-        ``budget``, only while the frames before the last one hold fewer than ``budget`` bytes.
-
-        Items become durable in queue order (one log per spool, written in
-        order), so stopping at the first item that is not yet keeps the order.
-        """
+        """Up to ``n`` items after those already sent, marking them sent; with
+        ``budget``, only while the frames before the last one hold fewer than ``budget`` bytes."""
         items, out = self.items, []
         stop = min(len(items), self.sent + n)
         while self.sent < stop and (budget is None or budget > 0):
             item = items[self.sent]
-            if not item.durable:
-                break
             out.append(item)
             self.sent += 1
             if budget is not None:
@@ -119,7 +118,7 @@ class Spool:
         self.expiry = expiry_days * 86400.0
         self.queues = {}
         self.held = {}               # user -> deque of Acked, in ack order
-        self.on_ready = None         # callable(user): an item for user became durable (sendable)
+        self.on_ready = None         # callable(user): a new item for user can be sent
         # callable(spool, upto) -> (sender, cid, user, seq, ts) of the message ids still to be
         # deduplicated among those stamped up to seq ``upto``: compaction writes them in an I
         # record, because it drops the P records a restart rebuilds the dedup window from (the
@@ -181,12 +180,14 @@ class Spool:
         frame["seq"], frame["ts"] = seq, ts
         body = pack(frame)
         seg = self._active
-        item = Item(seq, ts, kind, sender, cid, body, seg.sid, durable=False)
+        item = Item(seq, ts, kind, sender, cid, body, seg.sid)
         q.items.append(item)
         seg.live += 1
         self._append(record.put(user, seq, ts, kind, sender, cid, body),
                      lambda err: self._durable(user, item, err, on_durable))
         self.stats["put"] += 1
+        if self.on_ready is not None:
+            self.on_ready(user)
         return item
 
     def ack(self, user, upto):
@@ -243,11 +244,7 @@ class Spool:
             self._start_segment()
 
     def _durable(self, user, item, err, on_durable):
-        if err is None:
-            item.durable = True
-            if self.on_ready is not None:
-                self.on_ready(user)
-        else:
+        if err is not None:
             q = self.queues.get(user)
             if q is not None and item in q.items:
                 idx = q.items.index(item)
@@ -344,6 +341,8 @@ class Spool:
                 item = by_seq[seq]
                 q.items.append(item)
                 self.segments[item.seg].live += 1
+        if sids:
+            self.counter += SEQ_GAP
         self.stats["recovered"] = self.queued()
 
     def _replay(self, sid, rec, found, wm):
