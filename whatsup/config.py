@@ -97,6 +97,8 @@ SETTINGS = (
     Setting("shell.listen", str, "unix:", "the operator shell, a Python REPL inside the node (arbitrary "
             "code execution): 'unix:' is <data_dir>/backdoor.sock with mode 0600, 'unix:PATH' another "
             "socket, a loopback host:port (127.0.0.0/8 or ::1; nothing else is accepted), or 'off'"),
+    Setting("metrics.listen", str, "", "loopback host:port serving Prometheus metrics at /metrics "
+            "(port 0 picks a free one); empty turns them off; other hosts are refused"),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 

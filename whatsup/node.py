@@ -36,7 +36,7 @@ import gevent
 from gevent.event import Event
 from gevent.pool import Pool
 
-from . import __version__, watchdog
+from . import __version__, metrics, watchdog
 from .accounts import AccountStore
 from .blocking import Blocks
 from .config import ConfigError
@@ -150,6 +150,7 @@ class Node:
         self.gate = ConnectionGate(cfg["server.max_connections_per_ip"])
         self.server = self.tls_server = None
         self.root = None
+        self.metrics = metrics.Exporter(self, cfg["metrics.listen"])
         self.started = None
         self.exit_code = 0
         self.stopped = Event()
@@ -182,6 +183,7 @@ class Node:
             self._lock = lock(self.data_dir)
             self.node_id = identity(self.data_dir)
             self.backdoor.start()  # before recovery: the operator can look into a slow one
+            self.metrics.start()
             self.accounts.check()
             self.offd.check()
             self.root = self.table.start(Supervisor, self._tree(), name="root")
@@ -239,6 +241,7 @@ class Node:
 
     def _release(self):
         self.backdoor.stop()
+        self.metrics.stop()
         if self._lock is not None:
             self._lock.close()
             self._lock = None

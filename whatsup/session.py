@@ -148,6 +148,8 @@ class Session:
         if st.user is not None and st.node.sm.unregister(st.user, proc.pid):
             st.node.presence.offline(st.user)
         st.node.counters["disconnections"] += 1
+        st.node.counters["frames_in"] += st.frames_in  # whatsup.metrics adds the live sessions' own
+        st.node.counters["frames_out"] += st.frames_out
         log.debug("session %r (%s) ended: %s", proc.pid, st.user, reason)
         st.sock.close()
 
