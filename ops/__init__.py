@@ -1,0 +1,1 @@
+"""Operator tooling run from the repository root: ``python3 -m ops.<tool>``."""

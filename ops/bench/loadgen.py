@@ -1,0 +1,280 @@
+"""The load generator: one process driving many connections from a single epoll loop.
+
+Run by the benchmark as ``python3 -m ops.bench.loadgen`` (pinned to its own
+cores); it reads one JSON command per line on stdin and answers each with one
+JSON line on stdout (JSON, not pickle: nothing executable crosses the pipe).
+
+Commands (``op``)::
+
+    connect  target, address, users [[user, peer], ...], register   -> timings
+    traffic  rate (msgs/s, 0 = closed loop), seconds, window          -> counts, latencies
+    spool    to [users], count, window                                -> ✓ counts and time
+    drain    user, expect                                             -> seconds to receive it all
+    close    [users] (all; a bare close also ends the process)
+
+Speed matters more than elegance here: non-blocking sockets, frames encoded
+once and written in one send per connection per loop turn, pushed items
+acked with one cumulative ack per burst. Every message id carries its send
+time (``n/microseconds``), so ✓, ✓✓ and end-to-end latency need no bookkeeping.
+"""
+import json
+import random
+import selectors
+import socket
+import sys
+import time
+
+from . import wire
+
+BODY = "x" * 100
+PASSWORD = "bench-password-"
+SAMPLES = 5000  # latency samples returned per kind; max and count are exact
+
+
+class Conn:
+    __slots__ = ("sock", "user", "peer", "rbuf", "wbuf", "n", "inflight", "unsent", "seq", "acked",
+                 "answers")
+
+    def __init__(self, address, user, peer):
+        self.sock = socket.create_connection(address, timeout=30)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.setblocking(False)
+        self.user, self.peer = user, peer
+        self.rbuf, self.wbuf = bytearray(), []
+        self.n = self.inflight = self.unsent = self.seq = self.acked = 0
+        self.answers = {}  # ref -> answer frame, for the set-up requests
+
+    def msg(self, to):
+        self.n += 1
+        self.unsent += 1
+        self.wbuf.append(wire.encode({"type": "msg", "ref": self.n, "to": to, "body": BODY,
+                                      "id": f"{self.n}/{int(time.monotonic() * 1e6)}"}))
+
+
+def sent_at(cid):
+    return int(cid[cid.index("/") + 1:]) / 1e6
+
+
+class Stats:
+    """Counts and latencies of one command."""
+
+    def __init__(self):
+        self.sent = self.delivered = 0
+        self.lat = {"e2e": [], "sent": [], "delivered": []}
+        self.errors = {}
+
+    def result(self):
+        return {"sent": self.sent, "delivered": self.delivered, "errors": self.errors,
+                "lat": {kind: {"count": len(values), "max": max(values, default=0.0),
+                               "samples": random.sample(values, min(SAMPLES, len(values)))}
+                        for kind, values in self.lat.items()}}
+
+
+class LoadGen:
+    def __init__(self):
+        self.sel = selectors.DefaultSelector()
+        self.conns = []
+        self.by_user = {}
+        self.target = None
+        self.stats = Stats()
+
+    # --- the loop ------------------------------------------------------------------
+
+    def pump(self, until, done=None, tick=None):
+        """Write, read and dispatch until ``until`` (monotonic) or ``done()``; returns done's value."""
+        while True:
+            now = time.monotonic()
+            if done is not None and done():
+                return True
+            if now >= until:
+                return False
+            if tick is not None:
+                tick(now)
+            for c in self.conns:
+                if c.wbuf:
+                    self._write(c)
+            for key, _ in self.sel.select(0.001):
+                self._read(key.data)
+
+    def _write(self, c):
+        data = b"".join(c.wbuf) if len(c.wbuf) > 1 else c.wbuf[0]
+        try:
+            n = c.sock.send(data)
+        except BlockingIOError:
+            n = 0
+        c.wbuf = [data[n:]] if n < len(data) else []
+
+    def _read(self, c):
+        try:
+            data = c.sock.recv(1 << 18)
+        except BlockingIOError:
+            return
+        if not data:
+            raise ConnectionError(f"{c.user}: connection closed by the server")
+        buf = c.rbuf
+        buf += data
+        bodies, used = wire.split(buf)
+        del buf[:used]
+        now = time.monotonic()
+        for body in bodies:
+            self._frame(c, wire.decode(body), now)
+        if c.seq > c.acked:
+            c.acked = c.seq
+            c.wbuf.append(wire.encode({"type": "ack", "seq": c.seq}))
+
+    def _frame(self, c, f, now):
+        ftype, st = f["type"], self.stats
+        if ftype == "msg":
+            st.delivered += 1
+            st.lat["e2e"].append(now - sent_at(f["id"]))
+            sender = self.by_user.get(f.get("from") or c.peer)
+            if sender is not None:
+                sender.inflight -= 1
+            c.seq = max(c.seq, f.get("seq", 0))
+        elif ftype == "sent":
+            st.lat["sent"].append(now - sent_at(f["id"]))
+            c.unsent -= 1
+        elif ftype == "receipt":
+            c.seq = max(c.seq, f["seq"])
+            if f["status"] == "delivered":
+                st.lat["delivered"] += [now - sent_at(i) for i in f["ids"]]
+        elif ftype == "error":
+            st.errors[f["code"]] = st.errors.get(f["code"], 0) + 1
+            if "ref" in f:
+                c.answers[f["ref"]] = f
+        else:
+            c.answers[f.get("ref")] = f
+
+    # --- commands --------------------------------------------------------------------
+
+    def connect(self, target, address, users, register=True):
+        """Open a connection per (user, peer); log each in. Returns the seconds each phase took."""
+        address = tuple(address)
+        self.target = target
+        started = time.monotonic()
+        new = [Conn(address, user, peer) for user, peer in users]
+        for c in new:
+            self.sel.register(c.sock, selectors.EVENT_READ, c)
+            self.by_user[c.user] = c
+        self.conns += new
+        connected = time.monotonic()
+        if target == "whatsup":
+            self._requests(new, lambda c: [{"type": "hello", "ref": 1, "versions": [1]}] +
+                           ([{"type": "register", "ref": 2, "user": c.user, "password": PASSWORD + c.user}]
+                            if register else []), 2 if register else 1)
+            registered = time.monotonic()
+            self._requests(new, lambda c: [{"type": "login", "ref": 3, "user": c.user,
+                                            "password": PASSWORD + c.user}], 3)
+        else:
+            registered = time.monotonic()
+            self._requests(new, lambda c: [{"type": "login", "ref": 3, "user": c.user, "peer": c.peer}], 3)
+        done = time.monotonic()
+        failed = [c.answers[r] for c in new for r in (2, 3) if r in c.answers and
+                  c.answers[r]["type"] == "error" and c.answers[r]["code"] != "user_taken"]
+        if failed:
+            raise RuntimeError(f"{len(failed)} logins failed, e.g. {failed[0]}")
+        return {"connections": len(new), "connect_seconds": connected - started,
+                "register_seconds": registered - connected, "login_seconds": done - registered}
+
+    def _requests(self, conns, frames, last_ref):
+        for c in conns:
+            c.wbuf += [wire.encode(f) for f in frames(c)]
+        if not self.pump(time.monotonic() + 600, lambda: all(last_ref in c.answers for c in conns)):
+            raise TimeoutError("no answer to the set-up requests within 600 s")
+
+    def traffic(self, rate, seconds, window):
+        """Every connection sends to its peer: ``rate`` msgs/s in all (open loop, at most ``window``
+        in flight per sender), or as fast as ``window`` allows when ``rate`` is 0."""
+        senders = [c for c in self.conns if c.peer in self.by_user]
+        self.stats = st = Stats()
+        t0 = time.monotonic()
+        end = t0 + seconds
+        rr = [0]
+
+        def tick(now):
+            if rate:
+                due = int(rate * (now - t0)) - st.sent
+                tries = 0
+                while due > 0 and tries < len(senders):
+                    c = senders[rr[0] % len(senders)]
+                    rr[0] += 1
+                    if c.inflight < window:
+                        c.msg(c.peer)
+                        c.inflight += 1
+                        st.sent += 1
+                        due -= 1
+                        tries = 0
+                    else:
+                        tries += 1
+            else:
+                for c in senders:
+                    if c.inflight <= window // 2:
+                        for _ in range(window - c.inflight):
+                            c.msg(c.peer)
+                        st.sent += window - c.inflight
+                        c.inflight = window
+        self.pump(end, tick=tick)
+        delivered_in_time, backlog = st.delivered, sum(c.inflight for c in senders)
+        self.pump(time.monotonic() + 5, lambda: all(c.inflight <= 0 for c in senders) and
+                  (self.target != "whatsup" or (len(st.lat["delivered"]) >= st.sent and
+                                                all(c.unsent <= 0 for c in senders))))
+        for c in senders:
+            c.inflight = c.unsent = 0
+        return {**st.result(), "seconds": seconds, "delivered_in_time": delivered_in_time,
+                "backlog": backlog}
+
+    def spool(self, to, count, window):
+        """Connected senders send ``count`` messages to offline users ``to``; ✓ paces them."""
+        senders = list(self.conns)
+        self.stats = st = Stats()
+        rr = [0]
+
+        def tick(now):
+            for c in senders:
+                while c.unsent < window and st.sent < count:
+                    c.msg(to[rr[0] % len(to)])
+                    rr[0] += 1
+                    st.sent += 1
+        t0 = time.monotonic()
+        self.pump(t0 + 600, lambda: len(st.lat["sent"]) >= count, tick)
+        return {**st.result(), "seconds": time.monotonic() - t0}
+
+    def drain(self, address, user, expect):
+        """Log ``user`` in and time how long the ``expect`` queued messages take to arrive."""
+        self.stats = st = Stats()
+        t0 = time.monotonic()
+        self.connect("whatsup", address, [(user, None)], register=False)
+        ok = self.pump(time.monotonic() + 120, lambda: st.delivered >= expect)
+        return {"seconds": time.monotonic() - t0, "delivered": st.delivered, "complete": ok}
+
+    def close(self, users=None):
+        """Close the connections of ``users`` (all when None)."""
+        users = None if users is None else set(users)
+        keep, gone = [], []
+        for c in self.conns:
+            (gone if users is None or c.user in users else keep).append(c)
+        for c in gone:
+            self.sel.unregister(c.sock)
+            c.sock.close()
+            del self.by_user[c.user]
+        self.conns = keep
+        return {"closed": len(gone)}
+
+
+def main():
+    gen = LoadGen()
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        op = cmd.pop("op")
+        try:
+            answer = {"ok": True, **getattr(gen, op)(**cmd)}
+        except Exception as exc:  # reported to the controller, which stops the run
+            answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        sys.stdout.write(json.dumps(answer) + "\n")
+        sys.stdout.flush()
+        if op == "close" and not cmd:
+            break
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""What a run records: the machine, the versions, the table for humans and the sanity checks."""
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+
+from .targets import ROOT
+
+BASE = "actor_router"
+
+
+def machine():
+    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                  if line.startswith("model name")), platform.processor())
+    with open("/proc/meminfo") as f:
+        mem_kib = int(f.readline().split()[1])
+    return {"cpu": model, "cpus": os.cpu_count(), "usable_cpus": sorted(os.sched_getaffinity(0)),
+            "mem_gib": round(mem_kib / 2 ** 20, 1), "kernel": platform.release(), "platform": platform.platform()}
+
+
+def versions():
+    commit = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"],
+                            capture_output=True, text=True).stdout.strip()
+    out = {"python": sys.version.split()[0], "whatsup_commit": commit or None}
+    for dist in ("whatsup", "gevent", "greenlet", "msgpack", "sqlitedict", "click"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def add_ratios(rows, baseline):
+    """Every throughput figure as a fraction of baseline (b)'s closed-loop direct rate."""
+    base = baseline.get(BASE)
+    for row in rows:
+        row["ratio_b"] = round(row["rate"] / base, 3) if base and row.get("rate") is not None else None
+    idle = {r["target"]: r["extra"]["rss_kib_per_conn"] for r in rows if r["scenario"] == "idle"}
+    for row in rows:
+        if row["scenario"] == "idle" and idle.get(BASE):
+            row["extra"]["rss_ratio_b"] = round(row["extra"]["rss_kib_per_conn"] / idle[BASE], 2)
+
+
+def _lat(summary):
+    return "-" if not summary else f"{summary['p50']:g}/{summary['p99']:g}/{summary['max']:g}"
+
+
+def _notes(row):
+    x = row.get("extra", {})
+    if row["scenario"] == "direct":
+        if row["offered"] is None:
+            return "closed loop"
+        return "sustained" if x["sustained"] else f"NOT sustained (backlog {x['backlog_at_end']})"
+    if row["scenario"] == "idle":
+        ratio = f" ({x['rss_ratio_b']:g}x b)" if "rss_ratio_b" in x else ""
+        return f"{x['rss_kib_per_conn']:g} KiB/conn{ratio}, {x['logins_per_s']:,} logins/s"
+    return f"{x['seconds']:g} s" + ("" if x.get("complete", True) else " INCOMPLETE")
+
+
+COLUMNS = ("scenario", "target", "step", "msgs/s", "x (b)", "e2e ms p50/p99/max", "✓ ms p50/p99/max",
+           "✓✓ ms p50/p99/max", "notes")
+
+
+def table_rows(rows):
+    for r in rows:
+        yield (r["scenario"], r["target"], r["step"], "-" if r.get("rate") is None else f"{r['rate']:,}",
+               "-" if r.get("ratio_b") is None else f"{r['ratio_b']:.2f}", _lat(r.get("e2e")),
+               _lat(r.get("sent")), _lat(r.get("delivered")), _notes(r))
+
+
+def table(rows, markdown=False):
+    cells = [COLUMNS] + list(table_rows(rows))
+    if markdown:
+        lines = ["| " + " | ".join(c) + " |" for c in cells]
+        lines.insert(1, "|" + "---|" * len(COLUMNS))
+        return "\n".join(lines)
+    widths = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(c, widths)).rstrip() for c in cells)
+
+
+def highest_sustained(rows):
+    ok = [r["offered"] for r in rows if r["scenario"] == "direct" and r.get("offered")
+          and r["extra"]["sustained"]]
+    return max(ok, default=None)
+
+
+def insane(rows, scenarios):
+    """Why the figures of a run are not sane (empty when they are): the --quick smoke's check."""
+    problems = [f"scenario {s} produced no rows" for s in scenarios
+                if not any(r["scenario"] == s for r in rows)]
+    for r in rows:
+        where = f"{r['scenario']}/{r['target']}/{r['step']}"
+        if r.get("errors"):
+            problems.append(f"{where}: error frames {r['errors']}")
+        if r.get("rate") is not None and r["rate"] <= 0:
+            problems.append(f"{where}: nothing delivered")
+        for kind in ("e2e", "sent", "delivered"):
+            lat = r.get(kind)
+            if lat and not 0 <= lat["p50"] <= lat["p99"] <= lat["max"]:
+                problems.append(f"{where}: {kind} latency out of order {lat}")
+        if r["scenario"] == "direct" and r["target"] == "whatsup" and not (r["e2e"] and r["sent"]
+                                                                             and r["delivered"]):
+            problems.append(f"{where}: missing e2e, ✓ or ✓✓ latencies")
+        if r.get("extra", {}).get("complete") is False:
+            problems.append(f"{where}: incomplete")
+        if r["scenario"] == "idle" and not 0 < r["extra"]["rss_kib_per_conn"] < 1024:
+            problems.append(f"{where}: implausible RSS per connection {r['extra']['rss_kib_per_conn']}")
+    return problems

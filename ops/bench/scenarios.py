@@ -1,0 +1,166 @@
+"""The scenarios: each plans its steps (for the progress bar), then runs them, yielding one row per step.
+
+A scenario is a class with ``name``, ``plan(p) -> [step label]`` and
+``run(ctx) -> iterator of rows``; SCENARIOS lists them in running order.
+``fanout`` (needs groups) and ``reload`` (needs the operator shell) plug in
+here the same way once those features land.
+
+A row is a dict: scenario, target, step, ``rate`` (the throughput figure,
+msgs/s), optional ``offered``, latency summaries ``e2e`` / ``sent`` /
+``delivered`` ({p50, p99, max} in ms) and ``extra`` figures.
+"""
+import time
+
+from .targets import Baseline, Whatsup, Workers, rss_kib
+
+FORWARDER, ROUTER = "forwarder", "actor_router"
+
+
+def percentiles(parts):
+    """Merge the workers' latency samples for one kind: {count, p50, p99, max} in ms."""
+    samples = sorted(s for p in parts for s in p["samples"])
+    if not samples:
+        return None
+
+    def at(q):
+        return round(samples[min(len(samples) - 1, int(q * len(samples)))] * 1000, 2)
+    return {"count": sum(p["count"] for p in parts), "p50": at(0.50), "p99": at(0.99),
+            "max": round(max(p["max"] for p in parts) * 1000, 2)}
+
+
+def merge_traffic(answers):
+    """Sum the workers' counts of one traffic step and merge their latencies."""
+    out = {k: sum(a[k] for a in answers) for k in ("sent", "delivered", "delivered_in_time", "backlog")}
+    out["seconds"] = answers[0]["seconds"]
+    out["errors"] = {}
+    for a in answers:
+        for code, n in a["errors"].items():
+            out["errors"][code] = out["errors"].get(code, 0) + n
+    for kind in ("e2e", "sent", "delivered"):
+        out[kind] = percentiles([a["lat"][kind] for a in answers])
+    return out
+
+
+def split(items, n):
+    return [items[i::n] for i in range(n)]
+
+
+class Direct:
+    """K pairs exchange 1:1 messages: closed loop on all three servers, then a ladder on whatsup."""
+    name = "direct"
+
+    @staticmethod
+    def plan(p):
+        return ([f"{t} max" for t in (FORWARDER, ROUTER, "whatsup")] +
+                [f"whatsup {f:.0%} of max" for f in p["ladder"]])
+
+    @staticmethod
+    def run(ctx):
+        p = ctx.params
+        for target in (Baseline(FORWARDER, ctx.placement.server), Baseline(ROUTER, ctx.placement.server),
+                       ctx.whatsup()):
+            with target, Workers(p["load_procs"], ctx.placement.load) as workers:
+                pairs = split([(f"d{w}_{i}", w) for w in range(p["load_procs"]) for i in range(p["pairs"])],
+                              p["load_procs"])
+                workers.call([{"op": "connect", "target": target.name, "address": target.address,
+                               "users": [u for user, _ in mine for u in ((user + "a", user + "b"),
+                                                                         (user + "b", user + "a"))]}
+                              for mine in pairs])
+                peak = Direct._step(workers, target.name, "max", 0, p)
+                ctx.baseline[target.name] = peak["rate"]
+                yield peak
+                if target.name == "whatsup":
+                    for fraction in p["ladder"]:
+                        rate = max(100, int(peak["rate"] * fraction))
+                        yield Direct._step(workers, "whatsup", f"{fraction:.0%} of max", rate, p)
+
+    @staticmethod
+    def _step(workers, target, step, rate, p):
+        share = rate / workers.n
+        t = merge_traffic(workers.call({"op": "traffic", "rate": share, "seconds": p["seconds"],
+                                        "window": p["window"] if not rate else p["open_window"]}))
+        delivered_rate = t["delivered_in_time"] / t["seconds"]
+        sustained = bool(rate) and delivered_rate >= 0.95 * rate and t["backlog"] <= max(100, rate * 0.1)
+        return {"scenario": "direct", "target": target, "step": step, "rate": round(delivered_rate),
+                "offered": rate or None, "e2e": t["e2e"], "sent": t["sent"], "delivered": t["delivered"],
+                "errors": t["errors"], "extra": {"backlog_at_end": t["backlog"], "sustained": sustained,
+                                                 "messages": t["delivered"]}}
+
+
+class Offline:
+    """Spool M messages to offline users (the ✓ rate is offd's group-committed throughput),
+    then time the drain of a full queue to one reconnecting user."""
+    name = "offline"
+
+    @staticmethod
+    def plan(p):
+        return ["whatsup spool", "whatsup drain"]
+
+    @staticmethod
+    def run(ctx):
+        p = ctx.params
+        offline = [f"off{i}" for i in range(p["offline_users"])]
+        with ctx.whatsup() as srv, Workers(1, ctx.placement.load) as workers:
+            workers.call({"op": "connect", "target": "whatsup", "address": srv.address,
+                          "users": [(u, None) for u in [f"s{i}" for i in range(p["senders"])] +
+                                    offline + ["drainer"]]})
+            workers.call({"op": "close", "users": offline + ["drainer"]})
+            time.sleep(0.3)  # let the server see them go
+            yield Offline._spool(workers, p, offline)
+            yield Offline._drain(workers, srv, p)
+
+    @staticmethod
+    def _spool(workers, p, offline):
+        (a,) = workers.call({"op": "spool", "to": offline, "count": p["spool"], "window": p["spool_window"]})
+        return {"scenario": "offline", "target": "whatsup", "step": f"spool {p['spool']:,} msgs",
+                "rate": round(a["lat"]["sent"]["count"] / a["seconds"]), "sent": percentiles([a["lat"]["sent"]]),
+                "errors": a["errors"], "extra": {"seconds": round(a["seconds"], 3)}}
+
+    @staticmethod
+    def _drain(workers, srv, p):
+        workers.call({"op": "spool", "to": ["drainer"], "count": p["drain"], "window": p["spool_window"]})
+        (a,) = workers.call({"op": "drain", "address": srv.address, "user": "drainer", "expect": p["drain"]})
+        return {"scenario": "offline", "target": "whatsup", "step": f"drain {p['drain']:,} msgs",
+                "rate": round(a["delivered"] / a["seconds"]), "errors": {},
+                "extra": {"seconds": round(a["seconds"], 3), "complete": a["complete"]}}
+
+
+class Idle:
+    """N idle logged-in connections: server RSS per connection and logins/s, whatsup and baseline (b)."""
+    name = "idle"
+
+    @staticmethod
+    def plan(p):
+        return [f"{ROUTER} {p['idle']:,} conns", f"whatsup {p['idle']:,} conns"]
+
+    @staticmethod
+    def run(ctx):
+        p = ctx.params
+        procs = max(1, -(-p["idle"] // p["conns_per_proc"]))
+        for target in (Baseline(ROUTER, ctx.placement.server), ctx.whatsup()):
+            with target, Workers(procs, ctx.placement.load) as workers:
+                time.sleep(0.2)
+                before = rss_kib(target.pid)
+                users = split([(f"i{i}", None) for i in range(p["idle"])], procs)
+                answers = workers.call([{"op": "connect", "target": target.name, "address": target.address,
+                                         "users": mine} for mine in users])
+                time.sleep(0.5)
+                after = rss_kib(target.pid)
+                login = max(a["login_seconds"] for a in answers)
+                yield {"scenario": "idle", "target": target.name, "step": f"{p['idle']:,} conns",
+                       "rate": None, "errors": {},
+                       "extra": {"rss_kib_per_conn": round((after - before) / p["idle"], 2),
+                                 "rss_mib": round(after / 1024, 1), "logins_per_s": round(p["idle"] / login),
+                                 "load_procs": procs}}
+
+
+SCENARIOS = {s.name: s for s in (Direct, Offline, Idle)}
+
+PARAMS = {
+    "full": {"pairs": 50, "load_procs": 1, "seconds": 3.0, "window": 100, "open_window": 2000,
+             "ladder": [0.25, 0.5, 0.75, 0.9, 1.0, 1.1], "offline_users": 100, "senders": 20,
+             "spool": 100_000, "spool_window": 200, "drain": 10_000, "idle": 10_000, "conns_per_proc": 5000},
+    "quick": {"pairs": 10, "load_procs": 1, "seconds": 1.0, "window": 50, "open_window": 1000,
+              "ladder": [0.5], "offline_users": 10, "senders": 5, "spool": 5000, "spool_window": 100,
+              "drain": 2000, "idle": 400, "conns_per_proc": 200},
+}
