@@ -215,7 +215,7 @@ class LoadGen:
                         c.inflight = window
         self.pump(end, tick=tick)
         delivered_in_time, backlog = st.delivered, sum(c.inflight for c in senders)
-        self.pump(time.monotonic() + 5, lambda: all(c.inflight <= 0 for c in senders) and
+        self.pump(time.monotonic() + 10, lambda: all(c.inflight <= 0 for c in senders) and
                   (self.target != "whatsup" or (len(st.lat["delivered"]) >= st.sent and
                                                 all(c.unsent <= 0 for c in senders))))
         for c in senders:

@@ -49,9 +49,10 @@ def _lat(summary):
 def _notes(row):
     x = row.get("extra", {})
     if row["scenario"] == "direct":
+        cpu = f"{x['server_cpu_us_per_msg']:g} µs CPU/msg"
         if row["offered"] is None:
-            return "closed loop"
-        return "sustained" if x["sustained"] else f"NOT sustained (backlog {x['backlog_at_end']})"
+            return f"closed loop, {cpu}"
+        return f"{cpu}, " + ("sustained" if x["sustained"] else f"NOT sustained (backlog {x['backlog_at_end']})")
     if row["scenario"] == "idle":
         ratio = f" ({x['rss_ratio_b']:g}x b)" if "rss_ratio_b" in x else ""
         return f"{x['rss_kib_per_conn']:g} KiB/conn{ratio}, {x['logins_per_s']:,} logins/s"

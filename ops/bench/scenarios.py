@@ -11,7 +11,7 @@ msgs/s), optional ``offered``, latency summaries ``e2e`` / ``sent`` /
 """
 import time
 
-from .targets import Baseline, Whatsup, Workers, rss_kib
+from .targets import Baseline, Workers, cpu_seconds, rss_kib
 
 FORWARDER, ROUTER = "forwarder", "actor_router"
 
@@ -36,8 +36,7 @@ def merge_traffic(answers):
     for a in answers:
         for code, n in a["errors"].items():
             out["errors"][code] = out["errors"].get(code, 0) + n
-    for kind in ("e2e", "sent", "delivered"):
-        out[kind] = percentiles([a["lat"][kind] for a in answers])
+    out["lat"] = {kind: percentiles([a["lat"][kind] for a in answers]) for kind in ("e2e", "sent", "delivered")}
     return out
 
 
@@ -66,25 +65,28 @@ class Direct:
                                "users": [u for user, _ in mine for u in ((user + "a", user + "b"),
                                                                          (user + "b", user + "a"))]}
                               for mine in pairs])
-                peak = Direct._step(workers, target.name, "max", 0, p)
+                peak = Direct._step(workers, target, "max", 0, p)
                 ctx.baseline[target.name] = peak["rate"]
                 yield peak
                 if target.name == "whatsup":
                     for fraction in p["ladder"]:
                         rate = max(100, int(peak["rate"] * fraction))
-                        yield Direct._step(workers, "whatsup", f"{fraction:.0%} of max", rate, p)
+                        yield Direct._step(workers, target, f"{fraction:.0%} of max", rate, p)
 
     @staticmethod
     def _step(workers, target, step, rate, p):
         share = rate / workers.n
+        cpu = cpu_seconds(target.pid)
         t = merge_traffic(workers.call({"op": "traffic", "rate": share, "seconds": p["seconds"],
                                         "window": p["window"] if not rate else p["open_window"]}))
+        cpu = cpu_seconds(target.pid) - cpu  # the drain after the step included, like its messages
         delivered_rate = t["delivered_in_time"] / t["seconds"]
         sustained = bool(rate) and delivered_rate >= 0.95 * rate and t["backlog"] <= max(100, rate * 0.1)
-        return {"scenario": "direct", "target": target, "step": step, "rate": round(delivered_rate),
-                "offered": rate or None, "e2e": t["e2e"], "sent": t["sent"], "delivered": t["delivered"],
+        return {"scenario": "direct", "target": target.name, "step": step, "rate": round(delivered_rate),
+                "offered": rate or None, **t["lat"],
                 "errors": t["errors"], "extra": {"backlog_at_end": t["backlog"], "sustained": sustained,
-                                                 "messages": t["delivered"]}}
+                                                 "messages": t["delivered"], "server_cpu_seconds": round(cpu, 2),
+                                                 "server_cpu_us_per_msg": round(cpu * 1e6 / max(1, t["delivered"]), 1)}}
 
 
 class Offline:
@@ -162,11 +164,11 @@ class Idle:
 SCENARIOS = {s.name: s for s in (Direct, Offline, Idle)}
 
 PARAMS = {
-    "full": {"pairs": 50, "load_procs": 1, "seconds": 3.0, "window": 100, "open_window": 2000,
+    "full": {"pairs": 50, "load_procs": 1, "seconds": 3.0, "window": 20, "open_window": 200,
              "ladder": [0.25, 0.5, 0.75, 0.9, 1.0, 1.1], "offline_users": 100, "senders": 20,
              "spool": 100_000, "spool_window": 200, "drain": 10_000, "idle": 10_000, "conns_per_proc": 5000,
              "conns_per_call": 1000},
-    "quick": {"pairs": 10, "load_procs": 1, "seconds": 1.0, "window": 50, "open_window": 1000,
+    "quick": {"pairs": 10, "load_procs": 1, "seconds": 1.0, "window": 20, "open_window": 200,
               "ladder": [0.5], "offline_users": 10, "senders": 5, "spool": 5000, "spool_window": 100,
               "drain": 2000, "idle": 400, "conns_per_proc": 200,
               "conns_per_call": 200},

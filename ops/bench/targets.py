@@ -53,6 +53,14 @@ def rss_kib(pid):
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+def cpu_seconds(pid):
+    """User + system CPU time of process ``pid``, all its threads: a figure the noise of a shared
+    machine barely moves, unlike wall-clock rates."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Whatsup:
     """A real whatsupd (whatsup.testing.ServerProcess) with a fresh data dir."""
     name = "whatsup"

