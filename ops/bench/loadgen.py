@@ -187,6 +187,7 @@ class LoadGen:
         in flight per sender), or as fast as ``window`` allows when ``rate`` is 0."""
         senders = [c for c in self.conns if c.peer in self.by_user]
         self.stats = st = Stats()
+        cpu = time.process_time()
         t0 = time.monotonic()
         end = t0 + seconds
         rr = [0]
@@ -215,13 +216,14 @@ class LoadGen:
                         c.inflight = window
         self.pump(end, tick=tick)
         delivered_in_time, backlog = st.delivered, sum(c.inflight for c in senders)
+        cpu = time.process_time() - cpu
         self.pump(time.monotonic() + 10, lambda: all(c.inflight <= 0 for c in senders) and
                   (self.target != "whatsup" or (len(st.lat["delivered"]) >= st.sent and
                                                 all(c.unsent <= 0 for c in senders))))
         for c in senders:
             c.inflight = c.unsent = 0
         return {**st.result(), "seconds": seconds, "delivered_in_time": delivered_in_time,
-                "backlog": backlog}
+                "backlog": backlog, "cpu_seconds": cpu}
 
     def spool(self, to, count, window):
         """Connected senders send ``count`` messages to offline users ``to``; ✓ paces them."""

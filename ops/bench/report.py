@@ -49,7 +49,8 @@ def _lat(summary):
 def _notes(row):
     x = row.get("extra", {})
     if row["scenario"] == "direct":
-        cpu = f"{x['server_cpu_us_per_msg']:g} µs CPU/msg"
+        cpu = (f"{x['server_cpu_us_per_msg']:g} µs CPU/msg; cpu server {x['server_cpu_util']:.0%} "
+               f"loadgen {x['loadgen_cpu_util']:.0%} others-on-server-core {x['foreign_cpu_on_server_core']:.0%}")
         if row["offered"] is None:
             return f"closed loop, {cpu}"
         return f"{cpu}, " + ("sustained" if x["sustained"] else f"NOT sustained (backlog {x['backlog_at_end']})")

@@ -11,7 +11,7 @@ msgs/s), optional ``offered``, latency summaries ``e2e`` / ``sent`` /
 """
 import time
 
-from .targets import Baseline, Workers, cpu_seconds, rss_kib
+from .targets import Baseline, Workers, cores_busy_seconds, cpu_seconds, rss_kib
 
 FORWARDER, ROUTER = "forwarder", "actor_router"
 
@@ -30,7 +30,8 @@ def percentiles(parts):
 
 def merge_traffic(answers):
     """Sum the workers' counts of one traffic step and merge their latencies."""
-    out = {k: sum(a[k] for a in answers) for k in ("sent", "delivered", "delivered_in_time", "backlog")}
+    out = {k: sum(a[k] for a in answers) for k in ("sent", "delivered", "delivered_in_time", "backlog",
+                                                   "cpu_seconds")}
     out["seconds"] = answers[0]["seconds"]
     out["errors"] = {}
     for a in answers:
@@ -65,28 +66,37 @@ class Direct:
                                "users": [u for user, _ in mine for u in ((user + "a", user + "b"),
                                                                          (user + "b", user + "a"))]}
                               for mine in pairs])
-                peak = Direct._step(workers, target, "max", 0, p)
+                # best of a few: on a shared machine a neighbour's burst only ever lowers a peak
+                peak = max((Direct._step(workers, target, "max", 0, p, ctx.placement.server)
+                            for _ in range(p["max_tries"])), key=lambda row: row["rate"])
                 ctx.baseline[target.name] = peak["rate"]
                 yield peak
                 if target.name == "whatsup":
                     for fraction in p["ladder"]:
                         rate = max(100, int(peak["rate"] * fraction))
-                        yield Direct._step(workers, target, f"{fraction:.0%} of max", rate, p)
+                        yield Direct._step(workers, target, f"{fraction:.0%} of max", rate, p,
+                                           ctx.placement.server)
 
     @staticmethod
-    def _step(workers, target, step, rate, p):
+    def _step(workers, target, step, rate, p, server_cpus):
         share = rate / workers.n
-        cpu = cpu_seconds(target.pid)
+        cpu, core = cpu_seconds(target.pid), cores_busy_seconds(server_cpus)
+        started = time.monotonic()
         t = merge_traffic(workers.call({"op": "traffic", "rate": share, "seconds": p["seconds"],
                                         "window": p["window"] if not rate else p["open_window"]}))
         cpu = cpu_seconds(target.pid) - cpu  # the drain after the step included, like its messages
+        elapsed = time.monotonic() - started
+        foreign = max(0.0, cores_busy_seconds(server_cpus) - core - cpu) / elapsed / len(server_cpus)
         delivered_rate = t["delivered_in_time"] / t["seconds"]
         sustained = bool(rate) and delivered_rate >= 0.95 * rate and t["backlog"] <= max(100, rate * 0.1)
         return {"scenario": "direct", "target": target.name, "step": step, "rate": round(delivered_rate),
                 "offered": rate or None, **t["lat"],
                 "errors": t["errors"], "extra": {"backlog_at_end": t["backlog"], "sustained": sustained,
                                                  "messages": t["delivered"], "server_cpu_seconds": round(cpu, 2),
-                                                 "server_cpu_us_per_msg": round(cpu * 1e6 / max(1, t["delivered"]), 1)}}
+                                                 "server_cpu_us_per_msg": round(cpu * 1e6 / max(1, t["delivered"]), 1),
+                                                 "server_cpu_util": round(cpu / elapsed, 2),
+                                                 "loadgen_cpu_util": round(t["cpu_seconds"] / elapsed / workers.n, 2),
+                                                 "foreign_cpu_on_server_core": round(foreign, 2)}}
 
 
 class Offline:
@@ -164,11 +174,11 @@ class Idle:
 SCENARIOS = {s.name: s for s in (Direct, Offline, Idle)}
 
 PARAMS = {
-    "full": {"pairs": 50, "load_procs": 1, "seconds": 3.0, "window": 20, "open_window": 200,
+    "full": {"pairs": 50, "load_procs": 1, "max_tries": 3, "seconds": 3.0, "window": 20, "open_window": 200,
              "ladder": [0.25, 0.5, 0.75, 0.9, 1.0, 1.1], "offline_users": 100, "senders": 20,
              "spool": 100_000, "spool_window": 200, "drain": 10_000, "idle": 10_000, "conns_per_proc": 5000,
              "conns_per_call": 1000},
-    "quick": {"pairs": 10, "load_procs": 1, "seconds": 1.0, "window": 20, "open_window": 200,
+    "quick": {"pairs": 10, "load_procs": 1, "max_tries": 1, "seconds": 1.0, "window": 20, "open_window": 200,
               "ladder": [0.5], "offline_users": 10, "senders": 5, "spool": 5000, "spool_window": 100,
               "drain": 2000, "idle": 400, "conns_per_proc": 200,
               "conns_per_call": 200},

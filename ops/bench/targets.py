@@ -61,6 +61,18 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def cores_busy_seconds(cpus):
+    """CPU time the kernel counted as busy on ``cpus`` (everyone's), from /proc/stat."""
+    busy = 0
+    with open("/proc/stat") as f:
+        for line in f:
+            name, *ticks = line.split()
+            if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+                user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, ticks[:8])
+                busy += user + nice + system + irq + softirq + steal
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
 class Whatsup:
     """A real whatsupd (whatsup.testing.ServerProcess) with a fresh data dir."""
     name = "whatsup"
