@@ -35,6 +35,14 @@ def test_metrics_endpoint_counts_logins_messages_receipts_and_errors_by_code(mak
     assert int(m["whatsup_frames_out_total"]) >= 4
 
 
+def test_the_shells_stats_carry_the_same_metrics(server):
+    server.register("alice")
+    server.client("alice")
+    with server.shell() as shell:
+        out, ok = shell.run("stats(0.1)['metrics']['logins_total'], sorted(stats(0.1)['metrics'])[:3]")
+    assert ok and out.startswith("(1, ['connections_total', 'disconnections_total', 'errors_total'])")
+
+
 def test_a_non_loopback_metrics_address_is_refused_at_start(make_server):
     with pytest.raises(RuntimeError, match="loopback only"):
         make_server({"metrics.listen": "0.0.0.0:9100"})

@@ -21,7 +21,7 @@ import traceback
 import gevent
 from gevent.event import Event
 
-from .. import __version__
+from .. import __version__, metrics
 from ..runtime import CallTimeout, Pid, Process, ProcessDead
 from ..runtime.process import CALL, SYS
 from . import ERROR_MARK, drain as draining, reload as reloading
@@ -150,7 +150,8 @@ class Helpers:
                 "offd": node.registry.where("offd", entity)}
 
     def stats(self, interval=1.0):
-        """Connections, messages/s in and out (over ``interval`` s), offd queue, mailbox depths, memory."""
+        """Connections, messages/s in and out (over ``interval`` s), offd queue, mailbox depths, memory,
+        and under ``metrics`` every figure the Prometheus endpoint exports (whatsup.metrics.snapshot)."""
         before = self._sample()
         gevent.sleep(interval)
         after = self._sample()
@@ -170,7 +171,7 @@ class Helpers:
             "mailbox": {"p50": percentile(depths, 50), "p90": percentile(depths, 90),
                         "p99": percentile(depths, 99), "max": depths[-1] if depths else 0},
             "rss_mb": round(_rss_bytes() / 2 ** 20, 1), "processes": kinds,
-            "counters": dict(node.counters),
+            "counters": dict(node.counters), "metrics": metrics.snapshot(node),
         }
 
     def _sample(self):
