@@ -1,4 +1,4 @@
-"""``python3 -m ops.bench run [--quick] [--scenario NAME ...] [--out results.json]``
+"""``python3 -m ops.bench run [--quick] [--scenario NAME ...] [--out results.json] [--markdown]``
 
 Runs whatsup side by side with two baselines — (a) a raw frame forwarder and
 (b) a minimal actor router — driven by the same load generator processes,
@@ -44,7 +44,8 @@ def main():
               help="run only these (repeatable); default: all")
 @click.option("--out", type=click.Path(dir_okay=False), default="bench-results.json", show_default=True,
               help="where the JSON record goes")
-def run(quick, scenarios, out):
+@click.option("--markdown", is_flag=True, help="print the table as Markdown (as in README.md)")
+def run(quick, scenarios, out, markdown):
     """Run the scenarios against whatsup and the baselines; print the table, write the JSON."""
     scenarios = list(scenarios) or list(SCENARIOS)
     if "direct" not in scenarios:
@@ -63,7 +64,7 @@ def run(quick, scenarios, out):
                 rows.append(row)
                 bar.update(1, len(rows))
     report.add_ratios(rows, ctx.baseline)
-    click.echo(report.table(rows))
+    click.echo(report.table(rows, markdown))
     best = report.highest_sustained(rows)
     if best:
         click.echo(f"direct: highest sustained rate {best:,} msgs/s")
