@@ -5,6 +5,8 @@ import subprocess
 import sys
 from importlib import metadata
 
+import whatsup
+
 from .targets import ROOT
 
 BASE = "actor_router"
@@ -22,8 +24,8 @@ def machine():
 def versions():
     commit = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"],
                             capture_output=True, text=True).stdout.strip()
-    out = {"python": sys.version.split()[0], "whatsup_commit": commit or None}
-    for dist in ("whatsup", "gevent", "greenlet", "msgpack", "sqlitedict", "click"):
+    out = {"python": sys.version.split()[0], "whatsup": whatsup.__version__, "whatsup_commit": commit or None}
+    for dist in ("gevent", "greenlet", "msgpack", "sqlitedict", "click"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
