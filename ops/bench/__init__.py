@@ -3,7 +3,7 @@
 ``python3 -m ops.bench run [--quick] [--scenario NAME ...] [--out FILE]``
 
 * ``__main__`` — the command: placement, progress bar, table, JSON record;
-* ``scenarios`` — direct, offline, idle (fanout and reload plug in there);
+* ``scenarios`` — direct, fanout, offline, idle (reload plugs in there);
 * ``loadgen`` — the load generator process (epoll, pipelined raw frames);
 * ``forwarder``, ``actor_router`` — baselines (a) and (b), with ``baseline``'s shared handshake;
 * ``targets`` — starting servers and load generators on their cores; ``report`` — what is printed and kept.

@@ -10,6 +10,8 @@ Commands (``op``)::
     traffic  rate (msgs/s, 0 = closed loop), seconds, window          -> counts, latencies
     spool    to [users], count, window                                -> ✓ counts and time
     drain    user, expect                                             -> seconds to receive it all
+    request  user, frame                                              -> the answer (e.g. group_create)
+    fanout   sender, group, count, window                             -> copies delivered, latencies
     close    [users] (all; a bare close also ends the process)
 
 Speed matters more than elegance here: non-blocking sockets, frames encoded
@@ -44,11 +46,12 @@ class Conn:
         self.n = self.inflight = self.unsent = self.seq = self.acked = 0
         self.answers = {}  # ref -> answer frame, for the set-up requests
 
-    def msg(self, to):
+    def msg(self, to=None, group=None):
         self.n += 1
         self.unsent += 1
-        self.wbuf.append(wire.encode({"type": "msg", "ref": self.n, "to": to, "body": BODY,
-                                      "id": f"{self.n}/{int(time.monotonic() * 1e6)}"}))
+        self.wbuf.append(wire.encode({"type": "msg", "ref": self.n, "body": BODY,
+                                      "id": f"{self.n}/{int(time.monotonic() * 1e6)}",
+                                      **({"group": group} if group else {"to": to})}))
 
 
 def sent_at(cid):
@@ -173,6 +176,8 @@ class LoadGen:
                   c.answers[r]["type"] == "error" and c.answers[r]["code"] != "user_taken"]
         if failed:
             raise RuntimeError(f"{len(failed)} logins failed, e.g. {failed[0]}")
+        for c in new:
+            c.answers.clear()  # later requests number their refs from 1 again
         return {"connections": len(new), "connect_seconds": connected - started,
                 "register_seconds": registered - connected, "login_seconds": done - registered}
 
@@ -240,6 +245,34 @@ class LoadGen:
         t0 = time.monotonic()
         self.pump(t0 + 600, lambda: len(st.lat["sent"]) >= count, tick)
         return {**st.result(), "seconds": time.monotonic() - t0}
+
+    def request(self, user, frame):
+        """Send ``frame`` from ``user``'s connection; returns the answer (an error raises)."""
+        c = self.by_user[user]
+        c.n += 1
+        ref = frame["ref"] = c.n
+        c.wbuf.append(wire.encode(frame))
+        if not self.pump(time.monotonic() + 60, lambda: ref in c.answers):
+            raise TimeoutError(f"no answer to {frame['type']} within 60 s")
+        answer = c.answers.pop(ref)
+        if answer["type"] == "error":
+            raise RuntimeError(f"{frame['type']} refused: {answer}")
+        return {"answer": answer}
+
+    def fanout(self, sender, group, count, window):
+        """``sender`` sends ``count`` messages to ``group`` (at most ``window`` without ✓); every
+        other connection is a member, and each copy's arrival is timed."""
+        c = self.by_user[sender]
+        self.stats = st = Stats()
+        copies = count * (len(self.conns) - 1)
+
+        def tick(now):
+            while c.unsent < window and st.sent < count:
+                c.msg(group=group)
+                st.sent += 1
+        t0 = time.monotonic()
+        complete = self.pump(t0 + 300, lambda: st.delivered >= copies, tick)
+        return {**st.result(), "seconds": time.monotonic() - t0, "copies": copies, "complete": complete}
 
     def drain(self, address, user, expect):
         """Log ``user`` in and time how long the ``expect`` queued messages take to arrive."""

@@ -59,7 +59,8 @@ def _notes(row):
     if row["scenario"] == "idle":
         ratio = f" ({x['rss_ratio_b']:g}x b)" if "rss_ratio_b" in x else ""
         return f"{x['rss_kib_per_conn']:g} KiB/conn{ratio}, {x['logins_per_s']:,} logins/s"
-    return f"{x['seconds']:g} s" + ("" if x.get("complete", True) else " INCOMPLETE")
+    copies = f"{x['copies']:,} copies (msgs/s counts copies) in " if "copies" in x else ""
+    return f"{copies}{x['seconds']:g} s" + ("" if x.get("complete", True) else " INCOMPLETE")
 
 
 COLUMNS = ("scenario", "target", "step", "msgs/s", "x (b)", "e2e ms p50/p99/max", "✓ ms p50/p99/max",

@@ -2,9 +2,9 @@
 
 A scenario is a class with ``name``, ``plan(p) -> [step label]`` and
 ``run(ctx) -> iterator of rows``; SCENARIOS lists them in running order.
-``fanout`` (needs groups) and ``reload`` (a hot reload through the operator
-shell under ``direct`` load, with 5,000+ sessions: disconnects and the longest
-delivery stall) are not written yet; they plug in here the same way.
+``reload`` (a hot reload through the operator shell under ``direct`` load,
+with 5,000+ sessions: disconnects and the longest delivery stall) is not
+written yet; it plugs in here the same way.
 
 A row is a dict: scenario, target, step, ``rate`` (the throughput figure,
 msgs/s), optional ``offered``, latency summaries ``e2e`` / ``sent`` /
@@ -185,15 +185,46 @@ class Idle:
                                  "load_procs": procs}}
 
 
-SCENARIOS = {s.name: s for s in (Direct, Offline, Idle)}
+class Fanout:
+    """One member sends to a group whose other members are all online: copies delivered/s, the
+    latency of every copy (send -> member), ✓ per message and ✓✓ per copy."""
+    name = "fanout"
+
+    @staticmethod
+    def plan(p):
+        return [f"whatsup {g:,} members" for g in p["groups"]]
+
+    @staticmethod
+    def run(ctx):
+        p = ctx.params
+        for size in p["groups"]:
+            with ctx.whatsup() as srv, Workers(1, ctx.placement.load) as workers:
+                members = [f"g{i}" for i in range(size)]
+                for at in range(0, size, p["conns_per_call"]):
+                    workers.call({"op": "connect", "target": "whatsup", "address": srv.address,
+                                  "users": [(u, None) for u in members[at:at + p["conns_per_call"]]]})
+                (a,) = workers.call({"op": "request", "user": members[0],
+                                     "frame": {"type": "group_create", "name": "bench", "members": members[1:]}})
+                (a,) = workers.call({"op": "fanout", "sender": members[0], "group": a["answer"]["group"],
+                                     "count": p["fanout_msgs"], "window": p["fanout_window"]})
+                yield {"scenario": "fanout", "target": "whatsup", "step": f"{size:,} members",
+                       "rate": round(a["delivered"] / a["seconds"]), "e2e": percentiles([a["lat"]["e2e"]]),
+                       "sent": percentiles([a["lat"]["sent"]]), "delivered": percentiles([a["lat"]["delivered"]]),
+                       "errors": a["errors"], "extra": {"seconds": round(a["seconds"], 3), "complete": a["complete"],
+                                                        "messages": p["fanout_msgs"], "copies": a["copies"]}}
+
+
+SCENARIOS = {s.name: s for s in (Direct, Fanout, Offline, Idle)}
 
 PARAMS = {
     "full": {"pairs": 50, "load_procs": 1, "max_tries": 3, "seconds": 3.0, "window": 20, "open_window": 200,
              "ladder": [0.25, 0.5, 0.75, 0.9, 1.0, 1.1], "offline_users": 100, "senders": 20,
              "spool": 100_000, "spool_window": 200, "drain": 10_000, "idle": 10_000, "conns_per_proc": 5000,
+             "groups": [256, 1024], "fanout_msgs": 200, "fanout_window": 50,
              "conns_per_call": 1000},
     "quick": {"pairs": 10, "load_procs": 1, "max_tries": 1, "seconds": 1.0, "window": 20, "open_window": 200,
               "ladder": [0.5], "offline_users": 10, "senders": 5, "spool": 5000, "spool_window": 100,
               "drain": 2000, "idle": 400, "conns_per_proc": 200,
+              "groups": [64], "fanout_msgs": 20, "fanout_window": 10,
               "conns_per_call": 200},
 }
