@@ -54,7 +54,7 @@ def _by_prefix(counter, prefix):
 def _frames(attr):
     """Frames of the ended sessions (counted as they end) plus those of the live ones."""
     def get(node):
-        live = sum(getattr(p.state, attr) for p in node.table.processes("session") if p.state is not None)
+        live = sum(getattr(p.state, attr, 0) for p in node.table.processes("session"))
         return node.counters[attr] + live
     return get
 
