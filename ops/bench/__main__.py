@@ -9,6 +9,7 @@ scenario completes with sane figures.
 """
 import datetime
 import json
+import signal
 import sys
 
 import click
@@ -48,6 +49,8 @@ def main():
 @click.option("--markdown", is_flag=True, help="print the table as Markdown (as in README.md)")
 def run(quick, scenarios, out, markdown):
     """Run the scenarios against whatsup and the baselines; print the table, write the JSON."""
+    # SIGTERM unwinds like Ctrl-C, so the servers and load generators started so far are stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     scenarios = list(scenarios) or list(SCENARIOS)
     if "direct" not in scenarios:
         click.echo("note: without the direct scenario there is no baseline (b) rate for ratios")
