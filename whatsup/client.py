@@ -20,6 +20,7 @@ import time
 import uuid
 
 from . import protocol
+from .address import split as split_address
 from .protocol import FrameDecoder, ProtocolError
 
 DEFAULT_SERVER = "127.0.0.1:7222"
@@ -78,8 +79,7 @@ class Closed(ConnectionError):
 
 
 def parse_server(text):
-    host, _, port = (text or DEFAULT_SERVER).rpartition(":")
-    return host.strip("[]") or "127.0.0.1", int(port)
+    return split_address(text or DEFAULT_SERVER)
 
 
 def _address(to, group):

@@ -11,12 +11,12 @@ Contract:
   off. Only loopback addresses are accepted: the metrics name users' activity
   and are not meant for the network; put a scraper or a proxy on the host.
 """
-import ipaddress
 import logging
 import time
 
 from gevent.pywsgi import WSGIServer
 
+from . import address
 from .config import ConfigError
 
 log = logging.getLogger("whatsup.metrics")
@@ -134,22 +134,6 @@ def _escape(value):
     return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def loopback_address(text):
-    """``host:port`` -> (host, port), refusing anything but a loopback host (ValueError)."""
-    host, sep, port = text.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not port.isdigit():
-        raise ValueError(f"metrics.listen {text!r} must be host:port")
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
-        raise ValueError(f"metrics.listen {text!r}: metrics are served on loopback only "
-                         f"(127.0.0.1, ::1 or localhost)")
-    return host, int(port)
-
-
 class Exporter:
     """``GET /metrics`` for one node on ``metrics.listen``; ``start`` raises ConfigError, ``stop`` is
     idempotent (the operator shell's Backdoor has the same contract)."""
@@ -170,7 +154,7 @@ class Exporter:
         if not self.listen:
             return self
         try:
-            server = WSGIServer(loopback_address(self.listen), self._app, log=None, error_log=log)
+            server = WSGIServer(address.loopback(self.listen, "metrics.listen", "metrics name users' activity"), self._app, log=None, error_log=log)
             server.start()
         except (ValueError, OSError) as exc:
             raise ConfigError(f"cannot serve metrics: {getattr(exc, 'strerror', None) or exc}") from None

@@ -38,6 +38,7 @@ from gevent.pool import Pool
 
 from . import __version__, metrics, watchdog
 from .accounts import AccountStore
+from .address import split as split_address
 from .blocking import Blocks
 from .config import ConfigError
 from .datadir import DataDirBusy, ShardMismatch, identity, lock
@@ -65,10 +66,10 @@ class StartError(Exception):
 
 
 def parse_address(text):
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ConfigError(f"address {text!r} must be host:port")
-    return host.strip("[]") or "127.0.0.1", int(port)
+    try:
+        return split_address(text)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 class Listener:

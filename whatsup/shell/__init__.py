@@ -10,8 +10,9 @@ This top level holds only what server and client agree on (where the shell
 listens, its prompts, the mark of a failed ``-c``) and imports nothing heavy,
 so the client side stays light.
 """
-import ipaddress
 import os
+
+from .. import address
 
 PROMPT, MORE = "whatsup> ", "    ...> "
 ERROR_MARK = "!! whatsup-shell: the expression raised"
@@ -25,15 +26,7 @@ def parse_listen(text, data_dir):
         return "off", None
     if text.startswith("unix:"):
         return "unix", text[5:] or os.path.join(data_dir, SOCKET_NAME)
-    host, sep, port = text.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not port.isdigit():
-        raise ValueError(f"shell.listen {text!r} must be 'unix:', 'unix:PATH', a loopback host:port or 'off'")
     try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
-        raise ValueError(f"shell.listen {text!r} refused: the operator shell is arbitrary code execution, "
-                         f"so it listens only on a Unix socket or on loopback (127.0.0.0/8, ::1)")
-    return "tcp", (host, int(port))
+        return "tcp", address.loopback(text, "shell.listen", "the operator shell is arbitrary code execution")
+    except ValueError as exc:
+        raise ValueError(f"{exc}; or use 'unix:', 'unix:PATH' or 'off'") from None
