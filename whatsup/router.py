@@ -58,7 +58,7 @@ class Router:
         """An offd shard opened: at node start, refill the dedup window from what its recovery
         found; after a crash (the window outlived it), poke its online users, whose sessions
         resend what the new incarnation holds. Either way the shard pokes a user's session
-        whenever an item for them becomes durable (only durable items go to devices), and its
+        as soon as an item for them is queued (delivery does not wait for the fsync), and its
         compaction carries the dedup window's ids forward (see :meth:`remembered`)."""
         spool.on_ready = self.poke
         spool.carry = self.remembered
