@@ -41,7 +41,7 @@ def test_pings_keep_a_quiet_client_connected_past_the_idle_timeout(make_server):
     with server.client("pinger") as c:
         for _ in range(6):  # 3 s of pings every 0.5 s
             time.sleep(0.5)
-            c.ping()
+            assert c.ping()["type"] == "pong"
 
 
 def test_connections_over_the_per_address_cap_are_refused_and_other_addresses_are_not(make_server):
