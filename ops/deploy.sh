@@ -6,12 +6,14 @@
 # before anything changes, then swapped into its live processes between two messages; the first
 # module that fails to load stops the deploy with a non-zero exit, and the old code keeps running.
 set -euo pipefail
-opts=() mods=()
+opts=() mods=() prev=
 for arg in "$@"; do
-  case "$arg" in
-    whatsup.*) mods+=(--reload "$arg") ;;
+  case "$prev:$arg" in
+    --config:* | --socket:* | --data-dir:* | --timeout:*) opts+=("$arg") ;;  # an option's value (whatsup.toml)
+    *:whatsup.*) mods+=(--reload "$arg") ;;
     *) opts+=("$arg") ;;
   esac
+  prev=$arg
 done
 [ ${#mods[@]} -gt 0 ] || { echo "usage: $0 [whatsup-shell options] whatsup.MODULE..." >&2; exit 2; }
 exec "$(dirname "$0")/../bin/whatsup-shell" "${opts[@]}" "${mods[@]}"
