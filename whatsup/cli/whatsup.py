@@ -86,10 +86,7 @@ def main(ctx, server, tls, cafile):
 def register(ctx, user, password):
     """Create the account USER."""
     with _connect(ctx) as client:
-        try:
-            client.register(user, password)
-        except ServerError as exc:
-            raise click.ClickException(f"{exc.code}: {exc.message}") from None
+        _call(client.register, user, password)
     click.echo(f"registered {user}")
 
 
@@ -160,77 +157,93 @@ def chat(ctx, user, password, group, peer):
     and typing, and the group's events, are shown as they happen.
     """
     _target(peer, group)
-    client = _connect(ctx, user, password)
-    lock = threading.Lock()
-    mine = {}  # message id -> text
-    shown = {}  # (message id, member or None) -> the highest tick shown (✓ can arrive after ✓✓:
-    #             it waits for fsync; in a group, for the fsync of every member's copy)
+    _Chat(_connect(ctx, user, password), peer, group).run(user)
 
-    def tick(mid, status, member=None):
-        rank = list(TICKS).index(status)
-        if rank > shown.get((mid, member), -1):
-            shown[(mid, member)] = rank
-            if member is not None:  # a member's ✓✓ implies the message's ✓
-                shown.setdefault((mid, None), 0)
-            show(f"  {TICKS[status]} {member + ': ' if member else ''}{mine.get(mid, mid)}")
-    interval = float(client.hello.get("idle_timeout", 90)) / 3
 
-    def show(text):
-        with lock:
+class _Chat:
+    """One ``whatsup chat``: stdin sends, a thread shows what arrives, another pings.
+
+    The client is not thread-safe: every use of it holds ``lock``.
+    """
+
+    def __init__(self, client, peer, group):
+        self.client, self.peer, self.group = client, peer, group
+        self.lock = threading.Lock()
+        self.mine = {}  # message id -> text
+        # (message id, member or None) -> the highest tick shown (✓ can arrive after ✓✓: it
+        # waits for the fsync; in a group, for the fsync of every member's copy)
+        self.shown = {}
+
+    def run(self, user):
+        client, peer, group = self.client, self.peer, self.group
+        if peer is not None:
+            try:
+                click.echo(_line(client.subscribe(peer)))
+            except ServerError as exc:
+                click.echo(f"! presence of {peer}: {exc.code}")
+        threading.Thread(target=self.receive, daemon=True).start()
+        threading.Thread(target=self.keepalive, daemon=True).start()
+        click.echo(f"chatting {'in ' + group if group else 'with ' + peer} as {user}; Ctrl-D to quit")
+        for text in sys.stdin:
+            text = text.rstrip("\n")
+            if not text:
+                continue
+            with self.lock:
+                frame = client.send_nowait(peer, text, group=group)
+            self.mine[frame["id"]] = text
+        with self.lock:
+            client.close()
+
+    def show(self, text):
+        with self.lock:
             click.echo(text)
             sys.stdout.flush()  # a pipe is block-buffered; a chat line must show now
 
-    def ours(frame):
-        return frame.get("group") == group and (group is not None or frame["from"] == peer)
+    def tick(self, mid, status, member=None):
+        rank = list(TICKS).index(status)
+        if rank > self.shown.get((mid, member), -1):
+            self.shown[(mid, member)] = rank
+            if member is not None:  # a member's ✓✓ implies the message's ✓
+                self.shown.setdefault((mid, None), 0)
+            self.show(f"  {TICKS[status]} {member + ': ' if member else ''}{self.mine.get(mid, mid)}")
 
-    def receive():
+    def ours(self, frame):
+        return frame.get("group") == self.group and (self.group is not None or frame["from"] == self.peer)
+
+    def receive(self):
+        client = self.client
         try:
             while True:
-                with lock:
+                with self.lock:
                     frame = client.recv(0.2)
-                if frame is None:
-                    continue
-                kind = frame["type"]
-                if kind == "msg" and ours(frame):
-                    read = {"type": "read", "ref": 0, "to": frame["from"], "ids": [frame["id"]]}
-                    with lock:
-                        client.send_frame({**read, "group": group} if group else read)
-                if kind == "sent":
-                    tick(frame["id"], "sent")
-                elif kind == "receipt":
-                    for mid in frame["ids"]:
-                        tick(mid, frame["status"], frame.get("group") and frame["from"])
-                elif kind == "error" and frame.get("ref") != 0:
-                    show(f"! {frame['code']}: {frame['message']}")
-                elif kind != "error":
-                    show(_line(frame))
-                client.state.save(client)
+                if frame is not None:
+                    self.handle(frame)
+                    client.state.save(client)
         except (Closed, OSError) as exc:
-            show(f"! disconnected: {exc}")
+            self.show(f"! disconnected: {exc}")
 
-    def keepalive():
+    def handle(self, frame):
+        kind = frame["type"]
+        if kind == "msg" and self.ours(frame):
+            read = {"type": "read", "ref": 0, "to": frame["from"], "ids": [frame["id"]]}
+            with self.lock:
+                self.client.send_frame({**read, "group": self.group} if self.group else read)
+        if kind == "sent":
+            self.tick(frame["id"], "sent")
+        elif kind == "receipt":
+            for mid in frame["ids"]:
+                self.tick(mid, frame["status"], frame.get("group") and frame["from"])
+        elif kind == "error" and frame.get("ref") != 0:  # ref 0: our own read receipts
+            self.show(f"! {frame['code']}: {frame['message']}")
+        elif kind != "error":
+            self.show(_line(frame))
+
+    def keepalive(self):
+        interval = float(self.client.hello.get("idle_timeout", 90)) / 3
         while True:
             time.sleep(interval)
-            with lock:
-                client.send_frame({"type": "ping"})
-
-    if peer is not None:
-        try:
-            click.echo(_line(client.subscribe(peer)))
-        except ServerError as exc:
-            click.echo(f"! presence of {peer}: {exc.code}")
-    threading.Thread(target=receive, daemon=True).start()
-    threading.Thread(target=keepalive, daemon=True).start()
-    click.echo(f"chatting {'in ' + group if group else 'with ' + peer} as {user}; Ctrl-D to quit")
-    for text in sys.stdin:
-        text = text.rstrip("\n")
-        if not text:
-            continue
-        with lock:
-            frame = client.send_nowait(peer, text, group=group)
-        mine[frame["id"]] = text
-    with lock:
-        client.close()
+            with self.lock:
+                self.client.send_frame({"type": "ping"})
 
 
 @main.command()
