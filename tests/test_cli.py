@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from whatsup import config
+from whatsup import config, protocol
+from whatsup.client import Closed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -107,9 +108,20 @@ def test_whatsupd_says_in_one_line_when_the_data_dir_is_unusable(tmp_path):
 
 
 def test_whatsupd_stops_cleanly_on_sigterm(server):
-    server.register("alice")
+    server.register("alice", "bob")
+    alice = server.client("alice")
+    alice.send("bob", "sent before the stop", id="s1")
     assert server.stop() == 0
     assert "stopped" in server.log()
+    deadline, frames = time.monotonic() + 10, []
+    with pytest.raises(Closed):
+        while time.monotonic() < deadline:
+            frames.append(alice.recv(1))
+    assert [f["code"] for f in frames if f and f["type"] == "error"] == [protocol.Code.SHUTTING_DOWN]
+    alice.close()
+    server.start()
+    with server.client("bob") as bob:
+        assert [f["id"] for f in bob.drain(0.5) if f["type"] == "msg"] == ["s1"]
 
 
 def test_a_bad_config_is_refused_in_one_line(tmp_path):
