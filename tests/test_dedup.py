@@ -22,3 +22,23 @@ def test_a_retransmission_after_compaction_and_a_restart_is_acked_but_not_delive
         assert alice.send("bob", "x" * 200, id="m0")["type"] == "sent"
     with srv.client("bob") as bob:
         assert [f["id"] for f in bob.drain(1.0) if f["type"] == "msg"] == []
+
+
+def test_a_device_acks_but_does_not_show_again_a_message_it_showed_under_another_seq(server):
+    """The device's half of "exactly once on screen" (docs/PROTOCOL.md): a message it has shown
+    is recognised by (group, from, id), whatever its seq, acked, and not handed out again.
+
+    A kill -9 before the fsync is what brings such a copy for real (tests/test_chaos.py); here
+    the device forgets its last seq instead, so the server's resend is known only by its key."""
+    server.register("alice", "bob")
+    with server.client("alice") as alice:
+        alice.send("bob", "once", id="k1")
+    phone = server.client("bob", auto_ack=False)
+    assert [f["id"] for f in phone.drain(0.5) if f["type"] == "msg"] == ["k1"]  # shown, never acked
+    phone.sock.close()
+    again = server.client("bob", last_seq=0, seen=phone.seen)
+    assert [f for f in again.drain(0.5) if f["type"] == "msg"] == []  # recognised by its key...
+    again.ping()  # the ack is in once the pong is back
+    again.close()
+    with server.client("bob") as fresh:  # ... and acked: nothing is left for the next device
+        assert fresh.last_login["queued"] == 0
