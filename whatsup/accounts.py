@@ -19,17 +19,16 @@ for the whole node, so checking a recipient costs no I/O.
 import base64
 import hashlib
 import hmac
-import json
 import os
 
 from gevent.event import AsyncResult
 from gevent.threadpool import ThreadPool
-from sqlitedict import SqliteDict
 
 from .batch import GroupCommitter
 from .datadir import check_shards
 from .runtime.factory import Factory
 from .runtime.industry import Industry
+from .tables import open_table
 
 SCRYPT_R, SCRYPT_P = 8, 1
 
@@ -65,11 +64,7 @@ def shard_path(directory, i):
 
 def open_db(path):
     """The accounts table of one shard file (call on the shard's writer thread)."""
-    db = SqliteDict(path, tablename="accounts", autocommit=False, journal_mode="WAL",
-                    encode=json.dumps, decode=json.loads)
-    db.conn.execute("PRAGMA synchronous=FULL")
-    db.commit()
-    return db
+    return open_table(path, "accounts")
 
 
 class AccountShard:

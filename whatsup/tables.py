@@ -22,6 +22,17 @@ from sqlitedict import SqliteDict
 from .batch import GroupCommitter
 
 
+def open_table(path, name):
+    """Table ``name`` of the sqlite file ``path``: JSON codec (never pickle), manual commits, WAL,
+    ``synchronous=FULL`` (sqlitedict turns fsync off by default; a commit must survive kill -9).
+    It blocks: call it on the owner's native thread, never on the hub."""
+    db = SqliteDict(path, tablename=name, autocommit=False, journal_mode="WAL",
+                    encode=json.dumps, decode=json.loads)
+    db.conn.execute("PRAGMA synchronous=FULL")
+    db.commit()
+    return db
+
+
 class Table(Protocol):
     def load(self) -> dict:
         """Every key and its value (blocks the calling greenlet, never the hub)."""
@@ -47,10 +58,7 @@ class SqliteTable:
         return self
 
     def _open(self):
-        self._db = SqliteDict(self.path, tablename=self.name, autocommit=False, journal_mode="WAL",
-                              encode=json.dumps, decode=json.loads)
-        self._db.conn.execute("PRAGMA synchronous=FULL")
-        self._db.commit()
+        self._db = open_table(self.path, self.name)
 
     def close(self):
         if self._commits is not None:
