@@ -1,4 +1,7 @@
 """The codec and the schemas, without sockets (docs/PROTOCOL.md, "Framing" and "Frames")."""
+import itertools
+import json
+import re
 import struct
 
 import msgpack
@@ -74,7 +77,16 @@ def test_a_claimed_sender_is_not_part_of_any_schema():
 def test_the_worked_example_in_the_protocol_doc_is_true():
     with open("docs/PROTOCOL.md") as f:
         doc = f.read()
-    assert protocol.encode({"type": "hello", "ref": 1, "versions": [1]}).hex(" ")[:11] in doc
+    example = doc[doc.index("## A worked example"):]
+    start = example.index("```\n") + 4
+    example = example[start:example.index("\n```", start)]
+    shown = [t for line in example.splitlines()  # the leading hex bytes of each line
+             for t in itertools.takewhile(lambda t: re.fullmatch(r"[0-9a-f]{2}", t), line.split())]
+    assert " ".join(shown) == protocol.encode({"type": "hello", "ref": 1, "versions": [1]}).hex(" ")
+    client_frames = [json.loads(line[3:]) for line in doc.splitlines() if line.startswith("C: {")]
+    assert len(client_frames) >= 10
+    for frame in client_frames:  # every frame a client sends in the examples passes the schemas
+        assert protocol.parse(frame)[0] == frame["type"]
     for name, code in vars(Code).items():
         if name.isupper():
             assert f"`{code}`" in doc, f"error code {code} is not documented"
