@@ -98,7 +98,8 @@ SETTINGS = (
             "code execution): 'unix:' is <data_dir>/backdoor.sock with mode 0600, 'unix:PATH' another "
             "socket, a loopback host:port (127.0.0.0/8 or ::1; nothing else is accepted), or 'off'"),
     Setting("metrics.listen", str, "", "loopback host:port serving Prometheus metrics at /metrics "
-            "(port 0 picks a free one); empty turns them off; other hosts are refused"),
+            "(127.0.0.0/8 or ::1, as for shell.listen; port 0 picks a free one); empty turns them off; "
+            "other hosts, and host names, are refused"),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 
