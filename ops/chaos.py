@@ -268,7 +268,7 @@ def run_chaos(directory, users, duration, kills, rate, drop_rate, inflight, seed
     return tally, log
 
 
-@click.command()
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--users", default=12, show_default=True, help="simulated devices, one user each")
 @click.option("--duration", default=60.0, show_default=True, help="seconds of chaos before settling")
 @click.option("--kills", default=20, show_default=True, help="SIGKILL + restart of the node during the run")

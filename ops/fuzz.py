@@ -154,7 +154,7 @@ def worker(server, rng, frames, batch, tally):
         tally.add(counts, failures)
 
 
-@click.command()
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--frames", default=100_000, show_default=True, help="mutated frames in all")
 @click.option("--workers", default=4, show_default=True, help="connections fuzzing at once")
 @click.option("--batch", default=100, show_default=True, help="mutated frames per connection")
