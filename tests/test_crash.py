@@ -14,7 +14,7 @@ def stream(server, sender, to, stop, sent_ids, acked_ids):
                 frame = c.send_nowait(to, f"{sender} {i}", id=f"{sender}-{i}")
                 sent_ids.append(frame["id"])
                 i += 1
-                while len(acked_ids) < i - 100:  # keep at most 100 messages in flight
+                while len(acked_ids) < i - 100 and not stop.is_set():  # at most 100 in flight
                     f = c.recv(1)
                     if f is not None and f["type"] == "sent":
                         acked_ids.append(f["id"])
