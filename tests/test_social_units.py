@@ -86,7 +86,7 @@ def test_a_fan_out_waits_for_a_down_offd_shard_once_and_reports_its_members_lost
     offd, router = _Offd(down={"b", "d"}), _Router()
     groups = Groups(router, offd, accounts=None, max_members=10, fanout_chunk=2)
     put, lost = [], []
-    groups._fan_out(["a", "b", "c", "d", "e"], lambda spool, user: put.append(spool),
+    groups._fan_out(["a", "b", "c", "d", "e"], lambda spool, user: put.append(spool) or 1,
                     lambda user, exc: lost.append(user))
     assert put == ["spool-of-a", "spool-of-c", "spool-of-e"] and router.poked == ["a", "c", "e"]
     assert lost == ["b", "d"] and offd.waits == 1

@@ -61,7 +61,7 @@ SETTINGS = (
     Setting("session.dedup_window", int, 4096, "client message ids remembered per sender, so a "
             "retransmission is acked again but not delivered twice", 16),
     Setting("groups.max_members", int, 1024, "members of one group at most (WhatsApp's limit)", 2),
-    Setting("groups.fanout_chunk", int, 64, "group members served between two yields to the hub, so "
+    Setting("groups.fanout_chunk", int, 64, "group message copies (or events) queued between two yields to the hub, so "
             "a large fan-out does not stall the other sessions", 1),
     Setting("ratelimit.msg", float, 500.0, "msg frames per second per connection; 0 means no limit", 0.0),
     Setting("ratelimit.read", float, 500.0, "read receipts per second per connection; 0 means no limit", 0.0),

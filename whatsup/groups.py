@@ -9,12 +9,19 @@ fsynced; each member's ack becomes a ``delivered`` receipt carrying ``group``.
 Group events (created, added, removed, left, admin, renamed) are system items
 (``group_event``) queued for every member through offd the same way.
 
-Every operation on one group runs under that group's lock, so messages and
-events enter every member's queue in one order: a member removed before a
-message does not get it, one added after it does not get it. A fan-out yields
-to the hub every ``fanout_chunk`` members, so a 1024-member group does not
-stall the other sessions; it runs in a greenlet of its own, which the sending
-session waits for, so killing the session cannot cut a fan-out in half.
+Every operation on one group goes through that group's queue of operations,
+run in arrival order by one worker greenlet, so messages and events enter every
+member's queue in one order: a member removed before a message does not get it,
+one added after it does not get it. Messages waiting next to each other in that
+queue (a sender pipelining, or several members writing at once) are fanned out
+together, member by member: each member's session is then woken once for the
+whole batch, sends it in one write, acks it in one ack, and the sender gets one
+✓✓ receipt per member for all of it — the per-copy wake-ups, sends, acks and
+receipts were most of a fan-out's cost (ops.bench fanout). A fan-out yields to
+the hub every ``fanout_chunk`` copies, so a 1024-member group does not stall
+the other sessions; the worker is a greenlet of its own (a session
+waits for its group changes; its messages are queued without waiting), so
+killing a session cannot cut a fan-out in half.
 
 Membership lives in RAM and in a :class:`whatsup.tables.Table` (``load``/``put``;
 today social.sqlite), so it can move into the account shards without this
@@ -30,7 +37,7 @@ import time
 import uuid
 
 import gevent
-from gevent.lock import Semaphore
+from gevent.event import AsyncResult
 
 from .offd import QueueFull, ShardDown
 from .protocol import Code, ProtocolError
@@ -38,16 +45,21 @@ from .protocol import Code, ProtocolError
 log = logging.getLogger("whatsup.groups")
 
 
+#: group messages fanned out together at most: the senders of a batch wait for all of it
+BATCH = 64
+
+
 class Group:
-    __slots__ = ("gid", "name", "members", "lock")
+    __slots__ = ("gid", "name", "members", "ops", "worker")
 
     def __init__(self, gid, name, members):
         self.gid, self.name = gid, name
         self.members = members  # user -> is admin, in the order they joined
-        self.lock = Semaphore()
+        self.ops = collections.deque()  # (op, AsyncResult) in arrival order; op is callable or a _Message
+        self.worker = None              # the greenlet running them, while there are any
 
     def __repr__(self):
-        return f"<Group {self.gid} {self.name!r} members={len(self.members)} busy={self.lock.locked()}>"
+        return f"<Group {self.gid} {self.name!r} members={len(self.members)} queued_ops={len(self.ops)}>"
 
     def admins(self):
         return [u for u, admin in self.members.items() if admin]
@@ -79,6 +91,15 @@ class AllDurable:
             self.done(self.err)
 
     release = __call__
+
+
+class _Message:
+    """A group message waiting in its group's queue of operations."""
+    __slots__ = ("sender", "pid", "ref", "cid", "body", "frame", "done")
+
+    def __init__(self, sender, pid, f):
+        self.sender, self.pid, self.ref, self.cid, self.body = sender, pid, f["ref"], f["id"], f["body"]
+        self.frame = self.done = None
 
 
 class Groups:
@@ -185,34 +206,62 @@ class Groups:
                 "groups": [{"group": g.gid, "name": g.name, "size": len(g.members)} for g in groups]}
 
     def message(self, sender, pid, f):
-        """A ``msg`` with ``group``: fan it out; the ✓ comes once every copy is durable."""
-        ref, cid = f["ref"], f["id"]
+        """A ``msg`` with ``group``: queue it for the group's worker and return at once, so the
+        session reads the sender's next messages and a pipelining sender's messages are fanned
+        out together. The ✓ comes once every copy is durable; a refusal (not a member, the
+        group dissolved meanwhile) comes the same way, as a reply to the session (its
+        session.max_inflight bounds what one sender can queue)."""
+        self._queue(self._group(f["group"], f["ref"]), _Message(sender, pid, f), f["ref"], None)
 
-        def op(group):
-            if self.router.retransmit(sender, pid, ref, cid):
-                return
-            self._member(group, sender, ref)
-            pending = self.router.track(sender, cid, group.gid, waiter=(pid, ref),
+    def _messages(self, group, batch):
+        """Fan out a batch of ``_Message`` (in arrival order) member by member; returns each one's
+        refusal (a ProtocolError) or None."""
+        answers, ready = [], []
+        for m in batch:
+            try:
+                self._alive(group, m.ref)
+                if not self.router.retransmit(m.sender, m.pid, m.ref, m.cid):
+                    self._member(group, m.sender, m.ref)
+                    ready.append(m)
+                answers.append(None)
+            except ProtocolError as exc:
+                answers.append(exc)
+        for m in ready:
+            pending = self.router.track(m.sender, m.cid, group.gid, waiter=(m.pid, m.ref),
                                         ts=int(time.time() * 1000))
-            done = AllDurable(lambda err: self.router.durable(sender, cid, pending, err))
-            frame = {"type": "msg", "from": sender, "group": group.gid, "id": cid, "body": f["body"]}
+            m.done = AllDurable(lambda err, m=m, pending=pending: self.router.durable(m.sender, m.cid,
+                                                                                        pending, err))
+            m.frame = {"type": "msg", "from": m.sender, "group": group.gid, "id": m.cid, "body": m.body}
 
-            def put(spool, user):
-                waiter = done.expect()
+        def put(spool, user):
+            n = 0
+            for m in ready:
+                if m.sender == user:
+                    continue
+                waiter = m.done.expect()
                 try:
-                    spool.put(user, "gmsg", dict(frame), sender=sender, cid=cid, on_durable=waiter)
+                    spool.put(user, "gmsg", dict(m.frame), sender=m.sender, cid=m.cid, on_durable=waiter)
+                    n += 1
                 except QueueFull:
                     waiter()  # that member's copy is skipped (logged); the others still get theirs
                     self.counters["skipped_queue_full"] += 1
                     log.warning("queue of %s is full: group %s message %s skipped for them",
-                                user, group.gid, cid)
+                                user, group.gid, m.cid)
+            return n
 
-            def lost(user, exc):  # the sender hears store_failed and retransmits
-                done.expect()(exc)
-            self._fan_out([m for m in group.members if m != sender], put, lost)
-            self.counters["messages"] += 1
-            done.release()
-        return self._serial(f["group"], ref, op)
+        def lost(user, exc):  # the sender hears store_failed and retransmits
+            for m in ready:
+                if m.sender != user:
+                    m.done.expect()(exc)
+        if ready:
+            senders = {m.sender for m in ready}
+            alone = next(iter(senders)) if len(senders) == 1 else None  # nothing to put for them
+            self._fan_out([u for u in group.members if u != alone], put, lost)
+            self.counters["messages"] += len(ready)
+            self.counters["batches"] += 1
+        for m in ready:
+            m.done.release()
+        return answers
 
     def members_of(self, user, gid, ref):
         """The members of ``gid``, which ``user`` must belong to (for typing)."""
@@ -223,26 +272,73 @@ class Groups:
     # --- internals ---------------------------------------------------------------------
 
     def _serial(self, gid, ref, op):
-        """Run ``op(group)`` under the group's lock in a greenlet of its own and wait for it.
+        """Queue ``op`` (``op(group)``, or a _Message) on the group and wait until it has run.
 
-        A ProtocolError from ``op`` is handed back and re-raised here, in the
-        session, so it is answered and counted like any refused frame.
+        The group's worker greenlet runs the queue in order (see :meth:`_work`). A
+        ProtocolError from ``op`` is handed back and re-raised here, in the session,
+        so it is answered and counted like any refused frame.
         """
-        def run():
-            try:
-                group = self._group(gid, ref)
-                with group.lock:
-                    if self.groups.get(gid) is not group:  # dissolved while we waited
-                        raise ProtocolError(Code.UNKNOWN_GROUP, f"no such group {gid!r}", ref)
-                    op(group)
-            except ProtocolError as exc:
-                return exc
-            except Exception:
-                log.exception("group %s: operation failed", gid)
-                return ProtocolError(Code.INTERNAL, "the group operation failed", ref)
-        refused = gevent.spawn(run).get()
+        result = AsyncResult()
+        self._queue(self._group(gid, ref), op, ref, result)
+        refused = result.get()
         if refused is not None:
             raise refused
+
+    def _queue(self, group, op, ref, result):
+        """Append ``op`` to the group's queue; its refusal or None goes to ``result`` (an
+        AsyncResult), or, for a queued message (``result`` None), to its session as an error."""
+        group.ops.append((op, ref, result))
+        if group.worker is None:
+            group.worker = gevent.spawn(self._work, group)
+
+    def _answer_op(self, op, result, answer):
+        if result is not None:
+            result.set(answer)
+        elif answer is not None:
+            self.counters["refused:" + answer.code] += 1
+            self.router.reply(op.pid, answer.frame())
+
+    def _work(self, group):
+        """Run the group's queued operations in order; consecutive messages (up to BATCH) as one fan-out."""
+        ops = group.ops
+        try:
+            while ops:
+                if isinstance(ops[0][0], _Message):
+                    batch = []
+                    while ops and isinstance(ops[0][0], _Message) and len(batch) < BATCH:
+                        batch.append(ops.popleft())
+                    answers = self._guarded(group, batch[0][1], self._messages, [m for m, _, _ in batch])
+                    if not isinstance(answers, list):  # the whole batch failed
+                        answers = [answers] * len(batch)
+                    for (m, _, result), answer in zip(batch, answers):
+                        self._answer_op(m, result, answer)
+                else:
+                    op, ref, result = ops.popleft()
+                    self._answer_op(op, result, self._guarded(group, ref, self._one, op, ref))
+        finally:
+            group.worker = None
+            for op, ref, result in ops:  # only if the worker was killed: nobody waits forever
+                self._answer_op(op, result, ProtocolError(Code.INTERNAL, "the group operation failed", ref))
+            ops.clear()
+
+    def _one(self, group, op, ref):
+        self._alive(group, ref)
+        op(group)
+
+    @staticmethod
+    def _guarded(group, ref, run, *args):
+        """``run(group, *args)``'s value; a ProtocolError it raises, or INTERNAL for any other failure."""
+        try:
+            return run(group, *args)
+        except ProtocolError as exc:
+            return exc
+        except Exception:
+            log.exception("group %s: operation failed", group.gid)
+            return ProtocolError(Code.INTERNAL, "the group operation failed", ref)
+
+    def _alive(self, group, ref):
+        if self.groups.get(group.gid) is not group:  # dissolved while it waited
+            raise ProtocolError(Code.UNKNOWN_GROUP, f"no such group {group.gid!r}", ref)
 
     def _change(self, group, pid, ref, recipients, event, by, **fields):
         """Store the changed group and tell ``recipients``; ``ok`` once all of it is durable."""
@@ -267,6 +363,7 @@ class Groups:
 
         def put(spool, user):
             spool.put(user, "event", dict(frame), on_durable=done.expect(), force=True)
+            return 1
 
         def lost(user, exc):  # the change stands; this member misses its event
             log.error("group %s: %s event lost for %s: %s", group.gid, event, user, exc)
@@ -274,14 +371,15 @@ class Groups:
         self._fan_out(recipients, put, lost)
 
     def _fan_out(self, users, put, lost):
-        """``put(spool, user)`` for each user, poking them, yielding to the hub every ``chunk`` users.
+        """``put(spool, user)`` (returns how many copies it queued) for each user, poking them,
+        yielding to the hub every ``chunk`` copies.
 
         A user whose offd shard is down gets ``lost(user, exc)`` instead. Only the first
         such shard is waited for (runtime.restart_wait): a crash-looping shard must cost a
         fan-out one wait, not one per member.
         """
-        waited = False
-        for i, user in enumerate(users, 1):
+        waited, served = False, 0
+        for user in users:
             try:
                 spool = self.offd.current(user) if waited else self.offd.spool(user)
                 if spool is None:
@@ -290,11 +388,13 @@ class Groups:
                 waited = True
                 lost(user, exc)
             else:
-                put(spool, user)
+                n = put(spool, user)
+                self.counters["copies"] += n
+                served += n
                 self.router.poke(user)
-            if i % self.chunk == 0:
+            if served >= self.chunk:
+                served = 0
                 gevent.sleep(0)  # other sessions run; the hub polls I/O at least every switch interval
-        self.counters["copies"] += len(users)
 
     def _index(self, group):
         self.groups[group.gid] = group
