@@ -90,3 +90,10 @@ def test_the_worked_example_in_the_protocol_doc_is_true():
     for name, code in vars(Code).items():
         if name.isupper():
             assert f"`{code}`" in doc, f"error code {code} is not documented"
+
+
+def test_a_template_stamps_the_same_frame_as_packing_it_whole():
+    frame = {"type": "msg", "from": "alice", "group": "g1", "id": "c1", "body": "hé" * 40}
+    for seq, ts in ((1, 1795432419655), (2**40, 0)):
+        stamped = protocol.Template(frame).stamp(seq, ts)
+        assert protocol.unpack(stamped) == {**frame, "seq": seq, "ts": ts}

@@ -40,7 +40,7 @@ import gevent
 from gevent.event import AsyncResult
 
 from .offd import QueueFull, ShardDown
-from .protocol import Code, ProtocolError
+from .protocol import Code, ProtocolError, Template
 
 log = logging.getLogger("whatsup.groups")
 
@@ -231,7 +231,7 @@ class Groups:
                                         ts=int(time.time() * 1000))
             m.done = AllDurable(lambda err, m=m, pending=pending: self.router.durable(m.sender, m.cid,
                                                                                         pending, err))
-            m.frame = {"type": "msg", "from": m.sender, "group": group.gid, "id": m.cid, "body": m.body}
+            m.frame = Template({"type": "msg", "from": m.sender, "group": group.gid, "id": m.cid, "body": m.body})
 
         def put(spool, user):
             n = 0
@@ -240,7 +240,7 @@ class Groups:
                     continue
                 waiter = m.done.expect()
                 try:
-                    spool.put(user, "gmsg", dict(m.frame), sender=m.sender, cid=m.cid, on_durable=waiter)
+                    spool.put(user, "gmsg", m.frame, sender=m.sender, cid=m.cid, on_durable=waiter)
                     n += 1
                 except QueueFull:
                     waiter()  # that member's copy is skipped (logged); the others still get theirs

@@ -102,6 +102,23 @@ def encode(frame):
     return HEADER.pack(len(body)) + body
 
 
+class Template:
+    """A frame packed once for many copies that differ only by their ``seq`` and ``ts`` (the
+    copies of a group message): ``stamp`` appends those two to the shared bytes instead of
+    packing the whole map again per copy (packing was ~13% of a fan-out, ops.bench fanout).
+    The two integers take msgpack's fixed 8-byte form, which every decoder reads."""
+    __slots__ = ("head",)
+
+    def __init__(self, frame):
+        size = len(frame) + 2
+        if size > 15 or "seq" in frame or "ts" in frame:
+            raise ValueError("a template is a fixmap of at most 13 fields without seq and ts")
+        self.head = bytes([0x80 | size]) + pack(frame)[1:]
+
+    def stamp(self, seq, ts):
+        return b"".join((self.head, b"\xa3seq\xcf", seq.to_bytes(8, "big"), b"\xa2ts\xcf", ts.to_bytes(8, "big")))
+
+
 def frame_bytes(body):
     """Wire bytes for an already packed body (offd stores packed bodies)."""
     return HEADER.pack(len(body)) + body

@@ -167,7 +167,7 @@ class Spool:
         return sum(len(q) for q in self.queues.values())
 
     def put(self, user, kind, frame, sender=None, cid=None, on_durable=None, force=False):
-        """Queue ``frame`` (a dict; seq and ts are stamped into it) for ``user``.
+        """Queue ``frame`` (a dict, seq and ts are stamped into it; or a protocol.Template) for ``user``.
 
         Returns the Item. Raises QueueFull unless ``force`` (receipts are forced:
         refusing one would lose it, and they are bounded by the messages sent).
@@ -177,8 +177,11 @@ class Spool:
             raise QueueFull(user)
         self.counter += 1
         seq, ts = self.counter, int(time.time() * 1000)
-        frame["seq"], frame["ts"] = seq, ts
-        body = pack(frame)
+        if type(frame) is dict:
+            frame["seq"], frame["ts"] = seq, ts
+            body = pack(frame)
+        else:
+            body = frame.stamp(seq, ts)
         seg = self._active
         item = Item(seq, ts, kind, sender, cid, body, seg.sid)
         q.items.append(item)
