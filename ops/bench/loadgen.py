@@ -7,7 +7,7 @@ JSON line on stdout (JSON, not pickle: nothing executable crosses the pipe).
 Commands (``op``)::
 
     connect  target, address, users [[user, peer], ...], register   -> timings
-    traffic  rate (msgs/s, 0 = closed loop), seconds, window          -> counts, latencies
+    traffic  rate (msgs/s, 0 = closed loop), seconds, window          -> counts, latencies, gaps
     spool    to [users], count, window                                -> ✓ counts and time
     drain    user, expect                                             -> seconds to receive it all
     request  user, frame                                              -> the answer (e.g. group_create)
@@ -31,6 +31,8 @@ from . import wire
 BODY = "x" * 100
 PASSWORD = "bench-password-"
 SAMPLES = 5000  # latency samples returned per kind; max and count are exact
+GAP = 0.005     # pauses between two deliveries (to any receiver) longer than this are reported
+GAPS = 100      # the longest ones, at most
 
 
 class Conn:
@@ -65,6 +67,8 @@ class Stats:
         self.sent = self.delivered = 0
         self.lat = {"e2e": [], "sent": [], "delivered": []}
         self.errors = {}
+        self.last = None  # when the last msg arrived (any receiver)
+        self.gaps = []    # (start, seconds) of the pauses between deliveries longer than GAP
 
     def result(self):
         return {"sent": self.sent, "delivered": self.delivered, "errors": self.errors,
@@ -130,6 +134,9 @@ class LoadGen:
         if ftype == "msg":
             st.delivered += 1
             st.lat["e2e"].append(now - sent_at(f["id"]))
+            if st.last is not None and now - st.last > GAP:
+                st.gaps.append((st.last, now - st.last))
+            st.last = now
             sender = self.by_user.get(f.get("from") or c.peer)
             if sender is not None:
                 sender.inflight -= 1
@@ -221,6 +228,7 @@ class LoadGen:
                         c.inflight = window
         self.pump(end, tick=tick)
         delivered_in_time, backlog = st.delivered, sum(c.inflight for c in senders)
+        gaps = sorted(st.gaps, key=lambda g: -g[1])[:GAPS]  # the drain after the step is not paced
         cpu = time.process_time() - cpu
         self.pump(time.monotonic() + 10, lambda: all(c.inflight <= 0 for c in senders) and
                   (self.target != "whatsup" or (len(st.lat["delivered"]) >= st.sent and
@@ -228,7 +236,7 @@ class LoadGen:
         for c in senders:
             c.inflight = c.unsent = 0
         return {**st.result(), "seconds": seconds, "delivered_in_time": delivered_in_time,
-                "backlog": backlog, "cpu_seconds": cpu}
+                "backlog": backlog, "cpu_seconds": cpu, "started": t0, "gaps": gaps}
 
     def spool(self, to, count, window):
         """Connected senders send ``count`` messages to offline users ``to``; ✓ paces them."""
@@ -272,7 +280,9 @@ class LoadGen:
                 st.sent += 1
         t0 = time.monotonic()
         complete = self.pump(t0 + 300, lambda: st.delivered >= copies, tick)
-        return {**st.result(), "seconds": time.monotonic() - t0, "copies": copies, "complete": complete}
+        seconds = time.monotonic() - t0
+        self.pump(time.monotonic() + 60, lambda: c.unsent <= 0)  # the last ✓s, outside the timing
+        return {**st.result(), "seconds": seconds, "copies": copies, "complete": complete}
 
     def drain(self, address, user, expect):
         """Log ``user`` in and time how long the ``expect`` queued messages take to arrive."""

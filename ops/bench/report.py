@@ -59,8 +59,14 @@ def _notes(row):
     if row["scenario"] == "idle":
         ratio = f" ({x['rss_ratio_b']:g}x b)" if "rss_ratio_b" in x else ""
         return f"{x['rss_kib_per_conn']:g} KiB/conn{ratio}, {x['logins_per_s']:,} logins/s"
+    if row["scenario"] == "reload":
+        stall = (f"{x['stall_ms']:g} ms" if x["stall_ms"] is not None else f"none over {x['gap_threshold_ms']:g} ms")
+        return (f"{x['disconnects']} disconnects, longest stall around the reload {stall} "
+                f"(longest in the step {x['step_max_gap_ms']:g} ms), reload took {x['reload_seconds']:g} s, "
+                f"{row['offered']:,} msgs/s offered")
     copies = f"{x['copies']:,} copies (msgs/s counts copies) in " if "copies" in x else ""
-    return f"{copies}{x['seconds']:g} s" + ("" if x.get("complete", True) else " INCOMPLETE")
+    lone = f"; ✓ of a lone message {_lat(x['lone_sent'])} ms" if x.get("lone_sent") else ""
+    return f"{copies}{x['seconds']:g} s{lone}" + ("" if x.get("complete", True) else " INCOMPLETE")
 
 
 COLUMNS = ("scenario", "target", "step", "msgs/s", "x (b)", "e2e ms p50/p99/max", "✓ ms p50/p99/max",
@@ -109,6 +115,8 @@ def insane(rows, scenarios):
             problems.append(f"{where}: missing e2e, ✓ or ✓✓ latencies")
         if r.get("extra", {}).get("complete") is False:
             problems.append(f"{where}: incomplete")
+        if r["scenario"] == "reload" and not (r["e2e"] and r["extra"]["sessions"] > 0):
+            problems.append(f"{where}: no deliveries or no sessions around the reload")
         if r["scenario"] == "idle" and not 0 < r["extra"]["rss_kib_per_conn"] < 1024:
             problems.append(f"{where}: implausible RSS per connection {r['extra']['rss_kib_per_conn']}")
     return problems

@@ -2,20 +2,21 @@
 
 A scenario is a class with ``name``, ``plan(p) -> [step label]`` and
 ``run(ctx) -> iterator of rows``; SCENARIOS lists them in running order.
-``reload`` (a hot reload through the operator shell under ``direct`` load,
-with 5,000+ sessions: disconnects and the longest delivery stall) is not
-written yet; it plugs in here the same way.
 
 A row is a dict: scenario, target, step, ``rate`` (the throughput figure,
 msgs/s), optional ``offered``, latency summaries ``e2e`` / ``sent`` /
 ``delivered`` ({p50, p99, max} in ms) and ``extra`` figures.
 """
+import ast
 import contextlib
+import threading
 import time
 
+from .loadgen import GAP
 from .targets import Baseline, Workers, cores_busy_seconds, cpu_seconds, rss_kib
 
 FORWARDER, ROUTER = "forwarder", "actor_router"
+GAP_MS = GAP * 1000  # the shortest pause between deliveries the load generator reports
 
 
 def percentiles(parts):
@@ -40,6 +41,7 @@ def merge_traffic(answers):
         for code, n in a["errors"].items():
             out["errors"][code] = out["errors"].get(code, 0) + n
     out["lat"] = {kind: percentiles([a["lat"][kind] for a in answers]) for kind in ("e2e", "sent", "delivered")}
+    out["gaps"] = [g for a in answers for g in a["gaps"]]  # each load generator's receivers' pauses
     return out
 
 
@@ -186,8 +188,10 @@ class Idle:
 
 
 class Fanout:
-    """One member sends to a group whose other members are all online: copies delivered/s, the
-    latency of every copy (send -> member), ✓ per message and ✓✓ per copy."""
+    """One member sends to a group whose other members are all online: first ``fanout_lone``
+    messages one at a time (the ✓ latency of a lone message: one fan-out and its fsyncs), then
+    ``fanout_msgs`` pipelined: copies delivered/s, the latency of every copy (send -> member),
+    ✓ per message and ✓✓ per copy."""
     name = "fanout"
 
     @staticmethod
@@ -205,26 +209,99 @@ class Fanout:
                                   "users": [(u, None) for u in members[at:at + p["conns_per_call"]]]})
                 (a,) = workers.call({"op": "request", "user": members[0],
                                      "frame": {"type": "group_create", "name": "bench", "members": members[1:]}})
-                (a,) = workers.call({"op": "fanout", "sender": members[0], "group": a["answer"]["group"],
+                gid = a["answer"]["group"]
+                (lone,) = workers.call({"op": "fanout", "sender": members[0], "group": gid,
+                                        "count": p["fanout_lone"], "window": 1})
+                (a,) = workers.call({"op": "fanout", "sender": members[0], "group": gid,
                                      "count": p["fanout_msgs"], "window": p["fanout_window"]})
                 yield {"scenario": "fanout", "target": "whatsup", "step": f"{size:,} members",
                        "rate": round(a["delivered"] / a["seconds"]), "e2e": percentiles([a["lat"]["e2e"]]),
                        "sent": percentiles([a["lat"]["sent"]]), "delivered": percentiles([a["lat"]["delivered"]]),
-                       "errors": a["errors"], "extra": {"seconds": round(a["seconds"], 3), "complete": a["complete"],
-                                                        "messages": p["fanout_msgs"], "copies": a["copies"]}}
+                       "errors": {**lone["errors"], **a["errors"]},
+                       "extra": {"seconds": round(a["seconds"], 3), "complete": a["complete"] and lone["complete"],
+                                 "messages": p["fanout_msgs"], "copies": a["copies"],
+                                 "lone_sent": percentiles([lone["lat"]["sent"]])}}
 
 
-SCENARIOS = {s.name: s for s in (Direct, Fanout, Offline, Idle)}
+class Reload:
+    """A hot reload of ``whatsup.session`` through the operator shell (the node's backdoor socket)
+    while ``pairs`` pairs exchange 1:1 messages and idle sessions fill the node up to
+    ``reload_sessions``: the sessions that disconnected during the step, and the longest pause
+    between two deliveries (any receiver) that overlaps the reload."""
+    name = "reload"
+    AFTER = 0.25  # seconds after the reload returned that still count as "around it"
+
+    @staticmethod
+    def plan(p):
+        return [f"whatsup {p['reload_sessions']:,} sessions"]
+
+    @staticmethod
+    def run(ctx):
+        p = ctx.params
+        idle = max(0, p["reload_sessions"] - 2 * p["pairs"] * p["load_procs"])
+        procs = max(1, -(-idle // p["conns_per_proc"]))
+        with ctx.whatsup() as srv, Workers(p["load_procs"], ctx.placement.load) as load, \
+                Workers(procs, ctx.placement.load) as idlers:
+            Direct._connect(load, srv, p)
+            users = split([(f"r{i}", None) for i in range(idle)], procs)
+            for at in range(0, max(map(len, users)), p["conns_per_call"]):
+                idlers.call([{"op": "connect", "target": "whatsup", "address": srv.address,
+                              "users": mine[at:at + p["conns_per_call"]]} for mine in users])
+            with srv.server.shell() as sh:
+                sessions, gone = Reload._ask(sh, "(len(sm), node.counters['disconnections'])")
+                traffic = {}
+                driver = threading.Thread(target=Reload._drive, args=(load, p, traffic))
+                driver.start()
+                time.sleep(p["reload_seconds"] / 3)
+                started = time.monotonic()
+                report, ok = sh.run("reload('whatsup.session')")
+                took = time.monotonic() - started
+                driver.join()
+                if "error" in traffic:
+                    raise traffic["error"]
+                if not ok:
+                    raise RuntimeError(f"reload failed:\n{report}")
+                t = traffic["t"]
+                gone = Reload._ask(sh, "node.counters['disconnections']") - gone
+            around = [length for start, length in t["gaps"]
+                      if start <= started + took + Reload.AFTER and start + length >= started]
+            extra = {"sessions": sessions, "disconnects": gone, "reload_seconds": round(took, 3),
+                     "stall_ms": round(max(around) * 1000, 1) if around else None,
+                     "gap_threshold_ms": GAP_MS,
+                     "step_max_gap_ms": round(max((g for _, g in t["gaps"]), default=0) * 1000, 1),
+                     "messages": t["delivered"], "backlog_at_end": t["backlog"],
+                     "report": report.strip()}
+            yield {"scenario": "reload", "target": "whatsup", "step": f"{sessions:,} sessions",
+                   "rate": round(t["delivered_in_time"] / t["seconds"]), "offered": p["reload_rate"],
+                   **t["lat"], "errors": t["errors"], "extra": extra}
+
+    @staticmethod
+    def _drive(load, p, into):
+        try:
+            into["t"] = merge_traffic(load.call({"op": "traffic", "rate": p["reload_rate"] / load.n,
+                                                 "seconds": p["reload_seconds"], "window": p["open_window"]}))
+        except Exception as exc:  # re-raised by the scenario, after the reload
+            into["error"] = exc
+
+    @staticmethod
+    def _ask(sh, expression):
+        text, ok = sh.run(expression)
+        if not ok:
+            raise RuntimeError(f"shell: {expression} failed:\n{text}")
+        return ast.literal_eval(text.strip())
+
+
+SCENARIOS = {s.name: s for s in (Direct, Fanout, Offline, Idle, Reload)}
 
 PARAMS = {
     "full": {"pairs": 50, "load_procs": 1, "max_tries": 3, "seconds": 3.0, "window": 20, "open_window": 200,
              "ladder": [0.25, 0.5, 0.75, 0.9, 1.0, 1.1], "offline_users": 100, "senders": 20,
              "spool": 100_000, "spool_window": 200, "drain": 10_000, "idle": 10_000, "conns_per_proc": 5000,
-             "groups": [256, 1024], "fanout_msgs": 200, "fanout_window": 50,
-             "conns_per_call": 1000},
+             "groups": [256, 1024], "fanout_msgs": 200, "fanout_window": 50, "fanout_lone": 10,
+             "conns_per_call": 1000, "reload_sessions": 5000, "reload_rate": 5000, "reload_seconds": 4.0},
     "quick": {"pairs": 10, "load_procs": 1, "max_tries": 1, "seconds": 1.0, "window": 20, "open_window": 200,
               "ladder": [0.5], "offline_users": 10, "senders": 5, "spool": 5000, "spool_window": 100,
               "drain": 2000, "idle": 400, "conns_per_proc": 200,
-              "groups": [64], "fanout_msgs": 20, "fanout_window": 10,
-              "conns_per_call": 200},
+              "groups": [64], "fanout_msgs": 20, "fanout_window": 10, "fanout_lone": 3,
+              "conns_per_call": 200, "reload_sessions": 300, "reload_rate": 1000, "reload_seconds": 1.5},
 }
