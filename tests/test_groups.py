@@ -126,6 +126,21 @@ def test_membership_survives_kill_9_and_a_retransmitted_id_is_fanned_out_once(se
         assert [f for f in c.drain(0.3) if f["type"] == "msg"] == []
 
 
+def test_pipelined_messages_fanned_out_together_keep_order_and_a_repeated_id_goes_once(server):
+    """A pipelining sender's messages wait together in the group's queue and go out as one batch:
+    a repeated id inside that batch is still a retransmission (✓ twice, one copy)."""
+    server.register("piper", "pia", "pim")
+    piper = server.client("piper")
+    gid = piper.group_create("pipes", ["pia", "pim"])
+    ids = [piper.send_nowait(None, f"p{i}", id=f"p{i}", group=gid)["id"] for i in range(30)]
+    piper.send_nowait(None, "p3 again", id="p3", group=gid)
+    assert sorted(_ids(take(piper, 31, ("sent",)), "sent")) == sorted(ids + ["p3"])
+    for user in ("pia", "pim"):
+        c = server.client(user)
+        assert _ids(take(c, 31, ("msg", "group_event"))) == ids
+        assert [f for f in c.drain(0.3) if f["type"] == "msg"] == []
+
+
 def test_fanout_to_1024_members_does_not_stall_a_1to1_message_sent_meanwhile(make_server):
     """While group messages fan out to 1024 members, another session sends 1:1 messages one
     round trip at a time. One spool shard, so seqs are one global order: a 1:1 message whose

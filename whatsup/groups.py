@@ -222,16 +222,11 @@ class Groups:
                 self._alive(group, m.ref)
                 if not self.router.retransmit(m.sender, m.pid, m.ref, m.cid):
                     self._member(group, m.sender, m.ref)
+                    self._prepare(group, m)  # tracked now: a repeat of its id later in the batch is a retransmission
                     ready.append(m)
                 answers.append(None)
             except ProtocolError as exc:
                 answers.append(exc)
-        for m in ready:
-            pending = self.router.track(m.sender, m.cid, group.gid, waiter=(m.pid, m.ref),
-                                        ts=int(time.time() * 1000))
-            m.done = AllDurable(lambda err, m=m, pending=pending: self.router.durable(m.sender, m.cid,
-                                                                                        pending, err))
-            m.frame = Template({"type": "msg", "from": m.sender, "group": group.gid, "id": m.cid, "body": m.body})
 
         def put(spool, user):
             n = 0
@@ -262,6 +257,11 @@ class Groups:
         for m in ready:
             m.done.release()
         return answers
+
+    def _prepare(self, group, m):
+        pending = self.router.track(m.sender, m.cid, group.gid, waiter=(m.pid, m.ref), ts=int(time.time() * 1000))
+        m.done = AllDurable(lambda err: self.router.durable(m.sender, m.cid, pending, err))
+        m.frame = Template({"type": "msg", "from": m.sender, "group": group.gid, "id": m.cid, "body": m.body})
 
     def members_of(self, user, gid, ref):
         """The members of ``gid``, which ``user`` must belong to (for typing)."""
