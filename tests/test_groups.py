@@ -141,6 +141,9 @@ def test_pipelined_messages_fanned_out_together_keep_order_and_a_repeated_id_goe
         assert [f for f in c.drain(0.3) if f["type"] == "msg"] == []
 
 
+GROUP_MSGS = 20
+
+
 def test_fanout_to_1024_members_does_not_stall_a_1to1_message_sent_meanwhile(make_server):
     """While group messages fan out to 1024 members, another session sends 1:1 messages one
     round trip at a time. One spool shard, so seqs are one global order: a 1:1 message whose
@@ -157,14 +160,15 @@ def test_fanout_to_1024_members_does_not_stall_a_1to1_message_sent_meanwhile(mak
     take(tail, 1, ("group_event",))
     meanwhile = []
     for round_ in range(3):
-        group_ids = [boss.send_nowait(None, f"to all {round_}.{i}", group=gid)["id"] for i in range(3)]
+        # enough messages that their fan-out (batched: one pass for all of them) outlasts a few round trips
+        group_ids = [boss.send_nowait(None, f"to all {round_}.{i}", group=gid)["id"] for i in range(GROUP_MSGS)]
         direct_ids = []
         for i in range(30):
             direct_ids.append(outsider.send_nowait(last, f"direct {round_}.{i}")["id"])
             outsider.ping()
-        assert sorted(f["id"] for f in take(boss, 3, ("sent",))) == sorted(group_ids)
-        starts = {f["id"]: f["seq"] for f in take(head, 3, ("msg",))}
-        at_tail = take(tail, 33, ("msg",))
+        assert sorted(f["id"] for f in take(boss, GROUP_MSGS, ("sent",))) == sorted(group_ids)
+        starts = {f["id"]: f["seq"] for f in take(head, GROUP_MSGS, ("msg",))}
+        at_tail = take(tail, GROUP_MSGS + 30, ("msg",))
         assert [f["id"] for f in at_tail if f["from"] == "outsider"] == direct_ids  # all delivered
         ends = {f["id"]: f["seq"] for f in at_tail if f["from"] == owner}
         assert set(starts) == set(ends) == set(group_ids)
