@@ -420,16 +420,17 @@ class Session:
         if not verified:
             log.info("failed login for %r from %s", user, st.addr)
             raise ProtocolError(Code.AUTH_FAILED, "wrong user name or password", ref)
-        q = node.offd.spool(user).queue(user)
+        q = node.offd.spool(user).queues.get(user)  # None: nothing queued (no empty queue is made)
         st.user = proc.entity = user
         old = node.sm.register(user, proc.pid)
         if old is not None:
             node.router.tell(old, ("replaced",))
         else:
             node.presence.online(user)
-        q.sent = 0
+        if q is not None:
+            q.sent = 0
         node.counters["logins"] += 1
-        Session._send(st, {"type": "ok", "ref": ref, "user": user, "queued": len(q)})
+        Session._send(st, {"type": "ok", "ref": ref, "user": user, "queued": len(q) if q else 0})
         Session._push(proc, st)
 
     @staticmethod
