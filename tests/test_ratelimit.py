@@ -1,5 +1,5 @@
 """The token buckets as pure objects with a fake clock: no sockets, no sleeping."""
-from whatsup.ratelimit import KeyedLimiter, TokenBucket, frame_buckets
+from whatsup.ratelimit import KeyedLimiter, FrameBuckets, TokenBucket
 
 
 class FakeClock:
@@ -46,8 +46,10 @@ def test_a_clock_going_backwards_gives_no_tokens():
 def test_rate_zero_means_unlimited_and_gets_no_bucket():
     clock = FakeClock()
     assert all(TokenBucket(0, 0, clock).take() for _ in range(10_000))
-    buckets = frame_buckets({"msg": 10.0, "typing": 0.0}, burst_seconds=3.0, clock=clock)
-    assert set(buckets) == {"msg"} and buckets["msg"].capacity == 30
+    buckets = FrameBuckets({"msg": 10.0, "typing": 0.0}, burst_seconds=3.0, clock=clock)
+    assert buckets.buckets is None  # nothing made before the first frame
+    assert buckets.get("msg").capacity == 30 and buckets.get("msg") is buckets.get("msg")
+    assert buckets.get("typing") is None and buckets.get("ping") is None
 
 
 def test_keyed_limiter_counts_failures_per_key_and_forgets_refilled_keys():

@@ -65,10 +65,27 @@ class TokenBucket:
         return self.available() >= self.capacity
 
 
-def frame_buckets(limits, burst_seconds, clock=time.monotonic):
-    """One bucket per rated frame type, from ``{type: frames per second}`` (0 = unlimited)."""
-    return {ftype: TokenBucket(rate, rate * burst_seconds, clock)
-            for ftype, rate in limits.items() if rate > 0}
+class FrameBuckets:
+    """A session's buckets, one per rated frame type, from ``{type: frames per second}``
+    (0 = unlimited: no bucket). Each is made on its type's first frame: most sessions never
+    send most types, and an idle one sends none; ``limits`` is shared by all sessions."""
+    __slots__ = ("limits", "burst_seconds", "clock", "buckets")
+
+    def __init__(self, limits, burst_seconds, clock=time.monotonic):
+        self.limits, self.burst_seconds, self.clock = limits, burst_seconds, clock
+        self.buckets = None
+
+    def get(self, ftype):
+        """The bucket of ``ftype``, or None when that type is not rated."""
+        if self.buckets is None:
+            self.buckets = {}
+        try:
+            return self.buckets[ftype]
+        except KeyError:
+            rate = self.limits.get(ftype, 0)
+            bucket = self.buckets[ftype] = (TokenBucket(rate, rate * self.burst_seconds, self.clock)
+                                            if rate > 0 else None)
+            return bucket
 
 
 class KeyedLimiter:

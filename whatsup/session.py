@@ -35,6 +35,7 @@ frame. Bounds, each a setting (docs/PROTOCOL.md, "Limits"):
   costs a strike, and a connection out of strikes is closed with ``flooding``.
 """
 import collections
+import functools
 import logging
 import socket
 import ssl
@@ -46,7 +47,7 @@ from . import protocol
 from .accounts import UserTaken
 from .runtime.factory import ShardDown
 from .protocol import Code, ProtocolError, error_frame
-from .ratelimit import TokenBucket, frame_buckets
+from .ratelimit import FrameBuckets, TokenBucket
 from .runtime.process import FAIR_SHARE
 
 log = logging.getLogger("whatsup.session")
@@ -75,16 +76,21 @@ class SessionState:
         self.frames_in = self.frames_out = 0
         self.inflight = 0        # msg/read requests handed on, not yet answered
         self.awaiting = collections.Counter()  # their refs (other "reply"s are relays, not answers)
-        self.backlog = collections.deque()  # decoded frames waiting for inflight to drop
+        self.backlog = ()        # decoded frames waiting for inflight to drop (a deque while any do)
         self.paused = False      # reading stopped at session.max_inflight
-        self.buckets = frame_buckets(vars(cfg.ratelimit), cfg["session.rate_burst"])
-        strikes = cfg["session.rate_strikes"]
-        self.strikes = TokenBucket(strikes / 10.0, strikes)
+        self.buckets = FrameBuckets(_limits(cfg), cfg["session.rate_burst"])
+        self.strikes = None      # a TokenBucket from the first refused frame on
 
     def __repr__(self):
         return (f"<SessionState {self.user or '-'} from {self.addr} v={self.version} "
                 f"out={len(self.out)}B inflight={self.inflight} in={self.frames_in} "
                 f"sent={self.frames_out}>")
+
+
+@functools.lru_cache(maxsize=4)
+def _limits(cfg):
+    """``{frame type: frames per second}`` of the [ratelimit] table, one dict for all sessions."""
+    return vars(cfg.ratelimit)
 
 
 class Session:
@@ -98,8 +104,7 @@ class Session:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         sock.settimeout(0.0)
-        loop = gevent.get_hub().loop
-        st.watcher, st.write_watcher = loop.io(st.fd, 1), loop.io(st.fd, 2)
+        st.watcher = gevent.get_hub().loop.io(st.fd, 1)  # the write watcher only once one is needed
         Session._read_on(proc, st)
         node.counters["connections"] += 1
         return st
@@ -188,6 +193,8 @@ class Session:
         if len(st.out) > st.node.cfg["session.max_outbound"]:
             Session._close(proc, st, Code.SLOW_READER, f"more than session.max_outbound "
                                                        f"({st.node.cfg['session.max_outbound']}) bytes unread")
+        if st.out and st.write_watcher is None:
+            st.write_watcher = gevent.get_hub().loop.io(st.fd, 2)
         if st.out and not st.write_watcher.active:
             def writable():
                 st.write_watcher.stop()
@@ -249,7 +256,11 @@ class Session:
         st.last_in = time.monotonic()
         # a framing error comes last, after the frames before it: they are answered, then it
         # closes the connection (its code is in protocol.CLOSING)
-        st.backlog.extend(st.decoder.feed(data))
+        frames = st.decoder.feed(data)
+        if st.backlog:
+            st.backlog.extend(frames)
+        else:
+            st.backlog = collections.deque(frames)
         Session._work(proc, st)
 
     @staticmethod
@@ -274,6 +285,7 @@ class Session:
                 Session._refuse(proc, st, ProtocolError(Code.STORE_FAILED, str(exc), frame.get("ref")))
         st.paused = bool(st.backlog)
         if not st.paused:
+            st.backlog = ()  # an empty deque holds 600 bytes
             Session._read_on(proc, st)
 
     @staticmethod
@@ -350,6 +362,9 @@ class Session:
     @staticmethod
     def _strike(proc, st, ftype):
         """A rated frame was refused; out of strikes, the connection is closed."""
+        if st.strikes is None:
+            strikes = st.node.cfg["session.rate_strikes"]
+            st.strikes = TokenBucket(strikes / 10.0, strikes)
         if not st.strikes.take():
             Session._close(proc, st, Code.FLOODING, f"too many {ftype} frames over the rate limit")
 
@@ -405,16 +420,17 @@ class Session:
         if not verified:
             log.info("failed login for %r from %s", user, st.addr)
             raise ProtocolError(Code.AUTH_FAILED, "wrong user name or password", ref)
-        q = node.offd.spool(user).queue(user)
+        q = node.offd.spool(user).queues.get(user)  # None: nothing queued (no empty queue is made)
         st.user = proc.entity = user
         old = node.sm.register(user, proc.pid)
         if old is not None:
             node.router.tell(old, ("replaced",))
         else:
             node.presence.online(user)
-        q.sent = 0
+        if q is not None:
+            q.sent = 0
         node.counters["logins"] += 1
-        Session._send(st, {"type": "ok", "ref": ref, "user": user, "queued": len(q)})
+        Session._send(st, {"type": "ok", "ref": ref, "user": user, "queued": len(q) if q else 0})
         Session._push(proc, st)
 
     @staticmethod

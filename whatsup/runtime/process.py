@@ -1,4 +1,4 @@
-"""gen_server-style processes: a greenlet, a gevent.queue mailbox, one message at a time.
+"""gen_server-style processes: a greenlet, a mailbox (runtime/mailbox.py), one message at a time.
 
 A process is a container (pid, mailbox, greenlet, counters) running a
 *behaviour*: a class whose callbacks take the current state and return the next
@@ -38,7 +38,8 @@ from typing import NamedTuple
 
 import gevent
 from gevent.event import AsyncResult
-from gevent.queue import Queue
+
+from .mailbox import Mailbox
 
 log = logging.getLogger("whatsup.runtime")
 
@@ -94,7 +95,7 @@ class Process:
         self.kind = kind or getattr(behaviour, "kind", behaviour.__name__.lower())
         self.entity = entity
         self.restarts = restarts
-        self.mailbox = Queue()
+        self.mailbox = Mailbox()
         self.mailbox_max = mailbox_max
         self.notified = set()  # tags of coalesced messages queued and not yet handled
         self.state = None
@@ -105,8 +106,7 @@ class Process:
         self.killed = None  # the reason given to ProcessTable.kill, until the exit
         self.monitors = {}  # ref -> callable(pid, reason) or watcher Pid
         self.ready = AsyncResult()  # set once init returned; its exception if init failed
-        self.greenlet = gevent.Greenlet(self._run)
-        self.greenlet.name = f"{self.kind}{self.pid!r}"
+        self.greenlet = None  # made by start(); run_here() adopts the caller's
 
     def __repr__(self):
         ent = "".join(f" {x}" for x in (self.name, self.entity) if x is not None)
@@ -119,6 +119,8 @@ class Process:
 
     def start(self):
         """Run in a new greenlet; returns the pid."""
+        self.greenlet = gevent.Greenlet(self._run)
+        self.greenlet.name = f"{self.kind}{self.pid!r}"
         self.table.add(self)
         self.greenlet.start()
         return self.pid
