@@ -97,12 +97,13 @@ class Acked:
 
 
 class Segment:
-    __slots__ = ("sid", "size", "live", "base", "moved")
+    __slots__ = ("sid", "size", "live", "base", "moved", "carried")
 
     def __init__(self, sid, size=0, live=0, base=None):
         self.sid, self.size, self.live = sid, size, live
         self.base = base  # the seq counter when it started: items stamped later are in it
         self.moved = 0    # bytes compaction moved into it (live items, carried ids)
+        self.carried = 0  # of which carried ids: the next compaction writes them again anyway
 
     def __repr__(self):
         return f"<Segment {self.sid} size={self.size} live={self.live}>"
@@ -232,16 +233,19 @@ class Spool:
 
     # --- durability -------------------------------------------------------------
 
-    def _append(self, data, waiter=None, moved=False):
+    def _append(self, data, waiter=None, moved=False, carried=False):
         """Hand ``data`` to the writer for the active segment, which rolls once it holds
         segment_bytes of *new* records. What compaction moves into it (``moved``: live
         items, carried ids) does not count: otherwise more live data than segment_bytes
         would roll the segment it was moved to, and the next pass would move it again,
-        rewriting all of it on every maintenance pass, forever."""
+        rewriting all of it on every maintenance pass, forever. ``carried`` (ids) also
+        counts as moved."""
         seg = self._active
         self._log.add((seg.sid, data), waiter)
         seg.size += len(data)
-        if moved:
+        if carried:
+            seg.carried += len(data)
+        if moved or carried:
             seg.moved += len(data)
         elif seg.size - seg.moved >= self.segment_bytes:
             self._start_segment()
@@ -383,10 +387,15 @@ class Spool:
             segs[item.seg].live -= 1
 
     def maintain(self):
-        """Expire old items, roll an all-dead active segment, compact the oldest one."""
+        """Expire old items, roll an all-dead active segment, compact the oldest one.
+
+        An all-dead active segment rolls once what compaction would not write again
+        (everything but the carried ids: items moved into it that died since count)
+        is worth a rewrite; counting only new records left moved-then-acked items on
+        disk for good."""
         self._expire()
         active = self._active
-        if active.live == 0 and active.size - active.moved >= min(self.segment_bytes, 2 ** 20):
+        if active.live == 0 and active.size - active.carried >= min(self.segment_bytes, 2 ** 20):
             self._start_segment()
         self._compact()
 
@@ -425,7 +434,7 @@ class Spool:
             by_pair.setdefault((sender, user), []).append((cid, seq, ts))
         for (sender, user), entries in by_pair.items():
             for i in range(0, len(entries), record.IDS_PER_RECORD):
-                self._append(record.ids(sender, user, entries[i:i + record.IDS_PER_RECORD]), moved=True)
+                self._append(record.ids(sender, user, entries[i:i + record.IDS_PER_RECORD]), carried=True)
             self.stats["carried_ids"] += len(entries)
 
     def _compact(self):
