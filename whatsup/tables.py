@@ -26,8 +26,8 @@ def open_table(path, name):
     """Table ``name`` of the sqlite file ``path``: JSON codec (never pickle), manual commits, WAL,
     ``synchronous=FULL`` (sqlitedict turns fsync off by default; a commit must survive kill -9).
     It blocks: call it on the owner's native thread, never on the hub."""
-    db = SqliteDict(path, tablename=name, autocommit=False, journal_mode="WAL",
-                    encode=json.dumps, decode=json.loads)
+    db = SqliteDict(path, encode=json.dumps, decode=json.loads, tablename=name, autocommit=False,
+                    journal_mode="WAL")
     db.conn.execute("PRAGMA synchronous=FULL")
     db.commit()
     return db
