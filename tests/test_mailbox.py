@@ -1,11 +1,9 @@
 """Mailbox bounds and coalesced wake-ups of the runtime, in-process (no sockets)."""
 import gevent
 import pytest
-from gevent.queue import Empty
 
 from whatsup.router import Router
 from whatsup.runtime import MailboxFull, ProcessTable
-from whatsup.runtime.mailbox import Mailbox
 
 
 class Recorder:
@@ -72,23 +70,3 @@ def test_the_router_closes_a_session_whose_mailbox_is_full_and_says_so_once(capl
     assert router.counters["overloaded"] == 1
     assert [r.getMessage() for r in caplog.records if "mailbox full" in r.getMessage()] == \
         [f"session {pid!r}: mailbox full, closing it (overloaded)"]
-
-
-def test_the_mailbox_keeps_order_wakes_its_reader_and_holds_no_deque_while_empty():
-    box = Mailbox()
-    got = []
-    reader = gevent.spawn(lambda: got.extend(box.get() for _ in range(3)))
-    gevent.sleep(0)  # the reader waits on the empty mailbox
-    assert box._items is None and not got
-    box.put("a")
-    box.put("b")
-    gevent.sleep(0.01)
-    assert got == ["a", "b"] and box._items is None  # emptied: the deque is dropped
-    box.put("c")
-    reader.join(1)
-    assert got == ["a", "b", "c"] and len(box) == 0
-    with pytest.raises(Empty):
-        box.get_nowait()
-    box.put("d")
-    box.queue.appendleft("urgent")  # what ProcessTable.sys(urgent=True) does
-    assert [box.get_nowait(), box.get_nowait()] == ["urgent", "d"]

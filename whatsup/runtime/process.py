@@ -1,4 +1,4 @@
-"""gen_server-style processes: a greenlet, a mailbox (runtime/mailbox.py), one message at a time.
+"""gen_server-style processes: a greenlet, a gevent.queue mailbox, one message at a time.
 
 A process is a container (pid, mailbox, greenlet, counters) running a
 *behaviour*: a class whose callbacks take the current state and return the next
@@ -38,8 +38,8 @@ from typing import NamedTuple
 
 import gevent
 from gevent.event import AsyncResult
+from gevent.queue import UnboundQueue
 
-from .mailbox import Mailbox
 
 log = logging.getLogger("whatsup.runtime")
 
@@ -95,7 +95,7 @@ class Process:
         self.kind = kind or getattr(behaviour, "kind", behaviour.__name__.lower())
         self.entity = entity
         self.restarts = restarts
-        self.mailbox = Mailbox()
+        self.mailbox = UnboundQueue()  # the lightest gevent queue: put never blocks
         self.mailbox_max = mailbox_max
         self.notified = set()  # tags of coalesced messages queued and not yet handled
         self.state = None
