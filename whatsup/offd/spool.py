@@ -34,6 +34,7 @@ import time
 from gevent.threadpool import ThreadPool
 
 from ..batch import GroupCommitter
+from ..datadir import fsync_dir
 from ..protocol import pack
 from . import record
 
@@ -271,11 +272,7 @@ class Spool:
         fd = self._fds.get(sid)
         if fd is None:
             fd = self._fds[sid] = os.open(self._path(sid), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            dfd = os.open(self.dir, os.O_RDONLY)
-            try:
-                os.fsync(dfd)  # the new segment's name must survive a crash too
-            finally:
-                os.close(dfd)
+            fsync_dir(self.dir)  # the new segment's name must survive a crash too
         return fd
 
     def _write(self, batch):
