@@ -13,6 +13,7 @@ import sys
 import click
 
 from .. import config
+from . import load_config
 from ..shell import parse_listen
 from ..shell.client import NotListening, ShellClient
 
@@ -45,10 +46,10 @@ def _history():
 def _address(socket_path, data_dir, config_path):
     if socket_path:
         return "unix", socket_path
+    cfg = load_config(config_path, {"server.data_dir": data_dir})
     try:
-        cfg = config.load(config_path, {"server.data_dir": data_dir})
         kind, address = parse_listen(cfg["shell.listen"], cfg.data_dir)
-    except (config.ConfigError, ValueError) as exc:
+    except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     if kind == "off":
         raise click.ClickException("the operator shell is off in this configuration (shell.listen = \"off\")")
