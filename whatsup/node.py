@@ -8,7 +8,7 @@
     ├── social     the groups, blocks and privacy tables (whatsup/tables.py)
     ├── maintenance  ticker: offd compaction and expiry, cast to every shard
     ├── sessions   supervisor: every connection's session, adopted as a temporary child
-    ├── sweeper    ticker: forgets forgiven failed logins
+    ├── sweeper    ticker: forgets forgiven failed logins, logs due log summaries
     └── listener   the listening sockets (plain, and TLS if configured); a handler
                    greenlet becomes a session process
 
@@ -36,7 +36,7 @@ import gevent
 from gevent.event import Event
 from gevent.pool import Pool
 
-from . import __version__, metrics, watchdog
+from . import __version__, logs, metrics, watchdog
 from .accounts import AccountStore
 from .address import split as split_address
 from .blocking import Blocks
@@ -59,7 +59,7 @@ from .sm import SessionManager
 from .tables import TableStore
 
 log = logging.getLogger("whatsup.node")
-PRUNE = 10.0  # seconds between two passes forgetting forgiven failed logins
+SWEEP = 1.0  # seconds between two sweeps (failed logins, log summaries): work on neither grows with sessions
 
 
 class StartError(Exception):
@@ -221,7 +221,7 @@ class Node:
             Child("social", self._social),
             ticker("maintenance", cfg["offd.maintenance_interval"], self._maintain),
             supervisor("sessions", "one_for_one", ()),
-            ticker("sweeper", PRUNE, self._sweep),
+            ticker("sweeper", SWEEP, self._sweep),
             Child("listener", lambda: self.table.start(Listener, self, name="listener")),
         ), **intensity)
 
@@ -263,10 +263,12 @@ class Node:
         proc.run_here()
 
     def _sweep(self):
-        """Forget failed logins that are forgiven. (Sessions are not swept: each keeps its own
-        deadlines in ``timers``, so only those that are due are woken.)"""
+        """Forget failed logins that are forgiven; log the summaries of repeated log lines that
+        are due. (Sessions are not swept: each keeps its own deadlines in ``timers``, so only
+        those that are due are woken.)"""
         for limiter in self.failed_logins.values():
             limiter.prune()
+        logs.flush()
 
     def _maintain(self):
         for slot in self.offd.industry.slots():
