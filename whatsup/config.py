@@ -78,6 +78,13 @@ SETTINGS = (
     Setting("auth.ip_failures", int, 100, "failed logins per client address within "
             "auth.failure_window; 0 means no limit", 0),
     Setting("auth.failure_window", float, 60.0, "seconds over which failed logins are counted", 1.0),
+    Setting("accounts.max_username", int, 32, "characters in a user name at most (names are "
+            "A-Z a-z 0-9 _ . -); register refuses longer ones with bad_username", 1),
+    Setting("accounts.min_password", int, 6, "characters in a password at least; register refuses "
+            "shorter ones with bad_password", 1),
+    Setting("accounts.max_password", int, 256, "characters in a password at most; register refuses "
+            "longer ones with bad_password, and login with a longer one fails (auth_failed) "
+            "without hashing it", 1),
     Setting("accounts.scrypt_n", int, 2 ** 15, "scrypt cost parameter N for password hashes", 2),
     Setting("accounts.hash_threads", int, 2, "password hashers (a gen_factory, least-loaded dispatch), "
             "each with its own native thread, off the hub", 1),
@@ -179,6 +186,8 @@ def load(path=None, overrides=None):
         raise ConfigError("protocol.max_body must be at least 512 bytes below protocol.max_frame")
     if values["session.max_outbound"] < 4 * values["protocol.max_frame"]:
         raise ConfigError("session.max_outbound must be at least 4 × protocol.max_frame")
+    if values["accounts.max_password"] < values["accounts.min_password"]:
+        raise ConfigError("accounts.max_password must be at least accounts.min_password")
     if values["mailbox.session"] < values["session.max_inflight"] + 64:
         raise ConfigError("mailbox.session must exceed session.max_inflight by 64 at least")
     if bool(values["tls.listen"]) != bool(values["tls.certfile"] and values["tls.keyfile"]):
