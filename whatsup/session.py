@@ -44,7 +44,7 @@ import time
 import gevent
 
 from . import protocol
-from .accounts import UserTaken
+from .accounts import Busy, UserTaken
 from .runtime.factory import ShardDown
 from .protocol import Code, ProtocolError, error_frame
 from .ratelimit import FrameBuckets, TokenBucket
@@ -390,6 +390,8 @@ class Session:
             st.node.accounts.register(user, f["password"])
         except UserTaken:
             raise ProtocolError(Code.USER_TAKEN, f"{user!r} is taken", ref) from None
+        except Busy as exc:
+            raise ProtocolError(Code.BUSY, str(exc), ref, exc.retry_after) from None
         except OSError as exc:
             log.error("registration of %s failed: %s", user, exc)
             raise ProtocolError(Code.STORE_FAILED, "could not store the account; retry", ref) from None
@@ -410,6 +412,8 @@ class Session:
         try:
             verified = (len(f["password"]) <= node.cfg["accounts.max_password"]  # no hash of a
                         and node.accounts.verify(user, f["password"]))             # longer one
+        except Busy as exc:
+            raise ProtocolError(Code.BUSY, str(exc), ref, exc.retry_after) from None
         finally:
             if verified is not False:  # a success, or no answer (store down): not a failed guess
                 failed["user"].refund(user)
