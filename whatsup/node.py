@@ -41,7 +41,7 @@ from .accounts import AccountStore
 from .address import split as split_address
 from .blocking import Blocks
 from .config import ConfigError
-from .datadir import DataDirBusy, ShardMismatch, identity, lock
+from .datadir import DataDirBusy, ShardMismatch, identity, lock, shard_count
 from .groups import Groups
 from .listener import ConnectionGate, GatedServer, server_context
 from .offd import Offd
@@ -130,10 +130,10 @@ class Node:
         self.sm = SessionManager()
         self.counters = collections.Counter()
         wait = cfg["runtime.restart_wait"]
-        self.accounts = AccountStore(self.table, os.path.join(self.data_dir, "accounts"),
-                                     cfg["accounts.shards"], cfg["accounts.scrypt_n"],
-                                     cfg["accounts.hash_threads"], wait)
-        self.offd = Offd(self.table, os.path.join(self.data_dir, "offd"), cfg["offd.shards"],
+        accounts_dir, offd_dir = (os.path.join(self.data_dir, store) for store in ("accounts", "offd"))
+        self.accounts = AccountStore(self.table, accounts_dir, shard_count(accounts_dir, cfg["accounts.shards"]),
+                                     cfg["accounts.scrypt_n"], cfg["accounts.hash_threads"], wait)
+        self.offd = Offd(self.table, offd_dir, shard_count(offd_dir, cfg["offd.shards"]),
                          cfg["offd.segment_bytes"], cfg["offd.max_queue"], cfg["offd.expiry_days"], wait)
         self.blocks = Blocks(self.accounts)
         self.router = Router(self.table, self.sm, self.offd, self.accounts, self.blocks,

@@ -406,11 +406,7 @@ class Session:
     @staticmethod
     def _register(proc, st, f):
         user, ref = f["user"], f["ref"]
-        if not protocol.USERNAME.match(user):
-            raise ProtocolError(Code.BAD_USERNAME, "user names are 1-32 of A-Z a-z 0-9 _ . -", ref)
-        if not protocol.MIN_PASSWORD <= len(f["password"]) <= protocol.MAX_PASSWORD:
-            raise ProtocolError(Code.BAD_PASSWORD, f"passwords are {protocol.MIN_PASSWORD}-"
-                                f"{protocol.MAX_PASSWORD} characters", ref)
+        protocol.check_account(user, f["password"], vars(st.node.cfg.accounts), ref)
         try:
             st.node.accounts.register(user, f["password"])
         except UserTaken:
@@ -435,7 +431,8 @@ class Session:
             failed[kind].charge(key)                    # parallel cannot all pass the check above
         verified = None
         try:
-            verified = node.accounts.verify(user, f["password"])
+            verified = (len(f["password"]) <= node.cfg["accounts.max_password"]  # no hash of a
+                        and node.accounts.verify(user, f["password"]))             # longer one
         except Busy as exc:
             raise ProtocolError(Code.BUSY, str(exc), ref, exc.retry_after) from None
         finally:
