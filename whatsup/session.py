@@ -16,7 +16,7 @@ Mailbox messages::
     ("reply", frame)                    an answer from the router (sent, ok, error)
     ("poke",)                           the user's offd queue has something new (coalesced)
     ("replaced",)                       the user logged in elsewhere
-    ("tick", when)                      a deadline of this session may be due (node.timers, coalesced)
+    ("tick",)                           a deadline of this session may be due (node.timers, coalesced)
     ("shutdown",)                       the node is stopping
 
 Outgoing frames are gathered in one buffer while the mailbox has more to do
@@ -54,6 +54,7 @@ log = logging.getLogger("whatsup.session")
 #: What a non-blocking socket (plain or TLS) raises when it has nothing to give or take now.
 WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 READ_SIZE = 65536
+TICK = ("tick",)  # one tuple for every deadline entry in node.timers
 
 
 class SessionState:
@@ -254,7 +255,7 @@ class Session:
             when = min(when, st.stalled_since + cfg["protocol.send_timeout"])
         if st.due is None or when < st.due:
             st.due = when
-            st.node.timers.notify_at(when, proc.pid, ("tick", when))
+            st.node.timers.notify_at(when, proc.pid, TICK)
 
     @staticmethod
     def _answered(proc, st, frame):
