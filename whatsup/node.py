@@ -42,7 +42,7 @@ from .admission import Admission, KnownLogins
 from .address import split as split_address
 from .blocking import Blocks
 from .config import ConfigError
-from .datadir import DataDirBusy, ShardMismatch, identity, lock
+from .datadir import DataDirBusy, ShardMismatch, identity, lock, shard_count
 from .groups import Groups
 from .listener import ConnectionGate, GatedServer, server_context
 from .offd import Offd
@@ -130,14 +130,15 @@ class Node:
         self.sm = SessionManager()
         self.counters = collections.Counter()
         wait = cfg["runtime.restart_wait"]
+        accounts_dir, offd_dir = (os.path.join(self.data_dir, store) for store in ("accounts", "offd"))
         self.accounts = AccountStore(
-            self.table, os.path.join(self.data_dir, "accounts"), cfg["accounts.shards"],
+            self.table, accounts_dir, shard_count(accounts_dir, cfg["accounts.shards"]),
             cfg["accounts.scrypt_n"], cfg["accounts.hash_threads"], wait,
             Admission(cfg["accounts.hash_threads"], cfg["auth.max_waiting"], cfg["auth.checks_per_ip"],
                       cfg["auth.checks_per_prefix"], Code.BUSY),
             KnownLogins(cfg["auth.known_logins"], cfg["auth.known_ttl"]),
             KeyedLimiter(cfg["auth.ip_registrations"], cfg["auth.failure_window"]))
-        self.offd = Offd(self.table, os.path.join(self.data_dir, "offd"), cfg["offd.shards"],
+        self.offd = Offd(self.table, offd_dir, shard_count(offd_dir, cfg["offd.shards"]),
                          cfg["offd.segment_bytes"], cfg["offd.max_queue"], cfg["offd.expiry_days"], wait)
         self.blocks = Blocks(self.accounts)
         self.router = Router(self.table, self.sm, self.offd, self.accounts, self.blocks,

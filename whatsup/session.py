@@ -386,11 +386,7 @@ class Session:
     @staticmethod
     def _register(proc, st, f):
         user, ref = f["user"], f["ref"]
-        if not protocol.USERNAME.match(user):
-            raise ProtocolError(Code.BAD_USERNAME, "user names are 1-32 of A-Z a-z 0-9 _ . -", ref)
-        if not protocol.MIN_PASSWORD <= len(f["password"]) <= protocol.MAX_PASSWORD:
-            raise ProtocolError(Code.BAD_PASSWORD, f"passwords are {protocol.MIN_PASSWORD}-"
-                                f"{protocol.MAX_PASSWORD} characters", ref)
+        protocol.check_account(user, f["password"], vars(st.node.cfg.accounts), ref)
         try:
             st.node.accounts.register(user, f["password"], st.addr[0])
         except UserTaken:
@@ -416,7 +412,8 @@ class Session:
             failed[kind].charge(key)  # the check above
         verified = None
         try:
-            verified = node.accounts.verify(user, f["password"], ip)
+            verified = (len(f["password"]) <= node.cfg["accounts.max_password"]  # no hash of a
+                        and node.accounts.verify(user, f["password"], ip))         # longer one
         except Refused as exc:
             raise ProtocolError(exc.code, str(exc), ref, exc.retry_after) from None
         finally:
