@@ -8,7 +8,7 @@
     ├── social     the groups, blocks and privacy tables (whatsup/tables.py)
     ├── maintenance  ticker: offd compaction and expiry, cast to every shard
     ├── sessions   supervisor: every connection's session, adopted as a temporary child
-    ├── sweeper    ticker: tells every session the time
+    ├── sweeper    ticker: forgets forgiven failed logins, logs due log summaries
     └── listener   the listening sockets (plain, and TLS if configured); a handler
                    greenlet becomes a session process
 
@@ -54,13 +54,14 @@ from .runtime import Process, ProcessDead, ProcessTable, StartFailed
 from .runtime.industry import ShardRegistry, UnknownKind
 from .runtime.supervisor import NORMAL, Child, SupSpec, Supervisor, adopt, terminate_child
 from .runtime.ticker import Ticker
+from .runtime.timers import Timers
 from .session import Session
 from .shell.server import Backdoor
 from .sm import SessionManager
 from .tables import TableStore
 
 log = logging.getLogger("whatsup.node")
-TICK = 1.0
+SWEEP = 1.0  # seconds between two sweeps (failed logins, log summaries): work on neither grows with sessions
 
 
 class StartError(Exception):
@@ -127,6 +128,7 @@ class Node:
         self.node_id = None  # the data dir's identity, read at start
         self.data_dir = os.path.abspath(cfg.data_dir)
         self.table = ProcessTable(cfg["server.node"])
+        self.timers = Timers(self.table)  # the sessions' deadlines (idle, login, send timeouts)
         self.sm = SessionManager()
         self.counters = collections.Counter()
         wait = cfg["runtime.restart_wait"]
@@ -228,7 +230,7 @@ class Node:
             Child("social", self._social),
             ticker("maintenance", cfg["offd.maintenance_interval"], self._maintain),
             supervisor("sessions", "one_for_one", ()),
-            ticker("sweeper", TICK, self._sweep),
+            ticker("sweeper", SWEEP, self._sweep),
             Child("listener", lambda: self.table.start(Listener, self, name="listener")),
         ), **intensity)
 
@@ -270,12 +272,9 @@ class Node:
         proc.run_here()
 
     def _sweep(self):
-        """Tell every session the time, so it can check its own deadlines (coalesced: a busy
-        session has at most one tick queued); forget failed logins that are forgiven; log the
-        summaries of repeated log lines that are due."""
-        now = time.monotonic()
-        for proc in self.table.processes("session"):
-            self.table.notify(proc.pid, ("tick", now))
+        """Forget failed logins and registrations that are forgiven; log the summaries of
+        repeated log lines that are due. (Sessions are not swept: each keeps its own deadlines in
+        ``timers``, so only those that are due are woken.)"""
         for limiter in (*self.failed_logins.values(), self.accounts.registrations):
             limiter.prune()
         logs.flush()
@@ -313,6 +312,7 @@ class Node:
             proc.mailbox.put(("shutdown",))
         gevent.joinall([p.greenlet for p in sessions], timeout=timeout)
         self.table.stop(self.root, "shutdown", timeout=60.0)
+        self.timers.stop()
         self._release()
         log.info("stopped")
         self.stopped.set()

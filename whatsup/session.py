@@ -16,7 +16,7 @@ Mailbox messages::
     ("reply", frame)                    an answer from the router (sent, ok, error)
     ("poke",)                           the user's offd queue has something new (coalesced)
     ("replaced",)                       the user logged in elsewhere
-    ("tick", now)                       the node's sweeper: check the deadlines (coalesced)
+    ("tick", when)                      a deadline of this session may be due (node.timers, coalesced)
     ("shutdown",)                       the node is stopping
 
 Outgoing frames are gathered in one buffer while the mailbox has more to do
@@ -74,6 +74,7 @@ class SessionState:
         self.out = bytearray()
         self.opened = self.last_in = time.monotonic()
         self.stalled_since = None  # since when the socket takes none of a non-empty buffer
+        self.due = None          # the deadline this session has in node.timers (login, idle, send)
         self.frames_in = self.frames_out = 0
         self.inflight = 0        # msg/read requests handed on, not yet answered
         self.awaiting = collections.Counter()  # their refs (other "reply"s are relays, not answers)
@@ -107,6 +108,7 @@ class Session:
         sock.settimeout(0.0)
         st.watcher = gevent.get_hub().loop.io(st.fd, 1)  # the write watcher only once one is needed
         Session._read_on(proc, st)
+        Session._arm(proc, st)
         node.counters["connections"] += 1
         return st
 
@@ -130,7 +132,7 @@ class Session:
         elif tag == "replaced":
             Session._close(proc, st, Code.REPLACED, "logged in from another connection")
         elif tag == "tick":
-            Session._tick(proc, st, msg[1])
+            Session._tick(proc, st)
         elif tag == "shutdown":
             Session._close(proc, st, Code.SHUTTING_DOWN, "the server is stopping")
         else:
@@ -147,7 +149,7 @@ class Session:
         if isinstance(reason, tuple) and reason[0] == "crash":
             Session._send(st, error_frame(Code.INTERNAL, "server error; reconnect and retry"))
         try:  # a last error frame, if the socket takes it now
-            Session._write(st)
+            Session._write(proc, st)
         except OSError:
             pass
         st.node.presence.gone(proc.pid)
@@ -188,7 +190,7 @@ class Session:
     def _flush(proc, st):
         """Write what the socket takes now; wait for writability for the rest, within bounds."""
         try:
-            Session._write(st)
+            Session._write(proc, st)
         except OSError as exc:
             proc.stop(("closed", f"send failed: {exc.strerror or exc}"))
         if len(st.out) > st.node.cfg["session.max_outbound"]:
@@ -203,7 +205,7 @@ class Session:
             st.write_watcher.start(writable)
 
     @staticmethod
-    def _write(st):
+    def _write(proc, st):
         """Non-blocking: send until the socket would block. Raises OSError if the peer is gone."""
         sent = False
         while st.out:
@@ -218,7 +220,9 @@ class Session:
         if not st.out:
             st.stalled_since = None
         elif sent or st.stalled_since is None:
-            st.stalled_since = time.monotonic()
+            stalled, st.stalled_since = st.stalled_since, time.monotonic()
+            if stalled is None:
+                Session._arm(proc, st)
 
     @staticmethod
     def _close(proc, st, code, message):
@@ -227,7 +231,8 @@ class Session:
         proc.stop(("closed", code))
 
     @staticmethod
-    def _tick(proc, st, now):
+    def _tick(proc, st):
+        now = time.monotonic()
         cfg = st.node.cfg
         if st.user is None and now - st.opened > cfg["protocol.login_timeout"]:
             Session._close(proc, st, Code.IDLE_TIMEOUT, "no login within protocol.login_timeout")
@@ -235,6 +240,22 @@ class Session:
             Session._close(proc, st, Code.IDLE_TIMEOUT, "nothing received within protocol.idle_timeout")
         if st.stalled_since is not None and now - st.stalled_since > cfg["protocol.send_timeout"]:
             Session._close(proc, st, Code.SLOW_READER, "no byte taken within protocol.send_timeout")
+        st.due = None  # the entry that woke us is spent (frames since moved the deadline on)
+        Session._arm(proc, st)
+
+    @staticmethod
+    def _arm(proc, st):
+        """Make sure node.timers wakes this session by its earliest deadline. An entry due later
+        than needed is added to, never moved: the one already there finds nothing due."""
+        cfg = st.node.cfg
+        when = st.last_in + cfg["protocol.idle_timeout"]
+        if st.user is None:
+            when = min(when, st.opened + cfg["protocol.login_timeout"])
+        if st.stalled_since is not None:
+            when = min(when, st.stalled_since + cfg["protocol.send_timeout"])
+        if st.due is None or when < st.due:
+            st.due = when
+            st.node.timers.notify_at(when, proc.pid, ("tick", when))
 
     @staticmethod
     def _answered(proc, st, frame):
