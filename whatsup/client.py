@@ -104,7 +104,7 @@ def _address(to, group):
 
 class Client:
     def __init__(self, server=DEFAULT_SERVER, timeout=30.0, tls=False, cafile=None, last_seq=0, seen=None,
-                 auto_ack=True, max_frame=1 << 24):
+                 auto_ack=True, max_frame=1 << 24, source=None):
         self.host, self.port = parse_server(server) if isinstance(server, str) else server
         self.timeout = timeout
         self.auto_ack = auto_ack
@@ -116,7 +116,8 @@ class Client:
         self.inbox = collections.deque()
         self._refs = itertools.count(1)
         self._decoder = FrameDecoder(max_frame)
-        sock = socket.create_connection((self.host, self.port), timeout=timeout)
+        sock = socket.create_connection((self.host, self.port), timeout=timeout,  # source: a local
+                                        source_address=(source, 0) if source else None)  # address
         if tls:
             ctx = ssl.create_default_context(cafile=cafile)
             sock = ctx.wrap_socket(sock, server_hostname=self.host)
@@ -181,12 +182,25 @@ class Client:
     # --- account ------------------------------------------------------------------
 
     def register(self, user, password):
-        return self.request({"type": "register", "user": user, "password": password})
+        return self._auth({"type": "register", "user": user, "password": password})
 
     def login(self, user, password):
-        self.last_login = self.request({"type": "login", "user": user, "password": password})
+        self.last_login = self._auth({"type": "login", "user": user, "password": password})
         self.user = user
         return self.last_login
+
+    def _auth(self, frame):
+        """A login or registration, sent again after ``retry_after`` while the server answers
+        ``busy`` (its hashing capacity is taken), within this client's timeout."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                return self.request(dict(frame))
+            except ServerError as exc:
+                wait = exc.frame.get("retry_after", 0.5)
+                if exc.code != "busy" or time.monotonic() + wait > deadline:
+                    raise
+                time.sleep(wait)
 
     # --- messages ---------------------------------------------------------------------
 
