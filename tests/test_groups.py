@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from social import register_many, take
+from social import quiet, register_many, take
 from whatsup.client import ServerError
 
 
@@ -107,6 +107,21 @@ def test_bad_group_input_gets_its_error_code_and_nothing_else_changes(make_serve
     assert (info["name"], info["members"], info["admins"]) == ("small", ["owner", "anna"], ["owner"])
     owner.send(None, "still fine", id="ok1", group=gid)
     assert [f["id"] for f in take(anna, 2, ("msg", "group_event")) if f["type"] == "msg"] == ["ok1"]
+
+
+def test_adding_a_member_again_or_removing_a_non_member_is_ok_and_tells_nobody(server):
+    server.register("owner", "anna", "bert")
+    owner, anna = server.client("owner"), server.client("anna")
+    gid = owner.group_create("quiet", ["anna"])
+    take(anna, 1, ("group_event",))
+    take(owner, 1, ("group_event",))
+    owner.group_add(gid, ["anna"])
+    owner.group_remove(gid, ["bert"])
+    owner.group_remove(gid, ["owner"])  # your own name is ignored: also nothing to do
+    owner.send(None, "next", id="n1", group=gid)
+    assert [f.get("id", f.get("event")) for f in take(anna, 1, ("msg", "group_event"))] == ["n1"]
+    assert quiet(anna) == [] and [f for f in quiet(owner) if f["type"] != "receipt"] == []
+    assert owner.group_info(gid)["members"] == ["owner", "anna"]
 
 
 def test_membership_survives_kill_9_and_a_retransmitted_id_is_fanned_out_once(server):

@@ -146,6 +146,8 @@ class Groups:
             new = [m for m in dict.fromkeys(f["members"]) if m not in group.members]
             self._check_users(new, f["ref"])
             self._check_size(len(group.members) + len(new), f["ref"])
+            if not new:
+                return self.router.reply(pid, {"type": "ok", "ref": f["ref"]})  # a no-op: no event
             for m in new:
                 group.members[m] = False
                 self._link(m, group)
@@ -156,6 +158,8 @@ class Groups:
         def op(group):
             self._admin(group, user, f["ref"])
             gone = [m for m in dict.fromkeys(f["members"]) if m in group.members and m != user]
+            if not gone:
+                return self.router.reply(pid, {"type": "ok", "ref": f["ref"]})  # a no-op: no event
             recipients = list(group.members)
             for m in gone:
                 self._drop(group, m)
