@@ -1,10 +1,14 @@
 """Groups: durable membership and the server-side fan-out (docs/PROTOCOL.md, "Groups").
 
-A group message is sent once; the server puts one copy into every other
-member's offd queue (each copy gets that member's own seq), so offline members
-are served exactly like 1:1 recipients and order per (group, sender) comes from
-the per-recipient queues. The sender's ✓ comes when the copy of EVERY member is
-fsynced; each member's ack becomes a ``delivered`` receipt carrying ``group``.
+A group message is sent once and made durable once: its intent (body and the
+members it goes to, an F record on the group's home offd shard) is fsynced
+before any copy is queued; then each offd shard holding members gets one G
+record, one seq and one frame that every member's queue there references (a
+queued copy costs a deque slot), so offline members are served exactly like
+1:1 recipients and order per (group, sender) comes from the per-recipient
+queues. The sender's ✓ comes when every G record is fsynced; recovery completes
+any fan-out a crash cut short from its intent (whatsup/router.py). Each
+member's ack becomes a ``delivered`` receipt carrying ``group``.
 
 Group events (created, added, removed, left, admin, renamed) are system items
 (``group_event``) queued for every member through offd the same way.
@@ -14,33 +18,29 @@ run in arrival order by one worker greenlet, so messages and events enter every
 member's queue in one order: a member removed before a message does not get it,
 one added after it does not get it. Messages waiting next to each other in that
 queue (a sender pipelining, or several members writing at once) are fanned out
-together, member by member: each member's session is then woken once for the
-whole batch, sends it in one write, acks it in one ack, and the sender gets one
+together: each member's session is then woken once for the whole batch, sends it in one write, acks it in one ack, and the sender gets one
 ✓✓ receipt per member for all of it — the per-copy wake-ups, sends, acks and
 receipts were most of a fan-out's cost (ops.bench fanout). A fan-out yields to
-the hub every ``fanout_chunk`` copies, so a 1024-member group does not stall
-the other sessions; the worker is a greenlet of its own (a session
+the hub every ``fanout_chunk`` members it wakes, so a 1024-member group does not
+stall the other sessions; the worker is a greenlet of its own (a session
 waits for its group changes; its messages are queued without waiting), so
 killing a session cannot cut a fan-out in half.
 
 Membership lives in RAM and in a :class:`whatsup.tables.Table` (``load``/``put``;
 today social.sqlite), so it can move into the account shards without this
 module changing.
-
-Known gap: the dedup window rebuilt after a crash cannot tell a group message
-whose copies were all fsynced from one cut off mid-fan-out (the ✓ was not sent
-then); a retransmission after the restart gets ✓ without the missing copies.
 """
 import collections
+import functools
 import logging
-import time
 import uuid
 
 import gevent
 from gevent.event import AsyncResult
 
-from .offd import QueueFull, ShardDown
-from .protocol import Code, ProtocolError, Template
+from .offd import ShardDown
+from .protocol import Code, ProtocolError
+from .router import AllDurable, group_frame
 
 log = logging.getLogger("whatsup.groups")
 
@@ -68,38 +68,13 @@ class Group:
         return {"name": self.name, "members": [[u, a] for u, a in self.members.items()]}
 
 
-class AllDurable:
-    """Calls ``done(err)`` once every expected durability callback came (the first error wins).
-
-    It starts holding one expectation for the issuer, released by :meth:`release`
-    after the last put, so it cannot fire while a fan-out is still issuing.
-    """
-    __slots__ = ("n", "err", "done")
-
-    def __init__(self, done):
-        self.n, self.err, self.done = 1, None, done
-
-    def expect(self):
-        self.n += 1
-        return self
-
-    def __call__(self, err=None):
-        if err is not None and self.err is None:
-            self.err = err
-        self.n -= 1
-        if self.n == 0:
-            self.done(self.err)
-
-    release = __call__
-
-
 class _Message:
     """A group message waiting in its group's queue of operations."""
-    __slots__ = ("sender", "pid", "ref", "cid", "body", "frame", "done")
+    __slots__ = ("sender", "pid", "ref", "cid", "body", "pending", "intent")
 
     def __init__(self, sender, pid, f):
         self.sender, self.pid, self.ref, self.cid, self.body = sender, pid, f["ref"], f["id"], f["body"]
-        self.frame = self.done = None
+        self.pending = self.intent = None
 
 
 class Groups:
@@ -218,54 +193,75 @@ class Groups:
         self._queue(self._group(f["group"], f["ref"]), _Message(sender, pid, f), f["ref"], None)
 
     def _messages(self, group, batch):
-        """Fan out a batch of ``_Message`` (in arrival order) member by member; returns each one's
-        refusal (a ProtocolError) or None."""
+        """Fan out a batch of ``_Message`` (in arrival order); returns each one's refusal (a
+        ProtocolError) or None. Their intents are made durable first (:meth:`_intents`), then
+        each gets one G record per shard, then every member is poked once for the batch."""
         answers, ready = [], []
         for m in batch:
             try:
                 self._alive(group, m.ref)
                 if not self.router.retransmit(m.sender, m.pid, m.ref, m.cid):
                     self._member(group, m.sender, m.ref)
-                    self._prepare(group, m)  # tracked now: a repeat of its id later in the batch is a retransmission
+                    # tracked now: a repeat of its id later in the batch is a retransmission
+                    m.pending = self.router.track(m.sender, m.cid, waiter=(m.pid, m.ref))
                     ready.append(m)
                 answers.append(None)
             except ProtocolError as exc:
                 answers.append(exc)
-
-        def put(spool, user):
-            n = 0
-            for m in ready:
-                if m.sender == user:
-                    continue
-                waiter = m.done.expect()
-                try:
-                    spool.put(user, "gmsg", m.frame, sender=m.sender, cid=m.cid, on_durable=waiter)
-                    n += 1
-                except QueueFull:
-                    waiter()  # that member's copy is skipped (logged); the others still get theirs
-                    self.counters["skipped_queue_full"] += 1
-                    log.warning("queue of %s is full: group %s message %s skipped for them",
-                                user, group.gid, m.cid)
-            return n
-
-        def lost(user, exc):  # the sender hears store_failed and retransmits
-            for m in ready:
-                if m.sender != user:
-                    m.done.expect()(exc)
+        members = list(group.members)
+        home, ready = self._intents(group, members, ready)
         if ready:
-            senders = {m.sender for m in ready}
-            alone = next(iter(senders)) if len(senders) == 1 else None  # nothing to put for them
-            self._fan_out([u for u in group.members if u != alone], put, lost)
+            parts, lost = self.router.partition(members)
+            served = 0
+            for m in ready:
+                done = AllDurable(functools.partial(self.router.fanned_out, home, m.sender, m.cid, m.pending,
+                                                    m.intent))
+                self.router.copies(group.gid, m.sender, m.cid, group_frame(group.gid, m.sender, m.cid, m.body),
+                                   parts, lost, done)
+                done.release()
+                served += len(members)
+                if served >= self.chunk * 16:
+                    served = 0
+                    gevent.sleep(0)
+            for n, user in enumerate(members, 1):
+                self.router.poke(user)
+                if not n % self.chunk:
+                    gevent.sleep(0)  # other sessions run; the hub polls I/O at least every switch interval
+            self.counters["copies"] += len(ready) * (len(members) - 1)
             self.counters["messages"] += len(ready)
             self.counters["batches"] += 1
-        for m in ready:
-            m.done.release()
         return answers
 
-    def _prepare(self, group, m):
-        pending = self.router.track(m.sender, m.cid, group.gid, waiter=(m.pid, m.ref), ts=int(time.time() * 1000))
-        m.done = AllDurable(lambda err: self.router.durable(m.sender, m.cid, pending, err))
-        m.frame = Template({"type": "msg", "from": m.sender, "group": group.gid, "id": m.cid, "body": m.body})
+    def _intents(self, group, members, batch):
+        """Write each message's intent (body and members) on the group's home shard and wait
+        until they are durable: ``(home spool, the messages whose intent is)``. A message whose
+        intent could not be stored is answered store_failed (nothing of it was queued)."""
+        if not batch:
+            return None, batch
+        try:
+            home = self.offd.spool(group.gid)
+        except ShardDown as exc:
+            for m in batch:
+                self.router.durable(m.sender, m.cid, m.pending, exc)
+            return None, []
+        failed, written = {}, AsyncResult()
+        all_written = AllDurable(lambda err: written.set())
+        for m in batch:
+            all_written.expect()
+
+            def stored(err, m=m):
+                if err is not None:
+                    failed[m] = err
+                all_written()
+            m.intent = home.intent(group.gid, m.sender, m.cid, m.body, [u for u in members if u != m.sender],
+                                   stored)
+            m.pending.ts = m.intent.ts
+        all_written.release()
+        written.get()  # the writer always answers: fsynced, failed, or flushed by the shard's terminate
+        for m, err in failed.items():
+            home.finished((m.sender, m.cid))
+            self.router.durable(m.sender, m.cid, m.pending, err)
+        return home, [m for m in batch if m not in failed]
 
     def members_of(self, user, gid, ref):
         """The members of ``gid``, which ``user`` must belong to (for typing)."""

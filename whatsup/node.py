@@ -132,7 +132,8 @@ class Node:
                                      cfg["accounts.shards"], cfg["accounts.scrypt_n"],
                                      cfg["accounts.hash_threads"], wait)
         self.offd = Offd(self.table, os.path.join(self.data_dir, "offd"), cfg["offd.shards"],
-                         cfg["offd.segment_bytes"], cfg["offd.max_queue"], cfg["offd.expiry_days"], wait)
+                         cfg["offd.segment_bytes"], cfg["offd.max_queue"], cfg["offd.expiry_days"], wait,
+                         cfg["session.dedup_window"])
         self.blocks = Blocks(self.accounts)
         self.router = Router(self.table, self.sm, self.offd, self.accounts, self.blocks,
                              cfg["session.dedup_window"])
