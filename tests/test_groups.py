@@ -159,6 +159,23 @@ def test_pipelined_messages_fanned_out_together_keep_order_and_a_repeated_id_goe
         assert [f for f in c.drain(0.3) if f["type"] == "msg"] == []
 
 
+def test_a_sender_over_its_fan_out_budget_waits_and_nothing_is_dropped(make_server, ask):
+    """groups.sender_budget = 8 copies: a 5-member group's messages cost 4 each, so two are in
+    flight at most; a sender pipelining 40 waits for answers, and every one arrives, in order."""
+    server = make_server({"groups.sender_budget": 8})
+    owner, *members = register_many(server, ["budgeted", "bm1", "bm2", "bm3", "bm4"])
+    boss = server.client(owner)
+    gid = boss.group_create("budget", members)
+    ids = [boss.send_nowait(None, f"b{i}", id=f"b{i}", group=gid)["id"] for i in range(40)]
+    assert sorted(_ids(take(boss, 40, ("sent",)), "sent")) == sorted(ids)
+    for m in members:
+        with server.client(m) as c:
+            assert _ids(take(c, 40, ("msg",))) == ids
+    with server.shell() as sh:
+        assert ask(sh, "node.groups.counters['budget_waits']") > 0
+        assert ask(sh, "node.groups.spending") == {}
+
+
 GROUP_MSGS = 20
 
 

@@ -36,7 +36,7 @@ import logging
 import uuid
 
 import gevent
-from gevent.event import AsyncResult
+from gevent.event import AsyncResult, Event
 
 from .offd import ShardDown
 from .protocol import Code, ProtocolError
@@ -69,18 +69,22 @@ class Group:
 
 
 class _Message:
-    """A group message waiting in its group's queue of operations."""
-    __slots__ = ("sender", "pid", "ref", "cid", "body", "pending", "intent")
+    """A group message waiting in its group's queue of operations; ``cost`` is the copies it
+    spends of its sender's fan-out budget until it is answered."""
+    __slots__ = ("sender", "pid", "ref", "cid", "body", "pending", "intent", "cost")
 
-    def __init__(self, sender, pid, f):
+    def __init__(self, sender, pid, f, cost):
         self.sender, self.pid, self.ref, self.cid, self.body = sender, pid, f["ref"], f["id"], f["body"]
         self.pending = self.intent = None
+        self.cost = cost
 
 
 class Groups:
-    def __init__(self, router, offd, accounts, max_members, fanout_chunk):
+    def __init__(self, router, offd, accounts, max_members, fanout_chunk, sender_budget=1 << 16):
         self.router, self.offd, self.accounts = router, offd, accounts
-        self.max_members, self.chunk = max_members, fanout_chunk
+        self.max_members, self.chunk, self.budget = max_members, fanout_chunk, sender_budget
+        self.spending = {}  # sender -> group copies of its messages not answered yet
+        self.room = {}      # sender -> Event its session waits on while over its budget
         self.groups = {}    # gid -> Group
         self.of_user = {}   # user -> set of gids
         self.table = None
@@ -188,9 +192,29 @@ class Groups:
         """A ``msg`` with ``group``: queue it for the group's worker and return at once, so the
         session reads the sender's next messages and a pipelining sender's messages are fanned
         out together. The ✓ comes once every copy is durable; a refusal (not a member, the
-        group dissolved meanwhile) comes the same way, as a reply to the session (its
-        session.max_inflight bounds what one sender can queue)."""
-        self._queue(self._group(f["group"], f["ref"]), _Message(sender, pid, f), f["ref"], None)
+        group dissolved meanwhile) comes the same way, as a reply to the session.
+
+        What one sender can have in flight is bounded by ``groups.sender_budget`` copies: over
+        it, its session waits here (it stops reading its socket) until answers come; nothing
+        is dropped. A single message bigger than the budget still goes, alone."""
+        group = self._group(f["group"], f["ref"])
+        m = _Message(sender, pid, f, max(1, len(group.members) - 1))
+        while self.spending.get(sender) and self.spending[sender] + m.cost > self.budget:
+            self.counters["budget_waits"] += 1
+            self.room.setdefault(sender, Event()).wait()
+        self.spending[sender] = self.spending.get(sender, 0) + m.cost
+        self._queue(group, m, f["ref"], None)
+
+    def _spend(self, m):
+        """``m`` is answered: its copies leave its sender's budget (once)."""
+        if m.cost:
+            left = self.spending.pop(m.sender) - m.cost
+            if left:
+                self.spending[m.sender] = left
+            m.cost = 0
+            room = self.room.pop(m.sender, None)
+            if room is not None:
+                room.set()
 
     def _messages(self, group, batch):
         """Fan out a batch of ``_Message`` (in arrival order); returns each one's refusal (a
@@ -208,14 +232,16 @@ class Groups:
                 answers.append(None)
             except ProtocolError as exc:
                 answers.append(exc)
+        for m in batch:
+            if m not in ready:
+                self._spend(m)
         members = list(group.members)
         home, ready = self._intents(group, members, ready)
         if ready:
             parts, lost = self.router.partition(members)
             served = 0
             for m in ready:
-                done = AllDurable(functools.partial(self.router.fanned_out, home, m.sender, m.cid, m.pending,
-                                                    m.intent))
+                done = AllDurable(functools.partial(self._fanned_out, home, m))
                 self.router.copies(group.gid, m.sender, m.cid, group_frame(group.gid, m.sender, m.cid, m.body),
                                    parts, lost, done)
                 done.release()
@@ -243,6 +269,7 @@ class Groups:
         except ShardDown as exc:
             for m in batch:
                 self.router.durable(m.sender, m.cid, m.pending, exc)
+                self._spend(m)
             return None, []
         failed, written = {}, AsyncResult()
         all_written = AllDurable(lambda err: written.set())
@@ -261,7 +288,12 @@ class Groups:
         for m, err in failed.items():
             home.finished((m.sender, m.cid))
             self.router.durable(m.sender, m.cid, m.pending, err)
+            self._spend(m)
         return home, [m for m in batch if m not in failed]
+
+    def _fanned_out(self, home, m, err):
+        self.router.fanned_out(home, m.sender, m.cid, m.pending, m.intent, err)
+        self._spend(m)
 
     def members_of(self, user, gid, ref):
         """The members of ``gid``, which ``user`` must belong to (for typing)."""
@@ -292,6 +324,8 @@ class Groups:
             group.worker = gevent.spawn(self._work, group)
 
     def _answer_op(self, op, result, answer):
+        if isinstance(op, _Message) and answer is not None:
+            self._spend(op)
         if result is not None:
             result.set(answer)
         elif answer is not None:

@@ -138,7 +138,7 @@ class Node:
         self.router = Router(self.table, self.sm, self.offd, self.accounts, self.blocks,
                              cfg["session.dedup_window"])
         self.groups = Groups(self.router, self.offd, self.accounts, cfg["groups.max_members"],
-                             cfg["groups.fanout_chunk"])
+                             cfg["groups.fanout_chunk"], cfg["groups.sender_budget"])
         self.presence = Presence(self.sm, self.accounts, self.blocks, self.groups)
         self.offd.on_up = self.router.shard_up
         self.registry = ShardRegistry()

@@ -123,17 +123,27 @@ class Router:
                 if key not in incomplete:
                     spool.finished(key)
         skip = {(sender, digest(cid)) for sender, cid in incomplete}
-        n = 0
+        found = {}
         for spool in spools:
             for sender, entries in spool.recovered.items():
-                for ts, h, sid in entries:
-                    if (sender, h) not in skip and self.dedup.find(sender, h) is None:
-                        spool.anchor(sid, sender, self.dedup.add(sender, h, ts))
-                n += len(entries)
-                if n > 20 * SLICE:
-                    n = 0
-                    gevent.sleep(0)
+                found.setdefault(sender, []).extend((ts, h, sid, spool) for ts, h, sid in entries)
             spool.recovered = {}
+        n = 0
+        for sender, entries in found.items():
+            entries.sort(key=lambda e: e[0])
+            newest, seen = [], set()
+            for e in reversed(entries):  # the window's last ``size`` distinct ids, oldest first
+                if e[1] not in seen and (sender, e[1]) not in skip:
+                    seen.add(e[1])
+                    newest.append(e)
+                    if len(newest) == self.dedup.size:
+                        break
+            for ts, h, sid, spool in reversed(newest):
+                spool.anchor(sid, sender, self.dedup.add(sender, h, ts))
+            n += len(entries)
+            if n > SLICE * 20:
+                n = 0
+                gevent.sleep(0)
         for (sender, cid), (home, f) in incomplete.items():
             self.counters["fanouts_completed"] += 1
             log.warning("completing the fan-out of group %s message %s from %s that a crash cut short",
