@@ -393,42 +393,21 @@ class Groups:
             log.info("group %s dissolved: no members left", group.gid)
 
     def _event(self, group, recipients, done, event, by, **fields):
+        """Queue the event for every one of ``recipients`` (one item each), poking them and
+        yielding to the hub every ``chunk``; one whose shard is down misses it (logged)."""
         frame = {"type": "group_event", "group": group.gid, "event": event, "by": by, **fields}
-
-        def put(spool, user):
-            spool.put(user, "event", dict(frame), on_durable=done.expect(), force=True)
-            return 1
-
-        def lost(user, exc):  # the change stands; this member misses its event
+        parts, lost = self.router.partition(recipients)
+        for user, exc in lost:  # the change stands; this member misses its event
             log.error("group %s: %s event lost for %s: %s", group.gid, event, user, exc)
             done.expect()(exc)
-        self._fan_out(recipients, put, lost)
-
-    def _fan_out(self, users, put, lost):
-        """``put(spool, user)`` (returns how many copies it queued) for each user, poking them,
-        yielding to the hub every ``chunk`` copies.
-
-        A user whose offd shard is down gets ``lost(user, exc)`` instead. Only the first
-        such shard is waited for (runtime.restart_wait): a crash-looping shard must cost a
-        fan-out one wait, not one per member.
-        """
-        waited, served = False, 0
-        for user in users:
-            try:
-                spool = self.offd.current(user) if waited else self.offd.spool(user)
-                if spool is None:
-                    raise ShardDown(f"the offd shard of {user} is restarting")
-            except ShardDown as exc:
-                waited = True
-                lost(user, exc)
-            else:
-                n = put(spool, user)
-                self.counters["copies"] += n
-                served += n
-                self.router.poke(user)
-            if served >= self.chunk:
-                served = 0
-                gevent.sleep(0)  # other sessions run; the hub polls I/O at least every switch interval
+        n = 0
+        for spool, users in parts.items():
+            for user in users:
+                spool.put(user, "event", dict(frame), on_durable=done.expect(), force=True)
+                n += 1
+                if not n % self.chunk:
+                    gevent.sleep(0)  # other sessions run; the hub polls I/O at least every switch interval
+        self.counters["events"] += n
 
     def _index(self, group):
         self.groups[group.gid] = group

@@ -27,6 +27,7 @@ restart and cover every connection of a user.
 """
 import collections
 import errno
+import gc
 import logging
 import os
 import signal
@@ -199,6 +200,7 @@ class Node:
             raise StartError(f"cannot open the stores in {self.data_dir}: {exc.strerror or exc}") from None
         self.table.monitor(self.root, self._root_down)
         self.started = time.time()
+        gc.freeze()  # what recovery built lives long: full collections skip it (ops/offd_figures.py stall)
         log.info("whatsupd %s listening on %s:%d, data in %s (%d users, %d items queued)",
                  __version__, *self.server.address[:2], self.data_dir, len(self.accounts.users),
                  self.offd.queued())

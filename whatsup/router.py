@@ -123,13 +123,14 @@ class Router:
                 if key not in incomplete:
                     spool.finished(key)
         skip = {(sender, digest(cid)) for sender, cid in incomplete}
-        found = {}
+        found = {}  # sender -> [(spool, its entries)]
         for spool in spools:
             for sender, entries in spool.recovered.items():
-                found.setdefault(sender, []).extend((ts, h, sid, spool) for ts, h, sid in entries)
+                found.setdefault(sender, []).append((spool, entries))
             spool.recovered = {}
         n = 0
-        for sender, entries in found.items():
+        for sender, parts in found.items():
+            entries = [(e[0], e[1], e[2], spool) for spool, part in parts for e in part]
             entries.sort(key=lambda e: e[0])
             newest, seen = [], set()
             for e in reversed(entries):  # the window's last ``size`` distinct ids, oldest first
@@ -141,7 +142,7 @@ class Router:
             for ts, h, sid, spool in reversed(newest):
                 spool.anchor(sid, sender, self.dedup.add(sender, h, ts))
             n += len(entries)
-            if n > SLICE * 20:
+            if n > SLICE:
                 n = 0
                 gevent.sleep(0)
         for (sender, cid), (home, f) in incomplete.items():

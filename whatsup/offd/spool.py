@@ -36,6 +36,7 @@ numbers per sender, see :meth:`anchor`), then unlinks them once that rewrite
 is fsynced; expiry walks the queues in slices.
 """
 import collections
+import gc
 import itertools
 import logging
 import os
@@ -53,7 +54,7 @@ from . import record
 log = logging.getLogger("whatsup.offd")
 SEGMENT = "seg-{:010d}.log"
 SEQ_GAP = 1 << 32  # recovery's counter jump: more than a node stamps between two fsyncs
-SLICE = 500        # items (or senders) maintenance handles between two yields to the hub
+SLICE = 200        # items (or senders) maintenance handles between two yields to the hub
 
 
 class QueueFull(Exception):
@@ -374,14 +375,17 @@ class Spool:
         return fd
 
     def _write(self, batch):
-        """Append and fsync a batch; on error cut every touched file back and re-raise."""
+        """Append and fsync a batch (one write per file); on error cut every touched file back
+        and re-raise."""
+        chunks = {}
+        for sid, data in batch:
+            chunks.setdefault(sid, []).append(data)
         touched = {}
         try:
-            for sid, data in batch:
+            for sid, parts in chunks.items():
                 fd = self._fd(sid)
-                if sid not in touched:
-                    touched[sid] = os.fstat(fd).st_size
-                os.write(fd, data)  # short writes of regular files only happen on error
+                touched[sid] = os.fstat(fd).st_size
+                os.write(fd, b"".join(parts))  # short writes of regular files only happen on error
             for sid in touched:
                 os.fsync(self._fds[sid])
         except OSError:
@@ -408,7 +412,18 @@ class Spool:
         self._fds.clear()
 
     def _recover(self):
-        """Rebuild the queues from the segment files (writer thread, before serving)."""
+        """Rebuild the queues from the segment files (writer thread, before serving), with
+        the cyclic GC paused: recovery builds a million objects and nothing cyclic, and each
+        full collection it would trigger holds the GIL, the hub's too, for 100-900 ms."""
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            self._replay_segments()
+        finally:
+            if paused:
+                gc.enable()
+
+    def _replay_segments(self):
         sids = sorted(int(n[4:14]) for n in os.listdir(self.dir)
                       if n.startswith("seg-") and n.endswith(".log") and n[4:14].isdigit())
         found, wm, fanouts, done, ids = {}, self.wm, {}, set(), {}
