@@ -110,9 +110,9 @@ class Router:
         for key in list(spool.unfinished):
             if key not in self.pending:
                 spool.finished(key)
-        for (sender, cid), f in list(spool.incomplete.items()):
+        for sender, cid in list(spool.incomplete):
             if (sender, cid) not in self.pending:
-                spool.done(sender, cid, None)
+                self._close(sender, cid, spool)
         for user in list(spool.queues):
             self.poke(user)
 
@@ -266,19 +266,23 @@ class Router:
 
     def fanned_out(self, home, sender, cid, pending, intent, err):
         """Every G record of a fan-out is written (or one failed): ✓ (or store_failed) to the
-        sender, and an E record on the home shard, after which every shard may drop the records
-        of the fan-out. A failed fan-out is closed as well: its sender sends it again."""
+        sender, and the fan-out is closed. A failed fan-out is closed as well: its sender
+        sends it again."""
         pending.anchor = (home, intent)
-        key = (sender, cid)
+        self._close(sender, cid, self.offd.current(intent.group[0]))
+        self.durable(sender, cid, pending, err)
 
-        def closed(e):
-            if e is None:
+    def _close(self, sender, cid, home):
+        """Write the E record of fan-out (sender, cid) on ``home`` (the current incarnation of
+        its home shard; None while it restarts: the next start completes the fan-out), after
+        which every shard may drop the fan-out's F and G records."""
+        def closed(err):
+            if err is None:
                 for spool in self.offd.spools:
                     if spool is not None:
-                        spool.finished(key)
-        if self.offd.current(intent.group[0]) is home:
+                        spool.finished((sender, cid))
+        if home is not None:
             home.done(sender, cid, closed)
-        self.durable(sender, cid, pending, err)
 
     @staticmethod
     def _sent(ref, cid, ts):
