@@ -117,6 +117,8 @@ class Router:
             self.poke(user)
 
     def _recovered(self, spools):
+        """Every shard recovered at node start: settle the fan-outs (finished unless an F without
+        E names them), refill the dedup window, complete what a crash cut short."""
         incomplete = {key: (spool, f) for spool in spools for key, f in spool.incomplete.items()}
         for spool in spools:
             for key in list(spool.unfinished):
