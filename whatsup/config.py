@@ -70,6 +70,10 @@ SETTINGS = (
             "a large fan-out does not stall the other sessions", 1),
     Setting("ratelimit.msg", float, 500.0, "msg frames per second per connection; 0 means no limit", 0.0),
     Setting("ratelimit.read", float, 500.0, "read receipts per second per connection; 0 means no limit", 0.0),
+    Setting("ratelimit.ack", float, 1000.0, "acks per second per connection (a device acks what it "
+            "is sent, cumulatively); 0 means no limit", 0.0),
+    Setting("ratelimit.ping", float, 10.0, "pings per second per connection, before login too "
+            "(a device needs one per idle_timeout/3); 0 means no limit", 0.0),
     Setting("ratelimit.typing", float, 5.0, "typing frames per second per connection; 0 means no limit",
             0.0),
     Setting("ratelimit.presence_sub", float, 20.0, "presence subscriptions per second per connection; "

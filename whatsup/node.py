@@ -42,9 +42,9 @@ from .admission import Admission, KnownLogins
 from .address import split as split_address
 from .blocking import Blocks
 from .config import ConfigError
-from .datadir import DataDirBusy, ShardMismatch, identity, lock, shard_count
+from .datadir import DataDirBusy, InsecureDataDir, ShardMismatch, identity, lock, secure, shard_count
 from .groups import Groups
-from .listener import ConnectionGate, GatedServer, server_context
+from .listener import FD_RESERVE, ConnectionGate, GatedServer, connection_cap, server_context
 from .offd import Offd
 from .protocol import Code
 from .presence import Presence
@@ -157,7 +157,7 @@ class Node:
             "user": KeyedLimiter(cfg["auth.user_failures"], cfg["auth.failure_window"]),
             "ip": KeyedLimiter(cfg["auth.ip_failures"], cfg["auth.failure_window"]),
             "prefix": KeyedLimiter(cfg["auth.prefix_failures"], cfg["auth.failure_window"])}
-        self.pool = Pool(cfg["server.max_connections"])
+        self.pool = Pool(connection_cap(cfg["server.max_connections"]))
         self.gate = ConnectionGate(cfg["server.max_connections_per_ip"], cfg["server.unauthenticated_per_ip"],
                                    cfg["server.unauthenticated_per_prefix"])
         self.server = self.tls_server = None
@@ -212,6 +212,8 @@ class Node:
                  self.offd.queued())
         if self.tls_server is not None:
             log.info("TLS clients on %s:%d", *self.tls_server.address[:2])
+        log.info("at most %d connections (server.max_connections, within the open files limit less %d)",
+                 self.pool.size, FD_RESERVE)
         return self
 
     def _tree(self):
@@ -243,11 +245,13 @@ class Node:
 
     def _prepare_data_dir(self):
         try:
-            os.makedirs(self.data_dir, exist_ok=True)
+            secure(self.data_dir)
             probe = os.path.join(self.data_dir, ".write-test")
             with open(probe, "w") as f:
                 f.write("ok")
             os.unlink(probe)
+        except InsecureDataDir as exc:
+            raise StartError(str(exc)) from None
         except OSError as exc:
             raise StartError(f"data dir {self.data_dir} is not writable: {exc.strerror or exc}") from None
 
