@@ -58,6 +58,11 @@ def check_password(password, stored):
     return hmac.compare_digest(got, base64.b64decode(digest))
 
 
+def cost(stored):
+    """The scrypt cost N a stored hash was made with."""
+    return int(stored.split("$")[1])
+
+
 def shard_path(directory, i):
     return os.path.join(directory, f"shard-{i:03d}.sqlite")
 
@@ -93,7 +98,7 @@ class AccountShard:
         self._pool.kill()
 
     def put(self, user, record):
-        """Store ``record`` for ``user``; returns once it is committed (raises what failed it)."""
+        """Store ``record`` (None deletes) for ``user``; returns once it is committed (raises what failed it)."""
         done = AsyncResult()
         self._commits.add((user, record), done.set)
         err = done.get()
@@ -105,7 +110,10 @@ class AccountShard:
 
     def _write(self, batch):
         for user, record in batch:
-            self._db[user] = record
+            if record is None:
+                self._db.pop(user, None)
+            else:
+                self._db[user] = record
         self._db.commit()
 
 
@@ -216,4 +224,32 @@ class AccountStore:
         record = self.shard(user).get(user)
         if record is None:
             return False
-        return self._hash("check", password, record["password"])
+        if not self._hash("check", password, record["password"]):
+            return False
+        if cost(record["password"]) != self.scrypt_n:  # accounts.scrypt_n changed: rehash now
+            self._store_password(user, password, record)
+        return True
+
+    def record(self, user):
+        """``user``'s stored record (None if unknown): what an operator may see, without the hash
+        itself but with its scrypt cost."""
+        record = self.shard(user).get(user) if user in self.users else None
+        if record is None:
+            return None
+        return {**{k: v for k, v in record.items() if k != "password"}, "scrypt_n": cost(record["password"])}
+
+    def set_password(self, user, password):
+        """Replace ``user``'s password (KeyError if unknown); returns once it is durable."""
+        record = self.shard(user).get(user) if user in self.users else None
+        if record is None:
+            raise KeyError(user)
+        self._store_password(user, password, record)
+
+    def delete(self, user):
+        """Delete ``user``'s account (a no-op if unknown); returns once it is durable."""
+        if user in self.users:
+            self.users.discard(user)  # first: from here on nobody can log in or write to them
+            self.shard(user).put(user, None)
+
+    def _store_password(self, user, password, record):
+        self.shard(user).put(user, {**record, "password": self._hash("hash", password, self.scrypt_n)})

@@ -56,12 +56,21 @@ class Code:
     SLOW_READER = "slow_reader"              # connection closed: the device does not read
     TOO_MANY_CONNECTIONS = "too_many_connections"  # connection closed at accept: per-address cap
     OVERLOADED = "overloaded"                # connection closed: the session's mailbox is full
+    # accounts (docs/PROTOCOL.md, "Accounts")
+    REGISTRATION_CLOSED = "registration_closed"  # register refused: only the operator registers
+    INVITE_REQUIRED = "invite_required"      # register refused: this server needs an invite
+    BAD_INVITE = "bad_invite"                # register refused: unknown, used up or expired invite
+    BANNED = "banned"                        # login refused, or the live session closed: banned
+    KICKED = "kicked"                        # connection closed by the operator
+    PASSWORD_CHANGED = "password_changed"    # connection closed: the password changed elsewhere
+    ACCOUNT_DELETED = "account_deleted"      # connection closed: the account was deleted
 
 
 #: Codes after which the server closes the connection.
 CLOSING = frozenset({Code.BAD_FRAME, Code.FRAME_TOO_LARGE, Code.UNSUPPORTED_VERSION,
                      Code.REPLACED, Code.IDLE_TIMEOUT, Code.SHUTTING_DOWN, Code.FLOODING,
-                     Code.SLOW_READER, Code.TOO_MANY_CONNECTIONS, Code.OVERLOADED})
+                     Code.SLOW_READER, Code.TOO_MANY_CONNECTIONS, Code.OVERLOADED, Code.KICKED,
+                     Code.PASSWORD_CHANGED, Code.ACCOUNT_DELETED})
 
 
 class ProtocolError(Exception):
@@ -249,7 +258,8 @@ _name = _str(1, 100)
 #: ``from`` a client claims: the sender is always the authenticated user.
 SCHEMAS = {
     "hello": {"ref": (True, _ref), "versions": (True, _versions), "client": (False, _str(0, 128))},
-    "register": {"ref": (True, _ref), "user": (True, _user), "password": (True, _str(0, MAX_PASSWORD))},
+    "register": {"ref": (True, _ref), "user": (True, _user), "password": (True, _str(0, MAX_PASSWORD)),
+                 "invite": (False, _str(1, 64))},
     "login": {"ref": (True, _ref), "user": (True, _user), "password": (True, _str(0, MAX_PASSWORD))},
     "msg": {"ref": (True, _ref), "id": (True, _str(1, MAX_ID)), "to": (False, _user),
             "group": (False, _group), "body": (True, lambda v: isinstance(v, str))},
@@ -276,6 +286,9 @@ SCHEMAS = {
     "block": {"ref": (True, _ref), "user": (True, _user)},
     "unblock": {"ref": (True, _ref), "user": (True, _user)},
     "block_list": {"ref": (True, _ref)},
+    # accounts
+    "passwd": {"ref": (True, _ref), "old": (True, _str(0, MAX_PASSWORD)), "new": (True, _str(0, MAX_PASSWORD))},
+    "delete_account": {"ref": (True, _ref), "password": (True, _str(0, MAX_PASSWORD))},
 }
 
 #: Frame types that address either one user (``to``) or one group (``group``): exactly one.

@@ -16,6 +16,7 @@ Mailbox messages::
     ("reply", frame)                    an answer from the router (sent, ok, error)
     ("poke",)                           the user's offd queue has something new (coalesced)
     ("replaced",)                       the user logged in elsewhere
+    ("close", code, message)            the operator or the account closes it (banned, kicked...)
     ("tick", now)                       the node's sweeper: check the deadlines (coalesced)
     ("shutdown",)                       the node is stopping
 
@@ -128,6 +129,8 @@ class Session:
             proc.stop(("closed", msg[1]))
         elif tag == "replaced":
             Session._close(proc, st, Code.REPLACED, "logged in from another connection")
+        elif tag == "close":  # ("close", code, message): banned, kicked... (whatsup/lifecycle.py)
+            Session._close(proc, st, msg[1], msg[2])
         elif tag == "tick":
             Session._tick(proc, st, msg[1])
         elif tag == "shutdown":
@@ -391,7 +394,8 @@ class Session:
             raise ProtocolError(Code.BAD_PASSWORD, f"passwords are {protocol.MIN_PASSWORD}-"
                                 f"{protocol.MAX_PASSWORD} characters", ref)
         try:
-            st.node.accounts.register(user, f["password"])
+            with st.node.registration.admit(user, f.get("invite"), ref):  # open, invite or closed
+                st.node.accounts.register(user, f["password"])
         except UserTaken:
             raise ProtocolError(Code.USER_TAKEN, f"{user!r} is taken", ref) from None
         except OSError as exc:
@@ -420,6 +424,9 @@ class Session:
         if not verified:
             log.info("failed login for %r from %s", user, st.addr)
             raise ProtocolError(Code.AUTH_FAILED, "wrong user name or password", ref)
+        ban = node.lifecycle.banned(user)
+        if ban is not None:
+            raise ProtocolError(Code.BANNED, f"this account is banned: {ban['reason']}", ref)
         q = node.offd.spool(user).queues.get(user)  # None: nothing queued (no empty queue is made)
         st.user = proc.entity = user
         old = node.sm.register(user, proc.pid)
@@ -473,4 +480,6 @@ ROUTES = {
     "block": ("blocks", "block"),
     "unblock": ("blocks", "unblock"),
     "block_list": ("blocks", "list"),
+    "passwd": ("lifecycle", "passwd"),
+    "delete_account": ("lifecycle", "delete_account"),
 }
