@@ -1,28 +1,16 @@
 """The client side of the control socket: plain blocking sockets, no gevent (docs/ADMIN.md)."""
 import itertools
-import socket
 
+from ..shell.client import NotListening, connect
 from . import MAX_LINE, Refused, decode, encode
 
-
-class NotListening(ConnectionError):
-    """No node answers on that socket; the message says where we looked."""
+__all__ = ["ControlClient", "NotListening"]
 
 
 class ControlClient:
     def __init__(self, path, timeout=60.0):
         self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        try:
-            self.sock.connect(path)
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            self.sock.close()
-            raise NotListening(f"no whatsup node is listening on {path} ({exc.strerror})") from None
-        except PermissionError:
-            self.sock.close()
-            raise NotListening(f"permission denied on {path}: the control socket is mode 0600, "
-                               f"run as the node's user") from None
+        self.sock = connect("unix", path, timeout, "control")
         self._reader = self.sock.makefile("rb")
         self._ids = itertools.count(1)
 
