@@ -19,6 +19,7 @@ for the whole node, so checking a recipient costs no I/O.
 import base64
 import hashlib
 import hmac
+import logging
 import os
 
 from gevent.event import AsyncResult
@@ -26,15 +27,27 @@ from gevent.threadpool import ThreadPool
 
 from .batch import GroupCommitter
 from .datadir import check_shards
+from .logs import Secret
+from .runtime import CallTimeout, ProcessDead
 from .runtime.factory import Factory
 from .runtime.industry import Industry
 from .tables import open_table
 
+log = logging.getLogger("whatsup.accounts")
 SCRYPT_R, SCRYPT_P = 8, 1
 
 
 class UserTaken(Exception):
     """Registration of a name that already exists (or is being registered)."""
+
+
+class Busy(Exception):
+    """No password check now (no hasher answered in time, or admission refused): retry after
+    ``retry_after`` seconds. Nothing was checked or stored."""
+
+    def __init__(self, why, retry_after):
+        super().__init__(why)
+        self.retry_after = retry_after
 
 
 def _b64(raw):
@@ -151,12 +164,12 @@ class Hasher:
 
     @staticmethod
     def handle_call(proc, request, pool):
-        op, password, arg = request
+        op, secret = request  # (password, scrypt cost or stored hash): never in a crash report
         if op == "hash":
-            return pool.apply(hash_password, (password, arg)), pool
+            return pool.apply(hash_password, secret.value), pool
         if op == "check":
-            return pool.apply(check_password, (password, arg)), pool
-        raise ValueError(f"hasher: unexpected call {request!r}")
+            return pool.apply(check_password, secret.value), pool
+        raise ValueError(f"hasher: unexpected call {op!r}")
 
     @staticmethod
     def terminate(proc, reason, pool):
@@ -201,7 +214,11 @@ class AccountStore:
         return user in self.users
 
     def _hash(self, op, password, arg):
-        return self.hashers.call(None, (op, password, arg), self.HASH_TIMEOUT)
+        try:
+            return self.hashers.call(None, (op, Secret((password, arg))), self.HASH_TIMEOUT)
+        except (CallTimeout, ProcessDead) as exc:  # a hasher that failed costs a retry, not a session
+            log.warning("password %s not done: %s", op, exc)
+            raise Busy(f"no password check now ({type(exc).__name__})", self.restart_wait) from None
 
     def register(self, user, password):
         """Create ``user``; returns once it is durable. Raises UserTaken, ShardDown, OSError."""

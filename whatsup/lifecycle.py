@@ -12,12 +12,14 @@ its device with that error and ends (``banned``, ``kicked``,
 ``password_changed``, ``account_deleted``). There is one session per user
 today; "every other session" is written for the multi-device work.
 """
+import contextlib
 import logging
 import time
 
 from gevent.event import AsyncResult
 
 from . import protocol
+from .accounts import Busy
 from .protocol import Code, ProtocolError
 
 log = logging.getLogger("whatsup.lifecycle")
@@ -131,15 +133,17 @@ class Lifecycle:
         """``passwd``: the old password proves it is the user; the device that asked stays."""
         ref = f["ref"]
         self._check_new(f["new"], ref)
-        self._verified(user, f["old"], ref)
-        self.set_password(user, f["new"], keep=pid)
+        with _busy(ref):
+            self._verified(user, f["old"], ref)
+            self.set_password(user, f["new"], keep=pid)
         log.info("%s changed their password", user)
         return {"type": "ok", "ref": ref}
 
     def delete_account(self, user, pid, f):
         """``delete_account``: answered ``ok``, then this connection closes with account_deleted."""
         ref = f["ref"]
-        self._verified(user, f["password"], ref)
+        with _busy(ref):
+            self._verified(user, f["password"], ref)
         self.delete(user, keep=pid)
         self.router.reply(pid, {"type": "ok", "ref": ref})
         self.router.tell(pid, ("close", Code.ACCOUNT_DELETED, "this account was deleted"))
@@ -153,3 +157,12 @@ class Lifecycle:
         if not protocol.MIN_PASSWORD <= len(password) <= protocol.MAX_PASSWORD:
             raise ProtocolError(Code.BAD_PASSWORD, f"passwords are {protocol.MIN_PASSWORD}-"
                                 f"{protocol.MAX_PASSWORD} characters", ref)
+
+
+@contextlib.contextmanager
+def _busy(ref):
+    """No hashing capacity now: the frame is answered ``busy`` with its retry_after, as login is."""
+    try:
+        yield
+    except Busy as exc:
+        raise ProtocolError(Code.BUSY, str(exc), ref, exc.retry_after) from None

@@ -38,7 +38,7 @@ import gevent
 from gevent.event import Event
 from gevent.pool import Pool
 
-from . import __version__, metrics, watchdog
+from . import __version__, logs, metrics, watchdog
 from .accounts import AccountStore
 from .address import split as split_address
 from .blocking import Blocks
@@ -286,12 +286,14 @@ class Node:
 
     def _sweep(self):
         """Tell every session the time, so it can check its own deadlines (coalesced: a busy
-        session has at most one tick queued); forget failed logins that are forgiven."""
+        session has at most one tick queued); forget failed logins that are forgiven; log the
+        summaries of repeated log lines that are due."""
         now = time.monotonic()
         for proc in self.table.processes("session"):
             self.table.notify(proc.pid, ("tick", now))
         for limiter in self.failed_logins.values():
             limiter.prune()
+        logs.flush()
 
     def _maintain(self):
         for slot in self.offd.industry.slots():

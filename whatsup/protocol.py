@@ -5,6 +5,7 @@ session feeds received bytes to a :class:`FrameDecoder` and sends what
 :func:`encode` returns, so every rule of the protocol can be tested without I/O.
 """
 import re
+import reprlib
 import struct
 
 import msgpack
@@ -15,6 +16,10 @@ USERNAME = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 MIN_PASSWORD, MAX_PASSWORD = 6, 256
 MAX_ID = 64
 MAX_IDS = 1024
+#: Containers nested deeper than this in a frame are refused with ``too_deep`` (a valid frame
+#: nests 2: a map holding arrays of strings). msgpack itself stops at 1024, but a frame nested
+#: ~1,000 deep made formatting its error recurse past Python's limit (issue 11).
+MAX_DEPTH = 8
 
 
 class Code:
@@ -22,6 +27,7 @@ class Code:
     BAD_FRAME = "bad_frame"                  # zero length: framing corrupt, connection closed
     FRAME_TOO_LARGE = "frame_too_large"      # length over max_frame: connection closed
     BAD_MSGPACK = "bad_msgpack"
+    TOO_DEEP = "too_deep"                    # containers nested deeper than MAX_DEPTH
     NOT_A_MAP = "not_a_map"
     UNKNOWN_TYPE = "unknown_type"
     BAD_FIELD = "bad_field"
@@ -56,6 +62,7 @@ class Code:
     SLOW_READER = "slow_reader"              # connection closed: the device does not read
     TOO_MANY_CONNECTIONS = "too_many_connections"  # connection closed at accept: per-address cap
     OVERLOADED = "overloaded"                # connection closed: the session's mailbox is full
+    BUSY = "busy"                            # login/register refused unchecked: no hashing capacity now
     # accounts (docs/PROTOCOL.md, "Accounts")
     REGISTRATION_CLOSED = "registration_closed"  # register refused: only the operator registers
     INVITE_REQUIRED = "invite_required"      # register refused: this server needs an invite
@@ -76,12 +83,16 @@ CLOSING = frozenset({Code.BAD_FRAME, Code.FRAME_TOO_LARGE, Code.UNSUPPORTED_VERS
 class ProtocolError(Exception):
     """A frame the server refuses; answered with an ``error`` frame carrying ``code``."""
 
-    def __init__(self, code, message="", ref=None):
+    def __init__(self, code, message="", ref=None, retry_after=None):
         super().__init__(message or code)
         self.code, self.message, self.ref = code, message or code, ref
+        self.retry_after = retry_after
 
     def frame(self):
-        return error_frame(self.code, self.message, self.ref)
+        frame = error_frame(self.code, self.message, self.ref)
+        if self.retry_after is not None:
+            frame["retry_after"] = self.retry_after
+        return frame
 
 
 class FramingError(ProtocolError):
@@ -134,7 +145,7 @@ def frame_bytes(body):
 
 
 def unpack(body):
-    """Decode one frame body; raises ProtocolError(bad_msgpack|not_a_map).
+    """Decode one frame body; raises ProtocolError(bad_msgpack|not_a_map|too_deep).
 
     Every container and string limit is bounded by the body's own size, so a few
     hostile bytes cannot make the decoder allocate more than the frame (msgpack's
@@ -148,7 +159,20 @@ def unpack(body):
         raise ProtocolError(Code.BAD_MSGPACK, f"undecodable msgpack: {type(exc).__name__}") from None
     if not isinstance(obj, dict):
         raise ProtocolError(Code.NOT_A_MAP, f"a frame must be a map, not {type(obj).__name__}")
+    if _deeper_than(obj, MAX_DEPTH):
+        raise ProtocolError(Code.TOO_DEEP, f"containers nested deeper than {MAX_DEPTH}")
     return obj
+
+
+def _deeper_than(obj, limit):
+    """True when containers nest more than ``limit`` levels (level by level: this cannot recurse)."""
+    level = [obj]
+    for _ in range(limit):
+        level = [v for c in level for v in (c.values() if type(c) is dict else c)
+                 if type(v) in (dict, list)]
+        if not level:
+            return False
+    return True
 
 
 class FrameDecoder:
@@ -295,6 +319,15 @@ SCHEMAS = {
 ADDRESSED = frozenset({"msg", "typing"})
 
 
+_shown = reprlib.Repr()
+_shown.maxlevel, _shown.maxstring, _shown.maxother = 2, 60, 60
+
+
+def _show(value):
+    """A client's value in an error message: short, and bounded however it nests."""
+    return _shown.repr(value)
+
+
 def parse(frame):
     """Check a decoded map against its schema; returns (type, frame).
 
@@ -306,7 +339,7 @@ def parse(frame):
     ftype = frame.get("type")
     schema = SCHEMAS.get(ftype) if isinstance(ftype, str) else None
     if schema is None:
-        raise ProtocolError(Code.UNKNOWN_TYPE, f"unknown frame type {ftype!r}"[:200], ref)
+        raise ProtocolError(Code.UNKNOWN_TYPE, f"unknown frame type {_show(ftype)}", ref)
     for name, (required, check) in schema.items():
         if name not in frame:
             if required:

@@ -45,7 +45,7 @@ import time
 import gevent
 
 from . import protocol
-from .accounts import UserTaken
+from .accounts import Busy, UserTaken
 from .runtime.factory import ShardDown
 from .protocol import Code, ProtocolError, error_frame
 from .ratelimit import FrameBuckets, TokenBucket
@@ -398,6 +398,8 @@ class Session:
                 st.node.accounts.register(user, f["password"])
         except UserTaken:
             raise ProtocolError(Code.USER_TAKEN, f"{user!r} is taken", ref) from None
+        except Busy as exc:
+            raise ProtocolError(Code.BUSY, str(exc), ref, exc.retry_after) from None
         except OSError as exc:
             log.error("registration of %s failed: %s", user, exc)
             raise ProtocolError(Code.STORE_FAILED, "could not store the account; retry", ref) from None
@@ -417,6 +419,8 @@ class Session:
         verified = None
         try:
             verified = node.accounts.verify(user, f["password"])
+        except Busy as exc:
+            raise ProtocolError(Code.BUSY, str(exc), ref, exc.retry_after) from None
         finally:
             if verified is not False:  # a success, or no answer (store down): not a failed guess
                 failed["user"].refund(user)

@@ -1,11 +1,10 @@
 """``whatsupd``: start a node. Options override etc/whatsupd.toml, which overrides the defaults."""
 import gc
-import logging
 import sys
 
 import click
 
-from .. import config
+from .. import config, logs
 from ..node import Node, StartError
 from . import load_config
 
@@ -22,8 +21,7 @@ def main(config_path, listen, data_dir, log_level):
     """Run a whatsup node until SIGTERM or SIGINT (exit status 1 if its supervision tree gave up)."""
     cfg = load_config(config_path, {"server.listen": listen, "server.data_dir": data_dir,
                                     "server.log_level": log_level})
-    logging.basicConfig(level=cfg["server.log_level"].upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup(cfg["server.log_level"].upper())
     node = Node(cfg)
     try:
         node.start()

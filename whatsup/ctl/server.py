@@ -18,9 +18,11 @@ import struct
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
+from ..accounts import Busy
 from ..config import ConfigError
 from ..protocol import ProtocolError
 from ..runtime import StartFailed
+from ..runtime.factory import ShardDown
 from ..shell.server import bind_unix
 from . import MAX_LINE, SOCKET_NAME, Refused, decode, encode
 from .commands import COMMANDS
@@ -120,6 +122,10 @@ class ControlServer:
             return {"id": rid, "ok": False, "error": exc.code, "message": exc.message}
         except ProtocolError as exc:  # a store refused (store_failed...)
             return {"id": rid, "ok": False, "error": exc.code, "message": exc.message}
+        except Busy as exc:
+            return {"id": rid, "ok": False, "error": "busy", "message": f"{exc}; retry in {exc.retry_after}s"}
+        except ShardDown as exc:
+            return {"id": rid, "ok": False, "error": "store_failed", "message": str(exc)}
         except Exception as exc:
             log.exception("admin request %.200r by %s failed", line, who)
             return {"id": rid, "ok": False, "error": "internal", "message": f"{type(exc).__name__}: {exc}"}

@@ -40,6 +40,8 @@ import gevent
 from gevent.event import AsyncResult
 from gevent.queue import UnboundQueue
 
+from ..logs import redact
+
 
 log = logging.getLogger("whatsup.runtime")
 
@@ -168,7 +170,7 @@ class Process:
             reason = ("crash", exc)
             started = self.ready.ready()
             if started or not isinstance(exc, StartFailed):  # a refusal: its starter reports it
-                where = f"handling {self.last_message!r:.300}" if started else "in init"
+                where = f"handling {redact(self.last_message)!r:.300}" if started else "in init"
                 log.error("process %r (%s%s) crashed %s", self.pid, self.kind,
                           f" {self.entity}" if self.entity is not None else "", where, exc_info=True)
         finally:

@@ -22,6 +22,7 @@ import gevent
 from gevent.event import Event
 
 from .. import __version__, metrics
+from ..logs import redact
 from ..runtime import CallTimeout, Pid, Process, ProcessDead
 from ..runtime.process import CALL, SYS
 from . import ERROR_MARK, Table, drain as draining, reload as reloading
@@ -32,15 +33,14 @@ COLUMNS = ("pid", "kind", "who", "entity", "mailbox", "handled", "restarts", "up
 
 
 def brief(msg):
-    """A mailbox message as the shell shows it: payload bytes shortened, call/system tags named."""
+    """A mailbox message as the shell shows it: payload bytes by size, secrets hidden, call/system tags named."""
     if type(msg) is not tuple or not msg:
         return msg
     if msg[0] == CALL:
-        return (CALL, msg[2])
+        return (CALL, redact(msg[2]))
     if msg[0] == SYS:
         return (SYS, getattr(msg[1], "__qualname__", repr(msg[1])))
-    return tuple(f"<{len(v)} bytes>" if isinstance(v, (bytes, bytearray)) and len(v) > 32 else v
-                 for v in msg)
+    return redact(msg)
 
 
 def percentile(values, p):
