@@ -6,6 +6,8 @@
 # before anything changes, then swapped into its live processes between two messages; the first
 # module that fails to load stops the deploy with a non-zero exit, and the old code keeps running.
 set -euo pipefail
+usage="usage: $0 [whatsup-shell options] whatsup.MODULE...  (hot-loads each MODULE into the running node)"
+case "${1:-}" in -h | --help) echo "$usage"; exit 0 ;; esac
 opts=() mods=() prev=
 for arg in "$@"; do
   case "$prev:$arg" in
@@ -15,5 +17,5 @@ for arg in "$@"; do
   esac
   prev=$arg
 done
-[ ${#mods[@]} -gt 0 ] || { echo "usage: $0 [whatsup-shell options] whatsup.MODULE..." >&2; exit 2; }
+[ ${#mods[@]} -gt 0 ] || { echo "$usage" >&2; exit 2; }
 exec "$(dirname "$0")/../bin/whatsup-shell" "${opts[@]}" "${mods[@]}"

@@ -128,7 +128,7 @@ def test_expired_items_are_dropped(tmp_path):
 
 def test_offd_refuses_a_data_dir_written_with_another_shard_count(tmp_path):
     Offd(ProcessTable(), str(tmp_path), 2, 1 << 20, 10, 30.0).check()
-    with pytest.raises(ShardMismatch, match="has 2 shards but offd.shards says 3; reshard it with ops/reshard.py"):
+    with pytest.raises(ShardMismatch, match="has 2 shards but offd.shards says 3; reshard it with whatsup-reshard"):
         Offd(ProcessTable(), str(tmp_path), 3, 1 << 20, 10, 30.0).check()
 
 

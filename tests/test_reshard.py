@@ -35,7 +35,7 @@ def test_an_interrupted_swap_is_refused_by_the_node_and_redone_by_the_tool(tmp_p
     shutil.copytree(offd, offd + ".old")
     shutil.rmtree(shard_dir(offd, 1))
     datadir.write_marker(os.path.join(data, datadir.RESHARDING), "offd\n")
-    with pytest.raises(ShardMismatch, match="interrupted ops/reshard.py"):
+    with pytest.raises(ShardMismatch, match="interrupted whatsup-reshard"):
         Offd(ProcessTable(), offd, 2, *OPTIONS).check()
     said = []
     summary = gevent.spawn(reshard, data, 5, 1, OPTIONS, said.append).get()

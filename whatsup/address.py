@@ -15,6 +15,14 @@ def split(text, default_host="127.0.0.1"):
     return host.strip("[]") or default_host, int(port)
 
 
+def is_loopback(host):
+    """True for a loopback IP literal; False for anything else, host names included."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def loopback(text, setting, why):
     """``host:port`` whose host is a loopback IP literal (127.0.0.0/8, ::1) -> (host, port).
 
@@ -25,11 +33,7 @@ def loopback(text, setting, why):
         host, port = split(text, default_host="")
     except ValueError:
         raise ValueError(f"{setting} {text!r} must be a loopback host:port") from None
-    try:
-        is_loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        is_loopback = False
-    if not is_loopback:
+    if not is_loopback(host):
         raise ValueError(f"{setting} {text!r} refused: {why}, so it is served on loopback only "
                          f"(127.0.0.0/8 or ::1)")
     return host, port

@@ -16,6 +16,7 @@ class Setting:
     default: object
     doc: str
     minimum: object = None
+    choices: tuple = ()  # the only values allowed, when not empty
 
 
 def _default_data_dir():
@@ -27,7 +28,7 @@ SETTINGS = (
     Setting("server.listen", str, "127.0.0.1:7222", "address whatsupd accepts clients on (host:port)"),
     Setting("server.data_dir", str, "", "where accounts and the offd spool live; empty means "
             "$XDG_DATA_HOME/whatsup (~/.local/share/whatsup)"),
-    Setting("server.log_level", str, "info", "debug, info, warning or error"),
+    Setting("server.log_level", str, "info", "how much whatsupd logs", choices=("debug", "info", "warning", "error")),
     Setting("server.node", str, "whatsup@localhost", "this node's name; pids carry it"),
     Setting("server.max_connections", int, 50_000, "open client connections at most (all listeners); "
             "when full the node stops accepting until one ends", 1),
@@ -77,11 +78,19 @@ SETTINGS = (
     Setting("auth.ip_failures", int, 100, "failed logins per client address within "
             "auth.failure_window; 0 means no limit", 0),
     Setting("auth.failure_window", float, 60.0, "seconds over which failed logins are counted", 1.0),
+    Setting("accounts.max_username", int, 32, "characters in a user name at most (names are "
+            "A-Z a-z 0-9 _ . -); register refuses longer ones with bad_username", 1),
+    Setting("accounts.min_password", int, 6, "characters in a password at least; register refuses "
+            "shorter ones with bad_password", 1),
+    Setting("accounts.max_password", int, 256, "characters in a password at most; register refuses "
+            "longer ones with bad_password, and login with a longer one fails (auth_failed) "
+            "without hashing it", 1),
     Setting("accounts.scrypt_n", int, 2 ** 15, "scrypt cost parameter N for password hashes", 2),
     Setting("accounts.hash_threads", int, 2, "password hashers (a gen_factory, least-loaded dispatch), "
             "each with its own native thread, off the hub", 1),
-    Setting("accounts.shards", int, 4, "account-store shards, each its own sqlite file and writer "
-            "thread; changing it needs ops/reshard.py", 1),
+    Setting("accounts.shards", int, 0, "account-store shards, each its own sqlite file and writer "
+            "thread; 0 means the count the data dir was written with (4 for a new one); changing it "
+            "needs whatsup-reshard", 0),
     Setting("accounts.registration", str, "open", "who may register: open (anyone), invite (with a "
             "token from `whatsupctl invites create`) or closed (only the operator, `whatsupctl users "
             "register`)"),
@@ -89,8 +98,9 @@ SETTINGS = (
             "--days` says otherwise", 0.0),
     Setting("accounts.name_reuse_days", float, 30.0, "days a deleted account's name cannot be "
             "registered again; 0 means at once", 0.0),
-    Setting("offd.shards", int, 4, "spool shards, each with its own directory and writer thread; "
-            "changing it needs ops/reshard.py", 1),
+    Setting("offd.shards", int, 0, "spool shards, each with its own directory and writer thread; "
+            "0 means the count the data dir was written with (4 for a new one); changing it needs "
+            "whatsup-reshard", 0),
     Setting("offd.segment_bytes", int, 64 * 2 ** 20, "spool segment size at which a new segment starts", 4096),
     Setting("offd.max_queue", int, 100_000, "items queued for one user at most; senders get queue_full beyond", 1),
     Setting("offd.expiry_days", float, 30.0, "undelivered items older than this are dropped (and logged)", 0.0),
@@ -154,6 +164,8 @@ def _coerce(setting, value):
         value = float(value)
     if not isinstance(value, setting.type) or isinstance(value, bool) != (setting.type is bool):
         raise ConfigError(f"{setting.name} must be {setting.type.__name__}, got {value!r}")
+    if setting.choices and value not in setting.choices:
+        raise ConfigError(f"{setting.name} must be one of {', '.join(setting.choices)}, got {value!r}")
     if setting.minimum is not None and value < setting.minimum:
         raise ConfigError(f"{setting.name} must be at least {setting.minimum}, got {value!r}")
     return value
@@ -183,6 +195,8 @@ def load(path=None, overrides=None):
         raise ConfigError("protocol.max_body must be at least 512 bytes below protocol.max_frame")
     if values["session.max_outbound"] < 4 * values["protocol.max_frame"]:
         raise ConfigError("session.max_outbound must be at least 4 × protocol.max_frame")
+    if values["accounts.max_password"] < values["accounts.min_password"]:
+        raise ConfigError("accounts.max_password must be at least accounts.min_password")
     if values["mailbox.session"] < values["session.max_inflight"] + 64:
         raise ConfigError("mailbox.session must exceed session.max_inflight by 64 at least")
     if values["accounts.registration"] not in ("open", "invite", "closed"):
@@ -202,7 +216,8 @@ def render_toml():
         if sec != section:
             lines += ["", f"[{sec}]"]
             section = sec
-        bound = f" (minimum {s.minimum})" if s.minimum is not None else ""
+        bound = (f" (minimum {s.minimum})" if s.minimum is not None else
+                 f" ({', '.join(s.choices)})" if s.choices else "")
         lines.append(f"# {s.doc}{bound}")
         value = f'"{s.default}"' if isinstance(s.default, str) else repr(s.default)
         lines.append(f"{key} = {value}")

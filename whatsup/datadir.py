@@ -1,13 +1,13 @@
 """The data dir's guards: one live owner at a time, and the shard count each store was written with.
 
 * ``lock(data_dir)``: an exclusive ``flock`` on ``data_dir/LOCK``, held by a
-  running whatsupd (and by ops/reshard.py while it works), so an offline tool
+  running whatsupd (and by whatsup-reshard while it works), so an offline tool
   never touches the files of a live node and two nodes never share a spool.
   The kernel drops the lock when the process dies, even by ``kill -9``.
 * ``identity(data_dir)``: the data dir's random id, announced in ``hello``.
 * ``check_shards(directory, shards, setting)``: a store directory remembers its
   shard count in a ``SHARDS`` file; opening it with another count is refused
-  with a one-line message naming ops/reshard.py, because users would silently
+  with a one-line message naming whatsup-reshard, because users would silently
   land on shards that do not hold their data.
 """
 import fcntl
@@ -17,6 +17,7 @@ import uuid
 LOCK = "LOCK"
 IDENTITY = "ID"
 RESHARDING = "RESHARDING"
+DEFAULT_SHARDS = 4
 
 
 class DataDirBusy(Exception):
@@ -39,7 +40,7 @@ def lock(data_dir):
         owner = f.read().strip() or "?"
         f.close()
         raise DataDirBusy(f"data dir {data_dir} is in use by process {owner} "
-                          f"(a running whatsupd or ops/reshard.py)") from None
+                          f"(a running whatsupd or whatsup-reshard)") from None
     f.seek(0)
     f.truncate()
     f.write(f"{os.getpid()}\n")
@@ -83,14 +84,21 @@ def read_shards(directory):
     try:
         with open(os.path.join(directory, "SHARDS")) as f:
             return int(f.read().strip() or 0)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
+
+
+def shard_count(directory, configured):
+    """The shard count a store opens with: the configured one, else (0) the one ``directory``
+    was written with, else DEFAULT_SHARDS for a new store; so a node that ran without a config
+    file keeps running without one after a reshard."""
+    return configured or read_shards(directory) or DEFAULT_SHARDS
 
 
 def check_shards(directory, shards, setting):
     """Refuse a store written with another shard count; record the count of a new one."""
     if os.path.exists(os.path.join(os.path.dirname(directory), RESHARDING)):
-        raise ShardMismatch(f"{os.path.dirname(directory)} holds an interrupted ops/reshard.py run; "
+        raise ShardMismatch(f"{os.path.dirname(directory)} holds an interrupted whatsup-reshard run; "
                             f"run it again to finish or roll back")
     os.makedirs(directory, exist_ok=True)
     found = read_shards(directory)
@@ -98,4 +106,4 @@ def check_shards(directory, shards, setting):
         write_marker(os.path.join(directory, "SHARDS"), f"{shards}\n")
     elif found != shards:
         raise ShardMismatch(f"{directory} has {found} shards but {setting} says {shards}; reshard it "
-                            f"with ops/reshard.py (server stopped) or set {setting} = {found}")
+                            f"with whatsup-reshard (server stopped) or set {setting} = {found}")

@@ -35,8 +35,10 @@ def durably(table, key, value):
 
 
 class Lifecycle:
-    def __init__(self, sm, router, accounts, offd, groups, blocks, presence, reuse_days, clock=time.time):
+    def __init__(self, sm, router, accounts, offd, groups, blocks, presence, limits, reuse_days,
+                 clock=time.time):
         self.sm, self.router, self.accounts, self.offd = sm, router, accounts, offd
+        self.limits = limits  # the accounts.* name and password rules (protocol.check_account)
         self.groups, self.blocks, self.presence = groups, blocks, presence
         self.reuse = reuse_days * 86400.0
         self.clock = clock
@@ -132,7 +134,7 @@ class Lifecycle:
     def passwd(self, user, pid, f):
         """``passwd``: the old password proves it is the user; the device that asked stays."""
         ref = f["ref"]
-        self._check_new(f["new"], ref)
+        protocol.check_account(user, f["new"], self.limits, ref)
         with _busy(ref):
             self._verified(user, f["old"], ref)
             self.set_password(user, f["new"], keep=pid)
@@ -151,12 +153,6 @@ class Lifecycle:
     def _verified(self, user, password, ref):
         if not self.accounts.verify(user, password):
             raise ProtocolError(Code.AUTH_FAILED, "wrong password", ref)
-
-    @staticmethod
-    def _check_new(password, ref):
-        if not protocol.MIN_PASSWORD <= len(password) <= protocol.MAX_PASSWORD:
-            raise ProtocolError(Code.BAD_PASSWORD, f"passwords are {protocol.MIN_PASSWORD}-"
-                                f"{protocol.MAX_PASSWORD} characters", ref)
 
 
 @contextlib.contextmanager

@@ -9,7 +9,7 @@
     │              (whatsup/tables.py)
     ├── maintenance  ticker: offd compaction and expiry, cast to every shard
     ├── sessions   supervisor: every connection's session, adopted as a temporary child
-    ├── sweeper    ticker: tells every session the time
+    ├── sweeper    ticker: forgets forgiven failed logins, logs due log summaries
     ├── listener   the listening sockets (plain, and TLS if configured); a handler
     │              greenlet becomes a session process
     └── control    the control socket whatsupctl talks to (whatsup/ctl/)
@@ -44,7 +44,7 @@ from .address import split as split_address
 from .blocking import Blocks
 from .config import ConfigError
 from .ctl.server import ControlServer, socket_path as control_path
-from .datadir import DataDirBusy, ShardMismatch, identity, lock
+from .datadir import DataDirBusy, ShardMismatch, identity, lock, shard_count
 from .groups import Groups
 from .lifecycle import Lifecycle
 from .listener import ConnectionGate, GatedServer, server_context
@@ -57,13 +57,14 @@ from .runtime import Process, ProcessDead, ProcessTable, StartFailed
 from .runtime.industry import ShardRegistry, UnknownKind
 from .runtime.supervisor import NORMAL, Child, SupSpec, Supervisor, adopt, terminate_child
 from .runtime.ticker import Ticker
+from .runtime.timers import Timers
 from .session import Session
 from .shell.server import Backdoor
 from .sm import SessionManager
 from .tables import TableStore
 
 log = logging.getLogger("whatsup.node")
-TICK = 1.0
+SWEEP = 1.0  # seconds between two sweeps (failed logins, log summaries): work on neither grows with sessions
 
 
 class StartError(Exception):
@@ -130,13 +131,14 @@ class Node:
         self.node_id = None  # the data dir's identity, read at start
         self.data_dir = os.path.abspath(cfg.data_dir)
         self.table = ProcessTable(cfg["server.node"])
+        self.timers = Timers(self.table)  # the sessions' deadlines (idle, login, send timeouts)
         self.sm = SessionManager()
         self.counters = collections.Counter()
         wait = cfg["runtime.restart_wait"]
-        self.accounts = AccountStore(self.table, os.path.join(self.data_dir, "accounts"),
-                                     cfg["accounts.shards"], cfg["accounts.scrypt_n"],
-                                     cfg["accounts.hash_threads"], wait)
-        self.offd = Offd(self.table, os.path.join(self.data_dir, "offd"), cfg["offd.shards"],
+        accounts_dir, offd_dir = (os.path.join(self.data_dir, store) for store in ("accounts", "offd"))
+        self.accounts = AccountStore(self.table, accounts_dir, shard_count(accounts_dir, cfg["accounts.shards"]),
+                                     cfg["accounts.scrypt_n"], cfg["accounts.hash_threads"], wait)
+        self.offd = Offd(self.table, offd_dir, shard_count(offd_dir, cfg["offd.shards"]),
                          cfg["offd.segment_bytes"], cfg["offd.max_queue"], cfg["offd.expiry_days"], wait)
         self.blocks = Blocks(self.accounts)
         self.router = Router(self.table, self.sm, self.offd, self.accounts, self.blocks,
@@ -145,7 +147,7 @@ class Node:
                              cfg["groups.fanout_chunk"])
         self.presence = Presence(self.sm, self.accounts, self.blocks, self.groups)
         self.lifecycle = Lifecycle(self.sm, self.router, self.accounts, self.offd, self.groups, self.blocks,
-                                   self.presence, cfg["accounts.name_reuse_days"])
+                                   self.presence, vars(cfg.accounts), cfg["accounts.name_reuse_days"])
         self.registration = Registration(cfg["accounts.registration"], cfg["accounts.invite_days"],
                                          self.lifecycle.is_retired)
         self.offd.on_up = self.router.shard_up
@@ -232,7 +234,7 @@ class Node:
             Child("social", self._social),
             ticker("maintenance", cfg["offd.maintenance_interval"], self._maintain),
             supervisor("sessions", "one_for_one", ()),
-            ticker("sweeper", TICK, self._sweep),
+            ticker("sweeper", SWEEP, self._sweep),
             Child("listener", lambda: self.table.start(Listener, self, name="listener")),
             *self._admin_children(),
         ), **intensity)
@@ -285,12 +287,9 @@ class Node:
         proc.run_here()
 
     def _sweep(self):
-        """Tell every session the time, so it can check its own deadlines (coalesced: a busy
-        session has at most one tick queued); forget failed logins that are forgiven; log the
-        summaries of repeated log lines that are due."""
-        now = time.monotonic()
-        for proc in self.table.processes("session"):
-            self.table.notify(proc.pid, ("tick", now))
+        """Forget failed logins that are forgiven; log the summaries of repeated log lines that
+        are due. (Sessions are not swept: each keeps its own deadlines in ``timers``, so only
+        those that are due are woken.)"""
         for limiter in self.failed_logins.values():
             limiter.prune()
         logs.flush()
@@ -328,6 +327,7 @@ class Node:
             proc.mailbox.put(("shutdown",))
         gevent.joinall([p.greenlet for p in sessions], timeout=timeout)
         self.table.stop(self.root, "shutdown", timeout=60.0)
+        self.timers.stop()
         self._release()
         log.info("stopped")
         self.stopped.set()

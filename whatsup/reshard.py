@@ -1,4 +1,4 @@
-"""Move offd spools and accounts from M shards to N shards, offline (ops/reshard.py is the CLI).
+"""Move offd spools and accounts from M shards to N shards, offline (``whatsup-reshard`` is the CLI).
 
 As at WhatsApp, changing a shard count is a deliberate manual operation: the
 node is stopped (the data dir's LOCK is taken, so a live node makes this
@@ -37,7 +37,11 @@ class ReshardError(Exception):
 
 # --- offd ---------------------------------------------------------------------------
 
-def read_offd(directory, shards, options):
+def _quiet(done, total):
+    """The default progress callback: nothing to say."""
+
+
+def read_offd(directory, shards, options, progress=_quiet):
     """``({user: [Item...]}, highest counter)`` as the node would recover them."""
     queues, counter = {}, 0
     for i in range(shards):
@@ -50,10 +54,11 @@ def read_offd(directory, shards, options):
                     queues[user] = list(q.items)
         finally:
             spool.close()
+        progress(i + 1, shards)
     return queues, counter
 
 
-def write_offd(directory, shards, queues, counter):
+def write_offd(directory, shards, queues, counter, progress=_quiet):
     os.makedirs(directory)
     by_shard = [[] for _ in range(shards)]
     for user, items in queues.items():
@@ -69,6 +74,7 @@ def write_offd(directory, shards, queues, counter):
             f.flush()
             os.fsync(f.fileno())
         datadir.fsync_dir(sdir)
+        progress(i + 1, shards)
     datadir.write_marker(os.path.join(directory, "SHARDS"), f"{shards}\n")
 
 
@@ -79,7 +85,7 @@ def _fingerprint(queues):
 
 # --- accounts -------------------------------------------------------------------------
 
-def read_accounts(directory, shards):
+def read_accounts(directory, shards, progress=_quiet):
     users = {}
     for i in range(shards):
         db = open_db(shard_path(directory, i))
@@ -87,10 +93,11 @@ def read_accounts(directory, shards):
             users.update(db.items())
         finally:
             db.close()
+        progress(i + 1, shards)
     return users
 
 
-def write_accounts(directory, shards, users):
+def write_accounts(directory, shards, users, progress=_quiet):
     os.makedirs(directory)
     by_shard = [{} for _ in range(shards)]
     for user, rec in users.items():
@@ -103,6 +110,7 @@ def write_accounts(directory, shards, users):
             db.commit()
         finally:
             db.close()
+        progress(i + 1, shards)
     datadir.write_marker(os.path.join(directory, "SHARDS"), f"{shards}\n")
 
 
@@ -130,8 +138,11 @@ def roll_back(data_dir):
     return done
 
 
-def reshard(data_dir, offd_shards, accounts_shards, offd_options, say=print):
-    """Reshard ``data_dir`` (the node stopped) to the given counts; returns a summary dict."""
+def reshard(data_dir, offd_shards, accounts_shards, offd_options, say=print, progress=None):
+    """Reshard ``data_dir`` (the node stopped) to the given counts; returns a summary dict.
+
+    ``progress(label, done, total)``, if given, hears of each shard read, written and verified.
+    """
     with datadir.lock(data_dir):
         for line in roll_back(data_dir):
             say(line)
@@ -140,13 +151,14 @@ def reshard(data_dir, offd_shards, accounts_shards, offd_options, say=print):
         for store, new in targets.items():
             path = os.path.join(data_dir, store)
             old = datadir.read_shards(path)
-            if old is None or old == new:
+            if old is None or old == new or not new:
                 say(f"{store}: {old or 'no'} shards on disk, {new} wanted: nothing to move")
                 continue
+            steps = _steps(store, progress)
             if store == "offd":
-                queues, counter = read_offd(path, old, offd_options)
-                write_offd(path + ".new", new, queues, counter)
-                again, new_counter = read_offd(path + ".new", new, offd_options)
+                queues, counter = read_offd(path, old, offd_options, next(steps))
+                write_offd(path + ".new", new, queues, counter, next(steps))
+                again, new_counter = read_offd(path + ".new", new, offd_options, next(steps))
                 if _fingerprint(again) != _fingerprint(queues) or new_counter < counter:
                     raise ReshardError(f"offd: the rewritten spool differs from the old one; "
                                        f"nothing swapped ({path}.new kept for inspection)")
@@ -156,9 +168,9 @@ def reshard(data_dir, offd_shards, accounts_shards, offd_options, say=print):
                 say(f"offd: {old} -> {new} shards: {n} items of {len(queues)} users moved and "
                     f"verified; seqs continue above {counter}")
             else:
-                users = read_accounts(path, old)
-                write_accounts(path + ".new", new, users)
-                if read_accounts(path + ".new", new) != users:
+                users = read_accounts(path, old, next(steps))
+                write_accounts(path + ".new", new, users, next(steps))
+                if read_accounts(path + ".new", new, next(steps)) != users:
                     raise ReshardError(f"accounts: the rewritten store differs from the old one; "
                                        f"nothing swapped ({path}.new kept for inspection)")
                 summary[store] = {"from": old, "to": new, "users": len(users)}
@@ -167,6 +179,15 @@ def reshard(data_dir, offd_shards, accounts_shards, offd_options, say=print):
         if built:
             _swap(data_dir, built)
         return summary
+
+
+def _steps(store, progress):
+    """The progress callbacks of one store's three passes over its shards."""
+    for verb in ("reading", "writing", "verifying"):
+        if progress is None:
+            yield _quiet
+        else:
+            yield lambda done, total, label=f"{store}: {verb} shards": progress(label, done, total)
 
 
 def _swap(data_dir, stores):

@@ -17,7 +17,7 @@ Mailbox messages::
     ("poke",)                           the user's offd queue has something new (coalesced)
     ("replaced",)                       the user logged in elsewhere
     ("close", code, message)            the operator or the account closes it (banned, kicked...)
-    ("tick", now)                       the node's sweeper: check the deadlines (coalesced)
+    ("tick", when)                      a deadline of this session may be due (node.timers, coalesced)
     ("shutdown",)                       the node is stopping
 
 Outgoing frames are gathered in one buffer while the mailbox has more to do
@@ -74,6 +74,7 @@ class SessionState:
         self.out = bytearray()
         self.opened = self.last_in = time.monotonic()
         self.stalled_since = None  # since when the socket takes none of a non-empty buffer
+        self.due = None          # the deadline this session has in node.timers (login, idle, send)
         self.frames_in = self.frames_out = 0
         self.inflight = 0        # msg/read requests handed on, not yet answered
         self.awaiting = collections.Counter()  # their refs (other "reply"s are relays, not answers)
@@ -107,6 +108,7 @@ class Session:
         sock.settimeout(0.0)
         st.watcher = gevent.get_hub().loop.io(st.fd, 1)  # the write watcher only once one is needed
         Session._read_on(proc, st)
+        Session._arm(proc, st)
         node.counters["connections"] += 1
         return st
 
@@ -132,7 +134,7 @@ class Session:
         elif tag == "close":  # ("close", code, message): banned, kicked... (whatsup/lifecycle.py)
             Session._close(proc, st, msg[1], msg[2])
         elif tag == "tick":
-            Session._tick(proc, st, msg[1])
+            Session._tick(proc, st)
         elif tag == "shutdown":
             Session._close(proc, st, Code.SHUTTING_DOWN, "the server is stopping")
         else:
@@ -149,7 +151,7 @@ class Session:
         if isinstance(reason, tuple) and reason[0] == "crash":
             Session._send(st, error_frame(Code.INTERNAL, "server error; reconnect and retry"))
         try:  # a last error frame, if the socket takes it now
-            Session._write(st)
+            Session._write(proc, st)
         except OSError:
             pass
         st.node.presence.gone(proc.pid)
@@ -190,7 +192,7 @@ class Session:
     def _flush(proc, st):
         """Write what the socket takes now; wait for writability for the rest, within bounds."""
         try:
-            Session._write(st)
+            Session._write(proc, st)
         except OSError as exc:
             proc.stop(("closed", f"send failed: {exc.strerror or exc}"))
         if len(st.out) > st.node.cfg["session.max_outbound"]:
@@ -205,7 +207,7 @@ class Session:
             st.write_watcher.start(writable)
 
     @staticmethod
-    def _write(st):
+    def _write(proc, st):
         """Non-blocking: send until the socket would block. Raises OSError if the peer is gone."""
         sent = False
         while st.out:
@@ -220,7 +222,9 @@ class Session:
         if not st.out:
             st.stalled_since = None
         elif sent or st.stalled_since is None:
-            st.stalled_since = time.monotonic()
+            stalled, st.stalled_since = st.stalled_since, time.monotonic()
+            if stalled is None:
+                Session._arm(proc, st)
 
     @staticmethod
     def _close(proc, st, code, message):
@@ -229,7 +233,8 @@ class Session:
         proc.stop(("closed", code))
 
     @staticmethod
-    def _tick(proc, st, now):
+    def _tick(proc, st):
+        now = time.monotonic()
         cfg = st.node.cfg
         if st.user is None and now - st.opened > cfg["protocol.login_timeout"]:
             Session._close(proc, st, Code.IDLE_TIMEOUT, "no login within protocol.login_timeout")
@@ -237,6 +242,22 @@ class Session:
             Session._close(proc, st, Code.IDLE_TIMEOUT, "nothing received within protocol.idle_timeout")
         if st.stalled_since is not None and now - st.stalled_since > cfg["protocol.send_timeout"]:
             Session._close(proc, st, Code.SLOW_READER, "no byte taken within protocol.send_timeout")
+        st.due = None  # the entry that woke us is spent (frames since moved the deadline on)
+        Session._arm(proc, st)
+
+    @staticmethod
+    def _arm(proc, st):
+        """Make sure node.timers wakes this session by its earliest deadline. An entry due later
+        than needed is added to, never moved: the one already there finds nothing due."""
+        cfg = st.node.cfg
+        when = st.last_in + cfg["protocol.idle_timeout"]
+        if st.user is None:
+            when = min(when, st.opened + cfg["protocol.login_timeout"])
+        if st.stalled_since is not None:
+            when = min(when, st.stalled_since + cfg["protocol.send_timeout"])
+        if st.due is None or when < st.due:
+            st.due = when
+            st.node.timers.notify_at(when, proc.pid, ("tick", when))
 
     @staticmethod
     def _answered(proc, st, frame):
@@ -388,11 +409,7 @@ class Session:
     @staticmethod
     def _register(proc, st, f):
         user, ref = f["user"], f["ref"]
-        if not protocol.USERNAME.match(user):
-            raise ProtocolError(Code.BAD_USERNAME, "user names are 1-32 of A-Z a-z 0-9 _ . -", ref)
-        if not protocol.MIN_PASSWORD <= len(f["password"]) <= protocol.MAX_PASSWORD:
-            raise ProtocolError(Code.BAD_PASSWORD, f"passwords are {protocol.MIN_PASSWORD}-"
-                                f"{protocol.MAX_PASSWORD} characters", ref)
+        protocol.check_account(user, f["password"], vars(st.node.cfg.accounts), ref)
         try:
             with st.node.registration.admit(user, f.get("invite"), ref):  # open, invite or closed
                 st.node.accounts.register(user, f["password"])
@@ -418,7 +435,8 @@ class Session:
             failed[kind].charge(key)                    # parallel cannot all pass the check above
         verified = None
         try:
-            verified = node.accounts.verify(user, f["password"])
+            verified = (len(f["password"]) <= node.cfg["accounts.max_password"]  # no hash of a
+                        and node.accounts.verify(user, f["password"]))             # longer one
         except Busy as exc:
             raise ProtocolError(Code.BUSY, str(exc), ref, exc.retry_after) from None
         finally:

@@ -1,11 +1,13 @@
-"""``python3 -m ops.bench run [--quick] [--scenario NAME ...] [--out results.json] [--markdown]``
+"""``python3 -m ops.bench run [--quick] [--scenario NAME ...] [--users N ...] [--step-seconds S] ...``
 
 Runs whatsup side by side with two baselines — (a) a raw frame forwarder and
 (b) a minimal actor router — driven by the same load generator processes,
-prints a table (every whatsup throughput also as a ratio to (b)) and writes a
-JSON file with the machine, the versions, the configuration and every figure.
-``--quick`` is a smoke run (well under a minute) that fails unless every
-scenario completes with sane figures.
+prints a table (throughputs also as a ratio to (b)), the realistic scenario's
+answer ("highest rate with p99 ≤ 20 ms and no growing backlog", whatsup and
+(b)), and writes a JSON file with the machine, the versions, the configuration
+and every figure. Progress goes to the terminal as a bar, or as one line per
+step (and per soak sample) when the output is not a terminal. ``--quick`` is a
+smoke run that fails unless every scenario completes with sane figures.
 """
 import datetime
 import json
@@ -17,7 +19,7 @@ import click
 from whatsup.testing import FAST
 
 from . import report
-from .scenarios import PARAMS, SCENARIOS
+from .scenarios import DEFAULT, PARAMS, SCENARIOS
 from .targets import Placement, Whatsup
 
 #: the whatsupd configuration benchmarked: the defaults (✓ only after the fsync) with the tests'
@@ -28,56 +30,105 @@ SERVER_SETTINGS = {**FAST, "server.max_connections_per_ip": 50_000, "auth.ip_fai
                    "ratelimit.msg": 1e6}
 
 
+class Progress:
+    """A bar on a terminal; otherwise a line per step and per ``note`` (a log, CI, ``| tee``)."""
+
+    def __init__(self, plan):
+        self.plan, self.done = plan, 0
+        self.tty = sys.stdout.isatty()
+        self.bar = None
+
+    def __enter__(self):
+        if self.tty:
+            self.bar = click.progressbar(length=len(self.plan), label="benchmark", show_pos=True,
+                                         item_show_func=lambda _: self._current()).__enter__()
+        else:
+            click.echo(f"benchmark: {len(self.plan)} steps")
+        return self
+
+    def _current(self):
+        return self.plan[self.done] if self.done < len(self.plan) else None
+
+    def step(self, n=1):
+        """``n`` planned steps are done (or skipped)."""
+        self.done = min(len(self.plan), self.done + n)
+        if self.bar is not None:
+            self.bar.update(n)
+        elif n:
+            click.echo(f"[{self.done}/{len(self.plan)}] next: {self._current() or 'report'}")
+
+    def note(self, text):
+        if self.bar is None:
+            click.echo(f"  {text}")
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+
 class Context:
-    def __init__(self, params, placement):
+    def __init__(self, params, placement, progress):
         self.params, self.placement = params, placement
         self.baseline = {}  # target -> closed-loop direct msgs/s
+        self.progress, self.skip = progress.note, progress.step
 
-    def whatsup(self):
-        return Whatsup(self.placement.server, SERVER_SETTINGS)
+    def whatsup(self, env=None):
+        return Whatsup(self.placement.server, SERVER_SETTINGS, env)
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main():
-    """whatsup benchmarks."""
+    """whatsup benchmarks (`run -h` for the options)."""
 
 
-@main.command()
+@main.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--quick", is_flag=True, help="smoke run: small sizes, short steps, sanity checks")
 @click.option("--scenario", "scenarios", multiple=True, type=click.Choice(list(SCENARIOS)),
-              help="run only these (repeatable); default: all")
+              help=f"run only these (repeatable); default: all but soak ({', '.join(DEFAULT)})")
+@click.option("--users", multiple=True, type=click.IntRange(2), help="random: users logged in, in order "
+              "(repeatable; the next count adds users to the same servers) [default: 5000, 10000]")
+@click.option("--rates", help="random: the ladder of offered msgs/s, comma-separated [default: 250 .. 32000]")
+@click.option("--step-seconds", type=click.FloatRange(0.5), help="random: seconds per step [default: 20]")
+@click.option("--soak-minutes", type=click.FloatRange(0.05), help="soak: duration [default: 30]")
+@click.option("--soak-rate", type=click.IntRange(1), help="soak: offered msgs/s [default: 2000]")
 @click.option("--out", type=click.Path(dir_okay=False), default="bench-results.json", show_default=True,
               help="where the JSON record goes")
 @click.option("--markdown", is_flag=True, help="print the table as Markdown (as in README.md)")
-def run(quick, scenarios, out, markdown):
+def run(quick, scenarios, users, rates, step_seconds, soak_minutes, soak_rate, out, markdown):
     """Run the scenarios against whatsup and the baselines; print the table, write the JSON."""
     # SIGTERM unwinds like Ctrl-C, so the servers and load generators started so far are stopped
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    scenarios = list(scenarios) or list(SCENARIOS)
+    scenarios = list(scenarios) or DEFAULT
     if "direct" not in scenarios:
-        click.echo("note: without the direct scenario there is no baseline (b) rate for ratios")
-    params = PARAMS["quick" if quick else "full"]
+        click.echo("note: without the direct scenario there is no closed-loop (b) rate for ratios")
+    params = dict(PARAMS["quick" if quick else "full"])
+    overrides = {"users": sorted(users) or None, "step_seconds": step_seconds, "soak_minutes": soak_minutes,
+                 "soak_rate": soak_rate, "rates": rates and [int(r) for r in rates.split(",")]}
+    params.update({k: v for k, v in overrides.items() if v})
     placement = Placement()
-    ctx = Context(params, placement)
     click.echo(f"placement: {placement}")
     plan = [f"{name}: {step}" for name in scenarios for step in SCENARIOS[name].plan(params)]
     rows = []
     started = datetime.datetime.now(datetime.timezone.utc)
-    with click.progressbar(length=len(plan), label="benchmark", show_pos=True,
-                           item_show_func=lambda i: plan[i] if i is not None and i < len(plan) else None) as bar:
+    with Progress(plan) as progress:
+        ctx = Context(params, placement, progress)
         for name in scenarios:
             for row in SCENARIOS[name].run(ctx):
                 rows.append(row)
-                bar.update(1, len(rows))
+                progress.step()
     report.add_ratios(rows, ctx.baseline)
     click.echo(report.table(rows, markdown))
     best = report.highest_sustained(rows)
     if best:
-        click.echo(f"direct: highest sustained rate {best:,} msgs/s")
+        click.echo(f"direct (best case, fixed pairs): highest sustained rate {best:,} msgs/s")
+    answers = report.highest_good(rows, params["p99_ms"])
+    for line in report.answer_lines(answers, params["p99_ms"]):
+        click.echo(line)
     record = {"started": started.isoformat(), "quick": quick, "command": " ".join(sys.argv),
               "machine": report.machine(), "versions": report.versions(), "placement": placement.as_dict(),
               "server_settings": SERVER_SETTINGS, "params": params, "scenarios": scenarios,
-              "baseline_rates": ctx.baseline, "highest_sustained_direct": best, "rows": rows}
+              "baseline_rates": ctx.baseline, "highest_sustained_direct": best,
+              "highest_good_random": answers, "rows": rows}
     with open(out, "w") as f:
         json.dump(record, f, indent=1)
     click.echo(f"wrote {out}")

@@ -8,6 +8,8 @@ Commands (``op``)::
 
     connect  target, address, users [[user, peer], ...], register   -> timings
     traffic  rate (msgs/s, 0 = closed loop), seconds, window          -> counts, latencies, gaps
+    scatter  rate, seconds, names: each msg from a random own connection to a random other name
+                                                                      -> counts, latencies, gaps, backlog
     spool    to [users], count, window                                -> ✓ counts and time
     drain    user, expect                                             -> seconds to receive it all
     request  user, frame                                              -> the answer (e.g. group_create)
@@ -15,7 +17,8 @@ Commands (``op``)::
     close    [users] (all; a bare close also ends the process)
 
 Speed matters more than elegance here: non-blocking sockets, frames encoded
-once and written in one send per connection per loop turn, pushed items
+once and written in one send per connection per loop turn (only the connections
+with something to write are visited: 10,000 idle ones cost nothing), pushed items
 acked with one cumulative ack per burst. Every message id carries its send
 time (``n/microseconds``), so ✓, ✓✓ and end-to-end latency need no bookkeeping.
 """
@@ -37,9 +40,9 @@ GAPS = 100      # the longest ones, at most
 
 class Conn:
     __slots__ = ("sock", "user", "peer", "rbuf", "wbuf", "n", "inflight", "unsent", "seq", "acked",
-                 "answers")
+                 "answers", "dirty")
 
-    def __init__(self, address, user, peer):
+    def __init__(self, address, user, peer, dirty):
         self.sock = socket.create_connection(address, timeout=30)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.setblocking(False)
@@ -47,11 +50,16 @@ class Conn:
         self.rbuf, self.wbuf = bytearray(), []
         self.n = self.inflight = self.unsent = self.seq = self.acked = 0
         self.answers = {}  # ref -> answer frame, for the set-up requests
+        self.dirty = dirty  # the load generator's set of connections with bytes to write
+
+    def put(self, data):
+        self.wbuf.append(data)
+        self.dirty.add(self)
 
     def msg(self, to=None, group=None):
         self.n += 1
         self.unsent += 1
-        self.wbuf.append(wire.encode({"type": "msg", "ref": self.n, "body": BODY,
+        self.put(wire.encode({"type": "msg", "ref": self.n, "body": BODY,
                                       "id": f"{self.n}/{int(time.monotonic() * 1e6)}",
                                       **({"group": group} if group else {"to": to})}))
 
@@ -81,6 +89,7 @@ class LoadGen:
     def __init__(self):
         self.sel = selectors.DefaultSelector()
         self.conns = []
+        self.dirty = set()
         self.by_user = {}
         self.target = None
         self.stats = Stats()
@@ -97,9 +106,10 @@ class LoadGen:
                 return False
             if tick is not None:
                 tick(now)
-            for c in self.conns:
-                if c.wbuf:
-                    self._write(c)
+            dirty = list(self.dirty)  # the connections hold this set: cleared, never replaced
+            self.dirty.clear()
+            for c in dirty:
+                self._write(c)
             for key, _ in self.sel.select(0.001):
                 self._read(key.data)
 
@@ -110,6 +120,8 @@ class LoadGen:
         except BlockingIOError:
             n = 0
         c.wbuf = [data[n:]] if n < len(data) else []
+        if c.wbuf:
+            self.dirty.add(c)
 
     def _read(self, c):
         try:
@@ -127,7 +139,7 @@ class LoadGen:
             self._frame(c, wire.decode(body), now)
         if c.seq > c.acked:
             c.acked = c.seq
-            c.wbuf.append(wire.encode({"type": "ack", "seq": c.seq}))
+            c.put(wire.encode({"type": "ack", "seq": c.seq}))
 
     def _frame(self, c, f, now):
         ftype, st = f["type"], self.stats
@@ -162,7 +174,7 @@ class LoadGen:
         address = tuple(address)
         self.target = target
         started = time.monotonic()
-        new = [Conn(address, user, peer) for user, peer in users]
+        new = [Conn(address, user, peer, self.dirty) for user, peer in users]
         for c in new:
             self.sel.register(c.sock, selectors.EVENT_READ, c)
             self.by_user[c.user] = c
@@ -190,7 +202,8 @@ class LoadGen:
 
     def _requests(self, conns, frames, last_ref):
         for c in conns:
-            c.wbuf += [wire.encode(f) for f in frames(c)]
+            for f in frames(c):
+                c.put(wire.encode(f))
         if not self.pump(time.monotonic() + 600, lambda: all(last_ref in c.answers for c in conns)):
             raise TimeoutError("no answer to the set-up requests within 600 s")
 
@@ -238,6 +251,52 @@ class LoadGen:
         return {**st.result(), "seconds": seconds, "delivered_in_time": delivered_in_time,
                 "backlog": backlog, "cpu_seconds": cpu, "started": t0, "gaps": gaps}
 
+    def scatter(self, rate, seconds, names, drain=10.0):
+        """Open loop: ``rate`` msgs/s in all, each from a random connection of this process to a
+        random other user of ``names`` (a connection of any load generator). ``backlog`` is
+        sampled once a second (sent here minus delivered here: summed over the load generators
+        it is what the server holds); after the step, the ✓ and ✓✓ of everything sent are awaited
+        (whatsup) or arrivals stop (baselines) for at most ``drain`` seconds."""
+        senders = list(self.conns)
+        self.stats = st = Stats()
+        cpu = time.process_time()
+        t0 = time.monotonic()
+        end = t0 + seconds
+        pick, backlog = random.Random(), []
+
+        def tick(now):
+            due = int(rate * (now - t0)) - st.sent
+            for _ in range(max(0, due)):
+                c = senders[pick.randrange(len(senders))]
+                to = names[pick.randrange(len(names))]
+                while to == c.user:
+                    to = names[pick.randrange(len(names))]
+                c.msg(to)
+                st.sent += 1
+            if now - t0 >= len(backlog) + 1:
+                backlog.append(st.sent - st.delivered)
+        self.pump(end, tick=tick)
+        delivered_in_time = st.delivered
+        gaps = sorted(st.gaps, key=lambda g: -g[1])[:GAPS]
+        cpu = time.process_time() - cpu
+        if self.target == "whatsup":
+            self.pump(time.monotonic() + drain, lambda: len(st.lat["delivered"]) >= st.sent and
+                      all(c.unsent <= 0 for c in senders))
+        else:
+            quiet = [st.delivered, time.monotonic()]
+
+            def settled():
+                now = time.monotonic()
+                if st.delivered != quiet[0]:
+                    quiet[:] = [st.delivered, now]
+                return now - quiet[1] > 0.5
+            self.pump(time.monotonic() + drain, settled)
+        for c in senders:
+            c.unsent = 0
+        return {**st.result(), "seconds": seconds, "delivered_in_time": delivered_in_time,
+                "backlog": st.sent - delivered_in_time, "backlog_series": backlog,
+                "cpu_seconds": cpu, "started": t0, "gaps": gaps}
+
     def spool(self, to, count, window):
         """Connected senders send ``count`` messages to offline users ``to``; ✓ paces them."""
         senders = list(self.conns)
@@ -259,7 +318,7 @@ class LoadGen:
         c = self.by_user[user]
         c.n += 1
         ref = frame["ref"] = c.n
-        c.wbuf.append(wire.encode(frame))
+        c.put(wire.encode(frame))
         if not self.pump(time.monotonic() + 60, lambda: ref in c.answers):
             raise TimeoutError(f"no answer to {frame['type']} within 60 s")
         answer = c.answers.pop(ref)
@@ -299,6 +358,7 @@ class LoadGen:
         for c in self.conns:
             (gone if users is None or c.user in users else keep).append(c)
         for c in gone:
+            self.dirty.discard(c)
             self.sel.unregister(c.sock)
             c.sock.close()
             del self.by_user[c.user]

@@ -36,6 +36,8 @@ def merge_traffic(answers):
     out = {k: sum(a[k] for a in answers) for k in ("sent", "delivered", "delivered_in_time", "backlog",
                                                    "cpu_seconds")}
     out["seconds"] = answers[0]["seconds"]
+    series = [a.get("backlog_series", []) for a in answers]
+    out["backlog_series"] = [sum(s[i] for s in series) for i in range(min(map(len, series)))]
     out["errors"] = {}
     for a in answers:
         for code, n in a["errors"].items():
@@ -291,15 +293,159 @@ class Reload:
         return ast.literal_eval(text.strip())
 
 
-SCENARIOS = {s.name: s for s in (Direct, Fanout, Offline, Idle, Reload)}
+class Random:
+    """The realistic shape (issue 10): N users logged in, each message from a random user to a random
+    other user, open loop at a ladder of offered rates; devices ack each burst (as whatsup.client
+    does) and senders read ✓ and ✓✓. The baseline (b) gets the same users and the same ladder, so
+    whatsup's highest good rate is also a ratio of the design's ceiling for this shape.
+
+    A step is *good* when it is sustained (≥ 95 % of the offered rate delivered within the step,
+    backlog at its end under 100 ms worth) and the delivery p99 is at most ``p99_ms``; a ladder
+    stops at the first step that is not sustained."""
+    name = "random"
+
+    @staticmethod
+    def plan(p):
+        return [f"{t} {n:,} users {r:,}/s" for n in p["users"] for t in (ROUTER, "whatsup") for r in p["rates"]]
+
+    @staticmethod
+    def run(ctx):
+        p = ctx.params
+        with contextlib.ExitStack() as stack:
+            runs = []
+            for target in (Baseline(ROUTER, ctx.placement.server), ctx.whatsup()):
+                stack.enter_context(target)
+                runs.append((target, stack.enter_context(Workers(p["random_procs"], ctx.placement.load))))
+            connected = 0
+            for n in p["users"]:
+                names = [f"u{i}" for i in range(n)]
+                for target, workers in runs:
+                    for at in range(connected, n, p["conns_per_call"]):
+                        mine = split([(u, None) for u in names[at:min(n, at + p["conns_per_call"])]], workers.n)
+                        workers.call([{"op": "connect", "target": target.name, "address": target.address,
+                                       "users": users} for users in mine])
+                    ctx.progress(f"random: {n:,} users logged in to {target.name}")
+                for target, workers in runs:
+                    Random._step(ctx, workers, target, n, names, p["rates"][0], p["warmup_seconds"])
+                    for rate in p["rates"]:
+                        row = Random._step(ctx, workers, target, n, names, rate, p["step_seconds"])
+                        yield row
+                        if not row["extra"]["sustained"]:
+                            ctx.skip(len(p["rates"]) - p["rates"].index(rate) - 1)
+                            break
+                connected = n
+
+    @staticmethod
+    def _step(ctx, workers, target, users, names, rate, seconds):
+        ctx.progress(f"random: {target.name}, {users:,} users, {rate:,} msgs/s for {seconds:g} s")
+        cpu, core = cpu_seconds(target.pid), cores_busy_seconds(ctx.placement.server)
+        started = time.monotonic()
+        t = merge_traffic(workers.call({"op": "scatter", "rate": rate / workers.n, "seconds": seconds,
+                                        "names": names}))
+        cpu = cpu_seconds(target.pid) - cpu  # the drain after the step included, like its messages
+        elapsed = time.monotonic() - started
+        foreign = max(0.0, cores_busy_seconds(ctx.placement.server) - core - cpu) / elapsed / len(ctx.placement.server)
+        delivered_rate = t["delivered_in_time"] / t["seconds"]
+        sustained = delivered_rate >= 0.95 * rate and t["backlog"] <= max(100, rate * 0.1)
+        good = sustained and t["lat"]["e2e"] is not None and t["lat"]["e2e"]["p99"] <= ctx.params["p99_ms"]
+        extra = {"users": users, "backlog_at_end": t["backlog"], "backlog_series": t["backlog_series"],
+                 "sustained": sustained, "good": good, "messages": t["delivered"],
+                 "server_cpu_seconds": round(cpu, 2),
+                 "server_cpu_us_per_msg": round(cpu * 1e6 / max(1, t["delivered"]), 1),
+                 "server_cpu_util": round(cpu / elapsed, 2), "server_rss_mib": round(rss_kib(target.pid) / 1024, 1),
+                 "loadgen_cpu_util": round(t["cpu_seconds"] / seconds / workers.n, 2),
+                 "foreign_cpu_on_server_core": round(foreign, 2),
+                 "longest_gap_ms": round(max((g for _, g in t["gaps"]), default=0) * 1000, 1)}
+        return {"scenario": "random", "target": target.name, "step": f"{users:,} users {rate:,}/s",
+                "rate": round(delivered_rate), "offered": rate, **t["lat"], "errors": t["errors"], "extra": extra}
+
+
+class Soak:
+    """whatsup under the realistic shape at one steady rate for ``soak_minutes``: RSS sampled every
+    ``soak_sample_seconds`` (flat once queues are steady is the goal), the longest pause between two
+    deliveries (any receiver), and how often gevent's monitor saw the hub blocked for longer than
+    ``soak_block_ms`` (the tests' hub-blocked gate, at a tighter threshold)."""
+    name = "soak"
+
+    @staticmethod
+    def plan(p):
+        return [f"whatsup {p['soak_users']:,} users {p['soak_rate']:,}/s {p['soak_minutes']:g} min"]
+
+    @staticmethod
+    def run(ctx):
+        p = ctx.params
+        env = {"GEVENT_MAX_BLOCKING_TIME": str(p["soak_block_ms"] / 1000)}
+        names = [f"s{i}" for i in range(p["soak_users"])]
+        with ctx.whatsup(env) as srv, Workers(p["random_procs"], ctx.placement.load) as workers:
+            for at in range(0, len(names), p["conns_per_call"]):
+                workers.call([{"op": "connect", "target": "whatsup", "address": srv.address, "users": users}
+                              for users in split([(u, None) for u in names[at:at + p["conns_per_call"]]],
+                                                 workers.n)])
+            rss, lat, gaps, errors, sent, delivered = [(0.0, rss_kib(srv.pid))], [], [], {}, 0, 0
+            cpu = cpu_seconds(srv.pid)
+            started = time.monotonic()
+            total = p["soak_minutes"] * 60
+            while time.monotonic() - started < total:
+                seconds = min(p["soak_sample_seconds"], total - (time.monotonic() - started))
+                t = merge_traffic(workers.call({"op": "scatter", "rate": p["soak_rate"] / workers.n,
+                                                "seconds": max(0.5, seconds), "names": names}))
+                rss.append((round(time.monotonic() - started, 1), rss_kib(srv.pid)))
+                lat.append(t["lat"])
+                gaps += [g for _, g in t["gaps"]]
+                sent, delivered = sent + t["sent"], delivered + t["delivered"]
+                for code, n in t["errors"].items():
+                    errors[code] = errors.get(code, 0) + n
+                ctx.progress(f"soak: {rss[-1][0]:,.0f}/{total:,.0f} s, RSS {rss[-1][1] / 1024:,.1f} MiB, "
+                             f"p99 {t['lat']['e2e']['p99'] if t['lat']['e2e'] else '-'} ms")
+            cpu = cpu_seconds(srv.pid) - cpu
+            blocked = len(srv.server.blocking_reports())
+        mib = [round(k / 1024, 1) for _, k in rss]
+        steady = mib[len(mib) // 3:] or mib
+        extra = {"users": p["soak_users"], "minutes": p["soak_minutes"], "messages": delivered,
+                 "rss_mib": [[at, round(k / 1024, 1)] for at, k in rss],
+                 "rss_steady_spread": round((max(steady) - min(steady)) / max(steady), 3),
+                 "longest_gap_ms": round(max(gaps, default=0) * 1000, 1), "gap_threshold_ms": GAP_MS,
+                 "hub_blocked_reports": blocked, "block_threshold_ms": p["soak_block_ms"],
+                 "server_cpu_us_per_msg": round(cpu * 1e6 / max(1, delivered), 1),
+                 "step_p99_ms": [x["e2e"]["p99"] if x["e2e"] else None for x in lat]}
+        yield {"scenario": "soak", "target": "whatsup", "step": f"{p['soak_users']:,} users {p['soak_rate']:,}/s",
+               "rate": round(delivered / max(1e-9, time.monotonic() - started)), "offered": p["soak_rate"],
+               "e2e": Soak._worst(lat, "e2e"), "sent": Soak._worst(lat, "sent"),
+               "delivered": Soak._worst(lat, "delivered"), "errors": errors, "extra": extra}
+
+    @staticmethod
+    def _worst(lats, kind):
+        """The soak's summary of one latency: the median of the samples' p50s, the worst p99 and max."""
+        parts = [x[kind] for x in lats if x[kind]]
+        if not parts:
+            return None
+        p50s = sorted(x["p50"] for x in parts)
+        return {"count": sum(x["count"] for x in parts), "p50": p50s[len(p50s) // 2],
+                "p99": max(x["p99"] for x in parts), "max": max(x["max"] for x in parts)}
+
+
+SCENARIOS = {s.name: s for s in (Random, Direct, Fanout, Offline, Idle, Reload, Soak)}
+#: run by default; the soak (30 minutes by default) only when named
+DEFAULT = [name for name in SCENARIOS if name != "soak"]
+
+REALISTIC = {
+    "full": {"users": [5000, 10_000], "rates": [250, 500, 1000, 2000, 3000, 4000, 5000, 6000, 8000, 11_000,
+                                                  14_000, 18_000, 24_000, 32_000],
+             "step_seconds": 20.0, "warmup_seconds": 5.0, "p99_ms": 20.0, "random_procs": 1,
+             "soak_users": 5000, "soak_rate": 2000, "soak_minutes": 30.0, "soak_sample_seconds": 60.0,
+             "soak_block_ms": 20},
+    "quick": {"users": [100, 200], "rates": [100, 300], "step_seconds": 1.0, "warmup_seconds": 0.5,
+              "p99_ms": 20.0, "random_procs": 1, "soak_users": 100, "soak_rate": 200, "soak_minutes": 0.1,
+              "soak_sample_seconds": 2.0, "soak_block_ms": 20},
+}
 
 PARAMS = {
-    "full": {"pairs": 50, "load_procs": 1, "max_tries": 3, "seconds": 3.0, "window": 20, "open_window": 200,
+    "full": {**REALISTIC["full"], "pairs": 50, "load_procs": 1, "max_tries": 3, "seconds": 3.0, "window": 20, "open_window": 200,
              "ladder": [0.25, 0.5, 0.75, 0.9, 1.0, 1.1], "offline_users": 100, "senders": 20,
              "spool": 100_000, "spool_window": 200, "drain": 10_000, "idle": 10_000, "conns_per_proc": 5000,
              "groups": [256, 1024], "fanout_msgs": 200, "fanout_window": 50, "fanout_lone": 10,
              "conns_per_call": 1000, "reload_sessions": 5000, "reload_rate": 5000, "reload_seconds": 4.0},
-    "quick": {"pairs": 10, "load_procs": 1, "max_tries": 1, "seconds": 1.0, "window": 20, "open_window": 200,
+    "quick": {**REALISTIC["quick"], "pairs": 10, "load_procs": 1, "max_tries": 1, "seconds": 1.0, "window": 20, "open_window": 200,
               "ladder": [0.5], "offline_users": 10, "senders": 5, "spool": 5000, "spool_window": 100,
               "drain": 2000, "idle": 400, "conns_per_proc": 200,
               "groups": [64], "fanout_msgs": 20, "fanout_window": 10, "fanout_lone": 3,

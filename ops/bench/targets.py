@@ -77,10 +77,10 @@ class Whatsup:
     """A real whatsupd (whatsup.testing.ServerProcess) with a fresh data dir."""
     name = "whatsup"
 
-    def __init__(self, cpus, settings):
+    def __init__(self, cpus, settings, env=None):
         self.cpus, self.settings = cpus, settings
         self._tmp = tempfile.TemporaryDirectory(prefix="whatsup-bench-")
-        self.server = ServerProcess(self._tmp.name, settings)
+        self.server = ServerProcess(self._tmp.name, settings, env)
 
     def __enter__(self):
         with pinned(self.cpus):

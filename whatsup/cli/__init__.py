@@ -1,7 +1,7 @@
 """Command lines (click): ``whatsupd``, ``whatsup``; ops/ tools reuse the helpers here."""
 import click
 
-from .. import config
+from .. import __version__, config
 
 
 def load_config(path, overrides):
@@ -10,3 +10,18 @@ def load_config(path, overrides):
         return config.load(path, overrides)
     except config.ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def version_option(prog):
+    """``--version`` for every command, printing ``prog`` and whatsup's version."""
+    return click.version_option(__version__, "--version", prog_name=prog, message="%(prog)s %(version)s")
+
+
+def setting_option(flag, name, **kw):
+    """A command-line option overriding setting ``name``: its help, choices and shown default come
+    from the settings table, and it is None when not given (so the config file's value stands)."""
+    setting = config.BY_NAME[name]
+    if setting.choices:
+        kw.setdefault("type", click.Choice(setting.choices))
+    shown = f"  [default: {setting.default}]" if setting.default != "" else ""
+    return click.option(flag, help=setting.doc + shown, **kw)

@@ -12,8 +12,7 @@ import sys
 
 import click
 
-from .. import config
-from . import load_config
+from . import load_config, setting_option, version_option
 from ..shell import parse_listen
 from ..shell.client import NotListening, ShellClient
 
@@ -59,7 +58,7 @@ def _address(socket_path, data_dir, config_path):
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--socket", "socket_path", type=click.Path(dir_okay=False),
               help="the node's shell socket (default: from --config / --data-dir)")
-@click.option("--data-dir", help=config.BY_NAME["server.data_dir"].doc)
+@setting_option("--data-dir", "server.data_dir")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="the node's TOML configuration, to find its shell.listen")
 @click.option("-c", "command", metavar="EXPR", help="evaluate EXPR in the node, print the result, exit")
@@ -67,6 +66,7 @@ def _address(socket_path, data_dir, config_path):
               help="hot-load MODULE (e.g. whatsup.session) into the node; repeatable, stops at a failure")
 @click.option("--timeout", type=float, default=60.0, show_default=True,
               help="seconds to wait for the node's answer with -c / --reload")
+@version_option("whatsup-shell")
 def main(socket_path, data_dir, config_path, command, modules, timeout):
     """Attach to a running whatsup node's operator shell (arbitrary code execution in the node)."""
     kind, address = _address(socket_path, data_dir, config_path)

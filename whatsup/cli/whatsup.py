@@ -8,6 +8,7 @@ import time
 
 import click
 
+from . import version_option
 from ..client import DEFAULT_SERVER, PUSHED, Client, ClientState, Closed, ServerError
 
 TICKS = {"sent": "✓", "delivered": "✓✓", "read": "✓✓ read"}
@@ -73,6 +74,7 @@ def _line(frame):
 @click.option("--cafile", envvar="WHATSUP_CAFILE", type=click.Path(exists=True, dir_okay=False),
               help="PEM file of the CA (or self-signed certificate) to trust with --tls; "
                    "the system's CAs without it")
+@version_option("whatsup")
 @click.pass_context
 def main(ctx, server, tls, cafile):
     """Talk to a whatsup server."""

@@ -1,27 +1,29 @@
 """``whatsupd``: start a node. Options override etc/whatsupd.toml, which overrides the defaults."""
 import gc
+import logging
 import sys
 
 import click
 
 from .. import config, logs
+from ..address import is_loopback, split
 from ..node import Node, StartError
-from . import load_config
+from . import load_config, setting_option, version_option
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="TOML configuration (see etc/whatsupd.toml); embedded defaults without it")
-@click.option("--listen", help=config.BY_NAME["server.listen"].doc)
-@click.option("--data-dir", help=config.BY_NAME["server.data_dir"].doc)
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
-              help=config.BY_NAME["server.log_level"].doc)
-@click.version_option(package_name="whatsup", message="whatsupd %(version)s")
+@setting_option("--listen", "server.listen")
+@setting_option("--data-dir", "server.data_dir")
+@setting_option("--log-level", "server.log_level")
+@version_option("whatsupd")
 def main(config_path, listen, data_dir, log_level):
     """Run a whatsup node until SIGTERM or SIGINT (exit status 1 if its supervision tree gave up)."""
     cfg = load_config(config_path, {"server.listen": listen, "server.data_dir": data_dir,
                                     "server.log_level": log_level})
     logs.setup(cfg["server.log_level"].upper())
+    warn_plaintext(cfg)
     node = Node(cfg)
     try:
         node.start()
@@ -29,6 +31,15 @@ def main(config_path, listen, data_dir, log_level):
         raise click.ClickException(str(exc)) from None
     tune_gc()
     sys.exit(node.serve_forever())
+
+
+def warn_plaintext(cfg):
+    """One line when clients would send passwords and messages in clear over a network."""
+    host = split(cfg["server.listen"], default_host="")[0]
+    if not is_loopback(host):
+        logging.getLogger("whatsup").warning(
+            "clients on %s talk plain TCP, unencrypted (passwords too): keep server.listen on loopback "
+            "and give other hosts tls.listen", cfg["server.listen"])
 
 
 def tune_gc():

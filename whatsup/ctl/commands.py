@@ -9,7 +9,7 @@ connection's greenlet: they may wait (a hash, a commit), never block the hub.
 import time
 
 from ..accounts import UserTaken
-from ..protocol import MAX_PASSWORD, MIN_PASSWORD, USERNAME, ProtocolError
+from ..protocol import ProtocolError, check_account
 from ..shell.helpers import Helpers
 from . import Refused
 
@@ -96,19 +96,17 @@ def users_show(node, who, user):
             "banned": node.lifecycle.banned(user), "where": node.where("offd", user)}
 
 
-def _password(password):
-    if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
-        raise Refused("bad_password", f"passwords are {MIN_PASSWORD}-{MAX_PASSWORD} characters")
+def _checked(node, user, password):
+    """``register``'s rules for a name and a password (ProtocolError bad_username|bad_password)."""
+    check_account(user, password, vars(node.cfg.accounts), None)
     return password
 
 
 @command("users.register", changes=True, user=USER, password=(True, str))
 def users_register(node, who, user, password):
     """Register an account, whatever accounts.registration says."""
-    if not USERNAME.match(user):
-        raise Refused("bad_username", "user names are 1-32 of A-Z a-z 0-9 _ . -")
     try:
-        node.accounts.register(user, _password(password))
+        node.accounts.register(user, _checked(node, user, password))
     except UserTaken:
         raise Refused("user_taken", f"{user!r} is taken") from None
     return {"user": user}
@@ -135,7 +133,7 @@ def users_unban(node, who, user):
 @command("users.set-password", changes=True, user=USER, password=(True, str))
 def users_set_password(node, who, user, password):
     """Set a user's password; their session is closed with password_changed."""
-    closed = node.lifecycle.set_password(_user(node, user), _password(password))
+    closed = node.lifecycle.set_password(_user(node, user), _checked(node, user, password))
     return {"user": user, "sessions_closed": len(closed)}
 
 

@@ -5,7 +5,7 @@ An :class:`Industry` places entities on ``shards`` shards by a stable hash
 stateful shard that owns a directory or a file, more for stateless work). The
 placement table is static: the shard counts come from etc/whatsupd.toml, and
 every shard lives on this node until a later issue spreads them. Changing a
-shard count moves data, so it is a deliberate offline operation (ops/reshard.py).
+shard count moves data, so it is a deliberate offline operation (whatsup-reshard).
 
 :class:`ShardRegistry` answers ``where(kind, entity)`` for every industry of the
 node, so an operator (or a test) can find the process behind a user and check

@@ -11,7 +11,7 @@ the process takes it. For a session (see whatsup/session.py) that is:
     queue up to the flow-control window; nothing is lost. (Pokes are
     coalesced when sent, ProcessTable.notify, so there is one at most.)
 ``("tick", now)``
-    the sweeper's clock; only the newest matters: one is kept (the last).
+    a deadline may be due (node.timers); only one matters: one is kept (the last).
     (Coalesced when sent too.)
 
 Everything else stays, in its order, because it is bounded by the device's
