@@ -13,8 +13,10 @@ its file; the others keep serving.
 Password hashing (scrypt) takes tens of milliseconds of CPU: a gen_factory of
 :class:`Hasher` workers (``accounts.hash_threads``, least-loaded dispatch), each
 with its own native thread, does it, so a login storm cannot freeze the
-sessions and shows up as mailbox depth. The set of user names is kept in RAM
-for the whole node, so checking a recipient costs no I/O.
+sessions; what may wait for them is bounded and fair between networks
+(whatsup/admission.py), and a user who logged in lately with the same
+password needs no hash at all. The set of user names is kept in RAM for the
+whole node, so checking a recipient costs no I/O.
 """
 import base64
 import hashlib
@@ -22,12 +24,14 @@ import hmac
 import logging
 import os
 
-from gevent.event import AsyncResult
+from gevent.event import AsyncResult, Event
 from gevent.threadpool import ThreadPool
 
+from .admission import Admission, KnownLogins, Refused
 from .batch import GroupCommitter
 from .datadir import check_shards
 from .logs import Secret
+from .protocol import Code
 from .runtime import CallTimeout, ProcessDead
 from .runtime.factory import Factory
 from .runtime.industry import Industry
@@ -39,15 +43,6 @@ SCRYPT_R, SCRYPT_P = 8, 1
 
 class UserTaken(Exception):
     """Registration of a name that already exists (or is being registered)."""
-
-
-class Busy(Exception):
-    """No password check now (no hasher answered in time, or admission refused): retry after
-    ``retry_after`` seconds. Nothing was checked or stored."""
-
-    def __init__(self, why, retry_after):
-        super().__init__(why)
-        self.retry_after = retry_after
 
 
 def _b64(raw):
@@ -178,11 +173,18 @@ class Hasher:
 
 class AccountStore:
     """The accounts industry. ``check()``, start ``children()`` under a supervisor, then call
-    from greenlets (calls wait, the hub does not)."""
+    from greenlets (calls wait, the hub does not).
 
-    HASH_TIMEOUT = 120.0  # a login storm queues behind the hashers; a call must not give up early
+    Every scrypt goes through ``admission`` (whatsup/admission.py): a login or registration
+    that cannot be admitted now raises Refused at once instead of queueing; ``known`` lets a
+    user who logged in lately with the same password in without hashing; ``registrations``
+    limits registrations per address (a KeyedLimiter; None: no limit)."""
 
-    def __init__(self, table, directory, shards=1, scrypt_n=2 ** 15, hash_threads=2, restart_wait=5.0):
+    HASH_TIMEOUT = 30.0  # admission keeps each hasher's mailbox about one deep: this is a stuck hasher
+    WAIT_TIMEOUT = 30.0  # a bounded queue drains in seconds; past this something is stuck
+
+    def __init__(self, table, directory, shards=1, scrypt_n=2 ** 15, hash_threads=2, restart_wait=5.0,
+                 admission=None, known=None, registrations=None):
         self.dir = directory
         self.scrypt_n = scrypt_n
         self.restart_wait = restart_wait
@@ -191,10 +193,13 @@ class AccountStore:
         self.industry = Industry(table, "accounts", shards, AccountShardProc, (self,),
                                  paths=[shard_path(directory, i) for i in range(shards)])
         self.hashers = Factory(table, "hasher", Hasher, hash_threads, policy="least_loaded")
+        self.admission = admission if admission is not None else Admission(hash_threads, 64, 16, 64)
+        self.known = known if known is not None else KnownLogins(0, 0.0)  # has a len: test for None
+        self.registrations = registrations
 
     def __repr__(self):
         return (f"<AccountStore {self.dir} shards={len(self.industry)} users={len(self.users)} "
-                f"registering={len(self._reserved)}>")
+                f"registering={len(self._reserved)} {self.admission!r} {self.known!r}>")
 
     def check(self):
         check_shards(self.dir, len(self.industry), "accounts.shards")
@@ -213,39 +218,46 @@ class AccountStore:
     def exists(self, user):
         return user in self.users
 
-    def _hash(self, op, password, arg):
-        try:
-            return self.hashers.call(None, (op, Secret((password, arg))), self.HASH_TIMEOUT)
-        except (CallTimeout, ProcessDead) as exc:  # a hasher that failed costs a retry, not a session
-            log.warning("password %s not done: %s", op, exc)
-            raise Busy(f"no password check now ({type(exc).__name__})", self.restart_wait) from None
-
-    def register(self, user, password):
-        """Create ``user``; returns once it is durable. Raises UserTaken, ShardDown, OSError."""
+    def register(self, user, password, ip, limited=True):
+        """Create ``user``; returns once it is durable. Raises UserTaken, Refused, ShardDown, OSError.
+        ``limited=False`` (the operator's registrations) skips the per-address registration limit."""
+        limit = self.registrations if limited else None
+        if limit is not None and not limit.allowed(ip):
+            raise Refused(Code.TOO_MANY_ATTEMPTS, "too many registrations from this address lately",
+                          round(limit.window / max(limit.count, 1), 1))
         if user in self.users or user in self._reserved:
             raise UserTaken(user)
         self._reserved.add(user)
         try:
-            stored = self._hash("hash", password, self.scrypt_n)
+            stored = self._hash(ip, "hash", password, self.scrypt_n)
+            if limit is not None:
+                limit.charge(ip)
             self.shard(user).put(user, {"password": stored})
             self.users.add(user)
         finally:
             self._reserved.discard(user)
 
-    def verify(self, user, password):
-        """True when ``user`` exists and ``password`` is theirs."""
+    def verify(self, user, password, ip):
+        """True when ``user`` exists and ``password`` is theirs. Raises Refused, ShardDown."""
+        if self.known.check(user, password):
+            return True
         if user not in self.users:
             # Hash anyway so timing does not tell which names exist.
-            self._hash("hash", password, self.scrypt_n)
+            self._hash(ip, "hash", password, self.scrypt_n)
             return False
         record = self.shard(user).get(user)
         if record is None:
             return False
-        if not self._hash("check", password, record["password"]):
-            return False
-        if cost(record["password"]) != self.scrypt_n:  # accounts.scrypt_n changed: rehash now
-            self._store_password(user, password, record)
-        return True
+        verified = self._hash(ip, "check", password, record["password"])
+        if verified:
+            if cost(record["password"]) != self.scrypt_n:  # accounts.scrypt_n changed: rehash now
+                self._store_password(user, password, record, ip)
+            self.known.remember(user, password)
+        return verified
+
+    def forget(self, user):
+        """``user``'s password changed or the account is gone: no login on the old password."""
+        self.known.forget(user)
 
     def record(self, user):
         """``user``'s stored record (None if unknown): what an operator may see, without the hash
@@ -255,18 +267,39 @@ class AccountStore:
             return None
         return {**{k: v for k, v in record.items() if k != "password"}, "scrypt_n": cost(record["password"])}
 
-    def set_password(self, user, password):
-        """Replace ``user``'s password (KeyError if unknown); returns once it is durable."""
+    def set_password(self, user, password, ip):
+        """Replace ``user``'s password (KeyError if unknown); returns once it is durable. The hash
+        is admitted as ``ip``'s (Refused if it cannot be now)."""
         record = self.shard(user).get(user) if user in self.users else None
         if record is None:
             raise KeyError(user)
-        self._store_password(user, password, record)
+        self._store_password(user, password, record, ip)
+        self.forget(user)
 
     def delete(self, user):
         """Delete ``user``'s account (a no-op if unknown); returns once it is durable."""
         if user in self.users:
             self.users.discard(user)  # first: from here on nobody can log in or write to them
+            self.forget(user)
             self.shard(user).put(user, None)
 
-    def _store_password(self, user, password, record):
-        self.shard(user).put(user, {**record, "password": self._hash("hash", password, self.scrypt_n)})
+    def _store_password(self, user, password, record, ip):
+        self.shard(user).put(user, {**record, "password": self._hash(ip, "hash", password, self.scrypt_n)})
+
+    def _hash(self, ip, op, password, arg):
+        """One scrypt for a client at ``ip``, once admitted (Refused if not)."""
+        ticket = self.admission.enter(ip)
+        try:
+            if not ticket.running:
+                ticket.wake = Event()
+                if not ticket.wake.wait(self.WAIT_TIMEOUT):
+                    raise Refused(Code.BUSY, "no password check within its time", self.admission.retry_after())
+            return self.hashers.call(None, (op, Secret((password, arg))), self.HASH_TIMEOUT)
+        except (CallTimeout, ProcessDead) as exc:  # a hasher that failed costs a retry, not a session
+            log.warning("password %s not done: %s", op, exc)
+            raise Refused(Code.BUSY, f"no password check now ({type(exc).__name__})",
+                          self.restart_wait) from None
+        finally:
+            following = self.admission.leave(ticket)
+            if following is not None:
+                following.wake.set()

@@ -34,6 +34,10 @@ SETTINGS = (
             "when full the node stops accepting until one ends", 1),
     Setting("server.max_connections_per_ip", int, 1000, "open connections from one client address at "
             "most; more are refused at accept time with too_many_connections", 1),
+    Setting("server.unauthenticated_per_ip", int, 64, "connections from one client address not yet "
+            "logged in, at most; more are refused at accept time with too_many_connections", 1),
+    Setting("server.unauthenticated_per_prefix", int, 256, "connections from one client network "
+            "(/24 IPv4, /56 IPv6) not yet logged in, at most; more are refused like the above", 1),
     Setting("tls.listen", str, "", "second address for TLS clients (host:port); empty means no TLS "
             "listener (plain TCP stays for loopback use)"),
     Setting("tls.certfile", str, "", "PEM certificate chain of the TLS listener"),
@@ -77,7 +81,23 @@ SETTINGS = (
             "then too_many_attempts until the window refills; 0 means no limit", 0),
     Setting("auth.ip_failures", int, 100, "failed logins per client address within "
             "auth.failure_window; 0 means no limit", 0),
-    Setting("auth.failure_window", float, 60.0, "seconds over which failed logins are counted", 1.0),
+    Setting("auth.prefix_failures", int, 1000, "failed logins per client network (/24 IPv4, /56 IPv6) "
+            "within auth.failure_window; 0 means no limit", 0),
+    Setting("auth.failure_window", float, 60.0, "seconds over which failed logins and registrations "
+            "are counted", 1.0),
+    Setting("auth.ip_registrations", int, 10, "registrations from one client address within "
+            "auth.failure_window, then too_many_attempts; 0 means no limit", 0),
+    Setting("auth.max_waiting", int, 64, "logins and registrations waiting for a password hasher, "
+            "node-wide, at most; more get busy (with retry_after) at once", 1),
+    Setting("auth.checks_per_ip", int, 4, "logins and registrations of one client address being "
+            "hashed or waiting at once, at most; more get busy", 1),
+    Setting("auth.checks_per_prefix", int, 16, "logins and registrations of one client network (/24 "
+            "IPv4, /56 IPv6) being hashed or waiting at once, at most; more get busy. Waiting ones "
+            "are served round-robin by network", 1),
+    Setting("auth.known_logins", int, 10_000, "users whose last good password is remembered (an "
+            "HMAC under a per-start key, in RAM only) so their next login needs no scrypt and "
+            "no admission; 0 turns this off (see docs/RELIABILITY.md)", 0),
+    Setting("auth.known_ttl", float, 3600.0, "seconds a remembered password stays usable", 1.0),
     Setting("accounts.max_username", int, 32, "characters in a user name at most (names are "
             "A-Z a-z 0-9 _ . -); register refuses longer ones with bad_username", 1),
     Setting("accounts.min_password", int, 6, "characters in a password at least; register refuses "

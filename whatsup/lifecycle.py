@@ -19,10 +19,16 @@ import time
 from gevent.event import AsyncResult
 
 from . import protocol
-from .accounts import Busy
+from .admission import Refused
 from .protocol import Code, ProtocolError
 
 log = logging.getLogger("whatsup.lifecycle")
+OPERATOR = "operator"  # the admission key (whatsup/admission.py) of the operator's password hashes
+
+
+def _source(user):
+    """The admission key of a logged-in user's own password checks: their name, not an address."""
+    return f"user:{user}"
 
 
 def durably(table, key, value):
@@ -93,10 +99,11 @@ class Lifecycle:
         self.router.tell(pid, ("close", code, message))
         return [pid]
 
-    def set_password(self, user, password, keep=None):
-        """A new password for ``user``; every other session is told and logged out."""
+    def set_password(self, user, password, keep=None, source=OPERATOR):
+        """A new password for ``user``; every other session is told and logged out. ``source`` is
+        whom the hash is admitted for (whatsup/admission.py): the operator, or the user."""
         self._known(user)
-        self.accounts.set_password(user, password)
+        self.accounts.set_password(user, password, source)
         return self.close_sessions(user, Code.PASSWORD_CHANGED, "the password changed; log in again", keep)
 
     def delete(self, user, keep=None):
@@ -137,7 +144,7 @@ class Lifecycle:
         protocol.check_account(user, f["new"], self.limits, ref)
         with _busy(ref):
             self._verified(user, f["old"], ref)
-            self.set_password(user, f["new"], keep=pid)
+            self.set_password(user, f["new"], keep=pid, source=_source(user))
         log.info("%s changed their password", user)
         return {"type": "ok", "ref": ref}
 
@@ -151,14 +158,15 @@ class Lifecycle:
         self.router.tell(pid, ("close", Code.ACCOUNT_DELETED, "this account was deleted"))
 
     def _verified(self, user, password, ref):
-        if not self.accounts.verify(user, password):
+        if not self.accounts.verify(user, password, _source(user)):
             raise ProtocolError(Code.AUTH_FAILED, "wrong password", ref)
 
 
 @contextlib.contextmanager
 def _busy(ref):
-    """No hashing capacity now: the frame is answered ``busy`` with its retry_after, as login is."""
+    """No hashing capacity now: the frame is answered ``busy`` (or ``too_many_attempts``) with its
+    retry_after, as login is."""
     try:
         yield
-    except Busy as exc:
-        raise ProtocolError(Code.BUSY, str(exc), ref, exc.retry_after) from None
+    except Refused as exc:
+        raise ProtocolError(exc.code, str(exc), ref, exc.retry_after) from None

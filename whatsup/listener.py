@@ -5,9 +5,12 @@ Three gates, cheapest first:
 * **max connections** — every listener spawns from one shared gevent ``Pool``;
   when it is full, gevent stops accepting until a connection ends, so excess
   clients wait in the kernel's backlog instead of costing memory;
-* **per-IP cap** — checked in ``do_handle``, before any greenlet is spawned: a
-  refused connection gets one ``too_many_connections`` error frame (plain TCP
-  only; a non-blocking send into an empty socket buffer) and is closed;
+* **per-IP caps** — checked in ``do_handle``, before any greenlet is spawned:
+  open connections per address, and connections not yet logged in per address
+  and per network (/24 IPv4, /56 IPv6), so a pre-auth hold or slowloris from
+  one network costs a bounded number of sessions. A refused connection gets
+  one ``too_many_connections`` error frame (plain TCP only; a non-blocking send
+  into an empty socket buffer) and is closed;
 * **TLS handshake deadline** — a TLS connection is wrapped and handshaken in its
   own greenlet within ``protocol.login_timeout``; a client that never finishes
   the handshake costs one pool slot for that long, never a session.
@@ -20,6 +23,7 @@ from gevent import ssl
 from gevent.server import StreamServer
 
 from . import protocol
+from .admission import prefix
 from .protocol import Code, error_frame
 from .runtime import StartFailed
 
@@ -27,25 +31,51 @@ log = logging.getLogger("whatsup.listener")
 
 
 class ConnectionGate:
-    """Open connections per client IP, shared by all listeners of a node."""
+    """Open connections per client IP, and those not logged in yet per IP and per network,
+    shared by all listeners of a node. Keyed by the (ip, port) of each connection."""
 
-    def __init__(self, per_ip):
+    def __init__(self, per_ip, unauthenticated_per_ip, unauthenticated_per_prefix):
         self.per_ip = per_ip
+        self.unauth_per_ip, self.unauth_per_prefix = unauthenticated_per_ip, unauthenticated_per_prefix
         self.open = collections.Counter()
+        self.unauth = collections.Counter()  # ip and network -> connections not logged in
+        self.pending = {}  # (ip, port) -> network, while not logged in
 
     def __repr__(self):
-        return f"<ConnectionGate ips={len(self.open)} open={sum(self.open.values())} per_ip={self.per_ip}>"
+        return (f"<ConnectionGate ips={len(self.open)} open={sum(self.open.values())} "
+                f"unauthenticated={len(self.pending)} per_ip={self.per_ip}>")
 
-    def admit(self, ip):
+    def admit(self, addr):
+        """Count a new connection in; returns why it is refused, or None."""
+        ip, net = addr[0], prefix(addr[0])
         if self.open[ip] >= self.per_ip:
-            return False
+            return f"at most {self.per_ip} connections per address"
+        if self.unauth[ip] >= self.unauth_per_ip:
+            return f"at most {self.unauth_per_ip} connections per address not logged in"
+        if self.unauth[net] >= self.unauth_per_prefix:
+            return f"at most {self.unauth_per_prefix} connections per network not logged in"
         self.open[ip] += 1
-        return True
+        self.unauth[ip] += 1
+        self.unauth[net] += 1
+        self.pending[addr[:2]] = net
+        return None
 
-    def leave(self, ip):
-        self.open[ip] -= 1
-        if self.open[ip] <= 0:
-            del self.open[ip]
+    def authenticated(self, addr):
+        """The connection from ``addr`` logged in: it no longer counts as unauthenticated."""
+        net = self.pending.pop(addr[:2], None)
+        if net is not None:
+            _drop(self.unauth, addr[0])
+            _drop(self.unauth, net)
+
+    def leave(self, addr):
+        self.authenticated(addr)
+        _drop(self.open, addr[0])
+
+
+def _drop(counter, key):
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]
 
 
 def server_context(certfile, keyfile):
@@ -68,13 +98,14 @@ class GatedServer(StreamServer):
         self.tls, self.handshake_timeout = tls, handshake_timeout
 
     def do_handle(self, sock, addr):
-        if not self.gate.admit(addr[0]):
+        refused = self.gate.admit(addr)
+        if refused is not None:
             self.counters["refused:" + Code.TOO_MANY_CONNECTIONS] += 1
+            log.info("connection from %s refused: %s", addr[0], refused)
             if self.tls is None:
                 try:
                     sock.settimeout(0.0)
-                    sock.send(protocol.encode(error_frame(
-                        Code.TOO_MANY_CONNECTIONS, f"at most {self.gate.per_ip} connections per address")))
+                    sock.send(protocol.encode(error_frame(Code.TOO_MANY_CONNECTIONS, refused)))
                 except OSError:
                     pass
             sock.close()
@@ -82,7 +113,7 @@ class GatedServer(StreamServer):
         try:
             super().do_handle(sock, addr)
         except BaseException:
-            self.gate.leave(addr[0])  # nothing was spawned: the socket is already closed
+            self.gate.leave(addr)  # nothing was spawned: the socket is already closed
             raise
 
     def _serve(self, sock, addr):
@@ -93,7 +124,7 @@ class GatedServer(StreamServer):
                     return
             self.serve(sock, addr)
         finally:
-            self.gate.leave(addr[0])
+            self.gate.leave(addr)
 
     def _handshake(self, sock, addr):
         tls = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)

@@ -40,6 +40,7 @@ from gevent.pool import Pool
 
 from . import __version__, logs, metrics, watchdog
 from .accounts import AccountStore
+from .admission import Admission, KnownLogins
 from .address import split as split_address
 from .blocking import Blocks
 from .config import ConfigError
@@ -49,6 +50,7 @@ from .groups import Groups
 from .lifecycle import Lifecycle
 from .listener import ConnectionGate, GatedServer, server_context
 from .offd import Offd
+from .protocol import Code
 from .presence import Presence
 from .ratelimit import KeyedLimiter
 from .registration import Registration
@@ -136,8 +138,13 @@ class Node:
         self.counters = collections.Counter()
         wait = cfg["runtime.restart_wait"]
         accounts_dir, offd_dir = (os.path.join(self.data_dir, store) for store in ("accounts", "offd"))
-        self.accounts = AccountStore(self.table, accounts_dir, shard_count(accounts_dir, cfg["accounts.shards"]),
-                                     cfg["accounts.scrypt_n"], cfg["accounts.hash_threads"], wait)
+        self.accounts = AccountStore(
+            self.table, accounts_dir, shard_count(accounts_dir, cfg["accounts.shards"]),
+            cfg["accounts.scrypt_n"], cfg["accounts.hash_threads"], wait,
+            Admission(cfg["accounts.hash_threads"], cfg["auth.max_waiting"], cfg["auth.checks_per_ip"],
+                      cfg["auth.checks_per_prefix"], Code.BUSY),
+            KnownLogins(cfg["auth.known_logins"], cfg["auth.known_ttl"]),
+            KeyedLimiter(cfg["auth.ip_registrations"], cfg["auth.failure_window"]))
         self.offd = Offd(self.table, offd_dir, shard_count(offd_dir, cfg["offd.shards"]),
                          cfg["offd.segment_bytes"], cfg["offd.max_queue"], cfg["offd.expiry_days"], wait)
         self.blocks = Blocks(self.accounts)
@@ -155,11 +162,13 @@ class Node:
         self.registry.add(self.accounts.industry)
         self.registry.add(self.offd.industry)
         self.backdoor = Backdoor(self, cfg["shell.listen"])
-        self.failed_logins = {  # "user" / "ip" -> limiter of failed login attempts
+        self.failed_logins = {  # "user" / "ip" / "prefix" -> limiter of failed login attempts
             "user": KeyedLimiter(cfg["auth.user_failures"], cfg["auth.failure_window"]),
-            "ip": KeyedLimiter(cfg["auth.ip_failures"], cfg["auth.failure_window"])}
+            "ip": KeyedLimiter(cfg["auth.ip_failures"], cfg["auth.failure_window"]),
+            "prefix": KeyedLimiter(cfg["auth.prefix_failures"], cfg["auth.failure_window"])}
         self.pool = Pool(cfg["server.max_connections"])
-        self.gate = ConnectionGate(cfg["server.max_connections_per_ip"])
+        self.gate = ConnectionGate(cfg["server.max_connections_per_ip"], cfg["server.unauthenticated_per_ip"],
+                                   cfg["server.unauthenticated_per_prefix"])
         self.server = self.tls_server = None
         self.root = None
         self.metrics = metrics.Exporter(self, cfg["metrics.listen"])
@@ -287,10 +296,10 @@ class Node:
         proc.run_here()
 
     def _sweep(self):
-        """Forget failed logins that are forgiven; log the summaries of repeated log lines that
-        are due. (Sessions are not swept: each keeps its own deadlines in ``timers``, so only
-        those that are due are woken.)"""
-        for limiter in self.failed_logins.values():
+        """Forget failed logins and registrations that are forgiven; log the summaries of
+        repeated log lines that are due. (Sessions are not swept: each keeps its own deadlines in
+        ``timers``, so only those that are due are woken.)"""
+        for limiter in (*self.failed_logins.values(), self.accounts.registrations):
             limiter.prune()
         logs.flush()
 

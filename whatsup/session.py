@@ -45,7 +45,8 @@ import time
 import gevent
 
 from . import protocol
-from .accounts import Busy, UserTaken
+from .accounts import UserTaken
+from .admission import Refused, prefix
 from .runtime.factory import ShardDown
 from .protocol import Code, ProtocolError, error_frame
 from .ratelimit import FrameBuckets, TokenBucket
@@ -412,11 +413,11 @@ class Session:
         protocol.check_account(user, f["password"], vars(st.node.cfg.accounts), ref)
         try:
             with st.node.registration.admit(user, f.get("invite"), ref):  # open, invite or closed
-                st.node.accounts.register(user, f["password"])
+                st.node.accounts.register(user, f["password"], st.addr[0])
         except UserTaken:
             raise ProtocolError(Code.USER_TAKEN, f"{user!r} is taken", ref) from None
-        except Busy as exc:
-            raise ProtocolError(Code.BUSY, str(exc), ref, exc.retry_after) from None
+        except Refused as exc:
+            raise ProtocolError(exc.code, str(exc), ref, exc.retry_after) from None
         except OSError as exc:
             log.error("registration of %s failed: %s", user, exc)
             raise ProtocolError(Code.STORE_FAILED, "could not store the account; retry", ref) from None
@@ -428,21 +429,22 @@ class Session:
         user, ref = f["user"], f["ref"]
         node, ip = st.node, st.addr[0]
         failed = node.failed_logins
-        if not (failed["user"].allowed(user) and failed["ip"].allowed(ip)):
+        keys = (("user", user), ("ip", ip), ("prefix", prefix(ip)))
+        if not all(failed[kind].allowed(key) for kind, key in keys):
             log.warning("login for %r from %s refused: %s", user, st.addr, Code.TOO_MANY_ATTEMPTS)
             raise ProtocolError(Code.TOO_MANY_ATTEMPTS, "too many failed logins; wait and retry", ref)
-        for kind, key in (("user", user), ("ip", ip)):  # charged before hashing, so attempts in
-            failed[kind].charge(key)                    # parallel cannot all pass the check above
+        for kind, key in keys:  # charged before hashing, so attempts in parallel cannot all pass
+            failed[kind].charge(key)  # the check above
         verified = None
         try:
             verified = (len(f["password"]) <= node.cfg["accounts.max_password"]  # no hash of a
-                        and node.accounts.verify(user, f["password"]))             # longer one
-        except Busy as exc:
-            raise ProtocolError(Code.BUSY, str(exc), ref, exc.retry_after) from None
+                        and node.accounts.verify(user, f["password"], ip))         # longer one
+        except Refused as exc:
+            raise ProtocolError(exc.code, str(exc), ref, exc.retry_after) from None
         finally:
-            if verified is not False:  # a success, or no answer (store down): not a failed guess
-                failed["user"].refund(user)
-                failed["ip"].refund(ip)
+            if verified is not False:  # a success, or no answer (busy, store down): not a failed guess
+                for kind, key in keys:
+                    failed[kind].refund(key)
         if not verified:
             log.info("failed login for %r from %s", user, st.addr)
             raise ProtocolError(Code.AUTH_FAILED, "wrong user name or password", ref)
@@ -451,6 +453,7 @@ class Session:
             raise ProtocolError(Code.BANNED, f"this account is banned: {ban['reason']}", ref)
         q = node.offd.spool(user).queues.get(user)  # None: nothing queued (no empty queue is made)
         st.user = proc.entity = user
+        node.gate.authenticated(st.addr)
         old = node.sm.register(user, proc.pid)
         if old is not None:
             node.router.tell(old, ("replaced",))

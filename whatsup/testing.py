@@ -25,7 +25,9 @@ from .shell import SOCKET_NAME
 from .shell.client import ShellClient
 
 LISTENING = re.compile(r"listening on ([0-9.]+):(\d+)")
-FAST = {"accounts.scrypt_n": 1024}  # tests hash thousands of passwords; production keeps 2**15
+#: Tests hash thousands of passwords (production keeps scrypt_n 2**15) and register their users
+#: from one address (tests of the registration limit set it).
+FAST = {"accounts.scrypt_n": 1024, "auth.ip_registrations": 0}
 MONITOR = {"GEVENT_MONITOR_THREAD_ENABLE": "1", "GEVENT_MAX_BLOCKING_TIME": "0.1"}
 BLOCKED = "appears to be blocked"  # how gevent's monitor thread words its report
 #: What a server may send: frame types of docs/PROTOCOL.md and the error codes of protocol.Code.

@@ -27,7 +27,9 @@ from .targets import Placement, Whatsup
 #: since a few connections from 127.0.0.1 stand in for many devices, limits per address and a
 #: per-connection message rate that never binds (the token bucket still runs on every msg)
 SERVER_SETTINGS = {**FAST, "server.max_connections_per_ip": 50_000, "auth.ip_failures": 0,
-                   "ratelimit.msg": 1e6}
+                   "server.unauthenticated_per_ip": 50_000, "server.unauthenticated_per_prefix": 50_000,
+                   "auth.checks_per_ip": 50_000, "auth.checks_per_prefix": 50_000,
+                   "auth.max_waiting": 50_000, "ratelimit.msg": 1e6}
 
 
 class Progress:

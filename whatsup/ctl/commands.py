@@ -9,6 +9,7 @@ connection's greenlet: they may wait (a hash, a commit), never block the hub.
 import time
 
 from ..accounts import UserTaken
+from ..lifecycle import OPERATOR
 from ..protocol import ProtocolError, check_account
 from ..shell.helpers import Helpers
 from . import Refused
@@ -106,7 +107,7 @@ def _checked(node, user, password):
 def users_register(node, who, user, password):
     """Register an account, whatever accounts.registration says."""
     try:
-        node.accounts.register(user, _checked(node, user, password))
+        node.accounts.register(user, _checked(node, user, password), OPERATOR, limited=False)
     except UserTaken:
         raise Refused("user_taken", f"{user!r} is taken") from None
     return {"user": user}

@@ -18,7 +18,7 @@ import struct
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
-from ..accounts import Busy
+from ..admission import Refused as NotNow
 from ..config import ConfigError
 from ..protocol import ProtocolError
 from ..runtime import StartFailed
@@ -122,8 +122,8 @@ class ControlServer:
             return {"id": rid, "ok": False, "error": exc.code, "message": exc.message}
         except ProtocolError as exc:  # a store refused (store_failed...)
             return {"id": rid, "ok": False, "error": exc.code, "message": exc.message}
-        except Busy as exc:
-            return {"id": rid, "ok": False, "error": "busy", "message": f"{exc}; retry in {exc.retry_after}s"}
+        except NotNow as exc:  # no hashing capacity now
+            return {"id": rid, "ok": False, "error": exc.code, "message": f"{exc}; retry in {exc.retry_after}s"}
         except ShardDown as exc:
             return {"id": rid, "ok": False, "error": "store_failed", "message": str(exc)}
         except Exception as exc:
