@@ -39,9 +39,9 @@ def test_register_send_and_inbox_with_ticks(cli):
     assert len(mid) == 32
     lines = [json.loads(line) for line in cli("inbox", "--as", "bob", "--json").stdout.splitlines()]
     assert [(m["type"], m["from"], m["body"], m["id"]) for m in lines] == [("msg", "alice", "hi bob", mid)]
-    assert cli("inbox", "--as", "bob").stdout == ""           # acked: gone
+    assert cli("inbox", "--as", "bob").stdout == "no new messages\n"  # acked: gone
     out = cli("inbox", "--as", "alice").stdout
-    assert "✓✓ delivered by bob" in out and mid in out
+    assert "✓✓ delivered to bob: " + mid in out
     assert "auth_failed" in cli("inbox", "--as", "bob", "--password", "wrong!!", check=False).stderr
 
 
@@ -79,8 +79,12 @@ def test_chat_shows_messages_and_all_three_ticks(cli):
         alice.stdin.write("hello from alice\n")
         alice.stdin.flush()
         _wait_for(bob_lines, "alice: hello from alice")
-        _wait_for(alice_lines, "✓✓ read hello from alice")  # the last tick; ✓ and ✓✓ may be skipped
-        # when a higher one came first (✓ waits for the fsync), but never shown after it
+        _wait_for(alice_lines, "me: hello from alice  ✓✓ read")  # the last tick; on a pipe each
+        # change is a new line (a terminal rewrites the line: tests/test_chat.py)
+        alice.stdin.write("/help\n/quit\n")
+        alice.stdin.flush()
+        _wait_for(alice_lines, "/quit   leave")
+        assert alice.wait(10) == 0
     finally:
         for p in (alice, bob):
             p.stdin.close()

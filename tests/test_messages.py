@@ -140,8 +140,8 @@ def test_a_full_queue_is_reported_to_the_sender(make_server):
 def test_bad_bodies_are_refused_and_the_session_goes_on(server, body, code):
     server.register("alice", "bob")
     with server.client("alice") as alice:
-        with pytest.raises(ServerError) as e:
-            alice.send("bob", body)
+        with pytest.raises(ServerError) as e:  # a raw request: Client.send refuses it first
+            alice.request({"type": "msg", "id": "bad", "to": "bob", "body": body})
         assert e.value.code == code
         assert alice.send("bob", "fine")["type"] == "sent"
 

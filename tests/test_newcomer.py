@@ -54,22 +54,28 @@ def test_every_command_has_version_and_help_and_is_installed(tmp_path):
     assert out.returncode == 0 and out.stdout.startswith("usage:")
 
 
-def test_a_launcher_without_the_dependencies_says_what_to_do_in_one_line():
-    out = run(sys.executable, "-S", os.path.join(ROOT, "bin", "whatsup"), "--help")  # -S: no site-packages
+def checkout(tmp_path):
+    """The launchers and the package, copied where no .venv is."""
+    root = tmp_path / "checkout"
+    for part in ("bin", "whatsup"):
+        shutil.copytree(os.path.join(ROOT, part), root / part, ignore=shutil.ignore_patterns("__pycache__"))
+    return root
+
+
+def test_a_launcher_without_the_dependencies_says_what_to_do_in_one_line(tmp_path):
+    out = run(sys.executable, "-S", str(checkout(tmp_path) / "bin" / "whatsup"), "--help")  # -S: no site-packages
     assert out.returncode == 1
     assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
     assert "python3 -m venv .venv && .venv/bin/python -m pip install -e ." in out.stderr
 
 
 def test_a_launcher_finds_the_projects_venv(tmp_path):
-    checkout = tmp_path / "checkout"
-    for part in ("bin", "whatsup"):
-        shutil.copytree(os.path.join(ROOT, part), checkout / part, ignore=shutil.ignore_patterns("__pycache__"))
-    venv = checkout / ".venv"
+    root = checkout(tmp_path)
+    venv = root / ".venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
     site_dir = next(venv.glob("lib/python*/site-packages"))  # the .venv gets this Python's packages
     (site_dir / "deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
-    out = run(sys.executable, "-S", str(checkout / "bin" / "whatsupd"), "--version")
+    out = run(sys.executable, "-S", str(root / "bin" / "whatsupd"), "--version")
     assert out.returncode == 0 and out.stdout == f"whatsupd {__version__}\n", out.stderr
 
 

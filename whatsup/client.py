@@ -9,11 +9,17 @@ Delivered items are deduplicated by ``seq`` (the server may deliver an item
 again after a crash if the device's ack was not yet durable) and acked in
 batches: with ``auto_ack``, handing out the last item of a received burst acks
 the whole burst with one cumulative ``ack``.
+
+:class:`Connection` is a logged-in client that survives disconnects: it
+reconnects with backoff and jitter, and its :class:`Outbox` keeps every message
+and read receipt until the server answered it, sending them again with the same
+ids after a reconnect (the server's dedup makes that exactly once).
 """
 import collections
 import itertools
 import json
 import os
+import random
 import socket
 import ssl
 import time
@@ -76,6 +82,15 @@ class Closed(ConnectionError):
     def __init__(self, message, error=None):
         super().__init__(message)
         self.error = error
+
+
+class LoggedInElsewhere(Closed):
+    """The same user logged in on another connection (``replaced``): reconnecting would only
+    take the session back from that device, so a :class:`Connection` stops instead."""
+
+
+class BodyTooLarge(ValueError):
+    """A message body over the server's ``max_body``, refused before it is sent."""
 
 
 def parse_server(text):
@@ -166,13 +181,24 @@ class Client:
 
     # --- account ------------------------------------------------------------------
 
-    def register(self, user, password):
-        return self._auth({"type": "register", "user": user, "password": password})
+    def register(self, user, password, invite=None):
+        frame = {"type": "register", "user": user, "password": password}
+        if invite is not None:
+            frame["invite"] = invite
+        return self._auth(frame)
 
     def login(self, user, password):
         self.last_login = self._auth({"type": "login", "user": user, "password": password})
         self.user = user
         return self.last_login
+
+    def passwd(self, old, new):
+        """Change the password (docs/PROTOCOL.md, "Accounts"); other sessions are logged out."""
+        return self.request({"type": "passwd", "old": old, "new": new})
+
+    def delete_account(self, password):
+        """Delete the account; the server answers ok, then closes with account_deleted."""
+        return self.request({"type": "delete_account", "password": password})
 
     def _auth(self, frame):
         """A login or registration, sent again after ``retry_after`` while the server answers
@@ -201,8 +227,8 @@ class Client:
         self.send_frame(frame)
         return frame
 
-    @staticmethod
-    def message_frame(to, body, id=None, group=None):
+    def message_frame(self, to, body, id=None, group=None):
+        check_body(body, self.hello)
         return {"type": "msg", "id": id or uuid.uuid4().hex, "body": body, **_address(to, group)}
 
     def read(self, to, ids, group=None):
@@ -315,15 +341,348 @@ class Client:
             out.append(frame)
 
 
+def check_body(body, hello):
+    """Refuse a body the server announced (``hello``'s ``max_body``) it would refuse."""
+    limit = (hello or {}).get("max_body")
+    size = len(body.encode())
+    if limit is not None and size > limit:
+        raise BodyTooLarge(f"message of {size} bytes is over the server's limit of {limit} bytes (max_body)")
+
+
+class Backoff:
+    """Delays between reconnection attempts: doubling from ``first`` up to ``cap`` seconds, each
+    drawn at random between half and all of that ("equal jitter"), so the devices a server
+    restart disconnected together do not come back together. I/O-free: ``random`` is a
+    parameter."""
+
+    def __init__(self, first=0.5, cap=30.0, random=random.random):
+        self.first, self.cap, self.random = first, cap, random
+        self.failures = 0
+
+    def __repr__(self):
+        return f"<Backoff failures={self.failures} first={self.first} cap={self.cap}>"
+
+    def next(self):
+        """The delay before the next attempt (and one more failure counted)."""
+        ceiling = min(self.cap, self.first * 2 ** min(self.failures, 32))
+        self.failures += 1
+        return ceiling / 2 + self.random() * ceiling / 2
+
+    def reset(self):
+        self.failures = 0
+
+
+#: Answers after which a request is sent again later instead of given up (docs/PROTOCOL.md).
+RETRY = frozenset({"rate_limited", "store_failed", "queue_full", "busy", "internal"})
+
+
+class Outbox:
+    """Requests (``msg``, ``read``) kept until the server answers them, across connections.
+
+    I/O-free. Each entry has a key (a message's id) and a frame without ``ref``;
+    :meth:`unsent` gives the entries not in flight on the current connection,
+    :meth:`assign` records the ``ref`` one went out with, :meth:`answer` matches
+    an answer to its entry and says whether it is done with. After a reconnect
+    (:meth:`reset`) every entry goes out again, with its same id.
+    """
+
+    def __init__(self):
+        self.frames = collections.OrderedDict()  # key -> frame, in the order they were added
+        self.refs = {}                            # ref on this connection -> key
+
+    def __repr__(self):
+        return f"<Outbox {len(self.frames)} waiting, {len(self.refs)} in flight>"
+
+    def __len__(self):
+        return len(self.frames)
+
+    def __contains__(self, key):
+        return key in self.frames
+
+    def add(self, key, frame):
+        self.frames[key] = frame
+
+    def unsent(self):
+        flying = set(self.refs.values())
+        return [(key, frame) for key, frame in self.frames.items() if key not in flying]
+
+    def assign(self, ref, key):
+        self.refs[ref] = key
+
+    def reset(self):
+        self.refs.clear()
+
+    def answer(self, frame):
+        """The key of the entry ``frame`` answers (None: not one of ours). The entry is done
+        with unless the answer is an error worth retrying (RETRY): then it goes out again."""
+        key = self.refs.pop(frame.get("ref"), None) if "ref" in frame else None
+        if key is not None and not (frame.get("type") == "error" and frame.get("code") in RETRY):
+            self.frames.pop(key, None)
+        return key
+
+
+class Connection:
+    """A logged-in client that reconnects by itself: for ``whatsup chat`` and for scripts.
+
+    :meth:`send` and :meth:`read` never fail for want of a connection: they go
+    to the :class:`Outbox` and out as soon as there is one. :meth:`recv` hands
+    out what the server pushes (and the ``sent`` of each message, the ✓), pings
+    when the line is quiet, and after any disconnect reconnects with
+    :class:`Backoff`, logs in, follows the same presences again and sends the
+    outbox again. It tells ``on_status(event, detail)`` about ``"disconnected"``
+    (detail: why, and the delay) and ``"connected"``. A ``replaced`` session
+    raises :class:`LoggedInElsewhere`; wrong credentials raise :class:`ServerError`.
+    Not thread-safe: one thread uses it.
+    """
+
+    def __init__(self, server, user, password, tls=False, cafile=None, state_dir=None, backoff=None,
+                 on_status=None, timeout=10.0, clock=time.monotonic, sleep=time.sleep):
+        self.server, self.user, self.password = server, user, password
+        self.tls, self.cafile, self.state_dir = tls, cafile, state_dir
+        self.backoff = backoff or Backoff()
+        self.on_status = on_status or (lambda event, detail: None)
+        self.timeout, self.clock, self.sleep = timeout, clock, sleep
+        self.client = self.hello = self.state = None
+        self.outbox = Outbox()
+        self.following = set()     # users whose presence we follow, again after each reconnect
+        self.pending = collections.deque()  # frames to hand out before reading more
+        self.next_attempt = self.next_retry = self.sent_at = 0.0
+        self.last_seq, self.seen = 0, Seen()  # what the device has shown, across connections
+
+    def __repr__(self):
+        return f"<Connection {self.user}@{self.server} {'up' if self.client else 'down'} {self.outbox!r}>"
+
+    @property
+    def connected(self):
+        return self.client is not None
+
+    def connect(self):
+        """One attempt now; True when logged in. Wrong credentials raise ServerError."""
+        self.next_attempt = 0.0
+        return self._attempt()
+
+    def close(self):
+        if self.client is not None:
+            try:
+                self.client.flush_acks()
+            except OSError:
+                pass
+            self._drop()
+
+    # --- what the application does ---------------------------------------------------
+
+    def send(self, to, body, group=None, id=None):
+        """Queue a message (to a user, or to ``group``) and send it if connected; returns its id.
+        Raises BodyTooLarge at once for a body over the server's max_body."""
+        check_body(body, self.hello)
+        frame = {"type": "msg", "id": id or uuid.uuid4().hex, "body": body, **_address(to, group)}
+        self.outbox.add(frame["id"], frame)
+        self._flush()
+        return frame["id"]
+
+    def read(self, to, ids, group=None):
+        """Queue a read receipt for ``to``'s messages ``ids``; it goes out like a message."""
+        frame = {"type": "read", "to": to, "ids": list(ids), **({"group": group} if group else {})}
+        self.outbox.add(("read", to, group, tuple(ids)), frame)
+        self._flush()
+
+    def typing(self, to=None, group=None, state="typing"):
+        """A typing indicator, now or never (it is transient: not worth an outbox)."""
+        self._write({"type": "typing", "state": state, **_address(to, group)})
+
+    def follow(self, user):
+        """Follow ``user``'s presence, now and after every reconnect (their state comes through
+        recv as a ``presence`` frame)."""
+        self.following.add(user)
+        if self.client is not None:
+            self._subscribe(user)
+
+    def request(self, frame):
+        """A request answered at once (group_info...), on the current connection; raises Closed
+        when there is none."""
+        if self.client is None:
+            raise Closed("not connected")
+        try:
+            return self.client.request(frame)
+        except (OSError, ProtocolError) as exc:
+            self._lost(exc)
+            raise Closed(f"connection lost: {exc}") from None
+
+    def recv(self, timeout):
+        """The next frame for the application, or None after ``timeout`` seconds. Answers to the
+        outbox's reads are kept, errors that will be retried too; a message's ``sent`` is handed
+        out, and so is an error that gave one up (its ``ref`` matched: see ``id``)."""
+        deadline = self.clock() + timeout
+        while True:
+            if self.pending:
+                return self.pending.popleft()
+            now = self.clock()
+            if self.client is None:
+                if now >= self.next_attempt and self._attempt():
+                    continue
+                wait = min(deadline, self.next_attempt) - now
+                if now >= deadline:
+                    return None
+                self.sleep(max(0.0, min(wait, deadline - now)))
+                continue
+            if now >= self.next_retry:
+                self._flush()
+            quiet = float(self.hello.get("idle_timeout", 90)) / 3
+            if now - self.sent_at >= quiet:
+                self._write({"type": "ping"})
+            try:
+                frame = self.client.recv(max(0.0, min(deadline - now, quiet)))
+            except (OSError, ProtocolError) as exc:  # Closed is an OSError
+                self._lost(exc)
+                continue
+            if frame is None:
+                if self.clock() >= deadline:
+                    return None
+                continue
+            frame = self._sort(frame)
+            if frame is not None:
+                if frame.get("type") in PUSHED:
+                    self._save()
+                return frame
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _sort(self, frame):
+        """What the application sees of one received frame (None: nothing)."""
+        key = self.outbox.answer(frame)
+        kind = frame.get("type")
+        if key is not None:
+            if kind == "error":
+                if frame.get("code") in RETRY:  # it goes out again after a while
+                    self.next_retry = self.clock() + frame.get("retry_after", self.backoff.first)
+                    return None
+                return {**frame, "id": key} if isinstance(key, str) else None
+            return frame if kind == "sent" else None
+        if kind == "error" and frame.get("code") == "replaced":
+            self._drop()
+            raise LoggedInElsewhere("logged in elsewhere", frame)
+        if kind == "pong":
+            return None
+        return frame
+
+    def _attempt(self):
+        try:
+            client = Client(self.server, timeout=self.timeout, tls=self.tls, cafile=self.cafile)
+        except (OSError, ProtocolError) as exc:
+            return self._retry_later(exc)
+        try:
+            self._resume(client)
+            client.login(self.user, self.password)
+        except ServerError as exc:
+            client.close()
+            if exc.code in RETRY or exc.code == "too_many_attempts":
+                return self._retry_later(exc)
+            raise
+        except (OSError, ProtocolError) as exc:
+            client.sock.close()
+            return self._retry_later(exc)
+        self.client, self.hello = client, client.hello
+        self.backoff.reset()
+        self.outbox.reset()
+        self.sent_at = self.clock()
+        self.on_status("connected", f"{self.server} as {self.user}")
+        for user in sorted(self.following):
+            self._subscribe(user)
+        self._flush()
+        return self.client is not None
+
+    def _resume(self, client):
+        """Carry the device's last seq and seen messages over to a new connection to the same
+        data dir; for another (or the first), the ones saved for it, if any."""
+        node = client.hello.get("node_id")
+        if self.hello is not None and self.hello.get("node_id") == node:
+            client.last_seq = client.acked_seq = self.last_seq
+            client.seen = self.seen
+        elif self.state_dir is not None:
+            self.state = ClientState(node, self.user, self.state_dir)
+            self.state.load(client)
+
+    def _retry_later(self, exc):
+        delay = self.backoff.next()
+        self.next_attempt = self.clock() + delay
+        self.on_status("disconnected", f"{_why(exc)}; trying again in {delay:.1f} s")
+        return False
+
+    def _drop(self):
+        """Close the connection, keeping what the device knows (last seq, seen messages)."""
+        client, self.client = self.client, None
+        self.last_seq, self.seen = client.last_seq, client.seen
+        self._save(client)
+        client.sock.close()
+
+    def _lost(self, exc):
+        """The connection broke: reconnect later (not after a ``replaced``)."""
+        self._drop()
+        error = getattr(exc, "error", None)
+        if error is not None and error.get("code") == "replaced":
+            raise LoggedInElsewhere("logged in elsewhere", error)
+        self._retry_later(exc)
+
+    def _flush(self):
+        """Send whatever the outbox holds that is not in flight on this connection."""
+        if self.client is None:
+            return
+        for key, frame in self.outbox.unsent():
+            ref = next(self.client._refs)
+            if not self._write({**frame, "ref": ref}):
+                return
+            self.outbox.assign(ref, key)
+
+    def _write(self, frame):
+        if self.client is None:
+            return False
+        try:
+            self.client.send_frame(frame)
+        except OSError as exc:
+            self._lost(exc)
+            return False
+        self.sent_at = self.clock()
+        return True
+
+    def _subscribe(self, user):
+        try:
+            self.pending.append(self.client.request({"type": "presence_sub", "user": user}))
+        except ServerError as exc:
+            self.following.discard(user)
+            self.pending.append({**exc.frame, "user": user})
+        except (OSError, ProtocolError) as exc:
+            self._lost(exc)
+
+    def _save(self, client=None):
+        client = client or self.client
+        if self.state is not None and client is not None:
+            try:
+                self.state.save(client)
+            except OSError:
+                pass  # the device then shows again, once, what it got after its last save
+
+
+def _why(exc):
+    error = getattr(exc, "error", None)
+    if error is not None:
+        return f"{error.get('code')}: {error.get('message')}"
+    if isinstance(exc, ServerError):
+        return f"{exc.code}: {exc.message}"
+    return str(exc) or type(exc).__name__
+
+
 class ClientState:
     """What a device keeps between CLI runs for one user of one data dir: the last
     delivered seq and the keys of the messages it has shown."""
     KEEP = 2000
 
     def __init__(self, node_id, user, directory=None):
-        base = directory or os.environ.get("XDG_STATE_HOME") or os.path.join(
-            os.path.expanduser("~"), ".local", "state")
-        self.path = os.path.join(base, "whatsup", f"{user}@{node_id}.json")
+        self.path = os.path.join(directory or self.default_dir(), f"{user}@{node_id}.json")
+
+    @staticmethod
+    def default_dir():
+        base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+        return os.path.join(base, "whatsup")
 
     def load(self, client):
         """Give ``client`` the saved last seq and seen keys."""

@@ -1,17 +1,13 @@
-"""``whatsup``: the command-line client (register, send, inbox, chat)."""
-import datetime
+"""``whatsup``: the command-line client (register, send, inbox, chat, groups, presence)."""
 import functools
 import json
-import sys
-import threading
 import time
 
 import click
 
-from . import version_option
-from ..client import DEFAULT_SERVER, PUSHED, Client, ClientState, Closed, ServerError
-
-TICKS = {"sent": "✓", "delivered": "✓✓", "read": "✓✓ read"}
+from . import chat as chat_ui, version_option
+from ..client import DEFAULT_SERVER, PUSHED, BodyTooLarge, Client, ClientState, Connection, ServerError
+from .render import describe
 
 
 def _password_option(confirm=False):
@@ -37,33 +33,6 @@ def _connect(ctx, user=None, password=None):
         raise click.ClickException(f"{exc.code}: {exc.message}") from None
     except OSError as exc:
         raise click.ClickException(f"cannot reach whatsupd at {server}: {exc}") from None
-
-
-def _stamp(ms):
-    return datetime.datetime.fromtimestamp(ms / 1000).strftime("%H:%M:%S")
-
-
-def _line(frame):
-    kind = frame["type"]
-    where = f" in {frame['group']}" if "group" in frame else ""
-    if kind == "msg":
-        return f"[{_stamp(frame['ts'])}] {frame['from']}{where}: {frame['body']}  (id {frame['id']})"
-    if kind == "receipt":
-        return f"[{_stamp(frame['ts'])}] {TICKS[frame['status']]} {frame['status']} by {frame['from']}{where}: " + \
-            ", ".join(frame["ids"])
-    if kind == "group_event":
-        detail = {k: v for k, v in frame.items() if k not in ("type", "group", "event", "by", "seq", "ts")}
-        return f"[{_stamp(frame['ts'])}] group {frame['group']}: {frame['event']} by {frame['by']} " + \
-            " ".join(f"{k}={','.join(v) if isinstance(v, list) else v}" for k, v in detail.items())
-    if kind == "presence":
-        if frame["online"]:
-            return f"{frame['user']} is online"
-        if "last_seen" in frame:
-            return f"{frame['user']} was last seen at {_stamp(frame['last_seen'])}"
-        return f"{frame['user']} is offline"
-    if kind == "typing":
-        return f"{frame['from']}{where} is {frame['state']}" + ("..." if frame["state"] != "paused" else "")
-    return json.dumps(frame)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -118,7 +87,10 @@ def send(ctx, user, password, group, words):
     peer, text = (words[0] if len(words) == 2 else None), words[-1]
     _target(peer, group)
     with _connect(ctx, user, password) as client:
-        answer = _call(client.send, peer, text, group=group)
+        try:
+            answer = _call(client.send, peer, text, group=group)
+        except BodyTooLarge as exc:
+            raise click.ClickException(f"not sent: {exc}") from None
     click.echo(answer["id"])
 
 
@@ -140,7 +112,9 @@ def inbox(ctx, user, password, as_json, wait):
             if frame["type"] not in PUSHED:
                 continue
             seen += 1
-            click.echo(json.dumps(frame, ensure_ascii=False) if as_json else _line(frame))
+            click.echo(json.dumps(frame, ensure_ascii=False) if as_json else describe(frame, user))
+        if not seen and not as_json:
+            click.echo("no new messages")
         client.flush_acks()
         client.ping()  # the acks are in once the pong is back
         client.state.save(client)
@@ -159,93 +133,14 @@ def chat(ctx, user, password, group, peer):
     and typing, and the group's events, are shown as they happen.
     """
     _target(peer, group)
-    _Chat(_connect(ctx, user, password), peer, group).run(user)
-
-
-class _Chat:
-    """One ``whatsup chat``: stdin sends, a thread shows what arrives, another pings.
-
-    The client is not thread-safe: every use of it holds ``lock``.
-    """
-
-    def __init__(self, client, peer, group):
-        self.client, self.peer, self.group = client, peer, group
-        self.lock = threading.Lock()
-        self.mine = {}  # message id -> text
-        # (message id, member or None) -> the highest tick shown (✓ can arrive after ✓✓: it
-        # waits for the fsync; in a group, for the fsync of every member's copy)
-        self.shown = {}
-
-    def run(self, user):
-        client, peer, group = self.client, self.peer, self.group
-        if peer is not None:
-            try:
-                click.echo(_line(client.subscribe(peer)))
-            except ServerError as exc:
-                click.echo(f"! presence of {peer}: {exc.code}")
-        threading.Thread(target=self.receive, daemon=True).start()
-        threading.Thread(target=self.keepalive, daemon=True).start()
-        click.echo(f"chatting {'in ' + group if group else 'with ' + peer} as {user}; Ctrl-D to quit")
-        for text in sys.stdin:
-            text = text.rstrip("\n")
-            if not text:
-                continue
-            with self.lock:
-                frame = client.send_nowait(peer, text, group=group)
-            self.mine[frame["id"]] = text
-        with self.lock:
-            client.close()
-
-    def show(self, text):
-        with self.lock:
-            click.echo(text)
-            sys.stdout.flush()  # a pipe is block-buffered; a chat line must show now
-
-    def tick(self, mid, status, member=None):
-        rank = list(TICKS).index(status)
-        if rank > self.shown.get((mid, member), -1):
-            self.shown[(mid, member)] = rank
-            if member is not None:  # a member's ✓✓ implies the message's ✓
-                self.shown.setdefault((mid, None), 0)
-            self.show(f"  {TICKS[status]} {member + ': ' if member else ''}{self.mine.get(mid, mid)}")
-
-    def ours(self, frame):
-        return frame.get("group") == self.group and (self.group is not None or frame["from"] == self.peer)
-
-    def receive(self):
-        client = self.client
-        try:
-            while True:
-                with self.lock:
-                    frame = client.recv(0.2)
-                if frame is not None:
-                    self.handle(frame)
-                    client.state.save(client)
-        except (Closed, OSError) as exc:
-            self.show(f"! disconnected: {exc}")
-
-    def handle(self, frame):
-        kind = frame["type"]
-        if kind == "msg" and self.ours(frame):
-            read = {"type": "read", "ref": 0, "to": frame["from"], "ids": [frame["id"]]}
-            with self.lock:
-                self.client.send_frame({**read, "group": self.group} if self.group else read)
-        if kind == "sent":
-            self.tick(frame["id"], "sent")
-        elif kind == "receipt":
-            for mid in frame["ids"]:
-                self.tick(mid, frame["status"], frame.get("group") and frame["from"])
-        elif kind == "error" and frame.get("ref") != 0:  # ref 0: our own read receipts
-            self.show(f"! {frame['code']}: {frame['message']}")
-        elif kind != "error":
-            self.show(_line(frame))
-
-    def keepalive(self):
-        interval = float(self.client.hello.get("idle_timeout", 90)) / 3
-        while True:
-            time.sleep(interval)
-            with self.lock:
-                self.client.send_frame({"type": "ping"})
+    conn = Connection(ctx.obj["server"], user, password, tls=ctx.obj["tls"], cafile=ctx.obj["cafile"],
+                      state_dir=ClientState.default_dir())
+    try:
+        outcome = chat_ui.run(conn, user, peer, group)
+    except ServerError as exc:
+        raise click.ClickException(f"{exc.code}: {exc.message}") from None
+    if outcome == "refused":
+        raise SystemExit(1)
 
 
 @main.command()
@@ -258,12 +153,12 @@ class _Chat:
 def presence(ctx, user, password, target, watch):
     """Show whether TARGET is online, or when they were last seen."""
     with _connect(ctx, user, password) as client:
-        click.echo(_line(_call(client.subscribe, target)))
+        click.echo(describe(_call(client.subscribe, target)))
         deadline = time.monotonic() + watch
         while time.monotonic() < deadline:
             frame = client.recv(deadline - time.monotonic())
             if frame is not None and frame["type"] == "presence":
-                click.echo(_line(frame))
+                click.echo(describe(frame))
 
 
 @main.command()
@@ -325,6 +220,7 @@ def group_create(client, name, members):
 def group_add(client, group_id, members):
     """Add MEMBERS to GROUP (admins only)."""
     _call(client.group_add, group_id, members)
+    click.echo(f"added {', '.join(members)} to {group_id} (those already in it stay as they were)")
 
 
 @_group_command
@@ -333,6 +229,7 @@ def group_add(client, group_id, members):
 def group_remove(client, group_id, members):
     """Remove MEMBERS from GROUP (admins only)."""
     _call(client.group_remove, group_id, members)
+    click.echo(f"removed {', '.join(members)} from {group_id} (if they were in it)")
 
 
 @_group_command
@@ -340,6 +237,7 @@ def group_remove(client, group_id, members):
 def group_leave(client, group_id):
     """Leave GROUP."""
     _call(client.group_leave, group_id)
+    click.echo(f"left {group_id}")
 
 
 @_group_command
@@ -356,8 +254,11 @@ def group_info(client, group_id):
 @_group_command
 def group_list(client):
     """List your groups: id, member count, name."""
-    for g in _call(client.group_list):
+    groups = _call(client.group_list)
+    for g in groups:
         click.echo(f"{g['group']} {g['size']} {g['name']}")
+    if not groups:
+        click.echo("no groups")
 
 
 if __name__ == "__main__":
