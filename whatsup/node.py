@@ -12,7 +12,8 @@
     ├── sweeper    ticker: forgets forgiven failed logins, logs due log summaries
     ├── listener   the listening sockets (plain, and TLS if configured); a handler
     │              greenlet becomes a session process
-    └── control    the control socket whatsupctl talks to (whatsup/ctl/)
+    ├── control    the control socket whatsupctl talks to (whatsup/ctl/)
+    └── push       sends push notifications to the gateway (whatsup/push.py; if push.url)
 
 Children start in that order, so the stores (with recovery) are open before
 the listener accepts, and stop in the reverse order. A crash restarts the
@@ -52,6 +53,7 @@ from .listener import FD_RESERVE, ConnectionGate, GatedServer, connection_cap, s
 from .offd import Offd
 from .protocol import Code
 from .presence import Presence
+from .push import Push, PushWorker
 from .ratelimit import KeyedLimiter
 from .registration import Registration
 from .router import Router
@@ -148,8 +150,9 @@ class Node:
         self.offd = Offd(self.table, offd_dir, shard_count(offd_dir, cfg["offd.shards"]),
                          cfg["offd.segment_bytes"], cfg["offd.max_queue"], cfg["offd.expiry_days"], wait)
         self.blocks = Blocks(self.accounts)
+        self.push = Push(cfg, self.sm, self.offd, self.timers)
         self.router = Router(self.table, self.sm, self.offd, self.accounts, self.blocks,
-                             cfg["session.dedup_window"])
+                             cfg["session.dedup_window"], offline=self.push.queued)
         self.groups = Groups(self.router, self.offd, self.accounts, cfg["groups.max_members"],
                              cfg["groups.fanout_chunk"])
         self.presence = Presence(self.sm, self.accounts, self.blocks, self.groups)
@@ -251,11 +254,15 @@ class Node:
         ), **intensity)
 
     def _admin_children(self):
-        """The control socket's server (whatsupctl), last: a crash restarts it alone."""
+        """The control socket's server (whatsupctl) and the push sender, last: a crash restarts
+        them alone."""
+        children = []
         path = control_path(self.cfg["control.socket"], self.data_dir)
-        if path is None:
-            return ()
-        return (Child("control", lambda: self.table.start(ControlServer, self, path, name="control")),)
+        if path is not None:
+            children.append(Child("control", lambda: self.table.start(ControlServer, self, path, name="control")))
+        if self.cfg["push.url"]:
+            children.append(Child("push", lambda: self.table.start(PushWorker, self.push, name="push")))
+        return children
 
     def _social(self):
         """The process owning the groups, blocks and privacy tables; each (re)start reloads them."""
@@ -263,7 +270,7 @@ class Node:
                    "privacy": lambda t: self.presence.open(t, self.router),
                    "bans": lambda t: self.lifecycle.open("bans", t),
                    "retired": lambda t: self.lifecycle.open("retired", t),
-                   "invites": self.registration.open}
+                   "invites": self.registration.open, "push": self.push.open}
         return self.table.start(TableStore, os.path.join(self.data_dir, "social.sqlite"), loaders,
                                 name="social")
 

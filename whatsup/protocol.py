@@ -348,6 +348,9 @@ SCHEMAS = {
     # accounts
     "passwd": {"ref": (True, _ref), "old": (True, _text), "new": (True, _text)},
     "delete_account": {"ref": (True, _ref), "password": (True, _text)},
+    # push notifications
+    "push_register": {"ref": (True, _ref), "kind": (True, _str(1, 32)), "token": (True, _str(1, 4096))},
+    "push_unregister": {"ref": (True, _ref)},
 }
 
 def check_account(user, password, limits, ref):

@@ -44,8 +44,9 @@ class _Pending:
 
 
 class Router:
-    def __init__(self, table, sm, offd, accounts, blocks, dedup_window):
+    def __init__(self, table, sm, offd, accounts, blocks, dedup_window, offline=None):
         self.table, self.sm, self.offd, self.accounts = table, sm, offd, accounts
+        self.offline = offline  # callable(user): an item was queued for a user with no session (push)
         self.blocks = blocks
         self.dedup_window = dedup_window
         self.dedup = {}  # sender -> OrderedDict(cid -> _Pending)
@@ -269,6 +270,8 @@ class Router:
                 self.table.notify(pid, ("poke",))
             except ProcessDead:
                 pass
+        elif self.offline is not None:
+            self.offline(user)
 
     def ok_when_durable(self, pid, ok):
         """A durability callback answering ``ok`` to ``pid``, or ``store_failed`` on error."""

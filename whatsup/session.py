@@ -507,4 +507,6 @@ ROUTES = {
     "block_list": ("blocks", "list"),
     "passwd": ("lifecycle", "passwd"),
     "delete_account": ("lifecycle", "delete_account"),
+    "push_register": ("push", "register"),
+    "push_unregister": ("push", "unregister"),
 }
