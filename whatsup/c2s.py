@@ -99,8 +99,14 @@ class Conn:
         return None
 
     def admit(self, ftype, f):
-        """Raise ProtocolError if ``ftype`` may not come now (order, rate), Close when the
-        connection has no strikes left; else return. ``ping`` is always admitted."""
+        """Raise ProtocolError if ``ftype`` may not come now (rate, order), Close when the
+        connection has no strikes left; else return. The rate comes first: a flood of pings
+        before login is rated too; within its rate ``ping`` is always admitted."""
+        bucket = self.buckets.get(ftype)
+        if bucket is not None and not bucket.take():
+            self._strike(ftype)
+            raise ProtocolError(Code.RATE_LIMITED, f"more than {bucket.rate:g} {ftype} frames per "
+                                f"second; slow down", f.get("ref"))
         if ftype == "ping":
             return
         if self.version is None:
@@ -115,11 +121,6 @@ class Conn:
             return
         if self.user is None:
             raise ProtocolError(Code.NOT_LOGGED_IN, "log in first", f.get("ref"))
-        bucket = self.buckets.get(ftype)
-        if bucket is not None and not bucket.take():
-            self._strike(ftype)
-            raise ProtocolError(Code.RATE_LIMITED, f"more than {bucket.rate:g} {ftype} frames per "
-                                f"second; slow down", f.get("ref"))
 
     def hello(self, f):
         """Agree on a version (the answer frame is the adapter's: it names the server)."""

@@ -64,12 +64,18 @@ SETTINGS = (
     Setting("session.rate_strikes", int, 50, "rate_limited refusals a connection may collect (forgiven "
             "at rate_strikes/10 per second) before it is closed with flooding", 1),
     Setting("session.dedup_window", int, 4096, "client message ids remembered per sender, so a "
-            "retransmission is acked again but not delivered twice", 16),
+            "retransmission is acked again but not delivered twice (16 bytes each)", 16),
     Setting("groups.max_members", int, 1024, "members of one group at most (WhatsApp's limit)", 2),
-    Setting("groups.fanout_chunk", int, 64, "group message copies (or events) queued between two yields to the hub, so "
+    Setting("groups.sender_budget", int, 1 << 16, "group message copies one sender may have in flight (not yet "
+            "answered); over it its session waits (stops reading) until answers come", 1),
+    Setting("groups.fanout_chunk", int, 64, "group members woken (or events queued) between two yields to the hub, so "
             "a large fan-out does not stall the other sessions", 1),
     Setting("ratelimit.msg", float, 500.0, "msg frames per second per connection; 0 means no limit", 0.0),
     Setting("ratelimit.read", float, 500.0, "read receipts per second per connection; 0 means no limit", 0.0),
+    Setting("ratelimit.ack", float, 1000.0, "acks per second per connection (a device acks what it "
+            "is sent, cumulatively); 0 means no limit", 0.0),
+    Setting("ratelimit.ping", float, 10.0, "pings per second per connection, before login too "
+            "(a device needs one per idle_timeout/3); 0 means no limit", 0.0),
     Setting("ratelimit.typing", float, 5.0, "typing frames per second per connection; 0 means no limit",
             0.0),
     Setting("ratelimit.presence_sub", float, 20.0, "presence subscriptions per second per connection; "
@@ -111,6 +117,13 @@ SETTINGS = (
     Setting("accounts.shards", int, 0, "account-store shards, each its own sqlite file and writer "
             "thread; 0 means the count the data dir was written with (4 for a new one); changing it "
             "needs whatsup-reshard", 0),
+    Setting("accounts.registration", str, "open", "who may register: open (anyone), invite (with a "
+            "token from `whatsupctl invites create`) or closed (only the operator, `whatsupctl users "
+            "register`)"),
+    Setting("accounts.invite_days", float, 7.0, "days an invite stays valid unless `invites create "
+            "--days` says otherwise", 0.0),
+    Setting("accounts.name_reuse_days", float, 30.0, "days a deleted account's name cannot be "
+            "registered again; 0 means at once", 0.0),
     Setting("offd.shards", int, 0, "spool shards, each with its own directory and writer thread; "
             "0 means the count the data dir was written with (4 for a new one); changing it needs "
             "whatsup-reshard", 0),
@@ -127,6 +140,23 @@ SETTINGS = (
     Setting("shell.listen", str, "unix:", "the operator shell, a Python REPL inside the node (arbitrary "
             "code execution): 'unix:' is <data_dir>/backdoor.sock with mode 0600, 'unix:PATH' another "
             "socket, a loopback host:port (127.0.0.0/8 or ::1; nothing else is accepted), or 'off'"),
+    Setting("push.url", str, "", "push gateway URL: an HTTP POST per notification to an offline "
+            "device that registered a push token (docs/PROTOCOL.md, \"Push notifications\"); empty "
+            "turns push off"),
+    Setting("push.include_content", bool, False, "put the newest messages' sender and text in the "
+            "notification; by default it says only how many messages wait"),
+    Setting("push.delay", float, 1.0, "seconds a device's first new item waits for more, so a burst "
+            "becomes one notification", 0.0),
+    Setting("push.timeout", float, 5.0, "seconds one POST to the gateway may take", 0.1),
+    Setting("push.retries", int, 5, "attempts after a failed POST (a timeout, an error, HTTP 5xx) "
+            "before the notification is dropped (counted)", 0),
+    Setting("push.backoff", float, 1.0, "seconds before the first retry; doubling after each", 0.01),
+    Setting("push.backoff_max", float, 300.0, "seconds between two retries at most", 0.01),
+    Setting("push.breaker_failures", int, 5, "failed POSTs in a row after which nothing is sent for "
+            "push.breaker_cooldown seconds (then one attempt decides)", 1),
+    Setting("push.breaker_cooldown", float, 30.0, "seconds the circuit breaker stays open", 0.01),
+    Setting("control.socket", str, "", "the whatsupctl control socket (a small command protocol, "
+            "docs/ADMIN.md; Unix only, mode 0600): empty means <data_dir>/control.sock, 'off' none"),
     Setting("metrics.listen", str, "", "loopback host:port serving Prometheus metrics at /metrics "
             "(127.0.0.0/8 or ::1, as for shell.listen; port 0 picks a free one); empty turns them off; "
             "other hosts, and host names, are refused"),
@@ -210,6 +240,8 @@ def load(path=None, overrides=None):
         raise ConfigError("accounts.max_password must be at least accounts.min_password")
     if values["mailbox.session"] < values["session.max_inflight"] + 64:
         raise ConfigError("mailbox.session must exceed session.max_inflight by 64 at least")
+    if values["accounts.registration"] not in ("open", "invite", "closed"):
+        raise ConfigError("accounts.registration must be open, invite or closed")
     if bool(values["tls.listen"]) != bool(values["tls.certfile"] and values["tls.keyfile"]):
         raise ConfigError("tls.listen, tls.certfile and tls.keyfile go together")
     return Config(values)
@@ -228,7 +260,8 @@ def render_toml():
         bound = (f" (minimum {s.minimum})" if s.minimum is not None else
                  f" ({', '.join(s.choices)})" if s.choices else "")
         lines.append(f"# {s.doc}{bound}")
-        value = f'"{s.default}"' if isinstance(s.default, str) else repr(s.default)
+        value = (f'"{s.default}"' if isinstance(s.default, str) else str(s.default).lower()
+                 if isinstance(s.default, bool) else repr(s.default))
         lines.append(f"{key} = {value}")
     return "\n".join(lines) + "\n"
 

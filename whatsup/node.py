@@ -5,12 +5,15 @@
     root (rest_for_one)
     ├── accounts   supervisor (one_for_one): account shards 0..N-1, hashers 0..H-1
     ├── offd       supervisor (one_for_one): offd shards 0..M-1
-    ├── social     the groups, blocks and privacy tables (whatsup/tables.py)
+    ├── social     the groups, blocks, privacy, bans, retired names and invites tables
+    │              (whatsup/tables.py)
     ├── maintenance  ticker: offd compaction and expiry, cast to every shard
     ├── sessions   supervisor: every connection's session, adopted as a temporary child
     ├── sweeper    ticker: forgets forgiven failed logins, logs due log summaries
-    └── listener   the listening sockets (plain, and TLS if configured); a handler
-                   greenlet becomes a session process
+    ├── listener   the listening sockets (plain, and TLS if configured); a handler
+    │              greenlet becomes a session process
+    ├── control    the control socket whatsupctl talks to (whatsup/ctl/)
+    └── push       sends push notifications to the gateway (whatsup/push.py; if push.url)
 
 Children start in that order, so the stores (with recovery) are open before
 the listener accepts, and stop in the reverse order. A crash restarts the
@@ -27,6 +30,7 @@ restart and cover every connection of a user.
 """
 import collections
 import errno
+import gc
 import logging
 import os
 import signal
@@ -42,13 +46,17 @@ from .admission import Admission, KnownLogins
 from .address import split as split_address
 from .blocking import Blocks
 from .config import ConfigError
-from .datadir import DataDirBusy, ShardMismatch, identity, lock, shard_count
+from .ctl.server import ControlServer, socket_path as control_path
+from .datadir import DataDirBusy, InsecureDataDir, ShardMismatch, identity, lock, secure, shard_count
 from .groups import Groups
-from .listener import ConnectionGate, GatedServer, server_context
+from .lifecycle import Lifecycle
+from .listener import FD_RESERVE, ConnectionGate, GatedServer, connection_cap, server_context
 from .offd import Offd
 from .protocol import Code
 from .presence import Presence
+from .push import Push, PushWorker
 from .ratelimit import KeyedLimiter
+from .registration import Registration
 from .router import Router
 from .runtime import Process, ProcessDead, ProcessTable, StartFailed
 from .runtime.industry import ShardRegistry, UnknownKind
@@ -141,13 +149,19 @@ class Node:
             KnownLogins(cfg["auth.known_logins"], cfg["auth.known_ttl"]),
             KeyedLimiter(cfg["auth.ip_registrations"], cfg["auth.failure_window"]))
         self.offd = Offd(self.table, offd_dir, shard_count(offd_dir, cfg["offd.shards"]),
-                         cfg["offd.segment_bytes"], cfg["offd.max_queue"], cfg["offd.expiry_days"], wait)
+                         cfg["offd.segment_bytes"], cfg["offd.max_queue"], cfg["offd.expiry_days"], wait,
+                         cfg["session.dedup_window"])
         self.blocks = Blocks(self.accounts)
+        self.push = Push(cfg, self.sm, self.offd, self.timers)
         self.router = Router(self.table, self.sm, self.offd, self.accounts, self.blocks,
-                             cfg["session.dedup_window"])
+                             cfg["session.dedup_window"], offline=self.push.queued)
         self.groups = Groups(self.router, self.offd, self.accounts, cfg["groups.max_members"],
-                             cfg["groups.fanout_chunk"])
+                             cfg["groups.fanout_chunk"], cfg["groups.sender_budget"])
         self.presence = Presence(self.sm, self.accounts, self.blocks, self.groups)
+        self.lifecycle = Lifecycle(self.sm, self.router, self.accounts, self.offd, self.groups, self.blocks,
+                                   self.presence, vars(cfg.accounts), cfg["accounts.name_reuse_days"])
+        self.registration = Registration(cfg["accounts.registration"], cfg["accounts.invite_days"],
+                                         self.lifecycle.is_retired)
         self.offd.on_up = self.router.shard_up
         self.registry = ShardRegistry()
         self.registry.add(self.accounts.industry)
@@ -157,7 +171,7 @@ class Node:
             "user": KeyedLimiter(cfg["auth.user_failures"], cfg["auth.failure_window"]),
             "ip": KeyedLimiter(cfg["auth.ip_failures"], cfg["auth.failure_window"]),
             "prefix": KeyedLimiter(cfg["auth.prefix_failures"], cfg["auth.failure_window"])}
-        self.pool = Pool(cfg["server.max_connections"])
+        self.pool = Pool(connection_cap(cfg["server.max_connections"]))
         self.gate = ConnectionGate(cfg["server.max_connections_per_ip"], cfg["server.unauthenticated_per_ip"],
                                    cfg["server.unauthenticated_per_prefix"])
         self.server = self.tls_server = None
@@ -172,6 +186,10 @@ class Node:
     def __repr__(self):
         return (f"<Node {self.table.node} listen={self.address} online={len(self.sm)} "
                 f"processes={len(self.table)} queued={self.offd.queued()}>")
+
+    @property
+    def stopping(self):
+        return self._stopping
 
     @property
     def address(self):
@@ -207,11 +225,14 @@ class Node:
             raise StartError(f"cannot open the stores in {self.data_dir}: {exc.strerror or exc}") from None
         self.table.monitor(self.root, self._root_down)
         self.started = time.time()
+        gc.freeze()  # what recovery built lives long: full collections skip it (ops/offd_figures.py stall)
         log.info("whatsupd %s listening on %s:%d, data in %s (%d users, %d items queued)",
                  __version__, *self.server.address[:2], self.data_dir, len(self.accounts.users),
                  self.offd.queued())
         if self.tls_server is not None:
             log.info("TLS clients on %s:%d", *self.tls_server.address[:2])
+        log.info("at most %d connections (server.max_connections, within the open files limit less %d)",
+                 self.pool.size, FD_RESERVE)
         return self
 
     def _tree(self):
@@ -232,22 +253,39 @@ class Node:
             supervisor("sessions", "one_for_one", ()),
             ticker("sweeper", SWEEP, self._sweep),
             Child("listener", lambda: self.table.start(Listener, self, name="listener")),
+            *self._admin_children(),
         ), **intensity)
+
+    def _admin_children(self):
+        """The control socket's server (whatsupctl) and the push sender, last: a crash restarts
+        them alone."""
+        children = []
+        path = control_path(self.cfg["control.socket"], self.data_dir)
+        if path is not None:
+            children.append(Child("control", lambda: self.table.start(ControlServer, self, path, name="control")))
+        if self.cfg["push.url"]:
+            children.append(Child("push", lambda: self.table.start(PushWorker, self.push, name="push")))
+        return children
 
     def _social(self):
         """The process owning the groups, blocks and privacy tables; each (re)start reloads them."""
         loaders = {"blocks": lambda t: self.blocks.open(t, self.router), "groups": self.groups.open,
-                   "privacy": lambda t: self.presence.open(t, self.router)}
+                   "privacy": lambda t: self.presence.open(t, self.router),
+                   "bans": lambda t: self.lifecycle.open("bans", t),
+                   "retired": lambda t: self.lifecycle.open("retired", t),
+                   "invites": self.registration.open, "push": self.push.open}
         return self.table.start(TableStore, os.path.join(self.data_dir, "social.sqlite"), loaders,
                                 name="social")
 
     def _prepare_data_dir(self):
         try:
-            os.makedirs(self.data_dir, exist_ok=True)
+            secure(self.data_dir)
             probe = os.path.join(self.data_dir, ".write-test")
             with open(probe, "w") as f:
                 f.write("ok")
             os.unlink(probe)
+        except InsecureDataDir as exc:
+            raise StartError(str(exc)) from None
         except OSError as exc:
             raise StartError(f"data dir {self.data_dir} is not writable: {exc.strerror or exc}") from None
 
