@@ -66,6 +66,11 @@ def check_password(password, stored):
     return hmac.compare_digest(got, base64.b64decode(digest))
 
 
+def cost(stored):
+    """The scrypt cost N a stored hash was made with."""
+    return int(stored.split("$")[1])
+
+
 def shard_path(directory, i):
     return os.path.join(directory, f"shard-{i:03d}.sqlite")
 
@@ -101,7 +106,7 @@ class AccountShard:
         self._pool.kill()
 
     def put(self, user, record):
-        """Store ``record`` for ``user``; returns once it is committed (raises what failed it)."""
+        """Store ``record`` (None deletes) for ``user``; returns once it is committed (raises what failed it)."""
         done = AsyncResult()
         self._commits.add((user, record), done.set)
         err = done.get()
@@ -113,7 +118,10 @@ class AccountShard:
 
     def _write(self, batch):
         for user, record in batch:
-            self._db[user] = record
+            if record is None:
+                self._db.pop(user, None)
+            else:
+                self._db[user] = record
         self._db.commit()
 
 
@@ -210,9 +218,10 @@ class AccountStore:
     def exists(self, user):
         return user in self.users
 
-    def register(self, user, password, ip):
-        """Create ``user``; returns once it is durable. Raises UserTaken, Refused, ShardDown, OSError."""
-        limit = self.registrations
+    def register(self, user, password, ip, limited=True):
+        """Create ``user``; returns once it is durable. Raises UserTaken, Refused, ShardDown, OSError.
+        ``limited=False`` (the operator's registrations) skips the per-address registration limit."""
+        limit = self.registrations if limited else None
         if limit is not None and not limit.allowed(ip):
             raise Refused(Code.TOO_MANY_ATTEMPTS, "too many registrations from this address lately",
                           round(limit.window / max(limit.count, 1), 1))
@@ -241,12 +250,41 @@ class AccountStore:
             return False
         verified = self._hash(ip, "check", password, record["password"])
         if verified:
+            if cost(record["password"]) != self.scrypt_n:  # accounts.scrypt_n changed: rehash now
+                self._store_password(user, password, record, ip)
             self.known.remember(user, password)
         return verified
 
     def forget(self, user):
         """``user``'s password changed or the account is gone: no login on the old password."""
         self.known.forget(user)
+
+    def record(self, user):
+        """``user``'s stored record (None if unknown): what an operator may see, without the hash
+        itself but with its scrypt cost."""
+        record = self.shard(user).get(user) if user in self.users else None
+        if record is None:
+            return None
+        return {**{k: v for k, v in record.items() if k != "password"}, "scrypt_n": cost(record["password"])}
+
+    def set_password(self, user, password, ip):
+        """Replace ``user``'s password (KeyError if unknown); returns once it is durable. The hash
+        is admitted as ``ip``'s (Refused if it cannot be now)."""
+        record = self.shard(user).get(user) if user in self.users else None
+        if record is None:
+            raise KeyError(user)
+        self._store_password(user, password, record, ip)
+        self.forget(user)
+
+    def delete(self, user):
+        """Delete ``user``'s account (a no-op if unknown); returns once it is durable."""
+        if user in self.users:
+            self.users.discard(user)  # first: from here on nobody can log in or write to them
+            self.forget(user)
+            self.shard(user).put(user, None)
+
+    def _store_password(self, user, password, record, ip):
+        self.shard(user).put(user, {**record, "password": self._hash(ip, "hash", password, self.scrypt_n)})
 
     def _hash(self, ip, op, password, arg):
         """One scrypt for a client at ``ip``, once admitted (Refused if not)."""

@@ -61,3 +61,15 @@ class Blocks:
         others = self.blocked.get(user)
         self.table.put(user, sorted(others) if others else None,
                        self.router.ok_when_durable(pid, {"type": "ok", "ref": ref}))
+
+    def forget(self, user):
+        """``user``'s account is deleted: drop their blocks and every block of them (durably;
+        a rare operation, so walking the blockers is fine)."""
+        if self.blocked.pop(user, None) is not None:
+            self.table.put(user, None)
+        for blocker, others in list(self.blocked.items()):
+            if user in others:
+                others.discard(user)
+                if not others:
+                    del self.blocked[blocker]
+                self.table.put(blocker, sorted(others) if others else None)

@@ -181,13 +181,24 @@ class Client:
 
     # --- account ------------------------------------------------------------------
 
-    def register(self, user, password):
-        return self._auth({"type": "register", "user": user, "password": password})
+    def register(self, user, password, invite=None):
+        frame = {"type": "register", "user": user, "password": password}
+        if invite is not None:
+            frame["invite"] = invite
+        return self._auth(frame)
 
     def login(self, user, password):
         self.last_login = self._auth({"type": "login", "user": user, "password": password})
         self.user = user
         return self.last_login
+
+    def passwd(self, old, new):
+        """Change the password (docs/PROTOCOL.md, "Accounts"); other sessions are logged out."""
+        return self.request({"type": "passwd", "old": old, "new": new})
+
+    def delete_account(self, password):
+        """Delete the account; the server answers ok, then closes with account_deleted."""
+        return self.request({"type": "delete_account", "password": password})
 
     def _auth(self, frame):
         """A login or registration, sent again after ``retry_after`` while the server answers

@@ -111,6 +111,13 @@ SETTINGS = (
     Setting("accounts.shards", int, 0, "account-store shards, each its own sqlite file and writer "
             "thread; 0 means the count the data dir was written with (4 for a new one); changing it "
             "needs whatsup-reshard", 0),
+    Setting("accounts.registration", str, "open", "who may register: open (anyone), invite (with a "
+            "token from `whatsupctl invites create`) or closed (only the operator, `whatsupctl users "
+            "register`)"),
+    Setting("accounts.invite_days", float, 7.0, "days an invite stays valid unless `invites create "
+            "--days` says otherwise", 0.0),
+    Setting("accounts.name_reuse_days", float, 30.0, "days a deleted account's name cannot be "
+            "registered again; 0 means at once", 0.0),
     Setting("offd.shards", int, 0, "spool shards, each with its own directory and writer thread; "
             "0 means the count the data dir was written with (4 for a new one); changing it needs "
             "whatsup-reshard", 0),
@@ -127,6 +134,8 @@ SETTINGS = (
     Setting("shell.listen", str, "unix:", "the operator shell, a Python REPL inside the node (arbitrary "
             "code execution): 'unix:' is <data_dir>/backdoor.sock with mode 0600, 'unix:PATH' another "
             "socket, a loopback host:port (127.0.0.0/8 or ::1; nothing else is accepted), or 'off'"),
+    Setting("control.socket", str, "", "the whatsupctl control socket (a small command protocol, "
+            "docs/ADMIN.md; Unix only, mode 0600): empty means <data_dir>/control.sock, 'off' none"),
     Setting("metrics.listen", str, "", "loopback host:port serving Prometheus metrics at /metrics "
             "(127.0.0.0/8 or ::1, as for shell.listen; port 0 picks a free one); empty turns them off; "
             "other hosts, and host names, are refused"),
@@ -210,6 +219,8 @@ def load(path=None, overrides=None):
         raise ConfigError("accounts.max_password must be at least accounts.min_password")
     if values["mailbox.session"] < values["session.max_inflight"] + 64:
         raise ConfigError("mailbox.session must exceed session.max_inflight by 64 at least")
+    if values["accounts.registration"] not in ("open", "invite", "closed"):
+        raise ConfigError("accounts.registration must be open, invite or closed")
     if bool(values["tls.listen"]) != bool(values["tls.certfile"] and values["tls.keyfile"]):
         raise ConfigError("tls.listen, tls.certfile and tls.keyfile go together")
     return Config(values)

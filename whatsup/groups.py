@@ -269,6 +269,16 @@ class Groups:
         self._member(group, user, ref)
         return list(group.members)
 
+    def dissolve(self, gid, by):
+        """An operator deletes group ``gid``: in its order of operations, every member gets a
+        ``dissolved`` group_event and the group is gone (ProtocolError unknown_group if none)."""
+        def op(group):
+            recipients = list(group.members)
+            for m in recipients:
+                self._drop(group, m)
+            self._change(group, None, None, recipients, "dissolved", by)
+        return self._serial(gid, None, op)
+
     # --- internals ---------------------------------------------------------------------
 
     def _serial(self, gid, ref, op):

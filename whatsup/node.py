@@ -5,12 +5,14 @@
     root (rest_for_one)
     ├── accounts   supervisor (one_for_one): account shards 0..N-1, hashers 0..H-1
     ├── offd       supervisor (one_for_one): offd shards 0..M-1
-    ├── social     the groups, blocks and privacy tables (whatsup/tables.py)
+    ├── social     the groups, blocks, privacy, bans, retired names and invites tables
+    │              (whatsup/tables.py)
     ├── maintenance  ticker: offd compaction and expiry, cast to every shard
     ├── sessions   supervisor: every connection's session, adopted as a temporary child
     ├── sweeper    ticker: forgets forgiven failed logins, logs due log summaries
-    └── listener   the listening sockets (plain, and TLS if configured); a handler
-                   greenlet becomes a session process
+    ├── listener   the listening sockets (plain, and TLS if configured); a handler
+    │              greenlet becomes a session process
+    └── control    the control socket whatsupctl talks to (whatsup/ctl/)
 
 Children start in that order, so the stores (with recovery) are open before
 the listener accepts, and stop in the reverse order. A crash restarts the
@@ -42,13 +44,16 @@ from .admission import Admission, KnownLogins
 from .address import split as split_address
 from .blocking import Blocks
 from .config import ConfigError
+from .ctl.server import ControlServer, socket_path as control_path
 from .datadir import DataDirBusy, ShardMismatch, identity, lock, shard_count
 from .groups import Groups
+from .lifecycle import Lifecycle
 from .listener import ConnectionGate, GatedServer, server_context
 from .offd import Offd
 from .protocol import Code
 from .presence import Presence
 from .ratelimit import KeyedLimiter
+from .registration import Registration
 from .router import Router
 from .runtime import Process, ProcessDead, ProcessTable, StartFailed
 from .runtime.industry import ShardRegistry, UnknownKind
@@ -148,6 +153,10 @@ class Node:
         self.groups = Groups(self.router, self.offd, self.accounts, cfg["groups.max_members"],
                              cfg["groups.fanout_chunk"])
         self.presence = Presence(self.sm, self.accounts, self.blocks, self.groups)
+        self.lifecycle = Lifecycle(self.sm, self.router, self.accounts, self.offd, self.groups, self.blocks,
+                                   self.presence, vars(cfg.accounts), cfg["accounts.name_reuse_days"])
+        self.registration = Registration(cfg["accounts.registration"], cfg["accounts.invite_days"],
+                                         self.lifecycle.is_retired)
         self.offd.on_up = self.router.shard_up
         self.registry = ShardRegistry()
         self.registry.add(self.accounts.industry)
@@ -172,6 +181,10 @@ class Node:
     def __repr__(self):
         return (f"<Node {self.table.node} listen={self.address} online={len(self.sm)} "
                 f"processes={len(self.table)} queued={self.offd.queued()}>")
+
+    @property
+    def stopping(self):
+        return self._stopping
 
     @property
     def address(self):
@@ -232,12 +245,23 @@ class Node:
             supervisor("sessions", "one_for_one", ()),
             ticker("sweeper", SWEEP, self._sweep),
             Child("listener", lambda: self.table.start(Listener, self, name="listener")),
+            *self._admin_children(),
         ), **intensity)
+
+    def _admin_children(self):
+        """The control socket's server (whatsupctl), last: a crash restarts it alone."""
+        path = control_path(self.cfg["control.socket"], self.data_dir)
+        if path is None:
+            return ()
+        return (Child("control", lambda: self.table.start(ControlServer, self, path, name="control")),)
 
     def _social(self):
         """The process owning the groups, blocks and privacy tables; each (re)start reloads them."""
         loaders = {"blocks": lambda t: self.blocks.open(t, self.router), "groups": self.groups.open,
-                   "privacy": lambda t: self.presence.open(t, self.router)}
+                   "privacy": lambda t: self.presence.open(t, self.router),
+                   "bans": lambda t: self.lifecycle.open("bans", t),
+                   "retired": lambda t: self.lifecycle.open("retired", t),
+                   "invites": self.registration.open}
         return self.table.start(TableStore, os.path.join(self.data_dir, "social.sqlite"), loaders,
                                 name="social")
 

@@ -120,3 +120,10 @@ class Presence:
             raise ProtocolError(Code.UNKNOWN_USER, f"no such user {other!r}", ref)
         if self.blocks.blocks(user, other):
             raise ProtocolError(Code.BLOCKED, f"you blocked {other}; unblock first", ref)
+
+    def forget(self, user):
+        """``user``'s account is deleted: forget their privacy setting and last seen."""
+        self.last_seen.pop(user, None)
+        if user in self.hidden:
+            self.hidden.discard(user)
+            self.table.put(user, None)

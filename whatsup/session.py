@@ -16,6 +16,7 @@ Mailbox messages::
     ("reply", frame)                    an answer from the router (sent, ok, error)
     ("poke",)                           the user's offd queue has something new (coalesced)
     ("replaced",)                       the user logged in elsewhere
+    ("close", code, message)            the operator or the account closes it (banned, kicked...)
     ("tick", when)                      a deadline of this session may be due (node.timers, coalesced)
     ("shutdown",)                       the node is stopping
 
@@ -131,6 +132,8 @@ class Session:
             proc.stop(("closed", msg[1]))
         elif tag == "replaced":
             Session._close(proc, st, Code.REPLACED, "logged in from another connection")
+        elif tag == "close":  # ("close", code, message): banned, kicked... (whatsup/lifecycle.py)
+            Session._close(proc, st, msg[1], msg[2])
         elif tag == "tick":
             Session._tick(proc, st)
         elif tag == "shutdown":
@@ -409,7 +412,8 @@ class Session:
         user, ref = f["user"], f["ref"]
         protocol.check_account(user, f["password"], vars(st.node.cfg.accounts), ref)
         try:
-            st.node.accounts.register(user, f["password"], st.addr[0])
+            with st.node.registration.admit(user, f.get("invite"), ref):  # open, invite or closed
+                st.node.accounts.register(user, f["password"], st.addr[0])
         except UserTaken:
             raise ProtocolError(Code.USER_TAKEN, f"{user!r} is taken", ref) from None
         except Refused as exc:
@@ -444,6 +448,9 @@ class Session:
         if not verified:
             log.info("failed login for %r from %s", user, st.addr)
             raise ProtocolError(Code.AUTH_FAILED, "wrong user name or password", ref)
+        ban = node.lifecycle.banned(user)
+        if ban is not None:
+            raise ProtocolError(Code.BANNED, f"this account is banned: {ban['reason']}", ref)
         q = node.offd.spool(user).queues.get(user)  # None: nothing queued (no empty queue is made)
         st.user = proc.entity = user
         node.gate.authenticated(st.addr)
@@ -498,4 +505,6 @@ ROUTES = {
     "block": ("blocks", "block"),
     "unblock": ("blocks", "unblock"),
     "block_list": ("blocks", "list"),
+    "passwd": ("lifecycle", "passwd"),
+    "delete_account": ("lifecycle", "delete_account"),
 }

@@ -264,3 +264,20 @@ def splits_cleanly(data, max_frame):
             return False
         pos += 4 + length
     return pos == len(data)
+
+
+def closed_with(client, timeout=10.0):
+    """Read until the server closes ``client``'s connection; the code of the last error frame it
+    sent (None if none). A reset (the server closed with the client's acks unread) is a close too."""
+    last = None
+    try:
+        while True:
+            frame = client.recv(timeout)
+            if frame is None:
+                raise TimeoutError(f"the server did not close the connection within {timeout}s")
+            if frame["type"] == "error":
+                last = frame["code"]
+    except (ConnectionError, OSError) as exc:
+        if isinstance(exc, TimeoutError):
+            raise
+    return last

@@ -72,6 +72,15 @@ class Offd:
     def queued(self):
         return sum(s.queued() for s in self.spools if s is not None)
 
+    def items(self, user):
+        """A copy of what ``user``'s queue holds (Items, oldest first); waits for a restarting shard."""
+        q = self.spool(user).queues.get(user)
+        return list(q.items) if q is not None else []
+
+    def purge(self, user):
+        """Drop everything queued for ``user``; returns the Items dropped (waits for a restarting shard)."""
+        return self.spool(user).purge(user)
+
     def flush(self, timeout=30.0):
         for spool in self.spools:
             if spool is not None:

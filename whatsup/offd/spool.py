@@ -232,6 +232,18 @@ class Spool:
         if not held:
             self.held.pop(acked.user, None)
 
+    def purge(self, user):
+        """Drop every item queued for ``user`` (an operator's purge, a deleted account) with one
+        delete record; returns the items. A device acking them later acks nothing."""
+        q = self.queues.pop(user, None)
+        if q is None or not q.items:
+            return []
+        items = list(q.items)
+        self._forget(items)
+        self._append(record.delete(user, items[-1].seq))
+        self.stats["purged"] += len(items)
+        return items
+
     # --- durability -------------------------------------------------------------
 
     def _append(self, data, waiter=None, moved=False, carried=False):

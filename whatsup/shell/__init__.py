@@ -7,8 +7,8 @@
 * :mod:`.client` — the client side, used by ``whatsup-shell`` and the tests.
 
 This top level holds only what server and client agree on (where the shell
-listens, its prompts, the mark of a failed ``-c``) and imports nothing heavy,
-so the client side stays light.
+listens, its prompts, the mark of a failed ``-c``, how a table prints) and
+imports nothing heavy, so the client side (and whatsupctl) stays light.
 """
 import os
 
@@ -30,3 +30,25 @@ def parse_listen(text, data_dir):
         return "tcp", address.loopback(text, "shell.listen", "the operator shell is arbitrary code execution")
     except ValueError as exc:
         raise ValueError(f"{exc}; or use 'unix:', 'unix:PATH' or 'off'") from None
+
+
+class Table(list):
+    """Rows (dicts) that print as an aligned text table in the shell and stay data in code."""
+
+    def __init__(self, rows, columns):
+        super().__init__(rows)
+        self.columns = columns
+
+    def __repr__(self):
+        cells = [[c.upper() for c in self.columns]]
+        cells += [[_cell(row.get(c)) for c in self.columns] for row in self]
+        widths = [max(len(r[i]) for r in cells) for i in range(len(self.columns))]
+        return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells)
+
+
+def _cell(value):
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    return str(value)

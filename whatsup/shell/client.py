@@ -17,22 +17,29 @@ class NotListening(ConnectionError):
     """No node answers on that address; the message says where we looked."""
 
 
+def connect(kind, address, timeout, what="shell"):
+    """A blocking socket connected to a node's ``what`` socket ("unix" path or TCP (host, port));
+    NotListening, with a one-line reason, when nobody answers or the 0600 mode keeps us out."""
+    family = socket.AF_UNIX if kind == "unix" else (
+        socket.AF_INET6 if ":" in address[0] else socket.AF_INET)
+    where = f"unix:{address}" if kind == "unix" else "{}:{}".format(*address)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(address)
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        sock.close()
+        raise NotListening(f"no whatsup node is listening on {where} ({exc.strerror})") from None
+    except PermissionError:
+        sock.close()
+        raise NotListening(f"permission denied on {where}: the {what} socket is mode 0600, "
+                           f"run as the node's user") from None
+    return sock
+
+
 class ShellClient:
     def __init__(self, kind, address, timeout=60.0):
-        family = socket.AF_UNIX if kind == "unix" else (
-            socket.AF_INET6 if ":" in address[0] else socket.AF_INET)
-        where = f"unix:{address}" if kind == "unix" else "{}:{}".format(*address)
-        self.sock = socket.socket(family, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        try:
-            self.sock.connect(address)
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            self.sock.close()
-            raise NotListening(f"no whatsup node is listening on {where} ({exc.strerror})") from None
-        except PermissionError:
-            self.sock.close()
-            raise NotListening(f"permission denied on {where}: the shell socket is mode 0600, "
-                               f"run as the node's user") from None
+        self.sock = connect(kind, address, timeout)
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._buf = ""
         self.banner, self.prompt = self.read_answer()

@@ -25,25 +25,11 @@ from .. import __version__, metrics
 from ..logs import redact
 from ..runtime import CallTimeout, Pid, Process, ProcessDead
 from ..runtime.process import CALL, SYS
-from . import ERROR_MARK, drain as draining, reload as reloading
+from . import ERROR_MARK, Table, drain as draining, reload as reloading
 
 log = logging.getLogger("whatsup.shell")
 PID_TEXT = re.compile(r"<?(?:(?P<node>[^<>]+)\.)?(?P<n>\d+)>?")
 COLUMNS = ("pid", "kind", "who", "entity", "mailbox", "handled", "restarts", "uptime", "vsn")
-
-
-class Table(list):
-    """Rows (dicts) that print as an aligned text table in the shell and stay data in code."""
-
-    def __init__(self, rows, columns):
-        super().__init__(rows)
-        self.columns = columns
-
-    def __repr__(self):
-        cells = [[c.upper() for c in self.columns]]
-        cells += [[_cell(row.get(c)) for c in self.columns] for row in self]
-        widths = [max(len(r[i]) for r in cells) for i in range(len(self.columns))]
-        return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells)
 
 
 class Block(dict):
@@ -87,14 +73,6 @@ class Refused:
 
     def __bool__(self):
         return False
-
-
-def _cell(value):
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.1f}"
-    return str(value)
 
 
 def brief(msg):

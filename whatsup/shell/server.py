@@ -29,6 +29,43 @@ from .helpers import Helpers
 log = logging.getLogger("whatsup.shell")
 
 
+def bind_unix(path, what):
+    """A listening Unix socket at ``path`` that only this user can connect to (mode 0600, bound
+    under a 0177 umask so there is no moment when another user could). A stale socket left by a
+    killed node is replaced; one a live node still answers on is a ConfigError naming ``what``."""
+    _clear_stale(path, what)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(path)
+    except OSError:
+        sock.close()
+        raise
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    sock.listen(16)
+    return sock
+
+
+def _clear_stale(path, what):
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise ConfigError(f"cannot serve {what} on {path}: a file that is not a socket is there")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)  # nobody answers: left behind by a node that was killed
+    else:
+        raise ConfigError(f"another node already serves {what} on {path}")
+    finally:
+        probe.close()
+
+
 class _Server(BackdoorServer):
     def handle(self, conn, address):
         """One operator's console; an operator who hangs up mid-answer (nc, -c) is no error."""
@@ -91,38 +128,9 @@ class Backdoor:
             self.path = None
 
     def _unix(self, path):
-        self._clear_stale(path)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)
-        try:
-            sock.bind(path)
-        except OSError:
-            sock.close()
-            raise
-        finally:
-            os.umask(old)
-        os.chmod(path, 0o600)
-        sock.listen(16)
+        sock = bind_unix(path, "its operator shell")
         self.path = path
         return sock
-
-    @staticmethod
-    def _clear_stale(path):
-        try:
-            mode = os.lstat(path).st_mode
-        except FileNotFoundError:
-            return
-        if not stat.S_ISSOCK(mode):
-            raise ConfigError(f"cannot serve the operator shell on {path}: a file that is not a socket is there")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(path)
-        except OSError:
-            os.unlink(path)  # nobody answers: left behind by a node that was killed
-        else:
-            raise ConfigError(f"another node already serves its operator shell on {path}")
-        finally:
-            probe.close()
 
     @staticmethod
     def _tcp(address):

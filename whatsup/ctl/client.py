@@ -1,0 +1,37 @@
+"""The client side of the control socket: plain blocking sockets, no gevent (docs/ADMIN.md)."""
+import itertools
+
+from ..shell.client import NotListening, connect
+from . import MAX_LINE, Refused, decode, encode
+
+__all__ = ["ControlClient", "NotListening"]
+
+
+class ControlClient:
+    def __init__(self, path, timeout=60.0):
+        self.path = path
+        self.sock = connect("unix", path, timeout, "control")
+        self._reader = self.sock.makefile("rb")
+        self._ids = itertools.count(1)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        self._reader.close()
+        self.sock.close()
+
+    def call(self, cmd, **args):
+        """Run ``cmd`` in the node; its result, or Refused(code, message)."""
+        rid = next(self._ids)
+        self.sock.sendall(encode({"id": rid, "cmd": cmd, "args": args}))
+        line = self._reader.readline(MAX_LINE * 64)
+        if not line:
+            raise NotListening(f"the node closed the control connection on {self.path}")
+        answer = decode(line)
+        if not answer.get("ok"):
+            raise Refused(answer.get("error", "internal"), answer.get("message", ""))
+        return answer.get("result")
