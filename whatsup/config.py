@@ -70,6 +70,10 @@ SETTINGS = (
             "a large fan-out does not stall the other sessions", 1),
     Setting("ratelimit.msg", float, 500.0, "msg frames per second per connection; 0 means no limit", 0.0),
     Setting("ratelimit.read", float, 500.0, "read receipts per second per connection; 0 means no limit", 0.0),
+    Setting("ratelimit.ack", float, 1000.0, "acks per second per connection (a device acks what it "
+            "is sent, cumulatively); 0 means no limit", 0.0),
+    Setting("ratelimit.ping", float, 10.0, "pings per second per connection, before login too "
+            "(a device needs one per idle_timeout/3); 0 means no limit", 0.0),
     Setting("ratelimit.typing", float, 5.0, "typing frames per second per connection; 0 means no limit",
             0.0),
     Setting("ratelimit.presence_sub", float, 20.0, "presence subscriptions per second per connection; "
@@ -134,6 +138,21 @@ SETTINGS = (
     Setting("shell.listen", str, "unix:", "the operator shell, a Python REPL inside the node (arbitrary "
             "code execution): 'unix:' is <data_dir>/backdoor.sock with mode 0600, 'unix:PATH' another "
             "socket, a loopback host:port (127.0.0.0/8 or ::1; nothing else is accepted), or 'off'"),
+    Setting("push.url", str, "", "push gateway URL: an HTTP POST per notification to an offline "
+            "device that registered a push token (docs/PROTOCOL.md, \"Push notifications\"); empty "
+            "turns push off"),
+    Setting("push.include_content", bool, False, "put the newest messages' sender and text in the "
+            "notification; by default it says only how many messages wait"),
+    Setting("push.delay", float, 1.0, "seconds a device's first new item waits for more, so a burst "
+            "becomes one notification", 0.0),
+    Setting("push.timeout", float, 5.0, "seconds one POST to the gateway may take", 0.1),
+    Setting("push.retries", int, 5, "attempts after a failed POST (a timeout, an error, HTTP 5xx) "
+            "before the notification is dropped (counted)", 0),
+    Setting("push.backoff", float, 1.0, "seconds before the first retry; doubling after each", 0.01),
+    Setting("push.backoff_max", float, 300.0, "seconds between two retries at most", 0.01),
+    Setting("push.breaker_failures", int, 5, "failed POSTs in a row after which nothing is sent for "
+            "push.breaker_cooldown seconds (then one attempt decides)", 1),
+    Setting("push.breaker_cooldown", float, 30.0, "seconds the circuit breaker stays open", 0.01),
     Setting("control.socket", str, "", "the whatsupctl control socket (a small command protocol, "
             "docs/ADMIN.md; Unix only, mode 0600): empty means <data_dir>/control.sock, 'off' none"),
     Setting("metrics.listen", str, "", "loopback host:port serving Prometheus metrics at /metrics "
@@ -239,7 +258,8 @@ def render_toml():
         bound = (f" (minimum {s.minimum})" if s.minimum is not None else
                  f" ({', '.join(s.choices)})" if s.choices else "")
         lines.append(f"# {s.doc}{bound}")
-        value = f'"{s.default}"' if isinstance(s.default, str) else repr(s.default)
+        value = (f'"{s.default}"' if isinstance(s.default, str) else str(s.default).lower()
+                 if isinstance(s.default, bool) else repr(s.default))
         lines.append(f"{key} = {value}")
     return "\n".join(lines) + "\n"
 

@@ -108,6 +108,18 @@ METRICS = (
     Metric("errors_total", "counter", "error frames sent, by code",
            lambda n: _by_prefix(n.counters, "error:"), label="code"),
     Metric("users", "gauge", "registered accounts", lambda n: len(n.accounts.users)),
+    Metric("push_sent_total", "counter", "push notifications the gateway accepted",
+           lambda n: n.push.counters["sent"]),
+    Metric("push_failures_total", "counter", "POSTs to the push gateway that failed (timeout, error, "
+           "HTTP 5xx); each is retried with backoff", lambda n: n.push.counters["failures"]),
+    Metric("push_dropped_total", "counter", "push notifications given up after push.retries",
+           lambda n: n.push.counters["dropped"]),
+    Metric("push_rejected_total", "counter", "push notifications the gateway refused (HTTP 4xx)",
+           lambda n: n.push.counters["rejected"]),
+    Metric("push_pending", "gauge", "devices with a push notification waiting (coalesced or retrying)",
+           lambda n: len(n.push.schedule.pending)),
+    Metric("push_breaker_open", "gauge", "1 while the push gateway's circuit breaker is open",
+           lambda n: int(n.push.schedule.open_until is not None)),
 )
 
 

@@ -12,7 +12,8 @@
     ├── sweeper    ticker: forgets forgiven failed logins, logs due log summaries
     ├── listener   the listening sockets (plain, and TLS if configured); a handler
     │              greenlet becomes a session process
-    └── control    the control socket whatsupctl talks to (whatsup/ctl/)
+    ├── control    the control socket whatsupctl talks to (whatsup/ctl/)
+    └── push       sends push notifications to the gateway (whatsup/push.py; if push.url)
 
 Children start in that order, so the stores (with recovery) are open before
 the listener accepts, and stop in the reverse order. A crash restarts the
@@ -45,13 +46,14 @@ from .address import split as split_address
 from .blocking import Blocks
 from .config import ConfigError
 from .ctl.server import ControlServer, socket_path as control_path
-from .datadir import DataDirBusy, ShardMismatch, identity, lock, shard_count
+from .datadir import DataDirBusy, InsecureDataDir, ShardMismatch, identity, lock, secure, shard_count
 from .groups import Groups
 from .lifecycle import Lifecycle
-from .listener import ConnectionGate, GatedServer, server_context
+from .listener import FD_RESERVE, ConnectionGate, GatedServer, connection_cap, server_context
 from .offd import Offd
 from .protocol import Code
 from .presence import Presence
+from .push import Push, PushWorker
 from .ratelimit import KeyedLimiter
 from .registration import Registration
 from .router import Router
@@ -148,8 +150,9 @@ class Node:
         self.offd = Offd(self.table, offd_dir, shard_count(offd_dir, cfg["offd.shards"]),
                          cfg["offd.segment_bytes"], cfg["offd.max_queue"], cfg["offd.expiry_days"], wait)
         self.blocks = Blocks(self.accounts)
+        self.push = Push(cfg, self.sm, self.offd, self.timers)
         self.router = Router(self.table, self.sm, self.offd, self.accounts, self.blocks,
-                             cfg["session.dedup_window"])
+                             cfg["session.dedup_window"], offline=self.push.queued)
         self.groups = Groups(self.router, self.offd, self.accounts, cfg["groups.max_members"],
                              cfg["groups.fanout_chunk"])
         self.presence = Presence(self.sm, self.accounts, self.blocks, self.groups)
@@ -166,7 +169,7 @@ class Node:
             "user": KeyedLimiter(cfg["auth.user_failures"], cfg["auth.failure_window"]),
             "ip": KeyedLimiter(cfg["auth.ip_failures"], cfg["auth.failure_window"]),
             "prefix": KeyedLimiter(cfg["auth.prefix_failures"], cfg["auth.failure_window"])}
-        self.pool = Pool(cfg["server.max_connections"])
+        self.pool = Pool(connection_cap(cfg["server.max_connections"]))
         self.gate = ConnectionGate(cfg["server.max_connections_per_ip"], cfg["server.unauthenticated_per_ip"],
                                    cfg["server.unauthenticated_per_prefix"])
         self.server = self.tls_server = None
@@ -225,6 +228,8 @@ class Node:
                  self.offd.queued())
         if self.tls_server is not None:
             log.info("TLS clients on %s:%d", *self.tls_server.address[:2])
+        log.info("at most %d connections (server.max_connections, within the open files limit less %d)",
+                 self.pool.size, FD_RESERVE)
         return self
 
     def _tree(self):
@@ -249,11 +254,15 @@ class Node:
         ), **intensity)
 
     def _admin_children(self):
-        """The control socket's server (whatsupctl), last: a crash restarts it alone."""
+        """The control socket's server (whatsupctl) and the push sender, last: a crash restarts
+        them alone."""
+        children = []
         path = control_path(self.cfg["control.socket"], self.data_dir)
-        if path is None:
-            return ()
-        return (Child("control", lambda: self.table.start(ControlServer, self, path, name="control")),)
+        if path is not None:
+            children.append(Child("control", lambda: self.table.start(ControlServer, self, path, name="control")))
+        if self.cfg["push.url"]:
+            children.append(Child("push", lambda: self.table.start(PushWorker, self.push, name="push")))
+        return children
 
     def _social(self):
         """The process owning the groups, blocks and privacy tables; each (re)start reloads them."""
@@ -261,17 +270,19 @@ class Node:
                    "privacy": lambda t: self.presence.open(t, self.router),
                    "bans": lambda t: self.lifecycle.open("bans", t),
                    "retired": lambda t: self.lifecycle.open("retired", t),
-                   "invites": self.registration.open}
+                   "invites": self.registration.open, "push": self.push.open}
         return self.table.start(TableStore, os.path.join(self.data_dir, "social.sqlite"), loaders,
                                 name="social")
 
     def _prepare_data_dir(self):
         try:
-            os.makedirs(self.data_dir, exist_ok=True)
+            secure(self.data_dir)
             probe = os.path.join(self.data_dir, ".write-test")
             with open(probe, "w") as f:
                 f.write("ok")
             os.unlink(probe)
+        except InsecureDataDir as exc:
+            raise StartError(str(exc)) from None
         except OSError as exc:
             raise StartError(f"data dir {self.data_dir} is not writable: {exc.strerror or exc}") from None
 

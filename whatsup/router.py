@@ -44,8 +44,9 @@ class _Pending:
 
 
 class Router:
-    def __init__(self, table, sm, offd, accounts, blocks, dedup_window):
+    def __init__(self, table, sm, offd, accounts, blocks, dedup_window, offline=None):
         self.table, self.sm, self.offd, self.accounts = table, sm, offd, accounts
+        self.offline = offline  # callable(user): an item was queued for a user with no session (push)
         self.blocks = blocks
         self.dedup_window = dedup_window
         self.dedup = {}  # sender -> OrderedDict(cid -> _Pending)
@@ -219,7 +220,11 @@ class Router:
         once the receipt is durable, or ``queue_full`` when ``to`` has offd.max_queue items waiting."""
         if not self.accounts.exists(to):
             return self.reply(pid, error_frame(Code.UNKNOWN_USER, f"no such user {to!r}", ref))
-
+        undelivered = self.undelivered(user, to, ids, group)
+        if undelivered:
+            self.counters["read_refused"] += 1
+            return self.reply(pid, error_frame(Code.NOT_DELIVERED, f"{len(undelivered)} of the ids were not "
+                                               f"delivered to you by {to}", ref))
         try:  # unlike ✓✓, read receipts are not bounded by messages sent, so they obey max_queue
             self._receipt(user, to, "read", ids, self.ok_when_durable(pid, {"type": "ok", "ref": ref}),
                           group, force=False)
@@ -228,6 +233,24 @@ class Router:
         except QueueFull:
             self.counters["queue_full"] += 1
             self.reply(pid, error_frame(Code.QUEUE_FULL, f"{to}'s queue is full", ref))
+
+    def undelivered(self, reader, sender, ids, group=None):
+        """The ids among ``ids`` that ``reader`` may not call read: a read names only messages
+        ``sender`` sent among its last session.dedup_window ids, either to ``reader``, whose
+        device acked them (an item leaves the queue only when acked, so a seq below the
+        queue's first is delivered; a restarting shard verifies nothing), or to ``group``
+        (a group copy's own seq is not kept: only where it went is checked). Otherwise anyone
+        could tell a sender "read by" about messages they never got (issue 11)."""
+        window = self.dedup.get(sender, {})
+        spool = self.offd.current(reader)
+        q = spool.queues.get(reader) if spool is not None else None
+        first = q.items[0].seq if q is not None and len(q.items) else None
+
+        def delivered(p):
+            return (p.to == reader and p.seq is not None and spool is not None
+                    and (first is None or p.seq < first))
+        return [i for i in ids if (p := window.get(i)) is None
+                or not (delivered(p) or (group is not None and p.to == group))]
 
     def _receipt(self, user, to, status, ids, on_durable=None, group=None, force=True):
         frame = {"type": "receipt", "from": user, "status": status, "ids": ids}
@@ -247,6 +270,8 @@ class Router:
                 self.table.notify(pid, ("poke",))
             except ProcessDead:
                 pass
+        elif self.offline is not None:
+            self.offline(user)
 
     def ok_when_durable(self, pid, ok):
         """A durability callback answering ``ok`` to ``pid``, or ``store_failed`` on error."""
