@@ -1,4 +1,5 @@
 """whatsupd as a system service: sd_notify on a socket the test provides, the unit file, the license."""
+import json
 import os
 import shutil
 import socket
@@ -59,3 +60,17 @@ def test_the_license_is_the_one_setup_cfg_declares():
         assert "license = MIT" in f.read()
     with open(os.path.join(ROOT, "LICENSE")) as f:
         assert f.readline().strip() == "MIT License"
+
+
+def test_json_logs_are_one_object_per_line_with_node_pid_and_user(make_server):
+    srv = make_server({"server.log_format": "json", "server.node": "chat@east"})
+    srv.register("alice", "bob")
+    with srv.client("alice") as alice:
+        with pytest.raises(Exception):
+            alice.send("bob", "")  # empty_body: a refused frame, logged by alice's session
+    srv.stop()
+    lines = [json.loads(line) for line in srv.log().splitlines()]
+    assert all({"time", "level", "logger", "node", "pid", "message"} <= set(r) for r in lines)
+    assert {r["node"] for r in lines} == {"chat@east"} and {r["pid"] for r in lines} == {srv.proc.pid}
+    assert any(r["logger"] == "whatsup.node" and "listening on" in r["message"] for r in lines)
+    assert any(r.get("user") == "alice" for r in lines)

@@ -40,7 +40,7 @@ import gevent
 from gevent.event import Event
 from gevent.pool import Pool
 
-from . import __version__, logs, metrics, sdnotify, watchdog
+from . import __version__, logformat, logs, metrics, sdnotify, watchdog
 from .accounts import AccountStore
 from .admission import Admission, KnownLogins
 from .address import split as split_address
@@ -301,6 +301,7 @@ class Node:
         """StreamServer handler: this connection's greenlet becomes its session process."""
         proc = Process(self.table, Session, (self, sock, addr), entity=f"{addr[0]}:{addr[1]}",
                        mailbox_max=self.cfg["mailbox." + Session.kind])
+        logformat.mark(proc)  # its log lines can name its user (server.log_format = "json")
         try:
             adopt(self.table, "sessions", proc)
         except ProcessDead:  # the session supervisor is restarting: refuse rather than run unsupervised
