@@ -24,7 +24,7 @@ class FullDisk:
         self.srv = srv
         self.ballast = os.path.join(srv.data_dir, "ballast")
         os.makedirs(srv.data_dir)
-        self.mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", srv.data_dir],
+        self.mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", srv.data_dir],
                                       capture_output=True).returncode == 0
 
     def fill(self):

@@ -63,7 +63,7 @@ def test_a_stalled_reader_is_closed_with_bounded_memory_and_gets_everything_on_i
 
 
 def test_a_device_that_requests_but_never_reads_its_answers_is_closed_at_max_outbound(make_server):
-    server = make_server({"protocol.max_frame": 2048, "protocol.max_body": 1024,
+    server = make_server({"protocol.max_frame": 2048, "protocol.max_body": 1024, "ratelimit.ping": 0.0,
                           "session.max_outbound": 8192, "protocol.send_timeout": 3600.0})
     server.register("greedy")
     with RawConnection(server, rcvbuf=4096) as greedy:

@@ -4,6 +4,11 @@
   running whatsupd (and by whatsup-reshard while it works), so an offline tool
   never touches the files of a live node and two nodes never share a spool.
   The kernel drops the lock when the process dies, even by ``kill -9``.
+* ``secure(data_dir)``: password hashes and the social graph are for the node's
+  user only: the process umask becomes 077 (every file the node makes is 0600,
+  every directory 0700: sqlite files with their WAL/SHM, offd segments, ID,
+  LOCK, the backdoor socket), what an older version or another umask left is
+  tightened, and a data dir other users can write is refused in one line.
 * ``identity(data_dir)``: the data dir's random id, announced in ``hello``.
 * ``check_shards(directory, shards, setting)``: a store directory remembers its
   shard count in a ``SHARDS`` file; opening it with another count is refused
@@ -26,6 +31,29 @@ class DataDirBusy(Exception):
 
 class ShardMismatch(Exception):
     """A store was written with another shard count than the config says."""
+
+
+class InsecureDataDir(Exception):
+    """The data dir can be written by other users (or belongs to another user)."""
+
+
+def secure(data_dir):
+    """Make ``data_dir`` and everything in it owner-only (see the module docstring)."""
+    os.umask(0o077)
+    os.makedirs(data_dir, mode=0o700, exist_ok=True)
+    st = os.stat(data_dir)
+    if st.st_uid != os.geteuid():
+        raise InsecureDataDir(f"data dir {data_dir} belongs to uid {st.st_uid}, not to this user; "
+                              f"refusing to start")
+    if st.st_mode & 0o022:
+        raise InsecureDataDir(f"data dir {data_dir} is writable by other users (mode "
+                              f"{st.st_mode & 0o777:o}); run chmod 700 on it and start again")
+    os.chmod(data_dir, 0o700)
+    for root, dirs, files in os.walk(data_dir):
+        for name, mode in [(d, 0o700) for d in dirs] + [(f, 0o600) for f in files]:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                os.chmod(path, mode)
 
 
 def lock(data_dir):

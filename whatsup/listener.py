@@ -11,12 +11,21 @@ Three gates, cheapest first:
   one network costs a bounded number of sessions. A refused connection gets
   one ``too_many_connections`` error frame (plain TCP only; a non-blocking send
   into an empty socket buffer) and is closed;
+* **descriptors** — the pool holds at most the open files limit less
+  :data:`FD_RESERVE` (:func:`connection_cap`), so the stores, new offd segments
+  and the operator shell always find a descriptor; if accept still fails for
+  want of one (EMFILE, ENFILE: something else took them), the server stops
+  accepting for :data:`ACCEPT_PAUSE` seconds and logs one summarised line
+  instead of a traceback per attempt;
 * **TLS handshake deadline** — a TLS connection is wrapped and handshaken in its
   own greenlet within ``protocol.login_timeout``; a client that never finishes
   the handshake costs one pool slot for that long, never a session.
 """
 import collections
+import errno
 import logging
+import os
+import resource
 
 import gevent
 from gevent import ssl
@@ -28,6 +37,19 @@ from .protocol import Code, error_frame
 from .runtime import StartFailed
 
 log = logging.getLogger("whatsup.listener")
+#: Descriptors kept out of the connection pool: sqlite files with their WAL/SHM, offd segments,
+#: directory fsyncs, the backdoor and metrics sockets, the log.
+FD_RESERVE = 128
+ACCEPT_PAUSE = 0.5
+OUT_OF_FDS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+def connection_cap(max_connections):
+    """Connections a node may hold: ``max_connections``, within the open files limit less FD_RESERVE."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return max_connections
+    return max(1, min(max_connections, soft - FD_RESERVE))
 
 
 class ConnectionGate:
@@ -96,6 +118,27 @@ class GatedServer(StreamServer):
         super().__init__(address, self._serve, spawn=pool, backlog=1024)
         self.serve, self.gate, self.counters = serve, gate, counters
         self.tls, self.handshake_timeout = tls, handshake_timeout
+        self._paused = None  # the timer that resumes accepting after running out of descriptors
+
+    def do_read(self):
+        """Accept one connection; out of descriptors, pause accepting instead of failing loudly."""
+        try:
+            return super().do_read()
+        except OSError as exc:
+            if exc.errno not in OUT_OF_FDS:
+                raise
+            why = os.strerror(exc.errno)
+        self.counters["accept_paused"] += 1
+        log.warning("cannot accept connections: %s; pausing accepts for %s s", why, ACCEPT_PAUSE)
+        self.stop_accepting()
+        self._paused = self.loop.timer(ACCEPT_PAUSE)
+        self._paused.start(self._resume)
+        return None
+
+    def _resume(self):
+        self._paused.close()
+        if not self.closed:
+            self.start_accepting()
 
     def do_handle(self, sock, addr):
         refused = self.gate.admit(addr)

@@ -31,6 +31,7 @@ restart and cover every connection of a user.
 """
 import collections
 import errno
+import gc
 import logging
 import os
 import signal
@@ -47,10 +48,10 @@ from .address import split as split_address
 from .blocking import Blocks
 from .config import ConfigError
 from .ctl.server import ControlServer, socket_path as control_path
-from .datadir import DataDirBusy, ShardMismatch, identity, lock, shard_count
+from .datadir import DataDirBusy, InsecureDataDir, ShardMismatch, identity, lock, secure, shard_count
 from .groups import Groups
 from .lifecycle import Lifecycle
-from .listener import ConnectionGate, GatedServer, server_context
+from .listener import FD_RESERVE, ConnectionGate, GatedServer, connection_cap, server_context
 from .offd import Offd
 from .protocol import Code
 from .presence import Presence
@@ -149,13 +150,14 @@ class Node:
             KnownLogins(cfg["auth.known_logins"], cfg["auth.known_ttl"]),
             KeyedLimiter(cfg["auth.ip_registrations"], cfg["auth.failure_window"]))
         self.offd = Offd(self.table, offd_dir, shard_count(offd_dir, cfg["offd.shards"]),
-                         cfg["offd.segment_bytes"], cfg["offd.max_queue"], cfg["offd.expiry_days"], wait)
+                         cfg["offd.segment_bytes"], cfg["offd.max_queue"], cfg["offd.expiry_days"], wait,
+                         cfg["session.dedup_window"])
         self.blocks = Blocks(self.accounts)
         self.push = Push(cfg, self.sm, self.offd, self.timers)
         self.router = Router(self.table, self.sm, self.offd, self.accounts, self.blocks,
                              cfg["session.dedup_window"], offline=self.push.queued)
         self.groups = Groups(self.router, self.offd, self.accounts, cfg["groups.max_members"],
-                             cfg["groups.fanout_chunk"])
+                             cfg["groups.fanout_chunk"], cfg["groups.sender_budget"])
         self.presence = Presence(self.sm, self.accounts, self.blocks, self.groups)
         self.lifecycle = Lifecycle(self.sm, self.router, self.accounts, self.offd, self.groups, self.blocks,
                                    self.presence, vars(cfg.accounts), cfg["accounts.name_reuse_days"])
@@ -170,7 +172,7 @@ class Node:
             "user": KeyedLimiter(cfg["auth.user_failures"], cfg["auth.failure_window"]),
             "ip": KeyedLimiter(cfg["auth.ip_failures"], cfg["auth.failure_window"]),
             "prefix": KeyedLimiter(cfg["auth.prefix_failures"], cfg["auth.failure_window"])}
-        self.pool = Pool(cfg["server.max_connections"])
+        self.pool = Pool(connection_cap(cfg["server.max_connections"]))
         self.gate = ConnectionGate(cfg["server.max_connections_per_ip"], cfg["server.unauthenticated_per_ip"],
                                    cfg["server.unauthenticated_per_prefix"])
         self.server = self.tls_server = None
@@ -224,11 +226,14 @@ class Node:
             raise StartError(f"cannot open the stores in {self.data_dir}: {exc.strerror or exc}") from None
         self.table.monitor(self.root, self._root_down)
         self.started = time.time()
+        gc.freeze()  # what recovery built lives long: full collections skip it (ops/offd_figures.py stall)
         log.info("whatsupd %s listening on %s:%d, data in %s (%d users, %d items queued)",
                  __version__, *self.server.address[:2], self.data_dir, len(self.accounts.users),
                  self.offd.queued())
         if self.tls_server is not None:
             log.info("TLS clients on %s:%d", *self.tls_server.address[:2])
+        log.info("at most %d connections (server.max_connections, within the open files limit less %d)",
+                 self.pool.size, FD_RESERVE)
         sdnotify.notify("READY=1\nSTATUS=listening on %s:%d\nMAINPID=%d" % (*self.server.address[:2], os.getpid()))
         return self
 
@@ -280,11 +285,13 @@ class Node:
 
     def _prepare_data_dir(self):
         try:
-            os.makedirs(self.data_dir, exist_ok=True)
+            secure(self.data_dir)
             probe = os.path.join(self.data_dir, ".write-test")
             with open(probe, "w") as f:
                 f.write("ok")
             os.unlink(probe)
+        except InsecureDataDir as exc:
+            raise StartError(str(exc)) from None
         except OSError as exc:
             raise StartError(f"data dir {self.data_dir} is not writable: {exc.strerror or exc}") from None
 

@@ -61,6 +61,7 @@ class Code:
     SLOW_READER = "slow_reader"              # connection closed: the device does not read
     TOO_MANY_CONNECTIONS = "too_many_connections"  # connection closed at accept: per-address cap
     OVERLOADED = "overloaded"                # connection closed: the session's mailbox is full
+    NOT_DELIVERED = "not_delivered"          # read names a message not delivered to the reader
     BUSY = "busy"                            # login/register refused unchecked: no hashing capacity now
     # accounts (docs/PROTOCOL.md, "Accounts")
     REGISTRATION_CLOSED = "registration_closed"  # register refused: only the operator registers

@@ -322,6 +322,11 @@ class Session:
 
     @staticmethod
     def _frame(proc, st, ftype, f):
+        bucket = st.buckets.get(ftype)  # first: a flood of pings before login is rated too
+        if bucket is not None and not bucket.take():
+            Session._strike(proc, st, ftype)
+            raise ProtocolError(Code.RATE_LIMITED, f"more than {bucket.rate:g} {ftype} frames per "
+                                f"second; slow down", f.get("ref"))
         if ftype == "ping":
             return Session._send(st, {"type": "pong", **({"ref": f["ref"]} if "ref" in f else {})})
         if st.version is None:
@@ -336,11 +341,6 @@ class Session:
             return (Session._register if ftype == "register" else Session._login)(proc, st, f)
         if st.user is None:
             raise ProtocolError(Code.NOT_LOGGED_IN, "log in first", f.get("ref"))
-        bucket = st.buckets.get(ftype)
-        if bucket is not None and not bucket.take():
-            Session._strike(proc, st, ftype)
-            raise ProtocolError(Code.RATE_LIMITED, f"more than {bucket.rate:g} {ftype} frames per "
-                                f"second; slow down", f.get("ref"))
         owner, method = ROUTES[ftype]
         if owner is None:
             return getattr(Session, method)(proc, st, f)

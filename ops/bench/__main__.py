@@ -29,7 +29,7 @@ from .targets import Placement, Whatsup
 SERVER_SETTINGS = {**FAST, "server.max_connections_per_ip": 50_000, "auth.ip_failures": 0,
                    "server.unauthenticated_per_ip": 50_000, "server.unauthenticated_per_prefix": 50_000,
                    "auth.checks_per_ip": 50_000, "auth.checks_per_prefix": 50_000,
-                   "auth.max_waiting": 50_000, "ratelimit.msg": 1e6}
+                   "auth.max_waiting": 50_000, "ratelimit.msg": 1e6, "ratelimit.ack": 1e6}
 
 
 class Progress:

@@ -1,6 +1,7 @@
 """``whatsupd``: start a node. Options override etc/whatsupd.toml, which overrides the defaults."""
 import gc
 import logging
+import resource
 import sys
 
 import click
@@ -24,6 +25,7 @@ def main(config_path, listen, data_dir, log_level):
                                     "server.log_level": log_level})
     logs.setup(cfg["server.log_level"].upper(), fmt=cfg["server.log_format"], node=cfg["server.node"])
     warn_plaintext(cfg)
+    raise_nofile()
     node = Node(cfg)
     try:
         node.start()
@@ -31,6 +33,20 @@ def main(config_path, listen, data_dir, log_level):
         raise click.ClickException(str(exc)) from None
     tune_gc()
     sys.exit(node.serve_forever())
+
+
+def raise_nofile():
+    """Raise the soft limit of open files to the hard one: every connection is a descriptor,
+    and a shell's usual 1,024 locked new users out at ~1,000 idle connections (issue 11)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            logging.getLogger("whatsup").warning("cannot raise the open files limit from %d to %d: %s",
+                                                 soft, hard, exc)
+    logging.getLogger("whatsup").info("open files: at most %d (soft limit %d before, hard limit %d)",
+                                      resource.getrlimit(resource.RLIMIT_NOFILE)[0], soft, hard)
 
 
 def warn_plaintext(cfg):
