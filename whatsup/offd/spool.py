@@ -321,8 +321,7 @@ class Spool:
         if q is None or not q.items:
             return []
         items = list(q.items)
-        self._forget(items)
-        self._append(record.delete(user, items[-1].seq))
+        self._delete(user, items)
         self.stats["purged"] += len(items)
         return items
 
