@@ -21,10 +21,11 @@ SENT = Histogram("whatsup_sent_latency_seconds", "✓ latency: a message's arriv
 DELIVERY = Histogram("whatsup_delivery_latency_seconds", "an item's queueing in offd to the device's "
                      "ack (offline time included)",
                      buckets=(0.005, 0.025, 0.1, 0.5, 2.5, 10.0, 60.0, 600.0, 3600.0, 86400.0), registry=REGISTRY)
-COMMIT = Histogram("whatsup_commit_seconds", "one group commit (write + fsync) of a store", ["store"],
-                   buckets=FAST, registry=REGISTRY)
+COMMIT = Histogram("whatsup_commit_seconds", "one group commit (write + fsync) of a store (offd, accounts, "
+                   "table)", ["store"], buckets=FAST, registry=REGISTRY)
 COMMIT_SIZE = Histogram("whatsup_commit_batch_entries", "entries written by one group commit", ["store"],
                         buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096), registry=REGISTRY)
+LABEL = {"whatsup_commit_seconds": "store", "whatsup_commit_batch_entries": "store"}  # the labelled ones
 LOGIN = Histogram("whatsup_login_seconds", "a login frame to its answer (the password check included)",
                   buckets=FAST, registry=REGISTRY)
 ProcessCollector(namespace="whatsup", registry=REGISTRY)
@@ -65,9 +66,8 @@ def render(snap):
         elif value and "buckets" in value:
             lines += _histogram(family.name, "", value)
         elif value:
-            label = "store" if family.name.startswith("whatsup_commit") else "label"
             for key, hist in sorted(value.items()):
-                lines += _histogram(family.name, f'{label}="{key}",', hist)
+                lines += _histogram(family.name, f'{LABEL[family.name]}="{key}",', hist)
     return "\n".join(lines) + "\n"
 
 

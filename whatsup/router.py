@@ -28,6 +28,7 @@ import time
 
 import gevent
 
+from . import latency
 from .dedup import Dedup, digest
 from .offd import QueueFull, ShardDown
 from .offd.spool import SLICE
@@ -222,6 +223,7 @@ class Router:
         if self.pending.get((sender, cid)) is pending:
             del self.pending[(sender, cid)]
         if err is None:
+            latency.SENT.observe(max(0.0, time.time() - pending.ts / 1000.0))
             k = self.dedup.add(sender, digest(cid), pending.ts)
             if pending.anchor is not None:
                 spool, item = pending.anchor
@@ -306,7 +308,9 @@ class Router:
         """
         acked = spool.ack(user, upto)
         by_sender = {}
+        now = time.time()
         for item in acked.items:
+            latency.DELIVERY.observe(max(0.0, now - item.ts / 1000.0))
             if item.kind == "msg":
                 by_sender.setdefault((item.sender, None), []).append(item.cid)
             elif item.kind == "gmsg":
