@@ -23,6 +23,8 @@ import time
 import gevent
 from gevent.event import Event
 
+from . import latency
+
 log = logging.getLogger("whatsup.batch")
 #: Batches one writer task writes before it gives the pool's thread back, so the pool's other
 #: tasks (unlinking compacted segments, account reads) wait behind a bounded run under load.
@@ -34,6 +36,8 @@ class GroupCommitter:
         self.pool, self.write, self.name = pool, write, name
         self.batches = self.failures = 0
         self.seconds = 0.0
+        store = name.split()[0]  # "offd", "accounts", "table"
+        self._timing, self._sizes = latency.COMMIT.labels(store), latency.COMMIT_SIZE.labels(store)
         self.queued = collections.deque()  # (entry or None, waiter or None), taken by the writer
         self.done = collections.deque()    # (waiters, error, seconds) of written batches, for the hub
         self._lock = threading.Lock()      # guards ``queued`` against ``_writing`` changing under it
@@ -104,6 +108,8 @@ class GroupCommitter:
             if err is None:
                 self.batches += 1
                 self.seconds += seconds
+                self._timing.observe(seconds)
+                self._sizes.observe(size)
             else:
                 self.failures += 1
                 log.error("%s: write of %d entries failed: %s", self.name, size, err)

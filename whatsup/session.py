@@ -46,7 +46,7 @@ import time
 
 import gevent
 
-from . import c2s, protocol
+from . import c2s, latency, protocol
 from .accounts import UserTaken
 from .admission import Refused, prefix
 from .c2s import Close
@@ -332,6 +332,7 @@ class Session:
 
     @staticmethod
     def _login(proc, st, f):
+        started = time.monotonic()
         user, ref = f["user"], f["ref"]
         node, ip = st.node, st.addr[0]
         failed = node.failed_logins
@@ -369,6 +370,7 @@ class Session:
             q.sent = 0
         node.counters["logins"] += 1
         st.send({"type": "ok", "ref": ref, "user": user, "queued": len(q) if q else 0})
+        latency.LOGIN.observe(time.monotonic() - started)
         Session._push(proc, st)
 
     @staticmethod
