@@ -313,7 +313,8 @@ class Chat:
             if self.group is not None:
                 self._members()
         else:
-            text = f"-- disconnected: {detail} (what you type waits)"
+            lost = "disconnected" if self.conn.hello is not None else f"cannot reach {self.conn.server}"
+            text = f"-- {lost}: {detail} (what you type waits)"
             (self.screen.update if self.down else self.screen.show)(text, key="link")
             self.down = True
 
