@@ -1,4 +1,6 @@
-"""Helpers shared by the group, presence and blocking tests (real server, real clients)."""
+"""Helpers shared by the group, presence, blocking and dedup tests (real server, real clients)."""
+import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 SPOOLED = ("msg", "receipt", "group_event")
@@ -29,3 +31,14 @@ def take(client, n, kinds=SPOOLED, timeout=15.0):
 def quiet(client, idle=0.3, kinds=SPOOLED + ("presence", "typing")):
     """Frames of ``kinds`` that arrive until ``idle`` seconds pass without any (expected: none)."""
     return [f for f in client.drain(idle) if f["type"] in kinds]
+
+
+def restart_after_compaction(server):
+    """Wait until compaction dropped the first segment of (one-shard) offd, then stop and start."""
+    first = os.path.join(server.data_dir, "offd", "shard-000", "seg-0000000001.log")
+    deadline = time.monotonic() + 20
+    while os.path.exists(first) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not os.path.exists(first), "compaction never dropped the first segment"
+    server.stop()
+    server.start()

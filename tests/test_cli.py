@@ -91,6 +91,40 @@ def test_chat_shows_messages_and_all_three_ticks(cli):
             p.wait(10)
 
 
+def test_group_commands_say_what_they_did_and_a_group_chat_counts_ticks_per_member(cli, server):
+    for user in ("alice", "bob", "carol", "dave"):
+        cli("register", user)
+    group = cli("group", "create", "--as", "alice", "climbing", "bob").stdout.strip()
+    assert cli("group", "add", "--as", "alice", group, "carol", "dave").stdout.startswith(
+        f"added carol, dave to {group}")
+    assert cli("group", "remove", "--as", "alice", group, "dave").stdout.startswith(f"removed dave from {group}")
+    assert cli("group", "leave", "--as", "dave", group, check=False).returncode != 0  # not a member now
+    assert cli("group", "list", "--as", "dave").stdout == "no groups\n"
+    out = cli("inbox", "--as", "dave").stdout
+    assert "alice added carol, you" in out and "alice removed you" in out
+    chat = subprocess.Popen([os.path.join(ROOT, "bin", "whatsup"), "chat", "--as", "alice", "--group", group],
+                            env=cli.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, bufsize=1)
+    try:
+        lines = _reader(chat)
+        _wait_for(lines, f"chatting in {group}")
+        chat.stdin.write("Saturday?\n")
+        chat.stdin.flush()
+        with server.client("bob", password="correct-horse") as bob:
+            got = [f for f in bob.drain(1.0) if f["type"] == "msg"]
+            bob.read("alice", [got[-1]["id"]], group=group)
+        _wait_for(lines, "me: Saturday?  ✓✓ 1/2 read 1/2")
+        with server.client("carol", password="correct-horse") as carol:
+            carol.drain(1.0)
+        _wait_for(lines, "me: Saturday?  ✓✓ read 1/2")
+        chat.stdin.write("/quit\n")
+        chat.stdin.flush()
+        assert chat.wait(10) == 0
+    finally:
+        chat.stdin.close()
+        chat.wait(10)
+
+
 def test_whatsupd_says_in_one_line_when_the_port_is_taken(tmp_path):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

@@ -4,8 +4,11 @@ import time
 
 import pytest
 
+from whatsup.dedup import digest
 from whatsup.offd import Offd, QueueFull, ShardMismatch, Spool
+from whatsup.offd import record
 from whatsup.offd.spool import SEGMENT
+from whatsup.protocol import Template, pack
 from whatsup.runtime import ProcessTable
 
 
@@ -34,7 +37,7 @@ def test_items_survive_a_reopen_in_order_and_acked_ones_are_gone(tmp_path):
     sp.close()
     sp = spool(tmp_path)
     assert bodies(sp, "bob") == [f"m{i}" for i in range(4, 10)]
-    assert {(s, c) for s, c, *_ in sp.recovered} >= {("alice", f"c{i}") for i in range(10)}
+    assert {h for _, h, _ in sp.recovered["alice"]} >= {digest(f"c{i}") for i in range(10)}
     sp.close()
 
 
@@ -151,4 +154,49 @@ def test_compaction_moves_live_data_once_not_on_every_pass(tmp_path):
         sp.maintain()
         sp.flush()
     assert sp.stats["compacted_items"] == moved
+    sp.close()
+
+
+def test_a_group_copy_is_one_item_in_every_members_queue_and_a_reopen_keeps_it_for_who_did_not_ack(tmp_path):
+    sp = spool(tmp_path, segment_bytes=4096)
+    item = sp.put_group(["ann", "bob", "cid"], "g1", "dan", "x1", Template({"type": "msg", "body": "hi"}), None)
+    assert all(sp.queue(u).items[0] is item for u in ("ann", "bob", "cid"))
+    sp.flush()
+    sp.queue("ann").unsent(1)
+    sp.release(sp.ack("ann", item.seq))
+    sp.finished(("dan", "x1"))
+    put(sp, "zed", 200)                       # rolls segments: the G record is compacted forward
+    sp.maintain()
+    sp.flush()
+    sp.close()
+    sp = spool(tmp_path, segment_bytes=4096)
+    assert len(sp.queue("ann")) == 0
+    copies = [sp.queue(u).items[0] for u in ("bob", "cid")]
+    assert copies[0] is copies[1] and copies[0].seq == item.seq and copies[0].group == ("g1", ["bob", "cid"])
+    sp.close()
+
+
+def test_a_fan_out_intent_without_its_done_record_is_incomplete_after_a_reopen(tmp_path):
+    sp = spool(tmp_path)
+    sp.intent("g1", "dan", "a", "body a", ["ann", "bob"], None)
+    sp.intent("g1", "dan", "b", "body b", ["ann", "bob"], None)
+    sp.done("dan", "a", None)
+    sp.close()
+    sp = spool(tmp_path)
+    assert list(sp.incomplete) == [("dan", "b")]
+    assert sp.incomplete[("dan", "b")].group == ("g1", ["ann", "bob"])
+    sp.close()
+
+
+def test_a_data_dir_in_the_previous_format_recovers_its_items_and_dedup_ids(tmp_path):
+    """Nodes before the G/F/E/H records wrote group copies as P records and carried ids as I."""
+    old = [record.base(0),
+           record.put("ann", 1, 5, "gmsg", "dan", "g-1", pack({"type": "msg", "group": "g9", "seq": 1})),
+           record.put("ann", 2, 6, "msg", "dan", "m-1", pack({"type": "msg", "seq": 2})),
+           record.encode(["I", "eve", "ann", [["old-id", 0, 4]]])]
+    (tmp_path / SEGMENT.format(1)).write_bytes(b"".join(old))
+    sp = spool(tmp_path)
+    assert [(i.seq, i.kind, i.cid) for i in sp.queue("ann").items] == [(1, "gmsg", "g-1"), (2, "msg", "m-1")]
+    assert {h for _, h, _ in sp.recovered["dan"]} == {digest("g-1"), digest("m-1")}
+    assert [h for _, h, _ in sp.recovered["eve"]] == [digest("old-id")]
     sp.close()

@@ -10,6 +10,7 @@ import pytest
 from whatsup.offd import shard_of
 from whatsup.shell import ERROR_MARK, parse_listen
 from whatsup.shell.client import ShellClient
+from whatsup.shell.helpers import Block
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHELL = os.path.join(ROOT, "bin", "whatsup-shell")
@@ -154,6 +155,16 @@ def test_shell_listen_accepts_unix_sockets_and_loopback(listen, expected):
 def test_shell_listen_refuses_anything_else(listen):
     with pytest.raises(ValueError):
         parse_listen(listen, "/d")
+
+
+def test_stats_and_i_print_as_aligned_key_value_blocks(server):
+    assert repr(Block({"a": 1, "long_key": {"x": 2.5004, "yy": None}, "c": "text", "d": ""})) == (
+        "a         1\nlong_key\n  x   2.5\n  yy  -\nc         text\nd         ''")
+    out = whatsup_shell("--socket", server.shell_socket, "-c", "stats(0.1)").stdout.splitlines()
+    top = [line for line in out if not line.startswith(" ")]
+    assert len({len(line) - len(line.split("  ", 1)[1].lstrip()) for line in top if "  " in line}) == 1
+    assert any(line.startswith("mailbox") for line in top)
+    assert any(line.startswith("  p50 ") for line in out)
 
 
 def test_whatsup_shell_c_prints_the_result_and_fails_when_the_node_raised(server):

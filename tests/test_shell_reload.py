@@ -109,6 +109,7 @@ def test_reload_swaps_live_sessions_to_new_code_without_a_disconnect_or_a_lost_m
                       server.shell_socket, "-c", "reload('whatsup.session')")
             assert out.returncode == 1 and error in out.stdout
             assert "the old code keeps running everywhere" in out.stdout
+            assert "whatsup/shell/" not in out.stdout  # only the module's own lines, no loader frames
             assert ask(sh, "__import__('sys').modules['whatsup.session'].Session.vsn") == 2
             assert bob.ping()["vsn"] == 2
             alice.send("bob", "after a failed reload", id=f"after-{error}")

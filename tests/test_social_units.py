@@ -3,9 +3,9 @@ limit is the generic token bucket: tests/test_ratelimit.py)."""
 import pytest
 
 from whatsup import protocol
-from whatsup.groups import AllDurable, Groups
 from whatsup.offd import ShardDown
 from whatsup.protocol import Code, ProtocolError
+from whatsup.router import AllDurable, Router
 
 
 def test_all_durable_fires_once_after_every_expected_callback_and_the_issuer_release():
@@ -74,19 +74,9 @@ class _Offd:
         return None if user in self.down else f"spool-of-{user}"
 
 
-class _Router:
-    def __init__(self):
-        self.poked = []
-
-    def poke(self, user):
-        self.poked.append(user)
-
-
 def test_a_fan_out_waits_for_a_down_offd_shard_once_and_reports_its_members_lost():
-    offd, router = _Offd(down={"b", "d"}), _Router()
-    groups = Groups(router, offd, accounts=None, max_members=10, fanout_chunk=2)
-    put, lost = [], []
-    groups._fan_out(["a", "b", "c", "d", "e"], lambda spool, user: put.append(spool) or 1,
-                    lambda user, exc: lost.append(user))
-    assert put == ["spool-of-a", "spool-of-c", "spool-of-e"] and router.poked == ["a", "c", "e"]
-    assert lost == ["b", "d"] and offd.waits == 1
+    offd = _Offd(down={"b", "d"})
+    router = Router(None, None, offd, None, None, dedup_window=16)
+    parts, lost = router.partition(["a", "b", "c", "d", "e"])
+    assert parts == {"spool-of-a": ["a"], "spool-of-c": ["c"], "spool-of-e": ["e"]}
+    assert [user for user, _ in lost] == ["b", "d"] and offd.waits == 1

@@ -67,9 +67,11 @@ SETTINGS = (
     Setting("session.rate_strikes", int, 50, "rate_limited refusals a connection may collect (forgiven "
             "at rate_strikes/10 per second) before it is closed with flooding", 1),
     Setting("session.dedup_window", int, 4096, "client message ids remembered per sender, so a "
-            "retransmission is acked again but not delivered twice", 16),
+            "retransmission is acked again but not delivered twice (16 bytes each)", 16),
     Setting("groups.max_members", int, 1024, "members of one group at most (WhatsApp's limit)", 2),
-    Setting("groups.fanout_chunk", int, 64, "group message copies (or events) queued between two yields to the hub, so "
+    Setting("groups.sender_budget", int, 1 << 16, "group message copies one sender may have in flight (not yet "
+            "answered); over it its session waits (stops reading) until answers come", 1),
+    Setting("groups.fanout_chunk", int, 64, "group members woken (or events queued) between two yields to the hub, so "
             "a large fan-out does not stall the other sessions", 1),
     Setting("ratelimit.msg", float, 500.0, "msg frames per second per connection; 0 means no limit", 0.0),
     Setting("ratelimit.read", float, 500.0, "read receipts per second per connection; 0 means no limit", 0.0),

@@ -1,10 +1,14 @@
 """Groups: durable membership and the server-side fan-out (docs/PROTOCOL.md, "Groups").
 
-A group message is sent once; the server puts one copy into every other
-member's offd queue (each copy gets that member's own seq), so offline members
-are served exactly like 1:1 recipients and order per (group, sender) comes from
-the per-recipient queues. The sender's ✓ comes when the copy of EVERY member is
-fsynced; each member's ack becomes a ``delivered`` receipt carrying ``group``.
+A group message is sent once and made durable once: its intent (body and the
+members it goes to, an F record on the group's home offd shard) is fsynced
+before any copy is queued; then each offd shard holding members gets one G
+record, one seq and one frame that every member's queue there references (a
+queued copy costs a deque slot), so offline members are served exactly like
+1:1 recipients and order per (group, sender) comes from the per-recipient
+queues. The sender's ✓ comes when every G record is fsynced; recovery completes
+any fan-out a crash cut short from its intent (whatsup/router.py). Each
+member's ack becomes a ``delivered`` receipt carrying ``group``.
 
 Group events (created, added, removed, left, admin, renamed) are system items
 (``group_event``) queued for every member through offd the same way.
@@ -14,33 +18,29 @@ run in arrival order by one worker greenlet, so messages and events enter every
 member's queue in one order: a member removed before a message does not get it,
 one added after it does not get it. Messages waiting next to each other in that
 queue (a sender pipelining, or several members writing at once) are fanned out
-together, member by member: each member's session is then woken once for the
-whole batch, sends it in one write, acks it in one ack, and the sender gets one
+together: each member's session is then woken once for the whole batch, sends it in one write, acks it in one ack, and the sender gets one
 ✓✓ receipt per member for all of it — the per-copy wake-ups, sends, acks and
 receipts were most of a fan-out's cost (ops.bench fanout). A fan-out yields to
-the hub every ``fanout_chunk`` copies, so a 1024-member group does not stall
-the other sessions; the worker is a greenlet of its own (a session
+the hub every ``fanout_chunk`` members it wakes, so a 1024-member group does not
+stall the other sessions; the worker is a greenlet of its own (a session
 waits for its group changes; its messages are queued without waiting), so
 killing a session cannot cut a fan-out in half.
 
 Membership lives in RAM and in a :class:`whatsup.tables.Table` (``load``/``put``;
 today social.sqlite), so it can move into the account shards without this
 module changing.
-
-Known gap: the dedup window rebuilt after a crash cannot tell a group message
-whose copies were all fsynced from one cut off mid-fan-out (the ✓ was not sent
-then); a retransmission after the restart gets ✓ without the missing copies.
 """
 import collections
+import functools
 import logging
-import time
 import uuid
 
 import gevent
-from gevent.event import AsyncResult
+from gevent.event import AsyncResult, Event
 
-from .offd import QueueFull, ShardDown
-from .protocol import Code, ProtocolError, Template
+from .offd import ShardDown
+from .protocol import Code, ProtocolError
+from .router import AllDurable, group_frame
 
 log = logging.getLogger("whatsup.groups")
 
@@ -68,44 +68,23 @@ class Group:
         return {"name": self.name, "members": [[u, a] for u, a in self.members.items()]}
 
 
-class AllDurable:
-    """Calls ``done(err)`` once every expected durability callback came (the first error wins).
-
-    It starts holding one expectation for the issuer, released by :meth:`release`
-    after the last put, so it cannot fire while a fan-out is still issuing.
-    """
-    __slots__ = ("n", "err", "done")
-
-    def __init__(self, done):
-        self.n, self.err, self.done = 1, None, done
-
-    def expect(self):
-        self.n += 1
-        return self
-
-    def __call__(self, err=None):
-        if err is not None and self.err is None:
-            self.err = err
-        self.n -= 1
-        if self.n == 0:
-            self.done(self.err)
-
-    release = __call__
-
-
 class _Message:
-    """A group message waiting in its group's queue of operations."""
-    __slots__ = ("sender", "pid", "ref", "cid", "body", "frame", "done")
+    """A group message waiting in its group's queue of operations; ``cost`` is the copies it
+    spends of its sender's fan-out budget until it is answered."""
+    __slots__ = ("sender", "pid", "ref", "cid", "body", "pending", "intent", "cost")
 
-    def __init__(self, sender, pid, f):
+    def __init__(self, sender, pid, f, cost):
         self.sender, self.pid, self.ref, self.cid, self.body = sender, pid, f["ref"], f["id"], f["body"]
-        self.frame = self.done = None
+        self.pending = self.intent = None
+        self.cost = cost
 
 
 class Groups:
-    def __init__(self, router, offd, accounts, max_members, fanout_chunk):
+    def __init__(self, router, offd, accounts, max_members, fanout_chunk, sender_budget=1 << 16):
         self.router, self.offd, self.accounts = router, offd, accounts
-        self.max_members, self.chunk = max_members, fanout_chunk
+        self.max_members, self.chunk, self.budget = max_members, fanout_chunk, sender_budget
+        self.spending = {}  # sender -> group copies of its messages not answered yet
+        self.room = {}      # sender -> Event its session waits on while over its budget
         self.groups = {}    # gid -> Group
         self.of_user = {}   # user -> set of gids
         self.table = None
@@ -146,6 +125,8 @@ class Groups:
             new = [m for m in dict.fromkeys(f["members"]) if m not in group.members]
             self._check_users(new, f["ref"])
             self._check_size(len(group.members) + len(new), f["ref"])
+            if not new:
+                return self.router.reply(pid, {"type": "ok", "ref": f["ref"]})  # a no-op: no event
             for m in new:
                 group.members[m] = False
                 self._link(m, group)
@@ -156,6 +137,8 @@ class Groups:
         def op(group):
             self._admin(group, user, f["ref"])
             gone = [m for m in dict.fromkeys(f["members"]) if m in group.members and m != user]
+            if not gone:
+                return self.router.reply(pid, {"type": "ok", "ref": f["ref"]})  # a no-op: no event
             recipients = list(group.members)
             for m in gone:
                 self._drop(group, m)
@@ -209,59 +192,108 @@ class Groups:
         """A ``msg`` with ``group``: queue it for the group's worker and return at once, so the
         session reads the sender's next messages and a pipelining sender's messages are fanned
         out together. The ✓ comes once every copy is durable; a refusal (not a member, the
-        group dissolved meanwhile) comes the same way, as a reply to the session (its
-        session.max_inflight bounds what one sender can queue)."""
-        self._queue(self._group(f["group"], f["ref"]), _Message(sender, pid, f), f["ref"], None)
+        group dissolved meanwhile) comes the same way, as a reply to the session.
+
+        What one sender can have in flight is bounded by ``groups.sender_budget`` copies: over
+        it, its session waits here (it stops reading its socket) until answers come; nothing
+        is dropped. A single message bigger than the budget still goes, alone."""
+        group = self._group(f["group"], f["ref"])
+        m = _Message(sender, pid, f, max(1, len(group.members) - 1))
+        while self.spending.get(sender) and self.spending[sender] + m.cost > self.budget:
+            self.counters["budget_waits"] += 1
+            self.room.setdefault(sender, Event()).wait()
+        self.spending[sender] = self.spending.get(sender, 0) + m.cost
+        self._queue(group, m, f["ref"], None)
+
+    def _spend(self, m):
+        """``m`` is answered: its copies leave its sender's budget (once)."""
+        if m.cost:
+            left = self.spending.pop(m.sender) - m.cost
+            if left:
+                self.spending[m.sender] = left
+            m.cost = 0
+            room = self.room.pop(m.sender, None)
+            if room is not None:
+                room.set()
 
     def _messages(self, group, batch):
-        """Fan out a batch of ``_Message`` (in arrival order) member by member; returns each one's
-        refusal (a ProtocolError) or None."""
+        """Fan out a batch of ``_Message`` (in arrival order); returns each one's refusal (a
+        ProtocolError) or None. Their intents are made durable first (:meth:`_intents`), then
+        each gets one G record per shard, then every member is poked once for the batch."""
         answers, ready = [], []
         for m in batch:
             try:
                 self._alive(group, m.ref)
                 if not self.router.retransmit(m.sender, m.pid, m.ref, m.cid):
                     self._member(group, m.sender, m.ref)
-                    self._prepare(group, m)  # tracked now: a repeat of its id later in the batch is a retransmission
+                    # tracked now: a repeat of its id later in the batch is a retransmission
+                    m.pending = self.router.track(m.sender, m.cid, waiter=(m.pid, m.ref))
                     ready.append(m)
                 answers.append(None)
             except ProtocolError as exc:
                 answers.append(exc)
-
-        def put(spool, user):
-            n = 0
-            for m in ready:
-                if m.sender == user:
-                    continue
-                waiter = m.done.expect()
-                try:
-                    spool.put(user, "gmsg", m.frame, sender=m.sender, cid=m.cid, on_durable=waiter)
-                    n += 1
-                except QueueFull:
-                    waiter()  # that member's copy is skipped (logged); the others still get theirs
-                    self.counters["skipped_queue_full"] += 1
-                    log.warning("queue of %s is full: group %s message %s skipped for them",
-                                user, group.gid, m.cid)
-            return n
-
-        def lost(user, exc):  # the sender hears store_failed and retransmits
-            for m in ready:
-                if m.sender != user:
-                    m.done.expect()(exc)
+        for m in batch:
+            if m not in ready:
+                self._spend(m)
+        members = list(group.members)
+        home, ready = self._intents(group, members, ready)
         if ready:
-            senders = {m.sender for m in ready}
-            alone = next(iter(senders)) if len(senders) == 1 else None  # nothing to put for them
-            self._fan_out([u for u in group.members if u != alone], put, lost)
+            parts, lost = self.router.partition(members)
+            served = 0
+            for m in ready:
+                done = AllDurable(functools.partial(self._fanned_out, home, m))
+                self.router.copies(group.gid, m.sender, m.cid, group_frame(group.gid, m.sender, m.cid, m.body),
+                                   parts, lost, done)
+                done.release()
+                served += len(members)
+                if served >= self.chunk * 16:
+                    served = 0
+                    gevent.sleep(0)
+            for n, user in enumerate(members, 1):
+                self.router.poke(user)
+                if not n % self.chunk:
+                    gevent.sleep(0)  # other sessions run; the hub polls I/O at least every switch interval
+            self.counters["copies"] += len(ready) * (len(members) - 1)
             self.counters["messages"] += len(ready)
             self.counters["batches"] += 1
-        for m in ready:
-            m.done.release()
         return answers
 
-    def _prepare(self, group, m):
-        pending = self.router.track(m.sender, m.cid, group.gid, waiter=(m.pid, m.ref), ts=int(time.time() * 1000))
-        m.done = AllDurable(lambda err: self.router.durable(m.sender, m.cid, pending, err))
-        m.frame = Template({"type": "msg", "from": m.sender, "group": group.gid, "id": m.cid, "body": m.body})
+    def _intents(self, group, members, batch):
+        """Write each message's intent (body and members) on the group's home shard and wait
+        until they are durable: ``(home spool, the messages whose intent is)``. A message whose
+        intent could not be stored is answered store_failed (nothing of it was queued)."""
+        if not batch:
+            return None, batch
+        try:
+            home = self.offd.spool(group.gid)
+        except ShardDown as exc:
+            for m in batch:
+                self.router.durable(m.sender, m.cid, m.pending, exc)
+                self._spend(m)
+            return None, []
+        failed, written = {}, AsyncResult()
+        all_written = AllDurable(lambda err: written.set())
+        for m in batch:
+            all_written.expect()
+
+            def stored(err, m=m):
+                if err is not None:
+                    failed[m] = err
+                all_written()
+            m.intent = home.intent(group.gid, m.sender, m.cid, m.body, [u for u in members if u != m.sender],
+                                   stored)
+            m.pending.ts = m.intent.ts
+        all_written.release()
+        written.get()  # the writer always answers: fsynced, failed, or flushed by the shard's terminate
+        for m, err in failed.items():
+            home.finished((m.sender, m.cid))
+            self.router.durable(m.sender, m.cid, m.pending, err)
+            self._spend(m)
+        return home, [m for m in batch if m not in failed]
+
+    def _fanned_out(self, home, m, err):
+        self.router.fanned_out(home, m.sender, m.cid, m.pending, m.intent, err)
+        self._spend(m)
 
     def members_of(self, user, gid, ref):
         """The members of ``gid``, which ``user`` must belong to (for typing)."""
@@ -302,6 +334,8 @@ class Groups:
             group.worker = gevent.spawn(self._work, group)
 
     def _answer_op(self, op, result, answer):
+        if isinstance(op, _Message) and answer is not None:
+            self._spend(op)
         if result is not None:
             result.set(answer)
         elif answer is not None:
@@ -369,42 +403,21 @@ class Groups:
             log.info("group %s dissolved: no members left", group.gid)
 
     def _event(self, group, recipients, done, event, by, **fields):
+        """Queue the event for every one of ``recipients`` (one item each), poking them and
+        yielding to the hub every ``chunk``; one whose shard is down misses it (logged)."""
         frame = {"type": "group_event", "group": group.gid, "event": event, "by": by, **fields}
-
-        def put(spool, user):
-            spool.put(user, "event", dict(frame), on_durable=done.expect(), force=True)
-            return 1
-
-        def lost(user, exc):  # the change stands; this member misses its event
+        parts, lost = self.router.partition(recipients)
+        for user, exc in lost:  # the change stands; this member misses its event
             log.error("group %s: %s event lost for %s: %s", group.gid, event, user, exc)
             done.expect()(exc)
-        self._fan_out(recipients, put, lost)
-
-    def _fan_out(self, users, put, lost):
-        """``put(spool, user)`` (returns how many copies it queued) for each user, poking them,
-        yielding to the hub every ``chunk`` copies.
-
-        A user whose offd shard is down gets ``lost(user, exc)`` instead. Only the first
-        such shard is waited for (runtime.restart_wait): a crash-looping shard must cost a
-        fan-out one wait, not one per member.
-        """
-        waited, served = False, 0
-        for user in users:
-            try:
-                spool = self.offd.current(user) if waited else self.offd.spool(user)
-                if spool is None:
-                    raise ShardDown(f"the offd shard of {user} is restarting")
-            except ShardDown as exc:
-                waited = True
-                lost(user, exc)
-            else:
-                n = put(spool, user)
-                self.counters["copies"] += n
-                served += n
-                self.router.poke(user)
-            if served >= self.chunk:
-                served = 0
-                gevent.sleep(0)  # other sessions run; the hub polls I/O at least every switch interval
+        n = 0
+        for spool, users in parts.items():
+            for user in users:
+                spool.put(user, "event", dict(frame), on_durable=done.expect(), force=True)
+                n += 1
+                if not n % self.chunk:
+                    gevent.sleep(0)  # other sessions run; the hub polls I/O at least every switch interval
+        self.counters["events"] += n
 
     def _index(self, group):
         self.groups[group.gid] = group

@@ -30,6 +30,7 @@ restart and cover every connection of a user.
 """
 import collections
 import errno
+import gc
 import logging
 import os
 import signal
@@ -149,13 +150,14 @@ class Node:
             KnownLogins(cfg["auth.known_logins"], cfg["auth.known_ttl"]),
             KeyedLimiter(cfg["auth.ip_registrations"], cfg["auth.failure_window"]), cfg["accounts.hash_nice"])
         self.offd = Offd(self.table, offd_dir, shard_count(offd_dir, cfg["offd.shards"]),
-                         cfg["offd.segment_bytes"], cfg["offd.max_queue"], cfg["offd.expiry_days"], wait)
+                         cfg["offd.segment_bytes"], cfg["offd.max_queue"], cfg["offd.expiry_days"], wait,
+                         cfg["session.dedup_window"])
         self.blocks = Blocks(self.accounts)
         self.push = Push(cfg, self.sm, self.offd, self.timers)
         self.router = Router(self.table, self.sm, self.offd, self.accounts, self.blocks,
                              cfg["session.dedup_window"], offline=self.push.queued)
         self.groups = Groups(self.router, self.offd, self.accounts, cfg["groups.max_members"],
-                             cfg["groups.fanout_chunk"])
+                             cfg["groups.fanout_chunk"], cfg["groups.sender_budget"])
         self.presence = Presence(self.sm, self.accounts, self.blocks, self.groups)
         self.lifecycle = Lifecycle(self.sm, self.router, self.accounts, self.offd, self.groups, self.blocks,
                                    self.presence, vars(cfg.accounts), cfg["accounts.name_reuse_days"])
@@ -226,6 +228,7 @@ class Node:
             raise StartError(f"cannot open the stores in {self.data_dir}: {exc.strerror or exc}") from None
         self.table.monitor(self.root, self._root_down)
         self.started = time.time()
+        gc.freeze()  # what recovery built lives long: full collections skip it (ops/offd_figures.py stall)
         log.info("whatsupd %s listening on %s:%d, data in %s (%d users, %d items queued)",
                  __version__, *self.server.address[:2], self.data_dir, len(self.accounts.users),
                  self.offd.queued())

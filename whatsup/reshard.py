@@ -7,7 +7,8 @@ in. The plan:
 
 1. ``offd.new/`` and ``accounts.new/`` are written with the new shard counts.
    An offd item keeps its seq, ts, sender and id, and a user's items keep their
-   order (a user's items all come from one old shard, in seq order). Every new
+   order (a user's items all come from one old shard, in seq order); a group
+   copy shared by several members becomes one P record each. Every new
    shard starts with a base record of the highest counter of all old shards,
    so no user's seq ever goes backwards (devices drop seqs they have seen).
 2. The new stores are read back the way the node will read them (Spool
@@ -48,6 +49,9 @@ def read_offd(directory, shards, options, progress=_quiet):
         spool = Spool(shard_dir(directory, i), *options)
         spool.open()
         try:
+            if spool.incomplete:
+                raise ReshardError(f"offd shard {i} holds {len(spool.incomplete)} group fan-out(s) a crash cut "
+                                   f"short: start the node once (it completes them), stop it, then reshard")
             counter = max(counter, spool.counter)
             for user, q in spool.queues.items():
                 if q.items:

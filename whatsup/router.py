@@ -22,25 +22,58 @@ Replies travel as ``("reply", frame)`` messages to the asking session's
 mailbox, because the ✓ comes later, from the commit, not from the call.
 """
 import collections
+import functools
 import logging
 import time
 
 import gevent
 
+from .dedup import Dedup, digest
 from .offd import QueueFull, ShardDown
-from .protocol import Code, error_frame, unpack
+from .offd.spool import SLICE
+from .protocol import Code, Template, error_frame, unpack
 from .runtime import MailboxFull, ProcessDead
 
 log = logging.getLogger("whatsup.router")
 RETRY = 1.0  # seconds between attempts to store a ✓✓ receipt the spool refused
 
 
-class _Pending:
-    """A message id seen from a sender: where it went, and who waits for its ✓."""
-    __slots__ = ("to", "seq", "ts", "durable", "waiters")
+def group_frame(gid, sender, cid, body):
+    """The frame every copy of a group message carries (stamped with each shard's seq and ts)."""
+    return Template({"type": "msg", "from": sender, "group": gid, "id": cid, "body": body})
 
-    def __init__(self, to, seq, ts, durable):
-        self.to, self.seq, self.ts, self.durable, self.waiters = to, seq, ts, durable, []
+
+class AllDurable:
+    """Calls ``done(err)`` once every expected durability callback came (the first error wins).
+
+    It starts holding one expectation for the issuer, released by :meth:`release`
+    after the last put, so it cannot fire while a fan-out is still issuing.
+    """
+    __slots__ = ("n", "err", "done")
+
+    def __init__(self, done):
+        self.n, self.err, self.done = 1, None, done
+
+    def expect(self):
+        self.n += 1
+        return self
+
+    def __call__(self, err=None):
+        if err is not None and self.err is None:
+            self.err = err
+        self.n -= 1
+        if self.n == 0:
+            self.done(self.err)
+
+    release = __call__
+
+
+class _Pending:
+    """A message id whose ✓ waits for a write: who waits, and the record that will hold it."""
+    __slots__ = ("ts", "waiters", "anchor")
+
+    def __init__(self, ts):
+        self.ts, self.waiters, self.anchor = ts, [], None  # anchor: (spool, Item)
 
 
 class Router:
@@ -48,28 +81,86 @@ class Router:
         self.table, self.sm, self.offd, self.accounts = table, sm, offd, accounts
         self.offline = offline  # callable(user): an item was queued for a user with no session (push)
         self.blocks = blocks
-        self.dedup_window = dedup_window
-        self.dedup = {}  # sender -> OrderedDict(cid -> _Pending)
+        self.dedup = Dedup(dedup_window)  # the ids whose ✓ was sent (durable)
+        self.pending = {}                 # (sender, cid) -> _Pending: ids whose ✓ waits for a write
         self.counters = collections.Counter()
+        self._starting = []               # shards up at node start, until all of them are
 
     def __repr__(self):
-        return f"<Router senders={len(self.dedup)} {dict(self.counters)}>"
+        return f"<Router senders={len(self.dedup)} pending={len(self.pending)} {dict(self.counters)}>"
 
     def shard_up(self, spool, restarted):
-        """An offd shard opened: at node start, refill the dedup window from what its recovery
-        found; after a crash (the window outlived it), poke its online users, whose sessions
-        resend what the new incarnation holds. Either way the shard pokes a user's session
+        """An offd shard opened. Its items are served at once: the shard pokes a user's session
         as soon as an item for them is queued (delivery does not wait for the fsync), and its
-        compaction carries the dedup window's ids forward (see :meth:`remembered`)."""
+        compaction carries the dedup entries anchored in the segments it drops.
+
+        At node start, once every shard is up (:meth:`_recovered`), the dedup window is refilled
+        from what recovery found and every group fan-out a crash cut short is completed. After
+        a crash of this shard alone (the window outlived it), its online users are poked (their
+        sessions resend what it holds) and a fan-out intent it holds that no fan-out in progress
+        will finish is closed: its sender was answered ``store_failed`` and sends it again."""
         spool.on_ready = self.poke
-        spool.carry = self.remembered
+        spool.carry = self.dedup.entries
         if not restarted:
-            for sender, cid, to, seq, ts in spool.recovered:
-                self._remember(sender, cid, _Pending(to, seq, ts, True))
-        else:
-            for user in list(spool.queues):
+            self._starting.append(spool)
+            if len(self._starting) == len(self.offd.industry):
+                spools, self._starting = self._starting, []
+                self._recovered(spools)
+            return
+        spool.recovered = {}
+        for key in list(spool.unfinished):
+            if key not in self.pending:
+                spool.finished(key)
+        for sender, cid in list(spool.incomplete):
+            if (sender, cid) not in self.pending:
+                self._close(sender, cid, spool)
+        for user in list(spool.queues):
+            self.poke(user)
+
+    def _recovered(self, spools):
+        """Every shard recovered at node start: settle the fan-outs (finished unless an F without
+        E names them), refill the dedup window, complete what a crash cut short."""
+        incomplete = {key: (spool, f) for spool in spools for key, f in spool.incomplete.items()}
+        for spool in spools:
+            for key in list(spool.unfinished):
+                if key not in incomplete:
+                    spool.finished(key)
+        skip = {(sender, digest(cid)) for sender, cid in incomplete}
+        found = {}  # sender -> [(spool, its entries)]
+        for spool in spools:
+            for sender, entries in spool.recovered.items():
+                found.setdefault(sender, []).append((spool, entries))
+            spool.recovered = {}
+        n = 0
+        for sender, parts in found.items():
+            entries = [(e[0], e[1], e[2], spool) for spool, part in parts for e in part]
+            entries.sort(key=lambda e: e[0])
+            newest, seen = [], set()
+            for e in reversed(entries):  # the window's last ``size`` distinct ids, oldest first
+                if e[1] not in seen and (sender, e[1]) not in skip:
+                    seen.add(e[1])
+                    newest.append(e)
+                    if len(newest) == self.dedup.size:
+                        break
+            for ts, h, sid, spool in reversed(newest):
+                spool.anchor(sid, sender, self.dedup.add(sender, h, ts))
+            n += len(entries)
+            if n > SLICE:
+                n = 0
+                gevent.sleep(0)
+        for (sender, cid), (home, f) in incomplete.items():
+            self.counters["fanouts_completed"] += 1
+            log.warning("completing the fan-out of group %s message %s from %s that a crash cut short",
+                        f.group[0], cid, sender)
+            pending = self.track(sender, cid, ts=f.ts)
+            done = AllDurable(functools.partial(self.fanned_out, home, sender, cid, pending, f))
+            gid, members = f.group
+            have = {spool for spool in spools if "G" in spool.unfinished.get((sender, cid), ())}
+            parts, lost = self.partition(members)
+            self.copies(gid, sender, cid, group_frame(gid, sender, cid, f.frame), parts, lost, done, have)
+            done.release()
+            for user in members:
                 self.poke(user)
-        spool.recovered = []
 
     # --- messages -------------------------------------------------------------------
 
@@ -85,84 +176,120 @@ class Router:
         if self.blocks.blocks(to, sender):
             # WhatsApp's single tick forever: acked as sent, never queued (docs/PROTOCOL.md, "Blocking").
             self.counters["blocked"] += 1
-            pending = self.track(sender, cid, to, durable=True, ts=int(time.time() * 1000))
-            return self.reply(pid, self._sent(ref, cid, pending.ts))
-        pending = self.track(sender, cid, to, waiter=(pid, ref))
+            ts = int(time.time() * 1000)
+            self.dedup.add(sender, digest(cid), ts)
+            return self.reply(pid, self._sent(ref, cid, ts))
+        pending = self.track(sender, cid, waiter=(pid, ref))
         frame = {"type": "msg", "from": sender, "id": cid, "body": body}
         try:
-            item = self.offd.spool(to).put(to, "msg", frame, sender=sender, cid=cid,
-                                           on_durable=lambda err: self.durable(sender, cid, pending, err))
+            spool = self.offd.spool(to)
+            item = spool.put(to, "msg", frame, sender=sender, cid=cid,
+                             on_durable=lambda err: self.durable(sender, cid, pending, err))
         except ShardDown as exc:
-            self.dedup[sender].pop(cid, None)
+            self.pending.pop((sender, cid), None)
             self.counters["shard_down"] += 1
             return self.reply(pid, error_frame(Code.STORE_FAILED, f"{exc}", ref))
         except QueueFull:
-            self.dedup[sender].pop(cid, None)
+            self.pending.pop((sender, cid), None)
             self.counters["queue_full"] += 1
             log.warning("queue of %s is full: refused message %s from %s", to, cid, sender)
             return self.reply(pid, error_frame(Code.QUEUE_FULL, f"{to}'s queue is full", ref))
-        pending.seq, pending.ts = item.seq, item.ts
+        pending.ts, pending.anchor = item.ts, (spool, item)
 
     def retransmit(self, sender, pid, ref, cid):
         """True when ``cid`` was seen from ``sender``: its ✓ is (or will be) sent again, nothing more."""
-        seen = self.dedup.get(sender, {}).get(cid)
-        if seen is None:
-            return False
-        self.counters["retransmits"] += 1
-        if seen.durable:
-            self.reply(pid, self._sent(ref, cid, seen.ts))
-        else:
+        seen = self.pending.get((sender, cid))
+        if seen is not None:
             seen.waiters.append((pid, ref))
+        else:
+            ts = self.dedup.find(sender, digest(cid))
+            if ts is None:
+                return False
+            self.reply(pid, self._sent(ref, cid, ts))
+        self.counters["retransmits"] += 1
         return True
 
-    def track(self, sender, cid, to, waiter=None, durable=False, ts=None):
-        """Remember a new message id in ``sender``'s dedup window; returns its _Pending."""
-        pending = _Pending(to, None, ts, durable)
+    def track(self, sender, cid, waiter=None, ts=None):
+        """A new message id from ``sender`` whose ✓ waits for a write; returns its _Pending."""
+        pending = self.pending[(sender, cid)] = _Pending(ts)
         if waiter is not None:
             pending.waiters.append(waiter)
-        self._remember(sender, cid, pending)
         return pending
 
     def durable(self, sender, cid, pending, err):
-        """The message is stored (err None) or failed: answer everyone waiting for its ✓."""
+        """The message is stored (err None) or failed: answer everyone waiting for its ✓. A stored
+        id enters the dedup window, anchored in the segment of the record that holds it."""
+        if self.pending.get((sender, cid)) is pending:
+            del self.pending[(sender, cid)]
         if err is None:
-            pending.durable = True
+            k = self.dedup.add(sender, digest(cid), pending.ts)
+            if pending.anchor is not None:
+                spool, item = pending.anchor
+                if item.seg is not None:
+                    spool.anchor(item.seg, sender, k)
             frames = [(pid, self._sent(ref, cid, pending.ts)) for pid, ref in pending.waiters]
         else:
-            self.dedup.get(sender, {}).pop(cid, None)
             frames = [(pid, error_frame(Code.STORE_FAILED, "the spool could not store the message; "
                                         "retry later", ref)) for pid, ref in pending.waiters]
         pending.waiters = []
         for pid, frame in frames:
             self.reply(pid, frame)
 
-    def remembered(self, spool, upto):
-        """The durable ids of the dedup window queued on ``spool`` with seq <= ``upto``.
+    # --- groups: a durable fan-out -----------------------------------------------------
 
-        Compaction drops the P records of acked messages, and a restart
-        rebuilds the window from the records it finds: without this, a device
-        retransmitting a message whose ✓ it missed would, after compaction and
-        a restart, have it delivered a second time (tests/test_dedup.py).
-        Carrying exactly the window keeps the spool's share of it as bounded
-        as the window itself. (Group messages, whose ids map to several
-        copies, are not carried.)
-        """
-        for sender, window in self.dedup.items():
-            for cid, p in window.items():
-                if p.durable and p.seq is not None and p.seq <= upto and self.offd.current(p.to) is spool:
-                    yield sender, cid, p.to, p.seq, p.ts
+    def partition(self, users):
+        """``({spool: [user...]}, [(user, exc)...])``: ``users`` by offd shard, and those whose
+        shard is down. Only the first such shard is waited for (runtime.restart_wait): a
+        crash-looping shard must cost a fan-out one wait, not one per member."""
+        parts, lost, waited = {}, [], False
+        for n, user in enumerate(users, 1):
+            try:
+                spool = self.offd.current(user) if waited else self.offd.spool(user)
+                if spool is None:
+                    raise ShardDown(f"the offd shard of {user} is restarting")
+            except ShardDown as exc:
+                waited = True
+                lost.append((user, exc))
+            else:
+                parts.setdefault(spool, []).append(user)
+            if not n % SLICE:
+                gevent.sleep(0)
+        return parts, lost
+
+    def copies(self, gid, sender, cid, template, parts, lost, done, have=()):
+        """Queue a group message's copies: one G record on each spool of ``parts`` (but those in
+        ``have``, which hold theirs), each durability expected by ``done`` (an AllDurable). A
+        member whose shard is down fails the fan-out (the sender hears store_failed)."""
+        for spool, users in parts.items():
+            if spool not in have:
+                spool.put_group([u for u in users if u != sender], gid, sender, cid, template, done.expect())
+        for user, exc in lost[:1]:
+            done.expect()(exc)
+            log.error("group %s message %s not stored for %s: %s", gid, cid, user, exc)
+
+    def fanned_out(self, home, sender, cid, pending, intent, err):
+        """Every G record of a fan-out is written (or one failed): ✓ (or store_failed) to the
+        sender, and the fan-out is closed. A failed fan-out is closed as well: its sender
+        sends it again."""
+        pending.anchor = (home, intent)
+        self._close(sender, cid, self.offd.current(intent.group[0]))
+        self.durable(sender, cid, pending, err)
+
+    def _close(self, sender, cid, home):
+        """Write the E record of fan-out (sender, cid) on ``home`` (the current incarnation of
+        its home shard; None while it restarts: the next start completes the fan-out), after
+        which every shard may drop the fan-out's F and G records."""
+        def closed(err):
+            if err is None:
+                for spool in self.offd.spools:
+                    if spool is not None:
+                        spool.finished((sender, cid))
+        if home is not None:
+            home.done(sender, cid, closed)
 
     @staticmethod
     def _sent(ref, cid, ts):
         return {"type": "sent", "ref": ref, "id": cid, "ts": ts}
-
-    def _remember(self, sender, cid, pending):
-        window = self.dedup.get(sender)
-        if window is None:
-            window = self.dedup[sender] = collections.OrderedDict()
-        window[cid] = pending
-        if len(window) > self.dedup_window:
-            window.popitem(last=False)
 
     # --- receipts ---------------------------------------------------------------------
 
@@ -183,7 +310,7 @@ class Router:
             if item.kind == "msg":
                 by_sender.setdefault((item.sender, None), []).append(item.cid)
             elif item.kind == "gmsg":
-                group = unpack(item.frame)["group"]
+                group = item.group[0] if item.group else unpack(item.frame)["group"]  # older P records
                 by_sender.setdefault((item.sender, group), []).append(item.cid)
         if not by_sender:
             if acked.items:

@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 
-from ..client import BodyTooLarge, Closed, Connection, LoggedInElsewhere, ServerError
+from ..client import BodyTooLarge, Closed, LoggedInElsewhere, ServerError
 from .render import describe, stamp
 
 HELP = """commands:

@@ -243,9 +243,12 @@ def stats(node, who, interval=1.0):
 def reload(node, who, module):
     """Hot-load a module's new code into the node (the operator shell's reload())."""
     try:
-        return Helpers(node).reload(module)
-    except Exception as exc:  # reload refuses with one line; the node keeps the old code
+        report = Helpers(node).reload(module)
+    except Exception as exc:
         raise Refused("reload_failed", f"{type(exc).__name__}: {exc}") from None
+    if not report:  # reload refused the module, or it did not load: the node keeps the old code
+        raise Refused("reload_failed", repr(report))
+    return report
 
 
 @command("status")

@@ -35,10 +35,12 @@ def shard_dir(directory, i):
 class Offd:
     """The offd industry; ``check()`` before the supervisor starts ``children()``."""
 
-    def __init__(self, table, directory, shards, segment_bytes, max_queue, expiry_days, restart_wait=5.0):
+    def __init__(self, table, directory, shards, segment_bytes, max_queue, expiry_days, restart_wait=5.0,
+                 dedup_window=Spool.remember):
         self.dir = directory
         self.options = (segment_bytes, max_queue, expiry_days)
         self.restart_wait = restart_wait
+        self.dedup_window = dedup_window
         self.industry = Industry(table, "offd", shards, OffdShard, (self,),
                                  paths=[shard_dir(directory, i) for i in range(shards)])
         self.on_up = None  # callable(spool, restarted): a shard opened (its recovery is done)
@@ -94,7 +96,9 @@ class OffdShard:
 
     @staticmethod
     def init(proc, slot, offd):
-        spool = Spool(shard_dir(offd.dir, slot.shard), *offd.options).open()
+        spool = Spool(shard_dir(offd.dir, slot.shard), *offd.options)
+        spool.remember = offd.dedup_window
+        spool.open()
         slot.publish(proc.pid, spool)
         if slot.restarts:
             log.warning("offd shard %d restarted: %d items recovered", slot.shard, spool.queued())

@@ -9,9 +9,16 @@ A segment file is a sequence of records::
            ["B", counter]                              sequence base, first in every segment
            ["P", user, seq, ts, kind, sender, cid, frame]  an item queued for ``user``
            ["D", user, upto]                           items of ``user`` with seq <= upto are gone
-           ["I", sender, user, [[cid, seq, ts], ...]]  message ids from ``sender`` to ``user``
-                                                       still deduplicated whose P records
-                                                       compaction dropped (IDS_PER_RECORD at most)
+           ["G", seq, ts, gid, sender, cid, frame, users]  one group message's copy for ``users``
+                                                       (this shard's members): one seq, one
+                                                       frame, each queue a reference to it
+           ["F", seq, ts, gid, sender, cid, body, members]  a group fan-out's intent, on the
+                                                       group's home shard (the shard of gid),
+                                                       durable before any G of it is written
+           ["E", sender, cid]                          that fan-out's G records are all durable
+           ["H", sender, entries]                      dedup window entries compaction carried
+                                                       (dedup.ENTRY bytes each: digest, ts)
+           ["I", sender, user, [[cid, seq, ts], ...]]  (read only: older nodes' carried ids)
 
 The magic lets recovery resynchronise after a damaged record: it keeps every
 intact record and counts the bad ones instead of giving up on the rest of the file.
@@ -26,7 +33,6 @@ from ..protocol import pack
 MAGIC = b"\xa7W"
 HEAD = struct.Struct(">2sII")
 MAX_BODY = 16 * 2 ** 20
-IDS_PER_RECORD = 1000  # keeps an I record far below MAX_BODY
 
 
 def encode(body):
@@ -46,8 +52,20 @@ def delete(user, upto):
     return encode(["D", user, upto])
 
 
-def ids(sender, user, entries):
-    return encode(["I", sender, user, [list(e) for e in entries]])
+def group(seq, ts, gid, sender, cid, frame, users):
+    return encode(["G", seq, ts, gid, sender, cid, frame, users])
+
+
+def intent(seq, ts, gid, sender, cid, body, members):
+    return encode(["F", seq, ts, gid, sender, cid, body, members])
+
+
+def done(sender, cid):
+    return encode(["E", sender, cid])
+
+
+def carried(sender, entries):
+    return encode(["H", sender, entries])
 
 
 def scan(data):

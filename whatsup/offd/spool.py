@@ -21,26 +21,40 @@ they were missing):
   (docs/PROTOCOL.md, "Exactly once on screen"; whatsup/client.py does this).
 
 Deletion is cumulative per user (devices ack "everything up to seq N"), so a
-queue is a deque consumed from the front. Segments are deleted oldest first
-only: a delete record then never outlives the put it cancels. Compaction
-rewrites the few live items of the oldest segment into the active one and
-unlinks it once that rewrite is fsynced.
+queue is a deque consumed from the front, and ``wm[user]`` (the highest seq
+deleted) tells whether a record is still live. A group message's copies on
+one shard are one Item (one seq, one frame, one G record) that every member's
+queue references: a queued group copy costs one deque slot (8 bytes), not a
+frame. Its fan-out is durable in F/G/E records (whatsup/router.py, "Groups").
+
+Maintenance costs O(work done) and yields to the hub between slices of
+``SLICE`` items (no pass may hold the hub more than a few ms): compaction
+rewrites the live records of the non-active segments into the active one
+(walking each queue only as far as items stamped before the active segment)
+and the dedup window entries anchored in them (ranges of ``Dedup`` entry
+numbers per sender, see :meth:`anchor`), then unlinks them once that rewrite
+is fsynced; expiry walks the queues in slices.
 """
 import collections
+import gc
+import itertools
 import logging
 import os
 import time
 
+import gevent
 from gevent.threadpool import ThreadPool
 
 from ..batch import GroupCommitter
 from ..datadir import fsync_dir
+from ..dedup import digest
 from ..protocol import pack
 from . import record
 
 log = logging.getLogger("whatsup.offd")
 SEGMENT = "seg-{:010d}.log"
 SEQ_GAP = 1 << 32  # recovery's counter jump: more than a node stamps between two fsyncs
+SLICE = 200        # items (or senders) maintenance handles between two yields to the hub
 
 
 class QueueFull(Exception):
@@ -48,11 +62,15 @@ class QueueFull(Exception):
 
 
 class Item:
-    __slots__ = ("seq", "ts", "kind", "sender", "cid", "frame", "seg")
+    """A queued item; ``group`` is (gid, users) for a group copy shared by ``users`` (a G
+    record) or a fan-out intent (an F record, kind "fanout", frame the body). ``seg`` is None
+    once a failed write took it back."""
+    __slots__ = ("seq", "ts", "kind", "sender", "cid", "frame", "seg", "group")
 
-    def __init__(self, seq, ts, kind, sender, cid, frame, seg):
+    def __init__(self, seq, ts, kind, sender, cid, frame, seg, group=None):
         self.seq, self.ts, self.kind, self.sender, self.cid, self.frame, self.seg = (
             seq, ts, kind, sender, cid, frame, seg)
+        self.group = group
 
     def __repr__(self):
         return f"<Item {self.kind} seq={self.seq} from={self.sender} id={self.cid}>"
@@ -98,13 +116,15 @@ class Acked:
 
 
 class Segment:
-    __slots__ = ("sid", "size", "live", "base", "moved", "carried")
+    __slots__ = ("sid", "size", "live", "base", "moved", "carried", "ids", "closing")
 
     def __init__(self, sid, size=0, live=0, base=None):
         self.sid, self.size, self.live = sid, size, live
         self.base = base  # the seq counter when it started: items stamped later are in it
         self.moved = 0    # bytes compaction moved into it (live items, carried ids)
         self.carried = 0  # of which carried ids: the next compaction writes them again anyway
+        self.ids = {}     # sender -> [first, last]: dedup entries whose record is in it
+        self.closing = False  # being compacted: new anchors go to the active segment
 
     def __repr__(self):
         return f"<Segment {self.sid} size={self.size} live={self.live}>"
@@ -112,6 +132,7 @@ class Segment:
 
 class Spool:
     """A spool directory. Create, then ``open()`` (recovery), then use from the hub."""
+    remember = 4096  # dedup entries per sender that recovery hands on (session.dedup_window)
 
     def __init__(self, directory, segment_bytes, max_queue, expiry_days):
         self.dir = directory
@@ -120,15 +141,17 @@ class Spool:
         self.expiry = expiry_days * 86400.0
         self.queues = {}
         self.held = {}               # user -> deque of Acked, in ack order
+        self.wm = {}                 # user -> highest seq whose delete record was written
+        self.unfinished = {}         # (sender, cid) -> {"F"/"G": Item}: kept until its fan-out is done
+        self.incomplete = {}         # (sender, cid) -> F Item: recovery found no E (see Router.shard_up)
         self.on_ready = None         # callable(user): a new item for user can be sent
-        # callable(spool, upto) -> (sender, cid, user, seq, ts) of the message ids still to be
-        # deduplicated among those stamped up to seq ``upto``: compaction writes them in an I
-        # record, because it drops the P records a restart rebuilds the dedup window from (the
-        # router's window, see Router.shard_up). None: nothing carried.
+        # callable(sender, first, last) -> packed dedup entries numbered first..last still in the
+        # sender's window (Dedup.entries): compaction writes them in an H record, because it drops
+        # the records a restart rebuilds the window from. None: nothing carried.
         self.carry = None
         self.segments = collections.OrderedDict()  # sid -> Segment, oldest first
         self.counter = 0
-        self.recovered = []          # P records' (sender, cid, user, seq, ts) for dedup rebuild
+        self.recovered = {}          # sender -> [(ts, digest, sid)] oldest first, for the dedup window
         self.stats = collections.Counter()
         self._pool = ThreadPool(1)   # this spool's writer: a native thread owning the fds
         self._fds = {}
@@ -177,8 +200,7 @@ class Spool:
         q = self.queue(user)
         if not force and len(q.items) >= self.max_queue:
             raise QueueFull(user)
-        self.counter += 1
-        seq, ts = self.counter, int(time.time() * 1000)
+        seq, ts = self._stamp()
         if type(frame) is dict:
             frame["seq"], frame["ts"] = seq, ts
             body = pack(frame)
@@ -189,11 +211,72 @@ class Spool:
         q.items.append(item)
         seg.live += 1
         self._append(record.put(user, seq, ts, kind, sender, cid, body),
-                     lambda err: self._durable(user, item, err, on_durable))
+                     lambda err: self._durable((user,), item, err, on_durable))
         self.stats["put"] += 1
         if self.on_ready is not None:
             self.on_ready(user)
         return item
+
+    def put_group(self, users, gid, sender, cid, template, on_durable):
+        """Queue one copy of a group message (``template``, a protocol.Template) for ``users``,
+        all members on this shard: one seq, one frame and one G record shared by their queues.
+        A member whose queue holds max_queue items is skipped. Returns the Item (its
+        ``group[1]`` lists who got it). The record stays until :meth:`finished` even if every
+        member acks it: recovery completes a fan-out from the shards that lack a G record."""
+        seq, ts = self._stamp()
+        seg = self._active
+        here = []
+        item = Item(seq, ts, "gmsg", sender, cid, template.stamp(seq, ts), seg.sid, (gid, here))
+        for user in users:
+            q = self.queue(user)
+            if len(q.items) >= self.max_queue:
+                self.stats["skipped_queue_full"] += 1
+                log.warning("queue of %s is full: group %s message %s skipped for them", user, gid, cid)
+                continue
+            q.items.append(item)
+            here.append(user)
+        seg.live += len(here)
+        self.unfinished.setdefault((sender, cid), {})["G"] = item
+        self._append(record.group(seq, ts, gid, sender, cid, item.frame, here),
+                     lambda err: self._durable(here, item, err, on_durable))
+        self.stats["put"] += len(here)
+        if self.on_ready is not None:
+            for user in here:
+                self.on_ready(user)
+        return item
+
+    def intent(self, gid, sender, cid, body, members, on_durable):
+        """Write a group fan-out's intent (F): the message and every member it goes to."""
+        seq, ts = self._stamp()
+        seg = self._active
+        item = Item(seq, ts, "fanout", sender, cid, body, seg.sid, (gid, list(members)))
+        seg.live += 1
+        self.unfinished.setdefault((sender, cid), {})["F"] = item
+        self._append(record.intent(seq, ts, gid, sender, cid, body, item.group[1]), on_durable)
+        return item
+
+    def done(self, sender, cid, on_durable):
+        """Write that the fan-out of (sender, cid) has every G record durable (E)."""
+        self.incomplete.pop((sender, cid), None)
+        self._append(record.done(sender, cid), on_durable)
+
+    def finished(self, key):
+        """The fan-out ``key`` is done and its E record durable: its records may go."""
+        f = self.unfinished.pop(key, {}).get("F")
+        if f is not None and f.seg is not None:
+            self._forget_refs(f, 1)
+
+    def anchor(self, sid, sender, k):
+        """Dedup entry ``k`` of ``sender`` was made by a record in segment ``sid``: compaction
+        of that segment carries it (to the active one, if ``sid`` is gone or being compacted)."""
+        seg = self.segments.get(sid)
+        if seg is None or seg.closing:
+            seg = self._active
+        r = seg.ids.get(sender)
+        if r is None:
+            seg.ids[sender] = [k, k]
+        else:
+            r[0], r[1] = min(r[0], k), max(r[1], k)
 
     def ack(self, user, upto):
         """The device has every item up to ``upto``: take those it was sent out of the queue.
@@ -227,8 +310,7 @@ class Spool:
         held = self.held.get(acked.user)
         while held and held[0].released:
             items = held.popleft().items
-            self._forget(items)
-            self._append(record.delete(acked.user, items[-1].seq))
+            self._delete(acked.user, items)
         if not held:
             self.held.pop(acked.user, None)
 
@@ -245,6 +327,10 @@ class Spool:
         return items
 
     # --- durability -------------------------------------------------------------
+
+    def _stamp(self):
+        self.counter += 1
+        return self.counter, int(time.time() * 1000)
 
     def _append(self, data, waiter=None, moved=False, carried=False):
         """Hand ``data`` to the writer for the active segment, which rolls once it holds
@@ -263,17 +349,30 @@ class Spool:
         elif seg.size - seg.moved >= self.segment_bytes:
             self._start_segment()
 
-    def _durable(self, user, item, err, on_durable):
-        if err is not None:
-            q = self.queues.get(user)
-            if q is not None and item in q.items:
-                idx = q.items.index(item)
-                del q.items[idx]
-                if idx < q.sent:
-                    q.sent -= 1
-                self._forget([item])
+    def _durable(self, users, item, err, on_durable):
+        if err is not None and item.seg is not None:  # the write was cut off the file again
+            for user in users:
+                q = self.queues.get(user)
+                if q is not None and item in q.items:
+                    idx = q.items.index(item)
+                    del q.items[idx]
+                    if idx < q.sent:
+                        q.sent -= 1
+                    self._forget([item])
+            item.seg = None
         if on_durable is not None:
             on_durable(err)
+
+    def _delete(self, user, items):
+        """``items`` (the front of ``user``'s queue) are gone: write their delete record."""
+        self._forget(items)
+        upto = items[-1].seq
+        self.wm[user] = max(self.wm.get(user, 0), upto)
+        self._append(record.delete(user, upto))
+
+    def _live(self, user, item):
+        """Whether ``user``'s reference to ``item`` must be kept (queued, or acked but held)."""
+        return item.seg is not None and item.seq > self.wm.get(user, 0)
 
     # --- runs on the writer thread ----------------------------------------------------
 
@@ -288,14 +387,17 @@ class Spool:
         return fd
 
     def _write(self, batch):
-        """Append and fsync a batch; on error cut every touched file back and re-raise."""
+        """Append and fsync a batch (one write per file); on error cut every touched file back
+        and re-raise."""
+        chunks = {}
+        for sid, data in batch:
+            chunks.setdefault(sid, []).append(data)
         touched = {}
         try:
-            for sid, data in batch:
+            for sid, parts in chunks.items():
                 fd = self._fd(sid)
-                if sid not in touched:
-                    touched[sid] = os.fstat(fd).st_size
-                os.write(fd, data)  # short writes of regular files only happen on error
+                touched[sid] = os.fstat(fd).st_size
+                os.write(fd, b"".join(parts))  # short writes of regular files only happen on error
             for sid in touched:
                 os.fsync(self._fds[sid])
         except OSError:
@@ -322,10 +424,21 @@ class Spool:
         self._fds.clear()
 
     def _recover(self):
-        """Rebuild the queues from the segment files (writer thread, before serving)."""
+        """Rebuild the queues from the segment files (writer thread, before serving), with
+        the cyclic GC paused: recovery builds a million objects and nothing cyclic, and each
+        full collection it would trigger holds the GIL, the hub's too, for 100-900 ms."""
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            self._replay_segments()
+        finally:
+            if paused:
+                gc.enable()
+
+    def _replay_segments(self):
         sids = sorted(int(n[4:14]) for n in os.listdir(self.dir)
                       if n.startswith("seg-") and n.endswith(".log") and n[4:14].isdigit())
-        found, wm = {}, {}
+        found, wm, fanouts, done, ids = {}, self.wm, {}, set(), {}
         for sid in sids:
             path = self._path(sid)
             with open(path, "rb") as f:
@@ -343,8 +456,8 @@ class Spool:
             self.segments[sid] = Segment(sid, end)
             for rec in records:
                 try:
-                    self._replay(sid, rec, found, wm)
-                except (ValueError, TypeError, IndexError, KeyError) as exc:
+                    self._replay(sid, rec, found, wm, fanouts, done, ids)
+                except (ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
                     # intact bytes, unknown shape (a bug or another version wrote it): skip it
                     self.stats["bad_records"] += 1
                     log.error("offd %s: skipped a record of unexpected shape in %s: %.100r (%s)",
@@ -357,11 +470,23 @@ class Spool:
                 item = by_seq[seq]
                 q.items.append(item)
                 self.segments[item.seg].live += 1
+        for key, f in fanouts.items():
+            if key in done:
+                self.unfinished.pop(key, None)  # its G records here are settled too
+            else:
+                self.incomplete[key] = f
+                self.unfinished.setdefault(key, {})["F"] = f
+                self.segments[f.seg].live += 1
+        for key in done:
+            self.unfinished.pop(key, None)
+        for sender, entries in ids.items():
+            entries.sort()
+            self.recovered[sender] = entries[-self.remember:]
         if sids:
             self.counter += SEQ_GAP
         self.stats["recovered"] = self.queued()
 
-    def _replay(self, sid, rec, found, wm):
+    def _replay(self, sid, rec, found, wm, fanouts, done, ids):
         op = rec[0]
         if op == "B":
             self.counter = max(self.counter, rec[1])
@@ -369,12 +494,33 @@ class Spool:
             _, user, seq, ts, kind, sender, cid, frame = rec
             self.counter = max(self.counter, seq)
             if cid is not None:
-                self.recovered.append((sender, cid, user, seq, ts))
+                ids.setdefault(sender, []).append((ts, digest(cid), sid))
             if seq > wm.get(user, 0):
                 found.setdefault(user, {}).setdefault(seq, Item(seq, ts, kind, sender, cid, frame, sid))
+        elif op == "G":
+            _, seq, ts, gid, sender, cid, frame, users = rec
+            self.counter = max(self.counter, seq)
+            ids.setdefault(sender, []).append((ts, digest(cid), sid))
+            item = self.unfinished.setdefault((sender, cid), {}).setdefault(
+                "G", Item(seq, ts, "gmsg", sender, cid, frame, sid, (gid, users)))
+            for user in users:
+                if seq > wm.get(user, 0):
+                    found.setdefault(user, {}).setdefault(seq, item)
+        elif op == "F":
+            _, seq, ts, gid, sender, cid, body, members = rec
+            self.counter = max(self.counter, seq)
+            ids.setdefault(sender, []).append((ts, digest(cid), sid))
+            fanouts.setdefault((sender, cid), Item(seq, ts, "fanout", sender, cid, body, sid, (gid, members)))
+        elif op == "E":
+            done.add((rec[1], rec[2]))
+        elif op == "H":
+            _, sender, entries = rec
+            ids.setdefault(sender, []).extend(
+                (int.from_bytes(entries[i + 8:i + 16], "big"), entries[i:i + 8], sid)
+                for i in range(0, len(entries), 16))
         elif op == "I":
             _, sender, user, entries = rec
-            self.recovered.extend((sender, cid, user, seq, ts) for cid, seq, ts in entries)
+            ids.setdefault(sender, []).extend((ts, digest(cid), sid) for cid, seq, ts in entries)
         elif op == "D":
             _, user, upto = rec
             wm[user] = max(wm.get(user, 0), upto)
@@ -382,6 +528,8 @@ class Spool:
             if by_seq:
                 for seq in [s for s in by_seq if s <= upto]:
                     del by_seq[seq]
+        else:
+            raise ValueError(f"unknown record type {op!r}")
 
     # --- segments, compaction, expiry -------------------------------------------------
 
@@ -393,10 +541,15 @@ class Spool:
     def _forget(self, items):
         segs = self.segments
         for item in items:
-            segs[item.seg].live -= 1
+            if item.seg is not None:
+                segs[item.seg].live -= 1
+
+    def _forget_refs(self, item, n):
+        self.segments[item.seg].live -= n
 
     def maintain(self):
-        """Expire old items, roll an all-dead active segment, compact the oldest one.
+        """Expire old items, roll an all-dead active segment, compact the others (in slices
+        that yield to the hub).
 
         An all-dead active segment rolls once what compaction would not write again
         (everything but the carried ids: items moved into it that died since count)
@@ -412,58 +565,99 @@ class Spool:
         if self.expiry <= 0:
             return
         cutoff = (time.time() - self.expiry) * 1000
-        for user, q in list(self.queues.items()):
+        users = list(self.queues)
+        for n, user in enumerate(users, 1):
+            if not n % SLICE:
+                gevent.sleep(0)
+            q = self.queues.get(user)
+            if q is None or not q.items or q.items[0].ts >= cutoff:
+                continue
             gone = []
             while q.items and q.items[0].ts < cutoff:
                 gone.append(q.items.popleft())
                 q.sent = max(0, q.sent - 1)
-            if gone:
-                self._forget(gone)
-                self._append(record.delete(user, gone[-1].seq))
-                self.stats["expired"] += len(gone)
-                log.warning("offd: expired %d undelivered item(s) for %s (older than %.0f days)",
-                            len(gone), user, self.expiry / 86400)
+            self._delete(user, gone)
+            self.stats["expired"] += len(gone)
+            log.warning("offd: expired %d undelivered item(s) for %s (older than %.0f days)",
+                        len(gone), user, self.expiry / 86400)
             if not q.items:
                 del self.queues[user]
 
-    def _live(self):
-        """(user, item) for every item whose record must be kept: queued or acked but held."""
-        for user, q in self.queues.items():
-            for item in q.items:
+    def _old_items(self, bound):
+        """(user, item) for every reference stamped up to seq ``bound`` (those that may be in a
+        segment older than the active one): each queue's front, the held acks, the unfinished
+        fan-outs (user None). Yields to the hub every SLICE items."""
+        n = 0
+        for user in list(self.queues):
+            q = self.queues.get(user)
+            if q is None:
+                continue
+            for item in list(itertools.takewhile(lambda i: i.seq <= bound, q.items)):
                 yield user, item
-        for user, held in self.held.items():
-            for acked in held:
+            n += 1
+            if not n % SLICE:
+                gevent.sleep(0)
+        for user, held in list(self.held.items()):
+            for acked in list(held):
                 for item in acked.items:
                     yield user, item
+        for parts in list(self.unfinished.values()):
+            for item in parts.values():
+                yield None, item
 
-    def _carry_ids(self):
-        """Write the ids ``carry`` names into the active segment, grouped by conversation."""
-        by_pair = {}
-        for sender, cid, user, seq, ts in self.carry(self, self._active.base):
-            by_pair.setdefault((sender, user), []).append((cid, seq, ts))
-        for (sender, user), entries in by_pair.items():
-            for i in range(0, len(entries), record.IDS_PER_RECORD):
-                self._append(record.ids(sender, user, entries[i:i + record.IDS_PER_RECORD]), carried=True)
-            self.stats["carried_ids"] += len(entries)
+    def _move(self, user, item):
+        """Rewrite ``item``'s record (for ``user``'s queue, or a shared one) into the active segment."""
+        active = self._active
+        if item.kind == "fanout":
+            gid, members = item.group
+            data, refs = record.intent(item.seq, item.ts, gid, item.sender, item.cid, item.frame, members), 1
+        elif item.group is not None:
+            gid, users = item.group
+            users = [u for u in users if self._live(u, item)]
+            item.group = (gid, users)
+            data, refs = record.group(item.seq, item.ts, gid, item.sender, item.cid, item.frame, users), len(users)
+        else:
+            data, refs = record.put(user, item.seq, item.ts, item.kind, item.sender, item.cid, item.frame), 1
+        self._forget_refs(item, refs)
+        item.seg = active.sid
+        active.live += refs
+        self._append(data, moved=True)
+
+    def _carry_ids(self, old):
+        """Write the dedup entries anchored in the ``old`` segments into the active one."""
+        ranges = {}
+        for seg in old:
+            for sender, (a, b) in seg.ids.items():
+                r = ranges.get(sender)
+                ranges[sender] = [a, b] if r is None else [min(r[0], a), max(r[1], b)]
+        for n, (sender, (a, b)) in enumerate(ranges.items(), 1):
+            entries = self.carry(sender, a, b)
+            if entries:
+                self._append(record.carried(sender, entries), carried=True)
+                self.anchor(self._active.sid, sender, a)
+                self.anchor(self._active.sid, sender, b)
+                self.stats["carried_ids"] += len(entries) // 16
+            if not n % SLICE:
+                gevent.sleep(0)
 
     def _compact(self):
-        """Rewrite the live items of every non-active segment forward, then unlink those segments."""
+        """Rewrite the live records of every non-active segment forward, then unlink those segments."""
         old = [s for s in self.segments.values() if s is not self._active]
         if not old:
             return
+        for seg in old:
+            seg.closing = True
         sids = {s.sid for s in old}
         moved = 0
         if any(s.live for s in old):
-            for user, item in self._live():
-                if item.seg in sids:
-                    self.segments[item.seg].live -= 1
-                    item.seg = self._active.sid
-                    self._active.live += 1
-                    self._append(record.put(user, item.seq, item.ts, item.kind, item.sender,
-                                            item.cid, item.frame), moved=True)
+            for n, (user, item) in enumerate(self._old_items(self._active.base), 1):
+                if item.seg in sids and (user is None or self._live(user, item)):
+                    self._move(user, item)
                     moved += 1
+                if not n % SLICE:
+                    gevent.sleep(0)
         if self.carry is not None:
-            self._carry_ids()
+            self._carry_ids(old)
         for sid in sids:
             del self.segments[sid]
         self.stats["compactions"] += 1

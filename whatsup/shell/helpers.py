@@ -32,6 +32,49 @@ PID_TEXT = re.compile(r"<?(?:(?P<node>[^<>]+)\.)?(?P<n>\d+)>?")
 COLUMNS = ("pid", "kind", "who", "entity", "mailbox", "handled", "restarts", "uptime", "vsn")
 
 
+class Block(dict):
+    """A dict that prints as an aligned key/value block in the shell (nested dicts indented under
+    their key) and stays a dict in code: ``i(pid)["state"]``, ``sorted(stats())``."""
+
+    def __repr__(self):
+        return "\n".join(_block_lines(self, ""))
+
+
+def _block_lines(values, indent):
+    width = max((len(str(k)) for k in values), default=0)
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            yield f"{indent}{key}"
+            yield from _block_lines(value, indent + "  ")
+        else:
+            yield f"{indent}{str(key).ljust(width)}  {_shown(value)}".rstrip()
+
+
+def _shown(value):
+    """A block's value for people: text unquoted, floats to the millisecond, None as "-"."""
+    if value is None:
+        return "-"
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, float):
+        return repr(round(value, 3))
+    return repr(value)
+
+
+class Refused:
+    """What reload() returns when it changed nothing: it shows as its message (no traceback of the
+    shell's own frames), is false, and makes ``whatsup-shell -c`` / ``--reload`` exit 1."""
+
+    def __init__(self, message):
+        self.message = message
+
+    def __repr__(self):
+        return self.message
+
+    def __bool__(self):
+        return False
+
+
 def brief(msg):
     """A mailbox message as the shell shows it: payload bytes by size, secrets hidden, call/system tags named."""
     if type(msg) is not tuple or not msg:
@@ -100,9 +143,9 @@ class Helpers:
     def i(self, pid):
         """Everything about one process: its info, state, last message and mailbox head."""
         proc = self.proc(pid)
-        return {**proc.info(), "state": proc.state, "last_message": brief(proc.last_message),
-                "mailbox_head": self.mailbox(proc, 5), "monitors": len(proc.monitors),
-                "greenlet": proc.greenlet}
+        return Block({**proc.info(), "state": proc.state, "last_message": brief(proc.last_message),
+                      "mailbox_head": self.mailbox(proc, 5), "monitors": len(proc.monitors),
+                      "greenlet": proc.greenlet})
 
     def state(self, pid):
         """The process's live state object (read it here; change it with update())."""
@@ -140,7 +183,7 @@ class Helpers:
         kinds = {}
         for proc in procs:
             kinds[proc.kind] = kinds.get(proc.kind, 0) + 1
-        return {
+        return Block({
             "node": node.table.node, "uptime": round(time.time() - node.started, 1) if node.started else 0.0,
             "connections": kinds.get("session", 0), "online_users": len(node.sm),
             "msgs_in_per_s": round((after[1] - before[1]) / elapsed, 1),
@@ -150,7 +193,7 @@ class Helpers:
                         "p99": percentile(depths, 99), "max": depths[-1] if depths else 0},
             "rss_mb": round(_rss_bytes() / 2 ** 20, 1), "processes": kinds,
             "counters": dict(node.counters), "metrics": metrics.snapshot(node),
-        }
+        })
 
     def _sample(self):
         """(when, msgs routed in, items acked out): the counters stats() turns into rates."""
@@ -226,9 +269,15 @@ class Helpers:
         return f"{proc.pid!r} killed: {reason}"
 
     def reload(self, module, timeout=10.0):
-        """Hot-load ``module``'s new code into the node and its live processes (whatsup.shell.reload)."""
+        """Hot-load ``module``'s new code into the node and its live processes (whatsup.shell.reload).
+
+        A module that does not load, or that reload refuses, changes nothing and gives a false
+        Refused that shows the error in the module's own lines."""
         starters = [f for industry in self.node.registry.industries.values() for f in industry.factories]
-        report = reloading.reload(self.node.table, module, timeout, starters)
+        try:
+            report = reloading.reload(self.node.table, module, timeout, starters)
+        except reloading.ReloadError as exc:
+            return Refused(str(exc))
         self.node.counters["reloads"] += 1
         return report
 
@@ -270,6 +319,8 @@ class Helpers:
             result = eval(code, namespace)
             if result is not None:
                 print(repr(result))
+            if isinstance(result, Refused):
+                print(ERROR_MARK)
         except Exception:
             traceback.print_exc()
             print(ERROR_MARK)

@@ -94,9 +94,18 @@ def _load(name, old):
         detail = "".join(traceback.format_exception_only(exc)).strip()
         log.error("hot reload of %s aborted, the old code keeps running: %s", name, detail)
         raise ReloadError(f"{name} did not load, the old code keeps running everywhere:\n"
-                          f"{''.join(traceback.format_exception(exc))}") from None
+                          f"{_own_frames(exc, spec.origin)}") from None
     _keep_exceptions(name, old, new)
     return new
+
+
+def _own_frames(exc, origin):
+    """The error as the module's author needs it: from the first frame in the module's own file on
+    (the loader's frames above it are noise); a SyntaxError, raised before any, is the error alone."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename != origin:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb)).rstrip()
 
 
 def _keep_exceptions(name, old, new):

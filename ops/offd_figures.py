@@ -1,0 +1,279 @@
+"""Figures of the offd spool and the dedup window: memory per queued group copy and per
+sender's window, the longest hub stall during maintenance, RSS under a big-group flood.
+
+    python3 -m ops.offd_figures copies  [--members 1024 --messages 2000]
+    python3 -m ops.offd_figures dedup   [--senders 10000 --ids 4096]
+    python3 -m ops.offd_figures stall   [--users 10000 --per-user 120]
+    python3 -m ops.offd_figures flood   [--members 1024 --messages 2000]
+
+``copies``, ``dedup`` and ``stall`` run the real Spool and Router in this process (real
+segment files in a temporary directory, the router's collaborators replaced by inert
+stand-ins: no sessions, every user exists); ``stall`` measures the hub's lateness with a
+greenlet that asks to wake every millisecond while maintenance runs, on a young spool and
+again right after a restart (recovery plus the dedup refill). ``flood`` starts a real
+whatsupd (loopback, temporary data dir, stopped at the end) with offline members and
+reports its RSS growth. Each prints one line per figure; all are bounded in time.
+"""
+import argparse
+import gc
+import os
+import resource
+import sys
+import tempfile
+import threading
+import time
+
+import gevent
+
+from whatsup.offd.spool import Spool
+from whatsup.protocol import Template
+from whatsup.router import Router
+from whatsup.watchdog import run_queue_wait
+
+
+def rss_mb(pid="self"):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class _Inert:
+    """The router's collaborators it does not need here: nobody online, everyone exists."""
+
+    def __init__(self, spool):
+        self.spool_ = spool
+        self.industry = [0]
+
+    def spool(self, user):
+        return self.spool_
+
+    current = spool
+
+    @property
+    def spools(self):
+        return [self.spool_]
+
+    def send(self, *a):
+        pass
+
+    notify = send
+
+    @staticmethod
+    def lookup(user):
+        return None
+
+    @staticmethod
+    def exists(user):
+        return True
+
+    @staticmethod
+    def blocks(a, b):
+        return False
+
+
+def router_for(spool, window):
+    inert = _Inert(spool)
+    router = Router(inert, inert, inert, inert, inert, window)
+    router.shard_up(spool, False)
+    return router
+
+
+def copies(args):
+    """RSS per queued group copy: ``messages`` to ``members`` offline members, as Groups queues them."""
+    with tempfile.TemporaryDirectory(prefix="offd-copies-") as d:
+        sp = Spool(d, 64 << 20, 10 ** 7, 30.0).open()
+        members = [f"member{i:04d}" for i in range(args.members)]
+        for u in members:
+            sp.queue(u)
+        before = rss_mb()
+        for n in range(args.messages):
+            t = Template({"type": "msg", "from": "sender", "group": "g0123456789abcdef", "id": f"id-{n:08d}",
+                          "body": "x" * args.body})
+            if hasattr(sp, "put_group"):
+                sp.put_group(members, "g0123456789abcdef", "sender", f"id-{n:08d}", t, None)
+            else:  # the per-member P records of older nodes
+                for u in members:
+                    sp.put(u, "gmsg", t, sender="sender", cid=f"id-{n:08d}")
+            if not n % 50:
+                sp.flush()
+        sp.flush()
+        grown = rss_mb() - before
+        n = args.members * args.messages
+        print(f"copies: {n} queued group copies ({args.messages} msgs x {args.members} members, body "
+              f"{args.body} B): RSS +{grown:.1f} MB = {grown * 2 ** 20 / n:.1f} bytes per copy")
+        sp.close()
+
+
+def dedup(args):
+    """RSS per sender of full dedup windows."""
+    with tempfile.TemporaryDirectory(prefix="offd-dedup-") as d:
+        sp = Spool(d, 64 << 20, 10 ** 7, 30.0).open()
+        router = router_for(sp, args.ids)
+        before = rss_mb()
+        for s in range(args.senders):
+            sender = f"user{s:05d}"
+            for i in range(args.ids):
+                cid = f"{s:05d}-{i:06d}-0123456789abcdef"
+                pending = router.track(sender, cid, ts=1_700_000_000_000 + i) if hasattr(router, "pending") \
+                    else router.track(sender, cid, "someone", durable=True, ts=1_700_000_000_000 + i)
+                if hasattr(router, "pending"):
+                    router.durable(sender, cid, pending, None)
+        grown = rss_mb() - before
+        print(f"dedup: {args.senders} senders x {args.ids} ids: RSS +{grown:.1f} MB = "
+              f"{grown * 2 ** 20 / args.senders / 1024:.1f} KiB per sender with a full window "
+              f"({grown * 2 ** 20 / args.senders / args.ids:.1f} bytes per id)")
+        sp.close()
+
+
+class Lateness:
+    """A greenlet that sleeps 1 ms at a time and keeps the worst overshoot: the hub's longest
+    stall, and the same less the time the hub thread waited for a CPU meanwhile (on a loaded
+    machine the hub also waits on the run queue: whatsup/watchdog.py)."""
+
+    def __init__(self):
+        self.worst = self.blocked = 0.0
+        self.running = True
+        self.tid = threading.get_native_id()
+        self.g = gevent.spawn(self._run)
+
+    def _run(self):
+        while self.running:
+            t, w = time.perf_counter(), run_queue_wait(self.tid) or 0.0
+            gevent.sleep(0.001)
+            late = time.perf_counter() - t - 0.001
+            self.worst = max(self.worst, late)
+            self.blocked = max(self.blocked, late - ((run_queue_wait(self.tid) or 0.0) - w))
+
+    def stop(self):
+        self.running = False
+        self.g.join()
+        return f"{self.worst * 1000:.1f} ms ({self.blocked * 1000:.1f} ms not waiting for a CPU)"
+
+
+def fill(sp, router, users, per_user, acked_share):
+    names = [f"user{i:05d}" for i in range(users)]
+    for r in range(per_user):
+        for i, to in enumerate(names):
+            sender = names[(i * 7 + r) % users]
+            router.message(sender, None, 0, f"{sender}-{to}-{r}", to, "hello there, how are you " * 2)
+        if not r % 10:
+            sp.flush()
+    sp.flush()
+    for to in names:  # each device acks its oldest messages
+        q = sp.queue(to)
+        q.unsent(int(per_user * acked_share))
+        if q.sent:
+            router.acked(to, sp, q.items[q.sent - 1].seq)
+    sp.flush()
+    gevent.sleep(0.2)
+
+
+def timed_maintain(sp):
+    probe = Lateness()
+    t = time.perf_counter()
+    sp.maintain()
+    sp.flush()
+    took = time.perf_counter() - t
+    return probe.stop(), took
+
+
+def stall(args):
+    with tempfile.TemporaryDirectory(prefix="offd-stall-") as d:
+        opts = (args.segment_mb << 20, 10 ** 6, 30.0)
+        sp = Spool(d, *opts).open()
+        router = router_for(sp, args.window)
+        t = time.perf_counter()
+        fill(sp, router, args.users, args.per_user, args.acked)
+        print(f"stall: filled {args.users} users x {args.per_user} msgs in {time.perf_counter() - t:.1f} s; "
+              f"queued {sp.queued()}, segments {len(sp.segments)}, RSS {rss_mb():.0f} MB")
+        worst, took = timed_maintain(sp)
+        print(f"stall: young spool: maintenance pass {took * 1000:.0f} ms, longest hub stall {worst} "
+              f"(moved {sp.stats['compacted_items']}, carried ids {sp.stats['carried_ids']})")
+        worst, took = timed_maintain(sp)
+        print(f"stall: next pass (nothing new): {took * 1000:.0f} ms, longest hub stall {worst}")
+        sp.close()
+        probe = Lateness()
+        t = time.perf_counter()
+        sp = Spool(d, *opts)
+        sp.remember = args.window
+        sp.open()
+        router = router_for(sp, args.window)
+        gc.freeze()  # as whatsupd does once started
+        took = time.perf_counter() - t
+        worst = probe.stop()
+        print(f"stall: restart: recovery + dedup refill {took * 1000:.0f} ms, longest hub stall {worst}; "
+              f"queued {sp.queued()}")
+        worst, took = timed_maintain(sp)  # compacts what recovery found
+        fill(sp, router, args.users, 2, 0.0)
+        worst2, took2 = timed_maintain(sp)
+        print(f"stall: after restart: maintenance passes {took * 1000:.0f} ms, longest hub stall {worst}; "
+              f"after new traffic {took2 * 1000:.0f} ms, longest hub stall {worst2}")
+        sp.close()
+
+
+def flood(args):
+    """A real whatsupd: ``messages`` group messages to ``members`` offline members; its RSS growth."""
+    from whatsup.testing import ServerProcess
+    with tempfile.TemporaryDirectory(prefix="offd-flood-") as d:
+        server = ServerProcess(d).start()
+        try:
+            members = [f"fm{i:04d}" for i in range(args.members - 1)]  # and the flooder
+            with server.client() as c:
+                for u in ["flooder"] + members:
+                    c.register(u, f"pw-{u}")
+            with server.client("flooder") as c:
+                gid = c.group_create("flood", members)
+                time.sleep(1.0)
+                before = rss_mb(server.proc.pid)
+                t, acked, peak = time.monotonic(), 0, before
+                for n in range(args.messages):
+                    c.send_nowait(None, "x" * args.body, group=gid)
+                    while n - acked >= 256:
+                        f = c.recv(30)
+                        if f is None:
+                            raise SystemExit("flood: no ✓ for 30 s")
+                        acked += f["type"] == "sent"
+                    if not n % 100:
+                        peak = max(peak, rss_mb(server.proc.pid))
+                while acked < args.messages:
+                    f = c.recv(60)
+                    if f is None:
+                        break
+                    acked += f["type"] == "sent"
+                took = time.monotonic() - t
+                after = rss_mb(server.proc.pid)
+            print(f"flood: {args.messages} msgs x {args.members}-member group (all offline but the sender) in {took:.1f} s, {acked} ✓: "
+                  f"RSS {before:.0f} -> {after:.0f} MB (peak {max(peak, after):.0f}): +{after - before:.0f} MB")
+        finally:
+            server.stop()
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python3 -m ops.offd_figures", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="what", required=True)
+    c = sub.add_parser("copies", help="RSS per queued group copy")
+    c.add_argument("--members", type=int, default=1024)
+    c.add_argument("--messages", type=int, default=2000)
+    c.add_argument("--body", type=int, default=40)
+    c = sub.add_parser("dedup", help="RSS per sender's dedup window")
+    c.add_argument("--senders", type=int, default=2000)
+    c.add_argument("--ids", type=int, default=4096)
+    c = sub.add_parser("stall", help="longest hub stall during maintenance, young and after a restart")
+    c.add_argument("--users", type=int, default=10000)
+    c.add_argument("--per-user", type=int, default=120)
+    c.add_argument("--acked", type=float, default=0.2, help="share of each queue acked before maintenance")
+    c.add_argument("--window", type=int, default=4096)
+    c.add_argument("--segment-mb", type=int, default=16)
+    c = sub.add_parser("flood", help="a real node's RSS under a big-group flood")
+    c.add_argument("--members", type=int, default=1024)
+    c.add_argument("--messages", type=int, default=2000)
+    c.add_argument("--body", type=int, default=100)
+    args = p.parse_args(argv)
+    resource.setrlimit(resource.RLIMIT_CPU, (1800, 1800))  # bounded, whatever happens
+    {"copies": copies, "dedup": dedup, "stall": stall, "flood": flood}[args.what](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
