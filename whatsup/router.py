@@ -36,6 +36,13 @@ from .runtime import MailboxFull, ProcessDead
 
 log = logging.getLogger("whatsup.router")
 RETRY = 1.0  # seconds between attempts to store a ✓✓ receipt the spool refused
+#: Acked messages remembered per reader (16 bytes each, RAM only): a read may name only those.
+READABLE = 1024
+
+
+def _readable(sender, group, cid):
+    """The digest a reader's acked message is remembered by, for its read receipt."""
+    return digest(f"{sender}\0{group or ''}\0{cid}")
 
 
 def group_frame(gid, sender, cid, body):
@@ -82,6 +89,7 @@ class Router:
         self.offline = offline  # callable(user): an item was queued for a user with no session (push)
         self.blocks = blocks
         self.dedup = Dedup(dedup_window)  # the ids whose ✓ was sent (durable)
+        self.readable = Dedup(READABLE)  # per reader: (sender, group, id) its device acked
         self.pending = {}                 # (sender, cid) -> _Pending: ids whose ✓ waits for a write
         self.counters = collections.Counter()
         self._starting = []               # shards up at node start, until all of them are
@@ -312,6 +320,9 @@ class Router:
             elif item.kind == "gmsg":
                 group = item.group[0] if item.group else unpack(item.frame)["group"]  # older P records
                 by_sender.setdefault((item.sender, group), []).append(item.cid)
+        for (sender, group), ids in by_sender.items():  # what a read of ``user`` may name
+            for cid in ids:
+                self.readable.add(user, _readable(sender, group, cid), 0)
         if not by_sender:
             if acked.items:
                 spool.release(acked)
@@ -363,21 +374,10 @@ class Router:
 
     def undelivered(self, reader, sender, ids, group=None):
         """The ids among ``ids`` that ``reader`` may not call read: a read names only messages
-        ``sender`` sent among its last session.dedup_window ids, either to ``reader``, whose
-        device acked them (an item leaves the queue only when acked, so a seq below the
-        queue's first is delivered; a restarting shard verifies nothing), or to ``group``
-        (a group copy's own seq is not kept: only where it went is checked). Otherwise anyone
-        could tell a sender "read by" about messages they never got (issue 11)."""
-        window = self.dedup.get(sender, {})
-        spool = self.offd.current(reader)
-        q = spool.queues.get(reader) if spool is not None else None
-        first = q.items[0].seq if q is not None and len(q.items) else None
-
-        def delivered(p):
-            return (p.to == reader and p.seq is not None and spool is not None
-                    and (first is None or p.seq < first))
-        return [i for i in ids if (p := window.get(i)) is None
-                or not (delivered(p) or (group is not None and p.to == group))]
+        from ``sender`` (in ``group``) that ``reader``'s device acked, among its last READABLE
+        acked messages since the node started. Otherwise anyone could tell a sender "read by"
+        about messages they never got (issue 11)."""
+        return [i for i in ids if self.readable.find(reader, _readable(sender, group, i)) is None]
 
     def _receipt(self, user, to, status, ids, on_durable=None, group=None, force=True):
         frame = {"type": "receipt", "from": user, "status": status, "ids": ids}
