@@ -116,10 +116,8 @@ def dedup(args):
             sender = f"user{s:05d}"
             for i in range(args.ids):
                 cid = f"{s:05d}-{i:06d}-0123456789abcdef"
-                pending = router.track(sender, cid, ts=1_700_000_000_000 + i) if hasattr(router, "pending") \
-                    else router.track(sender, cid, "someone", durable=True, ts=1_700_000_000_000 + i)
-                if hasattr(router, "pending"):
-                    router.durable(sender, cid, pending, None)
+                pending = router.track(sender, cid, "someone", ts=1_700_000_000_000 + i)
+                router.durable(sender, cid, pending, None)
         grown = rss_mb() - before
         print(f"dedup: {args.senders} senders x {args.ids} ids: RSS +{grown:.1f} MB = "
               f"{grown * 2 ** 20 / args.senders / 1024:.1f} KiB per sender with a full window "

@@ -1,15 +1,16 @@
-"""The dedup window's I/O-free core (whatsup/dedup.py): 16 bytes an id, bounded per sender."""
+"""The dedup window's I/O-free core (whatsup/dedup.py): 24 bytes an id, bounded per sender."""
 from whatsup.dedup import ENTRY, Dedup, digest, unpack_entries
 
 
 def test_an_id_is_found_with_its_ts_until_size_newer_ids_push_it_out():
     d = Dedup(4)
     for n in range(4):
-        d.add("ann", digest(f"m{n}"), 1000 + n)
-    assert [d.find("ann", digest(f"m{n}")) for n in range(4)] == [1000, 1001, 1002, 1003]
-    d.add("ann", digest("m4"), 1004)
-    assert d.find("ann", digest("m0")) is None and d.find("ann", digest("m4")) == 1004
-    assert d.find("bob", digest("m1")) is None  # windows are per sender
+        d.add("ann", digest("bob", f"m{n}"), 1000 + n)
+    assert [d.find("ann", digest("bob", f"m{n}")) for n in range(4)] == [(1000, 0), (1001, 0), (1002, 0), (1003, 0)]
+    d.add("ann", digest("bob", "m4"), 1004, seq=77)
+    assert d.find("ann", digest("bob", "m0")) is None and d.find("ann", digest("bob", "m4")) == (1004, 77)
+    assert d.find("bob", digest("bob", "m1")) is None  # windows are per sender
+    assert d.find("ann", digest("cid", "m1")) is None  # and an id is known with where it went
     assert len(d.rings["ann"].buf) == 4 * ENTRY  # never more than size entries
 
 
@@ -22,8 +23,8 @@ def test_a_digest_matching_across_two_entries_is_not_taken_for_an_id():
 
 def test_entries_by_number_wrap_around_the_ring_and_skip_what_left_the_window():
     d = Dedup(3)
-    ks = [d.add("ann", digest(f"m{n}"), n) for n in range(5)]
+    ks = [d.add("ann", digest("bob", f"m{n}"), n) for n in range(5)]
     assert ks == [0, 1, 2, 3, 4]
-    assert [ts for _, ts in unpack_entries(d.entries("ann", 0, 4))] == [2, 3, 4]  # 0 and 1 are gone
-    assert [ts for _, ts in unpack_entries(d.entries("ann", 3, 3))] == [3]
+    assert [ts for _, ts, _ in unpack_entries(d.entries("ann", 0, 4))] == [2, 3, 4]  # 0 and 1 are gone
+    assert [ts for _, ts, _ in unpack_entries(d.entries("ann", 3, 3))] == [3]
     assert d.entries("ann", 0, 1) == b"" and d.entries("nobody", 0, 9) == b""

@@ -37,7 +37,7 @@ def test_items_survive_a_reopen_in_order_and_acked_ones_are_gone(tmp_path):
     sp.close()
     sp = spool(tmp_path)
     assert bodies(sp, "bob") == [f"m{i}" for i in range(4, 10)]
-    assert {h for _, h, _ in sp.recovered["alice"]} >= {digest(f"c{i}") for i in range(10)}
+    assert {h for _, h, _, _ in sp.recovered["alice"]} >= {digest("bob", f"c{i}") for i in range(10)}
     sp.close()
 
 
@@ -197,6 +197,6 @@ def test_a_data_dir_in_the_previous_format_recovers_its_items_and_dedup_ids(tmp_
     (tmp_path / SEGMENT.format(1)).write_bytes(b"".join(old))
     sp = spool(tmp_path)
     assert [(i.seq, i.kind, i.cid) for i in sp.queue("ann").items] == [(1, "gmsg", "g-1"), (2, "msg", "m-1")]
-    assert {h for _, h, _ in sp.recovered["dan"]} == {digest("g-1"), digest("m-1")}
-    assert [h for _, h, _ in sp.recovered["eve"]] == [digest("old-id")]
+    assert {h for _, h, _, _ in sp.recovered["dan"]} == {digest("g9", "g-1"), digest("ann", "m-1")}
+    assert [h for _, h, _, _ in sp.recovered["eve"]] == [digest("ann", "old-id")]
     sp.close()

@@ -175,6 +175,39 @@ def test_messages_to_a_user_on_a_crashing_shard_are_acked_only_when_durable_or_r
     bob.close()
 
 
+def test_group_messages_while_the_groups_home_shard_crashes_arrive_once_each_on_screen(make_server):
+    """The home shard of a group (it holds the fan-out intents) crashes three times under a
+    pipelined stream to 12 members on every shard: each message gets ✓ or store_failed (then
+    it is sent again, same id), and every member shows every message once."""
+    srv = faulty(make_server, {"runtime.restart_wait": 0.0})
+    members = [f"mate{i:02d}" for i in range(12)]
+    srv.register("boss", *members)
+    boss = srv.client("boss")
+    gid = boss.group_create("crashing", members)
+    total, acked, pending = 150, set(), {}
+    for i in range(total):
+        pending[boss.send_nowait(None, f"n{i}", id=f"n{i}", group=gid)["ref"]] = i
+        if i % 50 == 49:
+            inject(srv, f"crash offd {gid}")
+    deadline = time.monotonic() + 60
+    while len(acked) < total and time.monotonic() < deadline:
+        frame = boss.recv(2.0)
+        if frame is None or "ref" not in frame:
+            continue
+        i = pending.pop(frame["ref"])
+        if frame["type"] == "sent":
+            acked.add(i)
+        else:
+            assert frame["code"] == "store_failed"
+            pending[boss.send_nowait(None, f"n{i}", id=f"n{i}", group=gid)["ref"]] = i
+    assert len(acked) == total
+    for m in members:
+        with srv.client(m) as c:  # the client shows a (group, from, id) once, whatever its seqs
+            got = receive(c, total, timeout=30)
+            assert sorted(int(f["body"][1:]) for f in got) == list(range(total)), m
+    boss.close()
+
+
 def test_a_crash_loop_climbs_the_tree_and_stops_the_node(make_server):
     srv = faulty(make_server, {"runtime.max_restarts": 1, "runtime.restart_period": 600.0})
     srv.register("bob")

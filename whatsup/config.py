@@ -29,6 +29,8 @@ SETTINGS = (
     Setting("server.data_dir", str, "", "where accounts and the offd spool live; empty means "
             "$XDG_DATA_HOME/whatsup (~/.local/share/whatsup)"),
     Setting("server.log_level", str, "info", "how much whatsupd logs", choices=("debug", "info", "warning", "error")),
+    Setting("server.log_format", str, "text", "text (for people) or json (one object per line: time, "
+            "level, logger, node, pid, message, and user when a session logged it)"),
     Setting("server.node", str, "whatsup@localhost", "this node's name; pids carry it"),
     Setting("server.max_connections", int, 50_000, "open client connections at most (all listeners); "
             "when full the node stops accepting until one ends", 1),
@@ -67,7 +69,7 @@ SETTINGS = (
     Setting("session.rate_strikes", int, 50, "rate_limited refusals a connection may collect (forgiven "
             "at rate_strikes/10 per second) before it is closed with flooding", 1),
     Setting("session.dedup_window", int, 4096, "client message ids remembered per sender, so a "
-            "retransmission is acked again but not delivered twice (16 bytes each)", 16),
+            "retransmission is acked again but not delivered twice (24 bytes each)", 16),
     Setting("groups.max_members", int, 1024, "members of one group at most (WhatsApp's limit)", 2),
     Setting("groups.sender_budget", int, 1 << 16, "group message copies one sender may have in flight (not yet "
             "answered); over it its session waits (stops reading) until answers come", 1),
@@ -245,6 +247,8 @@ def load(path=None, overrides=None):
         raise ConfigError("accounts.max_password must be at least accounts.min_password")
     if values["mailbox.session"] < values["session.max_inflight"] + 64:
         raise ConfigError("mailbox.session must exceed session.max_inflight by 64 at least")
+    if values["server.log_format"] not in ("text", "json"):
+        raise ConfigError("server.log_format must be text or json")
     if values["accounts.registration"] not in ("open", "invite", "closed"):
         raise ConfigError("accounts.registration must be open, invite or closed")
     if bool(values["tls.listen"]) != bool(values["tls.certfile"] and values["tls.keyfile"]):

@@ -1,30 +1,34 @@
-"""The dedup window: the last ``size`` message ids of each sender, 16 bytes each.
+"""The dedup window: the last ``size`` message ids of each sender, 24 bytes each.
 
 docs/PROTOCOL.md ("Messages and ticks"): a retransmitted id is answered
 ``sent`` again and never queued twice, for the last ``session.dedup_window``
-ids of each sender, across restarts and compaction. A sender's window is a
-ring in one bytearray of (64-bit blake2b digest of the id, ts in ms) entries:
-``size`` × 16 bytes at most (64 KiB for the default 4096), grown as the sender
-writes, plus ~150 bytes of fixed cost. It was an OrderedDict of id -> object
-(~250 bytes an id, 1 MiB a busy sender; RSS grew 161 -> 414 MB under traffic).
+ids of each sender, across restarts and compaction; and a ``read`` may name
+only messages the sender sent to the reader (or the group) and the reader's
+device got. A sender's window is a ring in one bytearray of entries
+(64-bit blake2b digest of destination and id, ts in ms, the copy's seq: 0 for
+a group): ``size`` × 24 bytes at most (96 KiB for the default 4096), grown as
+the sender writes, plus ~150 bytes of fixed cost. It was an OrderedDict of id
+-> object (~350 bytes an id, 1.4 MiB a busy sender; RSS grew 161 -> 414 MB
+under traffic).
 
-A lookup is one ``bytearray.find`` (memmem over at most 64 KiB) plus an
-alignment check. Two different ids share a digest with probability 2**-64, so
-a new message is taken for a retransmission of one of a window's ids with
-probability at most size / 2**64 (about 2e-16 for 4096): it would get ``sent``
-and not be delivered. Entries are numbered (``k``) in the order they were
-added: offd compaction asks for ranges of them to carry (:meth:`Dedup.entries`).
+A lookup is one ``bytearray.find`` (memmem over at most 96 KiB) plus an
+alignment check. Two different (destination, id) pairs share a digest with
+probability 2**-64, so a new message is taken for a retransmission of one of a
+window's ids with probability at most size / 2**64 (about 2e-16 for 4096): it
+would get ``sent`` and not be delivered. Entries are numbered (``k``) in the
+order they were added: offd compaction asks for ranges of them to carry
+(:meth:`Dedup.entries`).
 
 I/O-free: tested directly (tests/test_dedup_window.py).
 """
 import hashlib
 
-ENTRY = 16
+ENTRY = 24
 
 
-def digest(cid):
-    """The 8 bytes a window keeps of message id ``cid``."""
-    return hashlib.blake2b(cid.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+def digest(to, cid):
+    """The 8 bytes a window keeps of message id ``cid`` sent to ``to`` (a user or a group id)."""
+    return hashlib.blake2b(f"{to}\x00{cid}".encode("utf-8", "surrogatepass"), digest_size=8).digest()
 
 
 class Ring:
@@ -55,7 +59,7 @@ class Dedup:
         return sum(len(r.buf) for r in self.rings.values())
 
     def find(self, sender, h):
-        """The ts of digest ``h`` in ``sender``'s window, or None."""
+        """``(ts, seq)`` of digest ``h`` in ``sender``'s window, or None."""
         ring = self.rings.get(sender)
         if ring is None:
             return None
@@ -63,16 +67,17 @@ class Dedup:
         i = buf.find(h)
         while i >= 0:
             if not i % ENTRY:
-                return int.from_bytes(buf[i + 8:i + ENTRY], "big")
+                return int.from_bytes(buf[i + 8:i + 16], "big"), int.from_bytes(buf[i + 16:i + ENTRY], "big")
             i = buf.find(h, i + 1)
         return None
 
-    def add(self, sender, h, ts):
-        """Remember digest ``h`` (ts in ms); returns its ``k``. The oldest entry goes when full."""
+    def add(self, sender, h, ts, seq=0):
+        """Remember digest ``h`` (ts in ms, seq of its copy); returns its ``k``. The oldest
+        entry goes when full."""
         ring = self.rings.get(sender)
         if ring is None:
             ring = self.rings[sender] = Ring()
-        entry = h + ts.to_bytes(8, "big")
+        entry = h + ts.to_bytes(8, "big") + seq.to_bytes(8, "big")
         if len(ring.buf) < self.size * ENTRY:
             ring.buf += entry
         else:
@@ -95,5 +100,8 @@ class Dedup:
 
 
 def unpack_entries(data):
-    """(digest, ts) pairs of packed entries (an offd ``H`` record)."""
-    return [(data[i:i + 8], int.from_bytes(data[i + 8:i + ENTRY], "big")) for i in range(0, len(data), ENTRY)]
+    """(digest, ts, seq) of packed entries (an offd ``H`` record)."""
+    if len(data) % ENTRY:
+        raise ValueError(f"{len(data)} bytes are not a whole number of {ENTRY}-byte entries")
+    return [(data[i:i + 8], int.from_bytes(data[i + 8:i + 16], "big"), int.from_bytes(data[i + 16:i + ENTRY], "big"))
+            for i in range(0, len(data), ENTRY)]

@@ -224,10 +224,10 @@ class Groups:
         for m in batch:
             try:
                 self._alive(group, m.ref)
-                if not self.router.retransmit(m.sender, m.pid, m.ref, m.cid):
+                if not self.router.retransmit(m.sender, m.pid, m.ref, m.cid, group.gid):
                     self._member(group, m.sender, m.ref)
                     # tracked now: a repeat of its id later in the batch is a retransmission
-                    m.pending = self.router.track(m.sender, m.cid, waiter=(m.pid, m.ref))
+                    m.pending = self.router.track(m.sender, m.cid, group.gid, waiter=(m.pid, m.ref))
                     ready.append(m)
                 answers.append(None)
             except ProtocolError as exc:

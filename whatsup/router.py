@@ -28,6 +28,7 @@ import time
 
 import gevent
 
+from . import latency
 from .dedup import Dedup, digest
 from .offd import QueueFull, ShardDown
 from .offd.spool import SLICE
@@ -36,13 +37,6 @@ from .runtime import MailboxFull, ProcessDead
 
 log = logging.getLogger("whatsup.router")
 RETRY = 1.0  # seconds between attempts to store a ✓✓ receipt the spool refused
-#: Acked messages remembered per reader (16 bytes each, RAM only): a read may name only those.
-READABLE = 1024
-
-
-def _readable(sender, group, cid):
-    """The digest a reader's acked message is remembered by, for its read receipt."""
-    return digest(f"{sender}\0{group or ''}\0{cid}")
 
 
 def group_frame(gid, sender, cid, body):
@@ -76,11 +70,12 @@ class AllDurable:
 
 
 class _Pending:
-    """A message id whose ✓ waits for a write: who waits, and the record that will hold it."""
-    __slots__ = ("ts", "waiters", "anchor")
+    """A message id whose ✓ waits for a write: where it goes (a user or a group), who waits,
+    and the record that will hold it."""
+    __slots__ = ("to", "ts", "waiters", "anchor")
 
-    def __init__(self, ts):
-        self.ts, self.waiters, self.anchor = ts, [], None  # anchor: (spool, Item)
+    def __init__(self, to, ts):
+        self.to, self.ts, self.waiters, self.anchor = to, ts, [], None  # anchor: (spool, Item)
 
 
 class Router:
@@ -89,7 +84,6 @@ class Router:
         self.offline = offline  # callable(user): an item was queued for a user with no session (push)
         self.blocks = blocks
         self.dedup = Dedup(dedup_window)  # the ids whose ✓ was sent (durable)
-        self.readable = Dedup(READABLE)  # per reader: (sender, group, id) its device acked
         self.pending = {}                 # (sender, cid) -> _Pending: ids whose ✓ waits for a write
         self.counters = collections.Counter()
         self._starting = []               # shards up at node start, until all of them are
@@ -133,7 +127,7 @@ class Router:
             for key in list(spool.unfinished):
                 if key not in incomplete:
                     spool.finished(key)
-        skip = {(sender, digest(cid)) for sender, cid in incomplete}
+        skip = {(sender, digest(f.group[0], cid)) for (sender, cid), (_, f) in incomplete.items()}
         found = {}  # sender -> [(spool, its entries)]
         for spool in spools:
             for sender, entries in spool.recovered.items():
@@ -141,7 +135,7 @@ class Router:
             spool.recovered = {}
         n = 0
         for sender, parts in found.items():
-            entries = [(e[0], e[1], e[2], spool) for spool, part in parts for e in part]
+            entries = [(*e, spool) for spool, part in parts for e in part]
             entries.sort(key=lambda e: e[0])
             newest, seen = [], set()
             for e in reversed(entries):  # the window's last ``size`` distinct ids, oldest first
@@ -150,8 +144,8 @@ class Router:
                     newest.append(e)
                     if len(newest) == self.dedup.size:
                         break
-            for ts, h, sid, spool in reversed(newest):
-                spool.anchor(sid, sender, self.dedup.add(sender, h, ts))
+            for ts, h, sid, seq, spool in reversed(newest):
+                spool.anchor(sid, sender, self.dedup.add(sender, h, ts, seq))
             n += len(entries)
             if n > SLICE:
                 n = 0
@@ -160,7 +154,7 @@ class Router:
             self.counters["fanouts_completed"] += 1
             log.warning("completing the fan-out of group %s message %s from %s that a crash cut short",
                         f.group[0], cid, sender)
-            pending = self.track(sender, cid, ts=f.ts)
+            pending = self.track(sender, cid, f.group[0], ts=f.ts)
             done = AllDurable(functools.partial(self.fanned_out, home, sender, cid, pending, f))
             gid, members = f.group
             have = {spool for spool in spools if "G" in spool.unfinished.get((sender, cid), ())}
@@ -175,7 +169,7 @@ class Router:
     def message(self, sender, pid, ref, cid, to, body):
         """Route a msg from ``sender`` (its session is ``pid``); the answer goes to ``pid``."""
         self.counters["msg_in"] += 1
-        if self.retransmit(sender, pid, ref, cid):
+        if self.retransmit(sender, pid, ref, cid, to):
             return
         if not self.accounts.exists(to):
             return self.reply(pid, error_frame(Code.UNKNOWN_USER, f"no such user {to!r}", ref))
@@ -185,9 +179,9 @@ class Router:
             # WhatsApp's single tick forever: acked as sent, never queued (docs/PROTOCOL.md, "Blocking").
             self.counters["blocked"] += 1
             ts = int(time.time() * 1000)
-            self.dedup.add(sender, digest(cid), ts)
+            self.dedup.add(sender, digest(to, cid), ts)
             return self.reply(pid, self._sent(ref, cid, ts))
-        pending = self.track(sender, cid, waiter=(pid, ref))
+        pending = self.track(sender, cid, to, waiter=(pid, ref))
         frame = {"type": "msg", "from": sender, "id": cid, "body": body}
         try:
             spool = self.offd.spool(to)
@@ -204,22 +198,24 @@ class Router:
             return self.reply(pid, error_frame(Code.QUEUE_FULL, f"{to}'s queue is full", ref))
         pending.ts, pending.anchor = item.ts, (spool, item)
 
-    def retransmit(self, sender, pid, ref, cid):
-        """True when ``cid`` was seen from ``sender``: its ✓ is (or will be) sent again, nothing more."""
+    def retransmit(self, sender, pid, ref, cid, to):
+        """True when ``cid`` was seen from ``sender`` (to ``to``, a user or a group): its ✓ is
+        (or will be) sent again, nothing more."""
         seen = self.pending.get((sender, cid))
         if seen is not None:
             seen.waiters.append((pid, ref))
         else:
-            ts = self.dedup.find(sender, digest(cid))
-            if ts is None:
+            found = self.dedup.find(sender, digest(to, cid))
+            if found is None:
                 return False
-            self.reply(pid, self._sent(ref, cid, ts))
+            self.reply(pid, self._sent(ref, cid, found[0]))
         self.counters["retransmits"] += 1
         return True
 
-    def track(self, sender, cid, waiter=None, ts=None):
-        """A new message id from ``sender`` whose ✓ waits for a write; returns its _Pending."""
-        pending = self.pending[(sender, cid)] = _Pending(ts)
+    def track(self, sender, cid, to, waiter=None, ts=None):
+        """A new message id from ``sender`` to ``to`` (a user or a group) whose ✓ waits for a
+        write; returns its _Pending."""
+        pending = self.pending[(sender, cid)] = _Pending(to, ts)
         if waiter is not None:
             pending.waiters.append(waiter)
         return pending
@@ -230,11 +226,12 @@ class Router:
         if self.pending.get((sender, cid)) is pending:
             del self.pending[(sender, cid)]
         if err is None:
-            k = self.dedup.add(sender, digest(cid), pending.ts)
-            if pending.anchor is not None:
-                spool, item = pending.anchor
-                if item.seg is not None:
-                    spool.anchor(item.seg, sender, k)
+            latency.SENT.observe(max(0.0, time.time() - pending.ts / 1000.0))
+            spool, item = pending.anchor or (None, None)
+            seq = item.seq if item is not None and item.kind == "msg" else 0  # a group copy's seq is its shard's
+            k = self.dedup.add(sender, digest(pending.to, cid), pending.ts, seq)
+            if item is not None and item.seg is not None:
+                spool.anchor(item.seg, sender, k)
             frames = [(pid, self._sent(ref, cid, pending.ts)) for pid, ref in pending.waiters]
         else:
             frames = [(pid, error_frame(Code.STORE_FAILED, "the spool could not store the message; "
@@ -314,15 +311,14 @@ class Router:
         """
         acked = spool.ack(user, upto)
         by_sender = {}
+        now = time.time()
         for item in acked.items:
+            latency.DELIVERY.observe(max(0.0, now - item.ts / 1000.0))
             if item.kind == "msg":
                 by_sender.setdefault((item.sender, None), []).append(item.cid)
             elif item.kind == "gmsg":
                 group = item.group[0] if item.group else unpack(item.frame)["group"]  # older P records
                 by_sender.setdefault((item.sender, group), []).append(item.cid)
-        for (sender, group), ids in by_sender.items():  # what a read of ``user`` may name
-            for cid in ids:
-                self.readable.add(user, _readable(sender, group, cid), 0)
         if not by_sender:
             if acked.items:
                 spool.release(acked)
@@ -374,10 +370,28 @@ class Router:
 
     def undelivered(self, reader, sender, ids, group=None):
         """The ids among ``ids`` that ``reader`` may not call read: a read names only messages
-        from ``sender`` (in ``group``) that ``reader``'s device acked, among its last READABLE
-        acked messages since the node started. Otherwise anyone could tell a sender "read by"
-        about messages they never got (issue 11)."""
-        return [i for i in ids if self.readable.find(reader, _readable(sender, group, i)) is None]
+        ``sender`` sent among its last session.dedup_window ids (the window's digests cover
+        the destination), either to ``reader``, whose device acked them (an item leaves the
+        queue only when acked, so a seq below the queue's first is delivered; a restarting
+        shard verifies nothing), or to ``group`` (a group copy's own seq is not kept: only
+        where it went is checked). Otherwise anyone could tell a sender "read by" about
+        messages they never got (issue 11)."""
+        spool = self.offd.current(reader)
+        q = spool.queues.get(reader) if spool is not None else None
+        first = q.items[0].seq if q is not None and len(q.items) else None
+        dest = reader if group is None else group
+
+        def delivered(cid):
+            p = self.pending.get((sender, cid))
+            if p is not None and p.to == dest:
+                seq = p.anchor[1].seq if p.anchor is not None else None
+            else:
+                found = self.dedup.find(sender, digest(dest, cid))
+                if found is None:
+                    return False
+                seq = found[1]
+            return group is not None or (seq is not None and spool is not None and (first is None or seq < first))
+        return [i for i in ids if not delivered(i)]
 
     def _receipt(self, user, to, status, ids, on_durable=None, group=None, force=True):
         frame = {"type": "receipt", "from": user, "status": status, "ids": ids}

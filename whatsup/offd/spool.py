@@ -43,11 +43,12 @@ import os
 import time
 
 import gevent
+import msgpack
 from gevent.threadpool import ThreadPool
 
 from ..batch import GroupCommitter
 from ..datadir import fsync_dir
-from ..dedup import digest
+from ..dedup import ENTRY, digest, unpack_entries
 from ..protocol import pack
 from . import record
 
@@ -151,7 +152,7 @@ class Spool:
         self.carry = None
         self.segments = collections.OrderedDict()  # sid -> Segment, oldest first
         self.counter = 0
-        self.recovered = {}          # sender -> [(ts, digest, sid)] oldest first, for the dedup window
+        self.recovered = {}          # sender -> [(ts, digest, sid, seq)] oldest first, for the dedup window
         self.stats = collections.Counter()
         self._pool = ThreadPool(1)   # this spool's writer: a native thread owning the fds
         self._fds = {}
@@ -321,8 +322,7 @@ class Spool:
         if q is None or not q.items:
             return []
         items = list(q.items)
-        self._forget(items)
-        self._append(record.delete(user, items[-1].seq))
+        self._delete(user, items)
         self.stats["purged"] += len(items)
         return items
 
@@ -493,14 +493,16 @@ class Spool:
         elif op == "P":
             _, user, seq, ts, kind, sender, cid, frame = rec
             self.counter = max(self.counter, seq)
-            if cid is not None:
-                ids.setdefault(sender, []).append((ts, digest(cid), sid))
+            if cid is not None and kind != "gmsg":
+                ids.setdefault(sender, []).append((ts, digest(user, cid), sid, seq))
+            elif cid is not None:  # an older node's group copy: the window knows it by group
+                ids.setdefault(sender, []).append((ts, digest(msgpack.unpackb(frame)["group"], cid), sid, 0))
             if seq > wm.get(user, 0):
                 found.setdefault(user, {}).setdefault(seq, Item(seq, ts, kind, sender, cid, frame, sid))
         elif op == "G":
             _, seq, ts, gid, sender, cid, frame, users = rec
             self.counter = max(self.counter, seq)
-            ids.setdefault(sender, []).append((ts, digest(cid), sid))
+            ids.setdefault(sender, []).append((ts, digest(gid, cid), sid, 0))
             item = self.unfinished.setdefault((sender, cid), {}).setdefault(
                 "G", Item(seq, ts, "gmsg", sender, cid, frame, sid, (gid, users)))
             for user in users:
@@ -509,18 +511,16 @@ class Spool:
         elif op == "F":
             _, seq, ts, gid, sender, cid, body, members = rec
             self.counter = max(self.counter, seq)
-            ids.setdefault(sender, []).append((ts, digest(cid), sid))
+            ids.setdefault(sender, []).append((ts, digest(gid, cid), sid, 0))
             fanouts.setdefault((sender, cid), Item(seq, ts, "fanout", sender, cid, body, sid, (gid, members)))
         elif op == "E":
             done.add((rec[1], rec[2]))
         elif op == "H":
             _, sender, entries = rec
-            ids.setdefault(sender, []).extend(
-                (int.from_bytes(entries[i + 8:i + 16], "big"), entries[i:i + 8], sid)
-                for i in range(0, len(entries), 16))
+            ids.setdefault(sender, []).extend((ts, h, sid, seq) for h, ts, seq in unpack_entries(entries))
         elif op == "I":
             _, sender, user, entries = rec
-            ids.setdefault(sender, []).extend((ts, digest(cid), sid) for cid, seq, ts in entries)
+            ids.setdefault(sender, []).extend((ts, digest(user, cid), sid, seq) for cid, seq, ts in entries)
         elif op == "D":
             _, user, upto = rec
             wm[user] = max(wm.get(user, 0), upto)
@@ -636,7 +636,7 @@ class Spool:
                 self._append(record.carried(sender, entries), carried=True)
                 self.anchor(self._active.sid, sender, a)
                 self.anchor(self._active.sid, sender, b)
-                self.stats["carried_ids"] += len(entries) // 16
+                self.stats["carried_ids"] += len(entries) // ENTRY
             if not n % SLICE:
                 gevent.sleep(0)
 
