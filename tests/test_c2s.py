@@ -145,6 +145,7 @@ def test_frames_over_the_rate_cost_strikes_and_no_strikes_left_closes_with_flood
                 assert exc.code == Code.RATE_LIMITED
                 refused += 1
     assert close.value.code == Code.FLOODING and refused == 3  # three strikes; out, it closes
+    assert "too many msg frames" in close.value.message
 
 
 def test_the_rate_refills_with_time():

@@ -19,6 +19,7 @@ from typing import NamedTuple
 from . import protocol
 from .protocol import Code, ProtocolError
 from .ratelimit import FrameBuckets, TokenBucket
+from .runtime.process import FAIR_SHARE
 
 
 class Limits(NamedTuple):
@@ -74,14 +75,16 @@ class Conn:
         self.paused = False        # frames (and reading) stopped at max_inflight
         self.buckets = FrameBuckets(limits.rates, limits.rate_burst, clock)
         self.strikes = None        # a TokenBucket from the first refused frame on
+        self.refused = 0           # frames refused (the adapter logs only the first)
 
     # --- input ------------------------------------------------------------------
 
     def received(self, data):
-        """Bytes from the socket: decode them. A framing error comes last, after the frames
-        before it: they are answered, then it closes the connection (protocol.CLOSING)."""
+        """Bytes from the socket: cut them into frame bodies, FAIR_SHARE at a time (the rest of
+        the read stays in the decoder). A framing error comes last, after the frames before
+        it: they are answered, then it closes the connection (protocol.CLOSING)."""
         self.last_in = self.clock()
-        frames = self.decoder.feed(data)
+        frames = self.decoder.split(data, FAIR_SHARE)
         if self.backlog:
             self.backlog.extend(frames)
         else:
@@ -90,10 +93,16 @@ class Conn:
     def next_frame(self):
         """The next decoded frame (or ProtocolError) to handle, or None: none left, or
         ``max_inflight`` requests await their answers (``paused``: read nothing more)."""
-        if self.backlog and self.inflight < self.limits.max_inflight:
-            self.frames_in += 1
-            return self.backlog.popleft()
-        self.paused = bool(self.backlog)
+        if self.inflight < self.limits.max_inflight:
+            if not self.backlog:
+                more = self.decoder.split(b"", FAIR_SHARE)
+                if more:
+                    self.backlog = collections.deque(more)
+            if self.backlog:
+                self.frames_in += 1
+                frame = self.backlog.popleft()
+                return protocol.decode(frame) if type(frame) is bytes else frame
+        self.paused = bool(self.backlog) or self.decoder.ready()
         if not self.paused:
             self.backlog = ()  # an empty deque holds 600 bytes
         return None
@@ -104,7 +113,7 @@ class Conn:
         before login is rated too; within its rate ``ping`` is always admitted."""
         bucket = self.buckets.get(ftype)
         if bucket is not None and not bucket.take():
-            self._strike(ftype)
+            self.strike(ftype)
             raise ProtocolError(Code.RATE_LIMITED, f"more than {bucket.rate:g} {ftype} frames per "
                                 f"second; slow down", f.get("ref"))
         if ftype == "ping":
@@ -139,11 +148,13 @@ class Conn:
             raise ProtocolError(Code.BODY_TOO_LARGE, f"body of {size} bytes exceeds "
                                 f"max_body {self.limits.max_body}", f["ref"])
 
-    def _strike(self, ftype):
+    def strike(self, what):
+        """A rated frame was refused, or a frame was garbage (decoding garbage costs the hub
+        several times what a valid frame does); out of strikes, Close with ``flooding``."""
         if self.strikes is None:
             self.strikes = TokenBucket(self.limits.rate_strikes / 10.0, self.limits.rate_strikes, self.clock)
         if not self.strikes.take():
-            raise Close(Code.FLOODING, f"too many {ftype} frames over the rate limit")
+            raise Close(Code.FLOODING, f"too many {what} frames refused")
 
     # --- requests in flight ---------------------------------------------------------
 
