@@ -18,7 +18,8 @@ def test_a_burst_coalesces_failures_back_off_and_the_breaker_opens_then_probes()
     assert s.due(1.2) == ["bob", "carol"]
     assert s.failed("bob", 1.2)                       # retry in 2 s
     assert s.pending["bob"][0] == pytest.approx(3.2)
-    s.sent("carol")                                   # a success closes the count of failures
+    s.take("carol")
+    assert not s.sent("carol", 1.3)                   # a success closes the count of failures
     assert s.failures == 0
     assert s.failed("bob", 3.2) and s.pending["bob"][0] == pytest.approx(7.2)  # 4 s
     assert s.failed("bob", 7.2) and s.pending["bob"][0] == pytest.approx(12.2)  # capped at 5 s
@@ -28,8 +29,10 @@ def test_a_burst_coalesces_failures_back_off_and_the_breaker_opens_then_probes()
     assert len(s.due(17.3)) == 1                       # half-open: one probe
     assert not s.failed("bob", 17.3) and "bob" not in s.pending  # 3 retries done: dropped
     assert s.blocked(17.4)
-    s.sent("dave")
-    assert not s.blocked(17.4) and s.pending == {}
+    s.take("dave")
+    s.queued("dave", 17.5)                             # while it was on its way
+    assert s.sent("dave", 17.6)                        # so it is due again, a delay later
+    assert not s.blocked(17.6) and s.pending == {"dave": [18.6, 0, False]}
 
 
 class Gateway:

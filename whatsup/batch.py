@@ -11,6 +11,8 @@ import time
 import gevent
 from gevent.event import Event
 
+from . import latency
+
 log = logging.getLogger("whatsup.batch")
 
 
@@ -20,6 +22,8 @@ class GroupCommitter:
         self.pending, self.waiters = [], []
         self.batches = self.failures = 0
         self.seconds = 0.0
+        store = name.split()[0]  # "offd", "accounts", "table"
+        self._timing, self._sizes = latency.COMMIT.labels(store), latency.COMMIT_SIZE.labels(store)
         self._wake, self._idle = Event(), Event()
         self._idle.set()
         self._loop = gevent.spawn(self._run)
@@ -55,8 +59,11 @@ class GroupCommitter:
                 started = time.monotonic()
                 err = self.pool.apply(_attempt, (self.write, batch))
                 if err is None:
+                    took = time.monotonic() - started
                     self.batches += 1
-                    self.seconds += time.monotonic() - started
+                    self.seconds += took
+                    self._timing.observe(took)
+                    self._sizes.observe(len(batch))
                 else:
                     self.failures += 1
                     log.error("%s: write of %d entries failed: %s", self.name, len(batch), err)

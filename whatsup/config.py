@@ -29,6 +29,8 @@ SETTINGS = (
     Setting("server.data_dir", str, "", "where accounts and the offd spool live; empty means "
             "$XDG_DATA_HOME/whatsup (~/.local/share/whatsup)"),
     Setting("server.log_level", str, "info", "how much whatsupd logs", choices=("debug", "info", "warning", "error")),
+    Setting("server.log_format", str, "text", "text (for people) or json (one object per line: time, "
+            "level, logger, node, pid, message, and user when a session logged it)"),
     Setting("server.node", str, "whatsup@localhost", "this node's name; pids carry it"),
     Setting("server.max_connections", int, 50_000, "open client connections at most (all listeners); "
             "when full the node stops accepting until one ends", 1),
@@ -240,6 +242,8 @@ def load(path=None, overrides=None):
         raise ConfigError("accounts.max_password must be at least accounts.min_password")
     if values["mailbox.session"] < values["session.max_inflight"] + 64:
         raise ConfigError("mailbox.session must exceed session.max_inflight by 64 at least")
+    if values["server.log_format"] not in ("text", "json"):
+        raise ConfigError("server.log_format must be text or json")
     if values["accounts.registration"] not in ("open", "invite", "closed"):
         raise ConfigError("accounts.registration must be open, invite or closed")
     if bool(values["tls.listen"]) != bool(values["tls.certfile"] and values["tls.keyfile"]):

@@ -15,6 +15,8 @@ import logging
 import sys
 import time
 
+from . import logformat
+
 #: Frame types whose fields (all but these) are secrets: a crash report never shows them.
 SECRET_TYPES = frozenset({"login", "register", "password"})
 SHOWN_FIELDS = frozenset({"type", "ref", "user"})
@@ -103,11 +105,12 @@ class Summarizer(logging.Filter):
 _installed = []  # the Summarizer of setup(), for flush()
 
 
-def setup(level, stream=sys.stderr, burst=10, period=10.0):
-    """The node's logging: one stream handler whose records go through a Summarizer."""
+def setup(level, stream=sys.stderr, burst=10, period=10.0, fmt="text", node=None):
+    """The node's logging: one stream handler whose records go through a Summarizer, written as
+    ``fmt`` (server.log_format, whatsup/logformat.py)."""
     summarizer = Summarizer(burst, period)
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(logformat.formatter(fmt, node))
     handler.addFilter(summarizer)
     logging.basicConfig(level=level, handlers=[handler])
     _installed[:] = [summarizer]

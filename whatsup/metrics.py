@@ -16,7 +16,7 @@ import time
 
 from gevent.pywsgi import WSGIServer
 
-from . import address
+from . import address, latency
 from .config import ConfigError
 
 log = logging.getLogger("whatsup.metrics")
@@ -124,8 +124,9 @@ METRICS = (
 
 
 def snapshot(node):
-    """Every metric's current value: name -> number, or label value -> number for labelled ones."""
-    return {m.name: m.get(node) for m in METRICS}
+    """Every metric's current value: name -> number, or label value -> number for labelled ones;
+    under ``latency`` the histograms and process metrics of whatsup.latency."""
+    return {**{m.name: m.get(node) for m in METRICS}, "latency": latency.snapshot()}
 
 
 def render(snap):
@@ -139,7 +140,7 @@ def render(snap):
             lines.append(f"{name} {value}")
         else:
             lines += [f'{name}{{{m.label}="{_escape(k)}"}} {v}' for k, v in sorted(value.items())]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + latency.render(snap.get("latency", {}))
 
 
 def _escape(value):

@@ -13,7 +13,8 @@
     ├── listener   the listening sockets (plain, and TLS if configured); a handler
     │              greenlet becomes a session process
     ├── control    the control socket whatsupctl talks to (whatsup/ctl/)
-    └── push       sends push notifications to the gateway (whatsup/push.py; if push.url)
+    ├── push       sends push notifications to the gateway (whatsup/push.py; if push.url)
+    └── sd_watchdog  ticker: WATCHDOG=1 to systemd (whatsup/sdnotify.py; if WatchdogSec)
 
 Children start in that order, so the stores (with recovery) are open before
 the listener accepts, and stop in the reverse order. A crash restarts the
@@ -40,7 +41,7 @@ import gevent
 from gevent.event import Event
 from gevent.pool import Pool
 
-from . import __version__, logs, metrics, watchdog
+from . import __version__, logformat, logs, metrics, sdnotify, watchdog
 from .accounts import AccountStore
 from .admission import Admission, KnownLogins
 from .address import split as split_address
@@ -233,6 +234,7 @@ class Node:
             log.info("TLS clients on %s:%d", *self.tls_server.address[:2])
         log.info("at most %d connections (server.max_connections, within the open files limit less %d)",
                  self.pool.size, FD_RESERVE)
+        sdnotify.notify("READY=1\nSTATUS=listening on %s:%d\nMAINPID=%d" % (*self.server.address[:2], os.getpid()))
         return self
 
     def _tree(self):
@@ -265,6 +267,10 @@ class Node:
             children.append(Child("control", lambda: self.table.start(ControlServer, self, path, name="control")))
         if self.cfg["push.url"]:
             children.append(Child("push", lambda: self.table.start(PushWorker, self.push, name="push")))
+        interval = sdnotify.watchdog_interval()
+        if interval is not None:  # systemd's WatchdogSec: pings from the hub (a frozen hub stops them)
+            children.append(Child("sd_watchdog", lambda: self.table.start(
+                Ticker, interval, lambda: sdnotify.notify("WATCHDOG=1"), name="sd_watchdog", kind="sd_watchdog")))
         return children
 
     def _social(self):
@@ -302,6 +308,7 @@ class Node:
         """StreamServer handler: this connection's greenlet becomes its session process."""
         proc = Process(self.table, Session, (self, sock, addr), entity=f"{addr[0]}:{addr[1]}",
                        mailbox_max=self.cfg["mailbox." + Session.kind])
+        logformat.mark(proc)  # its log lines can name its user (server.log_format = "json")
         try:
             adopt(self.table, "sessions", proc)
         except ProcessDead:  # the session supervisor is restarting: refuse rather than run unsupervised
@@ -340,6 +347,7 @@ class Node:
             self.stopped.wait()
             return
         self._stopping = True
+        sdnotify.notify("STOPPING=1")
         log.info("stopping: closing %d sessions, flushing offd", len(self.sm))
         try:
             terminate_child(self.table, self.root, "listener")

@@ -49,7 +49,7 @@ class Schedule:
     def __init__(self, delay, backoff, backoff_max, retries, breaker_failures, breaker_cooldown):
         self.delay, self.backoff, self.backoff_max, self.retries = delay, backoff, backoff_max, retries
         self.breaker_failures, self.breaker_cooldown = breaker_failures, breaker_cooldown
-        self.pending = {}        # user -> [when due, attempts made]
+        self.pending = {}        # user -> [when due, attempts made, items queued since it was taken]
         self.failures = 0        # in a row, all devices together (the gateway's health)
         self.open_until = None   # the breaker is open (nothing is sent) until then
 
@@ -59,9 +59,11 @@ class Schedule:
 
     def queued(self, user, now):
         """An item for offline ``user``: True when this starts a notification (wake at ``due``)."""
-        if user in self.pending:
-            return False  # coalesced into the one already waiting
-        self.pending[user] = [now + self.delay, 0]
+        entry = self.pending.get(user)
+        if entry is not None:
+            entry[2] = True  # coalesced into the one waiting (or told again if it is being sent)
+            return False
+        self.pending[user] = [now + self.delay, 0, False]
         return True
 
     def due(self, now):
@@ -69,17 +71,26 @@ class Schedule:
         if self.open_until is not None:
             if self.blocked(now):
                 return []
-            ready = [u for u, (when, _) in self.pending.items() if when <= now]
+            ready = [u for u, entry in self.pending.items() if entry[0] <= now]
             return ready[:1]  # half-open: one attempt decides
-        return [u for u, (when, _) in self.pending.items() if when <= now]
+        return [u for u, entry in self.pending.items() if entry[0] <= now]
+
+    def take(self, user):
+        """``user``'s notification is being sent: what is queued from now on needs another one."""
+        self.pending[user][2] = False
 
     def blocked(self, now):
         """True while the breaker is open and the next probe is not due."""
         return self.open_until is not None and now < self.open_until
 
-    def sent(self, user):
-        self.pending.pop(user, None)
+    def sent(self, user, now):
+        """Success; items queued while it was on its way make a new notification (True)."""
         self.failures, self.open_until = 0, None
+        entry = self.pending.pop(user, None)
+        if entry is not None and entry[2]:
+            self.pending[user] = [now + self.delay, 0, False]
+            return True
+        return False
 
     def dropped(self, user):
         """Nothing to send after all (the user came online, or has only receipts waiting)."""
@@ -104,7 +115,7 @@ class Schedule:
         """When something may be due next (None: nothing pending)."""
         if not self.pending:
             return None
-        earliest = min(when for when, _ in self.pending.values())
+        earliest = min(entry[0] for entry in self.pending.values())
         return max(earliest, self.open_until) if self.open_until is not None else earliest
 
 
@@ -219,13 +230,14 @@ class PushWorker:
 
     @staticmethod
     def _notify(push, state, user):
+        push.schedule.take(user)
         body = push.notification(user)
         if body is None:
             push.schedule.dropped(user)
             return
         status = state["pool"].apply(post, (state["http"], push.url, body, push.timeout))
         if isinstance(status, int) and status < 300:
-            push.schedule.sent(user)
+            push.schedule.sent(user, push.clock())
             push.counters["sent"] += 1
         elif isinstance(status, int) and status < 500:  # the gateway refuses it: retrying will not help
             push.schedule.dropped(user)

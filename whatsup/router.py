@@ -28,6 +28,7 @@ import time
 
 import gevent
 
+from . import latency
 from .dedup import Dedup, digest
 from .offd import QueueFull, ShardDown
 from .offd.spool import SLICE
@@ -225,6 +226,7 @@ class Router:
         if self.pending.get((sender, cid)) is pending:
             del self.pending[(sender, cid)]
         if err is None:
+            latency.SENT.observe(max(0.0, time.time() - pending.ts / 1000.0))
             spool, item = pending.anchor or (None, None)
             seq = item.seq if item is not None and item.kind == "msg" else 0  # a group copy's seq is its shard's
             k = self.dedup.add(sender, digest(pending.to, cid), pending.ts, seq)
@@ -309,7 +311,9 @@ class Router:
         """
         acked = spool.ack(user, upto)
         by_sender = {}
+        now = time.time()
         for item in acked.items:
+            latency.DELIVERY.observe(max(0.0, now - item.ts / 1000.0))
             if item.kind == "msg":
                 by_sender.setdefault((item.sender, None), []).append(item.cid)
             elif item.kind == "gmsg":

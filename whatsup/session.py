@@ -44,7 +44,7 @@ import time
 
 import gevent
 
-from . import protocol
+from . import latency, protocol
 from .accounts import UserTaken
 from .admission import Refused, prefix
 from .runtime.factory import ShardDown
@@ -426,6 +426,7 @@ class Session:
 
     @staticmethod
     def _login(proc, st, f):
+        started = time.monotonic()
         user, ref = f["user"], f["ref"]
         node, ip = st.node, st.addr[0]
         failed = node.failed_logins
@@ -463,6 +464,7 @@ class Session:
             q.sent = 0
         node.counters["logins"] += 1
         Session._send(st, {"type": "ok", "ref": ref, "user": user, "queued": len(q) if q else 0})
+        latency.LOGIN.observe(time.monotonic() - started)
         Session._push(proc, st)
 
     @staticmethod

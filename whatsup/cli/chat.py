@@ -313,7 +313,8 @@ class Chat:
             if self.group is not None:
                 self._members()
         else:
-            text = f"-- disconnected: {detail} (what you type waits)"
+            lost = "disconnected" if self.conn.hello is not None else f"cannot reach {self.conn.server}"
+            text = f"-- {lost}: {detail} (what you type waits)"
             (self.screen.update if self.down else self.screen.show)(text, key="link")
             self.down = True
 
@@ -352,8 +353,13 @@ def run(conn, me, peer, group):
     conn.connect()
     net = threading.Thread(target=chat.run_network, name="chat-network", daemon=True)
     net.start()
-    (_terminal_input if tty else _plain_input)(chat, screen)
-    net.join()
+    try:
+        (_terminal_input if tty else _plain_input)(chat, screen)
+        net.join()
+    except KeyboardInterrupt:  # Ctrl-C while /quit waits for ✓: leave now, and say what is lost
+        left = chat.ticks.waiting()
+        sys.stdout.write(f"\n-- interrupted{f': {left} message(s) without ✓ not sent' if left else ''}\n")
+        return "interrupted"
     return chat.outcome
 
 

@@ -23,7 +23,7 @@ def main(config_path, listen, data_dir, log_level):
     """Run a whatsup node until SIGTERM or SIGINT (exit status 1 if its supervision tree gave up)."""
     cfg = load_config(config_path, {"server.listen": listen, "server.data_dir": data_dir,
                                     "server.log_level": log_level})
-    logs.setup(cfg["server.log_level"].upper())
+    logs.setup(cfg["server.log_level"].upper(), fmt=cfg["server.log_format"], node=cfg["server.node"])
     warn_plaintext(cfg)
     raise_nofile()
     node = Node(cfg)
