@@ -266,8 +266,9 @@ class Router:
         ``have``, which hold theirs), each durability expected by ``done`` (an AllDurable). A
         member whose shard is down fails the fan-out (the sender hears store_failed)."""
         for spool, users in parts.items():
-            if spool not in have:
-                spool.put_group([u for u in users if u != sender], gid, sender, cid, template, done.expect())
+            users = [u for u in users if u != sender]
+            if users and spool not in have:
+                spool.put_group(users, gid, sender, cid, template, done.expect())
         for user, exc in lost[:1]:
             done.expect()(exc)
             log.error("group %s message %s not stored for %s: %s", gid, cid, user, exc)
