@@ -231,11 +231,12 @@ ATTACKS = {"login_storm": LoginStorm, "register_flood": RegisterFlood, "ping_ack
 
 
 def drain(sock, stop, limit=5.0):
-    """Read (and drop) what the server sends until it closes, ``limit`` s pass, or ``stop``."""
-    sock.settimeout(0.2)
+    """Read (and drop) what the server sends until it closes, ``limit`` s pass, or ``stop``
+    (or the socket is closed under it: the ping/ack flood's writer closes it when cut off)."""
     deadline = time.monotonic() + limit
     while not stop.is_set() and time.monotonic() < deadline:
         try:
+            sock.settimeout(0.2)
             if not sock.recv(65536):
                 return
         except socket.timeout:
