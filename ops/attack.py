@@ -42,6 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from whatsup import protocol  # noqa: E402
 from whatsup.client import Client, ServerError  # noqa: E402
+from whatsup.shell.helpers import percentile  # noqa: E402
 from whatsup.testing import BLOCKED, ServerProcess  # noqa: E402
 
 BYSTANDER, LEGIT = "127.1.0.1", "127.2.0.1"
@@ -298,13 +299,6 @@ class Bystanders:
                 return failures
 
 
-def percentile(values, p):
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    return values[min(len(values) - 1, int(p / 100 * len(values)))]
-
-
 def login_time(server, source, user):
     """Seconds a login of ``user`` from ``source`` takes, connection included (busy retried)."""
     t0 = time.monotonic()
@@ -389,6 +383,7 @@ def run_attack(ctx, name, duration, quiet, bystanders):
            "log_mb_min": grown / 2 ** 20 / duration * 60}
     for phase, start, end in zip(("before", "during", "after"), marks, marks[1:]):
         t = bystanders.between(start, end)
+        t.sort()
         row[phase] = (percentile(t, 50) * 1000, percentile(t, 99) * 1000, len(t))
     for when, values in logins.items():
         row["login_" + when] = max(values, key=lambda v: v if isinstance(v, float) else 1e9) if values else None
