@@ -5,10 +5,10 @@ import threading
 
 import pytest
 
-from fakeclock import FakeClock
 from whatsup import protocol
 from whatsup.admission import Admission, KnownLogins, Refused, prefix
 from whatsup.client import Client, ServerError
+from whatsup.testing import FakeClock
 
 
 def test_networks_are_slash_24_for_ipv4_and_slash_56_for_ipv6():

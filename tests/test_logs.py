@@ -2,8 +2,8 @@
 import io
 import logging
 
-from fakeclock import FakeClock
 from whatsup.logs import Summarizer
+from whatsup.testing import FakeClock
 
 
 def logger_with(summarizer):

@@ -1,6 +1,6 @@
 """The token buckets as pure objects with a fake clock: no sockets, no sleeping."""
-from fakeclock import FakeClock
 from whatsup.ratelimit import KeyedLimiter, FrameBuckets, TokenBucket
+from whatsup.testing import FakeClock
 
 
 def test_a_full_bucket_allows_its_burst_then_refuses():
