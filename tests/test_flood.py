@@ -109,3 +109,17 @@ def test_an_ack_flood_is_rate_limited_then_closed(make_server):
     errors = [f["code"] for f in frames if f["type"] == "error"]
     assert errors[-1] == "flooding" and set(errors[:-1]) == {"rate_limited"}
     assert "Traceback" not in server.log()
+
+
+def test_an_address_closed_for_flooding_too_often_gets_no_new_connection_for_a_while(make_server):
+    server = make_server({"ratelimit.ping": 1.0, "session.rate_burst": 1.0, "session.rate_strikes": 2,
+                          "server.flood_closes": 1})
+    with RawConnection(server, source="127.0.0.5") as flood:
+        flood.sock.sendall(protocol.encode({"type": "ping"}) * 50)
+        assert flood.until_closed()[-1]["code"] == "flooding"
+    with RawConnection(server, source="127.0.0.5") as again:
+        again.send({"type": "ping", "ref": 1})
+        assert again.until_closed()[-1]["code"] == "too_many_connections"
+    with RawConnection(server, source="127.0.0.6") as other:  # another address of the network is served
+        other.send({"type": "ping", "ref": 1})
+        assert other.recv(10)["type"] == "pong"

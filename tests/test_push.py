@@ -111,12 +111,17 @@ def test_a_burst_to_an_offline_device_is_one_notification_without_content(make_s
         second = gw.wait(2)[1]
     assert second["token"] == "token-bob" and second["count"] == 7
     assert all(r["token"] == "token-bob" for r in gw.requests)
+    with srv.client("alice") as alice:
+        gid = alice.group_create("team", ["bob"])
+        alice.drain(0.2)
+        alice.send(None, "to the group", group=gid)
+        assert gw.wait(3)[2]["token"] == "token-bob"  # a group copy wakes the offline member too
     with srv.client("bob") as bob:
         bob.request({"type": "push_unregister"})
     with srv.client("alice") as alice:
         alice.send("bob", "after unregister")
         alice.send("carol", "carol is offline now")
-        assert gw.wait(3)[2]["token"] == "token-carol"  # bob's device is not told any more
+        assert gw.wait(4)[3]["token"] == "token-carol"  # bob's device is not told any more
 
 
 def test_content_only_when_the_operator_opts_in(make_server, gateway):

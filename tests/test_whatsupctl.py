@@ -78,7 +78,8 @@ def test_kick_and_set_password_close_the_session(ctl, server):
         assert ctl.json("users", "kick", "bob")["sessions_closed"] == 1
         assert closed_with(bob) == "kicked"
     with server.client("bob") as bob:
-        ctl("users", "set-password", "bob", "--password", "new-password")
+        changed = ctl.json("users", "set-password", "bob", "--password", "new-password")
+        assert changed == {"user": "bob", "sessions_closed": 1}
         assert closed_with(bob) == "password_changed"
     with server.client() as c, pytest.raises(ServerError, match="auth_failed"):
         c.login("bob", "pw-bob")
@@ -115,7 +116,10 @@ def test_an_unregistered_user_is_gone_everywhere(ctl, server):
         bob.drain(0.3)
         alice.send("bob", "queued for bob", id="x2")
         alice.drain(0.3)
-        ctl("users", "unregister", "bob", input="y\n")
+        assert "Delete the account" in ctl("users", "unregister", "bob", input="n\n", code=1).stdout
+        gone = ctl.json("users", "unregister", "bob", "--yes")
+        assert (gone["user"], gone["sessions_closed"], gone["groups_left"]) == ("bob", 1, [gid])
+        assert gone["items_purged"] >= 1  # x2, and the group event of bob leaving
         assert closed_with(bob) == "account_deleted"
         events = [f for f in alice.drain(0.5) if f["type"] == "group_event"]
         assert [(e["event"], e["by"]) for e in events] == [("left", "bob")]

@@ -38,6 +38,9 @@ SETTINGS = (
             "most; more are refused at accept time with too_many_connections", 1),
     Setting("server.unauthenticated_per_ip", int, 64, "connections from one client address not yet "
             "logged in, at most; more are refused at accept time with too_many_connections", 1),
+    Setting("server.flood_closes", int, 3, "connections of one client address closed with flooding "
+            "per minute (10 × this per /24 or /56 network) before its new connections are refused "
+            "with too_many_connections until the count refills; 0 means no limit", 0),
     Setting("server.unauthenticated_per_prefix", int, 256, "connections from one client network "
             "(/24 IPv4, /56 IPv6) not yet logged in, at most; more are refused like the above", 1),
     Setting("tls.listen", str, "", "second address for TLS clients (host:port); empty means no TLS "
@@ -116,6 +119,8 @@ SETTINGS = (
     Setting("accounts.scrypt_n", int, 2 ** 15, "scrypt cost parameter N for password hashes", 2),
     Setting("accounts.hash_threads", int, 2, "password hashers (a gen_factory, least-loaded dispatch), "
             "each with its own native thread, off the hub", 1),
+    Setting("accounts.hash_nice", int, 10, "how much lower the hashers' CPU priority is than the "
+            "hub's (nice increment of their threads): under a login storm the hub keeps a core", 0),
     Setting("accounts.shards", int, 0, "account-store shards, each its own sqlite file and writer "
             "thread; 0 means the count the data dir was written with (4 for a new one); changing it "
             "needs whatsup-reshard", 0),

@@ -17,6 +17,8 @@ Three gates, cheapest first:
   want of one (EMFILE, ENFILE: something else took them), the server stops
   accepting for :data:`ACCEPT_PAUSE` seconds and logs one summarised line
   instead of a traceback per attempt;
+* **flood penalty** — an address (network) whose connections were closed with
+  ``flooding`` too often lately gets none for a while (:meth:`ConnectionGate.flooded`);
 * **TLS handshake deadline** — a TLS connection is wrapped and handshaken in its
   own greenlet within ``protocol.login_timeout``; a client that never finishes
   the handshake costs one pool slot for that long, never a session.
@@ -56,9 +58,10 @@ class ConnectionGate:
     """Open connections per client IP, and those not logged in yet per IP and per network,
     shared by all listeners of a node. Keyed by the (ip, port) of each connection."""
 
-    def __init__(self, per_ip, unauthenticated_per_ip, unauthenticated_per_prefix):
+    def __init__(self, per_ip, unauthenticated_per_ip, unauthenticated_per_prefix, floods=None):
         self.per_ip = per_ip
         self.unauth_per_ip, self.unauth_per_prefix = unauthenticated_per_ip, unauthenticated_per_prefix
+        self.floods = floods  # {"ip": KeyedLimiter, "prefix": KeyedLimiter} of flooding closes
         self.open = collections.Counter()
         self.unauth = collections.Counter()  # ip and network -> connections not logged in
         self.pending = {}  # (ip, port) -> network, while not logged in
@@ -70,6 +73,8 @@ class ConnectionGate:
     def admit(self, addr):
         """Count a new connection in; returns why it is refused, or None."""
         ip, net = addr[0], prefix(addr[0])
+        if self.floods is not None and not (self.floods["ip"].allowed(ip) and self.floods["prefix"].allowed(net)):
+            return "connections from this address or network were closed for flooding lately"
         if self.open[ip] >= self.per_ip:
             return f"at most {self.per_ip} connections per address"
         if self.unauth[ip] >= self.unauth_per_ip:
@@ -81,6 +86,14 @@ class ConnectionGate:
         self.unauth[net] += 1
         self.pending[addr[:2]] = net
         return None
+
+    def flooded(self, addr):
+        """A connection from ``addr`` was closed with flooding: past server.flood_closes of those
+        per address (or 10 × that per network) within a minute, the address (network) gets no
+        new connection until the count refills, so a flooder cannot cycle connections for free."""
+        if self.floods is not None:
+            self.floods["ip"].charge(addr[0])
+            self.floods["prefix"].charge(prefix(addr[0]))
 
     def authenticated(self, addr):
         """The connection from ``addr`` logged in: it no longer counts as unauthenticated."""

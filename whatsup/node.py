@@ -70,6 +70,7 @@ from .sm import SessionManager
 from .tables import TableStore
 
 log = logging.getLogger("whatsup.node")
+FLOOD_WINDOW = 60.0  # seconds over which flooding closes count against an address (server.flood_closes)
 SWEEP = 1.0  # seconds between two sweeps (failed logins, log summaries): work on neither grows with sessions
 
 
@@ -148,7 +149,7 @@ class Node:
             Admission(cfg["accounts.hash_threads"], cfg["auth.max_waiting"], cfg["auth.checks_per_ip"],
                       cfg["auth.checks_per_prefix"], Code.BUSY),
             KnownLogins(cfg["auth.known_logins"], cfg["auth.known_ttl"]),
-            KeyedLimiter(cfg["auth.ip_registrations"], cfg["auth.failure_window"]))
+            KeyedLimiter(cfg["auth.ip_registrations"], cfg["auth.failure_window"]), cfg["accounts.hash_nice"])
         self.offd = Offd(self.table, offd_dir, shard_count(offd_dir, cfg["offd.shards"]),
                          cfg["offd.segment_bytes"], cfg["offd.max_queue"], cfg["offd.expiry_days"], wait,
                          cfg["session.dedup_window"])
@@ -174,7 +175,9 @@ class Node:
             "prefix": KeyedLimiter(cfg["auth.prefix_failures"], cfg["auth.failure_window"])}
         self.pool = Pool(connection_cap(cfg["server.max_connections"]))
         self.gate = ConnectionGate(cfg["server.max_connections_per_ip"], cfg["server.unauthenticated_per_ip"],
-                                   cfg["server.unauthenticated_per_prefix"])
+                                   cfg["server.unauthenticated_per_prefix"], {
+                                       "ip": KeyedLimiter(cfg["server.flood_closes"], FLOOD_WINDOW),
+                                       "prefix": KeyedLimiter(10 * cfg["server.flood_closes"], FLOOD_WINDOW)})
         self.server = self.tls_server = None
         self.root = None
         self.metrics = metrics.Exporter(self, cfg["metrics.listen"])
@@ -320,7 +323,7 @@ class Node:
         """Forget failed logins and registrations that are forgiven; log the summaries of
         repeated log lines that are due. (Sessions are not swept: each keeps its own deadlines in
         ``timers``, so only those that are due are woken.)"""
-        for limiter in (*self.failed_logins.values(), self.accounts.registrations):
+        for limiter in (*self.failed_logins.values(), self.accounts.registrations, *self.gate.floods.values()):
             limiter.prune()
         logs.flush()
 

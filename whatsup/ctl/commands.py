@@ -105,7 +105,7 @@ def _checked(node, user, password):
 
 @command("users.register", changes=True, user=USER, password=(True, str))
 def users_register(node, who, user, password):
-    """Register an account, whatever accounts.registration says."""
+    """Register an account, whatever accounts.registration says (a retired name too)."""
     try:
         node.accounts.register(user, _checked(node, user, password), OPERATOR, limited=False)
     except UserTaken:
