@@ -388,7 +388,8 @@ def _terminal_input(chat, screen):
 
     session = PromptSession(lambda: screen.prompt(), erase_when_done=True)  # the line comes back
     # as the message's own line, with its ticks
-    session.default_buffer.on_text_changed += lambda _buffer: chat.keystroke()
+    session.default_buffer.on_text_changed += lambda buffer: buffer.text and chat.keystroke()  # not
+    # when the buffer empties after a line went out
     screen.app = session.app
 
     def stop():
