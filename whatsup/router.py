@@ -12,8 +12,13 @@ Implements the delivery rules of docs/PROTOCOL.md ("Messages and ticks"):
 * device acks become ``delivered`` receipts and ``read`` frames become
   ``read`` receipts, queued for the original sender the same way;
 * a retransmitted client id is acked again but never queued twice (a bounded
-  per-sender window of recent ids, rebuilt from the spool after a restart;
-  whatsup/groups.py shares it through ``retransmit``/``track``/``durable``);
+  per-sender window of recent ids, whatsup/dedup.py, rebuilt from the spool
+  after a restart; whatsup/groups.py shares it through
+  ``retransmit``/``track``/``durable``);
+* a group message's copies are queued by shard (``partition``, ``copies``: one
+  G record per offd shard) once its intent is durable, and its fan-out is
+  closed (``fanned_out``: ✓, then an E record); at node start a fan-out a crash
+  cut short is completed before anything is served (``shard_up``);
 * a message to a user who blocked the sender is answered ``sent`` and dropped
   (docs/PROTOCOL.md, "Blocking"); group copies (kind ``gmsg``) give receipts
   that carry ``group``.
