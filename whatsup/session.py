@@ -429,6 +429,7 @@ ROUTES = {
     "block_list": ("blocks", "list"),
     "passwd": ("lifecycle", "passwd"),
     "delete_account": ("lifecycle", "delete_account"),
+    "invite_create": ("registration", "invite_create"),
     "push_register": ("push", "register"),
     "push_unregister": ("push", "unregister"),
 }
