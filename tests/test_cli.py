@@ -45,6 +45,14 @@ def test_register_send_and_inbox_with_ticks(cli):
     assert "auth_failed" in cli("inbox", "--as", "bob", "--password", "wrong!!", check=False).stderr
 
 
+def test_watching_presence_leaves_the_inbox_alone(cli):
+    cli("register", "alice")
+    cli("register", "bob")
+    cli("send", "--as", "bob", "alice", "while alice watches")
+    assert "bob" in cli("presence", "--as", "alice", "bob", "--watch", "1").stdout
+    assert "bob: while alice watches" in cli("inbox", "--as", "alice").stdout  # not acked unseen
+
+
 def _reader(proc):
     lines = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()

@@ -233,10 +233,12 @@ class Client:
 
     def read(self, to, ids, group=None):
         """Tell ``to`` that its messages ``ids`` (in ``group``, if given) were read (waits until
-        the server has it)."""
+        the server has it). The acks of what was handed out go first: the server accepts a read
+        only for messages the device acked (``not_delivered``)."""
         frame = {"type": "read", "to": to, "ids": list(ids)}
         if group is not None:
             frame["group"] = group
+        self.flush_acks()
         return self.request(frame)
 
     # --- groups (docs/PROTOCOL.md, "Groups") ----------------------------------------------
@@ -326,6 +328,21 @@ class Client:
                         continue  # shown before under another seq: acked, not shown again
                 return frame
             self.flush_acks()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            self._read_frames(left)
+
+    def notice(self, timeout):
+        """The next frame that is not an item (presence, typing...), or None after ``timeout``.
+        Items stay where they are, unacked, for :meth:`recv` or the device's next login: a
+        command that only watches must not take them from the user's inbox."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for i, frame in enumerate(self.inbox):
+                if frame.get("type") not in PUSHED:
+                    del self.inbox[i]
+                    return frame
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
@@ -624,9 +641,14 @@ class Connection:
         self._retry_later(exc)
 
     def _flush(self):
-        """Send whatever the outbox holds that is not in flight on this connection."""
+        """Send whatever the outbox holds that is not in flight on this connection, after the
+        acks of what was handed out (a read is refused for a message not acked yet)."""
         if self.client is None:
             return
+        try:
+            self.client.flush_acks()
+        except OSError as exc:
+            return self._lost(exc)
         for key, frame in self.outbox.unsent():
             ref = next(self.client._refs)
             if not self._write({**frame, "ref": ref}):

@@ -156,7 +156,7 @@ def presence(ctx, user, password, target, watch):
         click.echo(describe(_call(client.subscribe, target)))
         deadline = time.monotonic() + watch
         while time.monotonic() < deadline:
-            frame = client.recv(deadline - time.monotonic())
+            frame = client.notice(deadline - time.monotonic())
             if frame is not None and frame["type"] == "presence":
                 click.echo(describe(frame))
 
