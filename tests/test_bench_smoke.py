@@ -26,7 +26,7 @@ def test_quick_benchmark_runs_every_scenario_and_writes_the_record(tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "placement:" in run.stdout and "x (b)" in run.stdout
     assert "highest rate with p99" in run.stdout  # the realistic scenario's answer is printed
-    assert "[1/" in run.stdout  # not a terminal: progress comes as lines
+    assert "benchmark: " in run.stdout  # not a terminal: progress comes as lines
     record = json.loads(out.read_text())
     assert {r["scenario"] for r in record["rows"]} == set(SCENARIOS)
     assert {"machine", "versions", "server_settings", "params", "placement"} <= set(record)

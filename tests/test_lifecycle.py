@@ -165,3 +165,20 @@ def test_login_rehashes_a_password_made_with_another_scrypt_cost(make_server):
     assert '"scrypt_n": 1024' in _ctl(srv, "--json", "users", "show", "bob")  # not logged in yet
     with srv.client("alice"):
         pass
+
+
+def test_users_make_single_use_invites_within_their_quota(make_server):
+    srv = make_server({"accounts.registration": "invite", "accounts.user_invites": 1})
+    _ctl(srv, "users", "register", "alice", "--password", "pw-alice")
+    with srv.client("alice") as alice:
+        invite = alice.request({"type": "invite_create"})
+        assert invite["type"] == "ok" and invite["expires"] > 0
+        with pytest.raises(ServerError, match="invite_limit"):  # she holds one valid invite
+            alice.request({"type": "invite_create"})
+        assert _register_code(srv, "bob", invite["token"]) == "ok"
+        assert _register_code(srv, "carol", invite["token"]) == Code.BAD_INVITE  # single use
+        assert alice.request({"type": "invite_create"})["token"] != invite["token"]  # used: room again
+    srv.settings["accounts.user_invites"] = 0  # only the operator makes invites
+    srv.restart()
+    with srv.client("bob") as bob, pytest.raises(ServerError, match="invite_limit"):
+        bob.request({"type": "invite_create"})

@@ -1,13 +1,6 @@
 """The token buckets as pure objects with a fake clock: no sockets, no sleeping."""
 from whatsup.ratelimit import KeyedLimiter, FrameBuckets, TokenBucket
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
+from whatsup.testing import FakeClock
 
 
 def test_a_full_bucket_allows_its_burst_then_refuses():

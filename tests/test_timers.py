@@ -7,11 +7,11 @@ from whatsup.runtime.timers import DeadlineHeap, Timers
 
 def test_only_the_due_entries_are_popped_in_time_order():
     heap = DeadlineHeap()
-    for when, key in [(30.0, "c"), (10.0, "a"), (20.0, "b"), (10.0, "a2")]:
-        heap.push(when, key)
+    for entry in [(30.0, "c"), (10.0, "a2"), (20.0, "b"), (10.0, "a")]:
+        heap.push(entry)
     assert heap.earliest() == 10.0
     assert heap.pop_due(5.0) == []
-    assert heap.pop_due(20.0) == ["a", "a2", "b"]
+    assert heap.pop_due(20.0) == [(10.0, "a"), (10.0, "a2"), (20.0, "b")]
     assert len(heap) == 1 and heap.earliest() == 30.0
 
 

@@ -129,6 +129,9 @@ SETTINGS = (
             "register`)"),
     Setting("accounts.invite_days", float, 7.0, "days an invite stays valid unless `invites create "
             "--days` says otherwise", 0.0),
+    Setting("accounts.user_invites", int, 0, "valid invites one user may hold at once, made with the "
+            "invite_create frame (single-use, accounts.invite_days); 0 means only the operator makes "
+            "invites", 0),
     Setting("accounts.name_reuse_days", float, 30.0, "days a deleted account's name cannot be "
             "registered again; 0 means at once", 0.0),
     Setting("offd.shards", int, 0, "spool shards, each with its own directory and writer thread; "

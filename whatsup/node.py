@@ -163,7 +163,7 @@ class Node:
         self.lifecycle = Lifecycle(self.sm, self.router, self.accounts, self.offd, self.groups, self.blocks,
                                    self.presence, vars(cfg.accounts), cfg["accounts.name_reuse_days"])
         self.registration = Registration(cfg["accounts.registration"], cfg["accounts.invite_days"],
-                                         self.lifecycle.is_retired)
+                                         self.lifecycle.is_retired, cfg["accounts.user_invites"])
         self.offd.on_up = self.router.shard_up
         self.registry = ShardRegistry()
         self.registry.add(self.accounts.industry)

@@ -67,6 +67,7 @@ class Code:
     REGISTRATION_CLOSED = "registration_closed"  # register refused: only the operator registers
     INVITE_REQUIRED = "invite_required"      # register refused: this server needs an invite
     BAD_INVITE = "bad_invite"                # register refused: unknown, used up or expired invite
+    INVITE_LIMIT = "invite_limit"            # invite_create refused: the user holds accounts.user_invites
     BANNED = "banned"                        # login refused, or the live session closed: banned
     KICKED = "kicked"                        # connection closed by the operator
     PASSWORD_CHANGED = "password_changed"    # connection closed: the password changed elsewhere
@@ -378,6 +379,7 @@ SCHEMAS = {
     # accounts
     "passwd": {"ref": (True, _ref), "old": (True, _text), "new": (True, _text)},
     "delete_account": {"ref": (True, _ref), "password": (True, _text)},
+    "invite_create": {"ref": (True, _ref)},
     # push notifications
     "push_register": {"ref": (True, _ref), "kind": (True, _str(1, 32)), "token": (True, _str(1, 4096))},
     "push_unregister": {"ref": (True, _ref)},

@@ -4,7 +4,8 @@
 * ``open``: anyone who reaches the port registers;
 * ``invite``: ``register`` must carry an ``invite`` token made by the operator
   (``whatsupctl invites create``), good for ``uses`` registrations until it
-  expires (``invite_required``, ``bad_invite``);
+  expires (``invite_required``, ``bad_invite``), or by a user (``invite_create``,
+  single-use) who holds fewer than ``accounts.user_invites`` valid ones;
 * ``closed``: only the operator registers users (``registration_closed``).
 
 A retired name (a deleted account's, whatsup/lifecycle.py) is ``user_taken`` in
@@ -25,11 +26,12 @@ MODES = ("open", "invite", "closed")
 
 
 class Registration:
-    def __init__(self, mode, invite_days, retired, clock=time.time):
+    def __init__(self, mode, invite_days, retired, user_invites=0, clock=time.time):
         if mode not in MODES:
             raise ValueError(f"accounts.registration must be one of {', '.join(MODES)}, not {mode!r}")
         self.mode = mode
         self.invite_days = invite_days
+        self.user_invites = user_invites  # valid invites one user may hold at once (0: none)
         self.retired = retired  # callable(user) -> True while the name may not be registered
         self.clock = clock
         self.invites = {}       # token -> {"uses", "used", "expires", "by", "created"}
@@ -68,6 +70,16 @@ class Registration:
             raise
         self._store(token)
         log.info("%s registered with invite %s… (%d/%d used)", user, token[:6], invite["used"], invite["uses"])
+
+    def invite_create(self, user, pid, f):
+        """The ``invite_create`` frame: a single-use invite made by ``user``, within their quota."""
+        now = self.clock()
+        held = sum(1 for i in self.invites.values() if i["by"] == user and i["used"] < i["uses"] and i["expires"] > now)
+        if held >= self.user_invites:
+            raise ProtocolError(Code.INVITE_LIMIT, f"you may hold {self.user_invites} valid invites at once "
+                                f"(accounts.user_invites)", f["ref"])
+        invite = self.create(1, by=user)
+        return {"type": "ok", "ref": f["ref"], "token": invite["token"], "expires": int(invite["expires"] * 1000)}
 
     # --- the operator's verbs ----------------------------------------------------------------
 

@@ -46,6 +46,16 @@ FUZZ_SEEDS = (
 )
 
 
+class FakeClock:
+    """A monotonic clock the test moves by hand (``clock.now += 5``) for the I/O-free cores."""
+
+    def __init__(self, now=1000.0):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
 def render(settings):
     """A TOML document from ``{"section.key": value}``."""
     sections = {}

@@ -5,8 +5,8 @@ Runs whatsup side by side with two baselines — (a) a raw frame forwarder and
 prints a table (throughputs also as a ratio to (b)), the realistic scenario's
 answer ("highest rate with p99 ≤ 20 ms and no growing backlog", whatsup and
 (b)), and writes a JSON file with the machine, the versions, the configuration
-and every figure. Progress goes to the terminal as a bar, or as one line per
-step (and per soak sample) when the output is not a terminal. ``--quick`` is a
+and every figure. Progress goes to the terminal as a bar, or as a line per step
+and per soak sample when it is not a terminal. ``--quick`` is a
 smoke run that fails unless every scenario completes with sane figures.
 """
 import datetime
@@ -16,6 +16,7 @@ import sys
 
 import click
 
+from whatsup.cli.progress import Progress
 from whatsup.testing import FAST
 
 from . import report
@@ -32,40 +33,21 @@ SERVER_SETTINGS = {**FAST, "server.max_connections_per_ip": 50_000, "auth.ip_fai
                    "auth.max_waiting": 50_000, "ratelimit.msg": 1e6, "ratelimit.ack": 1e6}
 
 
-class Progress:
-    """A bar on a terminal; otherwise a line per step and per ``note`` (a log, CI, ``| tee``)."""
+class Steps:
+    """The plan's progress through whatsup.cli.progress (a bar on a terminal, lines otherwise),
+    with the step in hand (or a soak sample) as its label."""
 
     def __init__(self, plan):
         self.plan, self.done = plan, 0
-        self.tty = sys.stdout.isatty()
-        self.bar = None
-
-    def __enter__(self):
-        if self.tty:
-            self.bar = click.progressbar(length=len(self.plan), label="benchmark", show_pos=True,
-                                         item_show_func=lambda _: self._current()).__enter__()
-        else:
-            click.echo(f"benchmark: {len(self.plan)} steps")
-        return self
-
-    def _current(self):
-        return self.plan[self.done] if self.done < len(self.plan) else None
+        self.bar = Progress(sys.stdout, every=0.0)  # off a terminal: a line per note (a few a minute)
 
     def step(self, n=1):
         """``n`` planned steps are done (or skipped)."""
         self.done = min(len(self.plan), self.done + n)
-        if self.bar is not None:
-            self.bar.update(n)
-        elif n:
-            click.echo(f"[{self.done}/{len(self.plan)}] next: {self._current() or 'report'}")
+        self.note(self.plan[self.done] if self.done < len(self.plan) else "report")
 
     def note(self, text):
-        if self.bar is None:
-            click.echo(f"  {text}")
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
+        self.bar.step(f"benchmark: {text}", self.done, len(self.plan))
 
 
 class Context:
@@ -112,12 +94,15 @@ def run(quick, scenarios, users, rates, step_seconds, soak_minutes, soak_rate, o
     plan = [f"{name}: {step}" for name in scenarios for step in SCENARIOS[name].plan(params)]
     rows = []
     started = datetime.datetime.now(datetime.timezone.utc)
-    with Progress(plan) as progress:
-        ctx = Context(params, placement, progress)
+    progress = Steps(plan)
+    ctx = Context(params, placement, progress)
+    try:
         for name in scenarios:
             for row in SCENARIOS[name].run(ctx):
                 rows.append(row)
                 progress.step()
+    finally:
+        progress.bar.close()
     report.add_ratios(rows, ctx.baseline)
     click.echo(report.table(rows, markdown))
     best = report.highest_sustained(rows)

@@ -73,7 +73,8 @@ def _notes(row):
         return f"{cpu}, " + ("sustained" if x["sustained"] else f"NOT sustained (backlog {x['backlog_at_end']})")
     if row["scenario"] == "idle":
         ratio = f" ({x['rss_ratio_b']:g}x b)" if "rss_ratio_b" in x else ""
-        return f"{x['rss_kib_per_conn']:g} KiB/conn{ratio}, {x['logins_per_s']:,} logins/s"
+        return (f"{x['rss_kib_per_conn']:g} KiB/conn{ratio}, {x['logins_per_s']:,} logins/s, "
+                f"idle CPU {x['idle_cpu']:.1%} (over {x['idle_cpu_seconds']:g} s)")
     if row["scenario"] == "reload":
         stall = (f"{x['stall_ms']:g} ms" if x["stall_ms"] is not None else f"none over {x['gap_threshold_ms']:g} ms")
         return (f"{x['disconnects']} disconnects, longest stall around the reload {stall} "

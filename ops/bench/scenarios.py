@@ -156,7 +156,8 @@ class Offline:
 
 
 class Idle:
-    """N idle logged-in connections: server RSS per connection and logins/s, whatsup and baseline (b).
+    """N idle logged-in connections: server RSS per connection, logins/s and the CPU share the server
+    takes over ``idle_seconds`` with all of them idle, whatsup and baseline (b).
 
     Connections log in a batch at a time, so none waits past protocol.login_timeout behind the
     password hashing of thousands of others."""
@@ -182,10 +183,14 @@ class Idle:
                     login += max(a["login_seconds"] for a in answers)
                 time.sleep(0.5)
                 after = rss_kib(target.pid)
+                cpu = cpu_seconds(target.pid)
+                time.sleep(p["idle_seconds"])
+                cpu = (cpu_seconds(target.pid) - cpu) / p["idle_seconds"]
                 yield {"scenario": "idle", "target": target.name, "step": f"{p['idle']:,} conns",
                        "rate": None, "errors": {},
                        "extra": {"rss_kib_per_conn": round((after - before) / p["idle"], 2),
                                  "rss_mib": round(after / 1024, 1), "logins_per_s": round(p["idle"] / login),
+                                 "idle_cpu": round(cpu, 4), "idle_cpu_seconds": p["idle_seconds"],
                                  "load_procs": procs}}
 
 
@@ -442,12 +447,12 @@ REALISTIC = {
 PARAMS = {
     "full": {**REALISTIC["full"], "pairs": 50, "load_procs": 1, "max_tries": 3, "seconds": 3.0, "window": 20, "open_window": 200,
              "ladder": [0.25, 0.5, 0.75, 0.9, 1.0, 1.1], "offline_users": 100, "senders": 20,
-             "spool": 100_000, "spool_window": 200, "drain": 10_000, "idle": 10_000, "conns_per_proc": 5000,
+             "spool": 100_000, "spool_window": 200, "drain": 10_000, "idle": 10_000, "idle_seconds": 20.0, "conns_per_proc": 5000,
              "groups": [256, 1024], "fanout_msgs": 200, "fanout_window": 50, "fanout_lone": 10,
              "conns_per_call": 1000, "reload_sessions": 5000, "reload_rate": 5000, "reload_seconds": 4.0},
     "quick": {**REALISTIC["quick"], "pairs": 10, "load_procs": 1, "max_tries": 1, "seconds": 1.0, "window": 20, "open_window": 200,
               "ladder": [0.5], "offline_users": 10, "senders": 5, "spool": 5000, "spool_window": 100,
-              "drain": 2000, "idle": 400, "conns_per_proc": 200,
+              "drain": 2000, "idle": 400, "idle_seconds": 1.0, "conns_per_proc": 200,
               "groups": [64], "fanout_msgs": 20, "fanout_window": 10, "fanout_lone": 3,
               "conns_per_call": 200, "reload_sessions": 300, "reload_rate": 1000, "reload_seconds": 1.5},
 }

@@ -55,7 +55,7 @@ from . import record
 log = logging.getLogger("whatsup.offd")
 SEGMENT = "seg-{:010d}.log"
 SEQ_GAP = 1 << 32  # recovery's counter jump: more than a node stamps between two fsyncs
-SLICE = 200        # items (or senders) maintenance handles between two yields to the hub
+SLICE = 100        # items (or senders) maintenance handles between two yields to the hub
 
 
 class QueueFull(Exception):
@@ -425,12 +425,14 @@ class Spool:
 
     def _recover(self):
         """Rebuild the queues from the segment files (writer thread, before serving), with
-        the cyclic GC paused: recovery builds a million objects and nothing cyclic, and each
-        full collection it would trigger holds the GIL, the hub's too, for 100-900 ms."""
+        the cyclic GC paused, then frozen: recovery builds a million objects and nothing
+        cyclic, and each full collection it would trigger, during recovery or after it, scans
+        all of them holding the GIL (the hub's too) for 0.1-2 s (ops/offd_figures.py stall)."""
         paused = gc.isenabled()
         gc.disable()
         try:
             self._replay_segments()
+            gc.freeze()
         finally:
             if paused:
                 gc.enable()
@@ -627,9 +629,11 @@ class Spool:
         """Write the dedup entries anchored in the ``old`` segments into the active one."""
         ranges = {}
         for seg in old:
-            for sender, (a, b) in seg.ids.items():
+            for n, (sender, (a, b)) in enumerate(seg.ids.items(), 1):
                 r = ranges.get(sender)
                 ranges[sender] = [a, b] if r is None else [min(r[0], a), max(r[1], b)]
+                if not n % (SLICE * 10):
+                    gevent.sleep(0)
         for n, (sender, (a, b)) in enumerate(ranges.items(), 1):
             entries = self.carry(sender, a, b)
             if entries:

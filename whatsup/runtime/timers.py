@@ -11,10 +11,10 @@ Entries are never cancelled: a process that moved its deadline on (a session
 that received a frame) finds, when the old entry fires, that nothing is due
 yet and schedules the new one. Each process keeps at most a couple of entries
 alive that way. :class:`DeadlineHeap` is the I/O-free part (a fake clock tests
-it); :class:`Timers` arms the hub's timer for it.
+it); :class:`Timers` arms the hub's timer for it. An entry is one flat tuple
+(10,000 sessions each hold one while idle: idle memory per connection counts).
 """
 import heapq
-import itertools
 import time
 
 import gevent
@@ -27,17 +27,17 @@ SLACK = 0.05
 
 
 class DeadlineHeap:
-    """(when, key) entries; ``pop_due(now)`` takes those due by ``now``, in time order."""
+    """Entries are tuples ``(when, ...)`` whose other fields compare (they break ties);
+    ``pop_due(now)`` takes those due by ``now``, in time order."""
 
     def __init__(self):
         self._heap = []
-        self._order = itertools.count()  # ties keep their order; keys never get compared
 
     def __len__(self):
         return len(self._heap)
 
-    def push(self, when, key):
-        heapq.heappush(self._heap, (when, next(self._order), key))
+    def push(self, entry):
+        heapq.heappush(self._heap, entry)
 
     def earliest(self):
         return self._heap[0][0] if self._heap else None
@@ -45,7 +45,7 @@ class DeadlineHeap:
     def pop_due(self, now):
         heap, due = self._heap, []
         while heap and heap[0][0] <= now:
-            due.append(heapq.heappop(heap)[2])
+            due.append(heapq.heappop(heap))
         return due
 
 
@@ -64,7 +64,7 @@ class Timers:
 
     def notify_at(self, when, pid, msg):
         """Notify ``pid`` with ``msg`` at monotonic time ``when`` (or soon after, within SLACK)."""
-        self.heap.push(when, (pid, msg))
+        self.heap.push((when, pid, msg))
         if self._armed_for is None or when < self._armed_for:
             self._arm(when)
 
@@ -78,7 +78,7 @@ class Timers:
     def _fire(self):
         """Runs on the hub: notify what is due, re-arm for the rest; never raises."""
         self._armed_for = None
-        for pid, msg in self.heap.pop_due(self.clock()):
+        for _, pid, msg in self.heap.pop_due(self.clock()):
             self.fired += 1
             try:
                 self.table.notify(pid, msg)

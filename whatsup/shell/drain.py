@@ -10,7 +10,7 @@ the process takes it. For a session (see whatsup/session.py) that is:
     put back at the end of the mailbox. On it the session sends its whole
     queue up to the flow-control window; nothing is lost. (Pokes are
     coalesced when sent, ProcessTable.notify, so there is one at most.)
-``("tick", now)``
+``("tick",)``
     a deadline may be due (node.timers); only one matters: one is kept (the last).
     (Coalesced when sent too.)
 
