@@ -166,17 +166,25 @@ class Client:
         """Send a request with a fresh ``ref`` and wait for the answer to it."""
         ref = frame["ref"] = next(self._refs)
         self.send_frame(frame)
-        deadline = time.monotonic() + (timeout or self.timeout)
+        f = self._take(lambda f: f.get("ref") == ref, timeout or self.timeout)
+        if f is None:
+            raise TimeoutError(f"no answer to {frame['type']} (ref {ref})")
+        if f.get("type") == "error":
+            raise ServerError(f)
+        return f
+
+    def _take(self, wanted, timeout):
+        """The first received frame that ``wanted`` accepts, out of the inbox (the others stay
+        there, in order); None after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
         while True:
             for i, f in enumerate(self.inbox):
-                if f.get("ref") == ref:
+                if wanted(f):
                     del self.inbox[i]
-                    if f.get("type") == "error":
-                        raise ServerError(f)
                     return f
             left = deadline - time.monotonic()
             if left <= 0:
-                raise TimeoutError(f"no answer to {frame['type']} (ref {ref})")
+                return None
             self._read_frames(left)
 
     # --- account ------------------------------------------------------------------
@@ -337,16 +345,7 @@ class Client:
         """The next frame that is not an item (presence, typing...), or None after ``timeout``.
         Items stay where they are, unacked, for :meth:`recv` or the device's next login: a
         command that only watches must not take them from the user's inbox."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for i, frame in enumerate(self.inbox):
-                if frame.get("type") not in PUSHED:
-                    del self.inbox[i]
-                    return frame
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            self._read_frames(left)
+        return self._take(lambda f: f.get("type") not in PUSHED, timeout)
 
     def drain(self, idle=0.5):
         """Everything pushed until nothing more arrives for ``idle`` seconds."""
