@@ -8,14 +8,7 @@ import pytest
 from whatsup import protocol
 from whatsup.admission import Admission, KnownLogins, Refused, prefix
 from whatsup.client import Client, ServerError
-
-
-class Clock:
-    def __init__(self):
-        self.now = 100.0
-
-    def __call__(self):
-        return self.now
+from whatsup.testing import FakeClock
 
 
 def test_networks_are_slash_24_for_ipv4_and_slash_56_for_ipv6():
@@ -44,7 +37,7 @@ def test_admission_refuses_at_once_past_each_bound_with_a_retry_after():
 
 
 def test_waiting_checks_are_served_round_robin_by_network_and_a_cancelled_one_frees_its_place():
-    clock = Clock()
+    clock = FakeClock()
     adm = Admission(workers=1, max_waiting=100, per_ip=100, per_prefix=100, clock=clock)
     running = adm.enter("10.0.0.1")
     flood = [adm.enter(f"10.0.0.{i}") for i in range(2, 12)]
@@ -62,7 +55,7 @@ def test_waiting_checks_are_served_round_robin_by_network_and_a_cancelled_one_fr
 
 
 def test_known_logins_let_the_last_good_password_in_until_it_expires_or_is_forgotten():
-    clock = Clock()
+    clock = FakeClock()
     known = KnownLogins(size=2, ttl=60.0, clock=clock)
     known.remember("alice", "pw-alice")
     assert known.check("alice", "pw-alice") and not known.check("alice", "pw-wrong")

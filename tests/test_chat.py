@@ -101,6 +101,24 @@ def test_a_connection_keeps_what_is_sent_during_an_outage_and_delivers_it_once(s
     assert not conn.connected
 
 
+def test_what_a_connection_could_not_send_is_sent_by_the_next_run_once(server, tmp_path):
+    server.register("alice", "bob")
+    fast = dict(backoff=Backoff(first=0.05, cap=0.2), state_dir=str(tmp_path / "state"))
+    first = Connection(server.server, "alice", "pw-alice", **fast)
+    assert first.connect()
+    server.kill()
+    assert first.recv(0.3) is None and not first.connected
+    first.send("bob", "typed while the server was down", id="later-1")
+    first.close()  # the run ends with the message still in its outbox
+    server.start()
+    again = Connection(server.server, "alice", "pw-alice", **fast)
+    assert again.connect()
+    assert again.recv(10)["id"] == "later-1" and len(again.outbox) == 0
+    again.close()
+    with server.client("bob", seen=Seen(size=0)) as bob:
+        assert [f["id"] for f in bob.drain(1.0) if f["type"] == "msg"] == ["later-1"]
+
+
 # --- whatsup chat under a pty ---------------------------------------------------------------
 
 class Terminal:

@@ -5,6 +5,7 @@ any copy is queued; recovery completes a fan-out a crash cut short; the dedup wi
 answers ✓ for a message whose fan-out is not fully durable; a retransmission after
 compaction and a restart is recognised for groups as for 1:1.
 """
+import os
 import random
 import threading
 import time
@@ -13,6 +14,8 @@ import pytest
 
 from social import register_many, restart_after_compaction, take
 from whatsup.client import Closed
+from whatsup.offd import record, shard_of
+from whatsup.router import group_frame
 
 MEMBERS = 200
 TRIALS = 10
@@ -107,3 +110,35 @@ def test_a_group_retransmission_after_compaction_and_a_restart_is_acked_but_not_
     for user in ("bob", "carol"):
         with srv.client(user) as c:
             assert [f["id"] for f in c.drain(1.0) if f["type"] == "msg"] == []
+
+
+def test_a_fan_out_whose_intent_is_on_disk_but_a_shard_has_no_copy_is_completed_at_start(make_server):
+    """The state a kill -9 leaves between the intent's fsync and the copies': F and the home
+    shard's G on disk, nothing for the other shard's members. The node completes the fan-out
+    before serving; the sender's retransmission gets ✓ and nobody gets a second copy."""
+    srv = make_server({"offd.shards": 2})
+    members = [f"cm{i}" for i in range(8)]
+    srv.register("sender", *members)
+    with srv.client("sender") as c:
+        gid = c.group_create("cut", members)
+    for m in members:  # each takes its "created" event now
+        with srv.client(m) as c:
+            take(c, 1, ("group_event",))
+    srv.stop()
+    home = shard_of(gid, 2)
+    here = [m for m in members if shard_of(m, 2) == home]
+    assert here and len(here) < len(members), "the members must live on both shards"
+    seq, ts = 1 << 40, int(time.time() * 1000)
+    frame = group_frame(gid, "sender", "cut-1", "half fanned out").stamp(seq + 1, ts)
+    directory = os.path.join(srv.data_dir, "offd", f"shard-{home:03d}")
+    last = max(n for n in os.listdir(directory) if n.startswith("seg-"))
+    with open(os.path.join(directory, last), "ab") as f:
+        f.write(record.intent(seq, ts, gid, "sender", "cut-1", "half fanned out", members)
+                + record.group(seq + 1, ts, gid, "sender", "cut-1", frame, here))
+    srv.start()
+    assert "completing the fan-out of group" in srv.log()
+    with srv.client("sender") as c:
+        assert c.send(None, "half fanned out", id="cut-1", group=gid)["type"] == "sent"
+    for m in members:
+        with srv.client(m, seen=EveryCopy()) as c:
+            assert [f["id"] for f in c.drain(0.5) if f["type"] == "msg"] == ["cut-1"], m

@@ -3,14 +3,7 @@ import io
 import logging
 
 from whatsup.logs import Summarizer
-
-
-class Clock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
+from whatsup.testing import FakeClock
 
 
 def logger_with(summarizer):
@@ -25,7 +18,7 @@ def logger_with(summarizer):
 
 
 def test_repeated_lines_past_the_burst_are_held_back_and_summarised_once_the_period_ends():
-    clock = Clock()
+    clock = FakeClock()
     summarizer = Summarizer(burst=3, period=10.0, clock=clock)
     log, out = logger_with(summarizer)
     for i in range(1000):
@@ -43,12 +36,12 @@ def test_repeated_lines_past_the_burst_are_held_back_and_summarised_once_the_per
 
 
 def test_a_kind_that_comes_back_after_its_period_is_logged_again_after_its_summary():
-    clock = Clock()
+    clock = FakeClock()
     summarizer = Summarizer(burst=2, period=10.0, clock=clock)
     log, out = logger_with(summarizer)
     for _ in range(5):
         log.warning("flood %d", 1)
-    clock.now = 11.0
+    clock.now += 11.0
     log.warning("flood %d", 2)
     assert out.getvalue().splitlines() == ["flood 1", "flood 1", "3 more like this in the last 10 s: flood 1",
                                            "flood 2"]

@@ -492,15 +492,12 @@ class Connection:
         Raises BodyTooLarge at once for a body over the server's max_body."""
         check_body(body, self.hello)
         frame = {"type": "msg", "id": id or uuid.uuid4().hex, "body": body, **_address(to, group)}
-        self.outbox.add(frame["id"], frame)
-        self._flush()
+        self._queue(frame)
         return frame["id"]
 
     def read(self, to, ids, group=None):
         """Queue a read receipt for ``to``'s messages ``ids``; it goes out like a message."""
-        frame = {"type": "read", "to": to, "ids": list(ids), **({"group": group} if group else {})}
-        self.outbox.add(("read", to, group, tuple(ids)), frame)
-        self._flush()
+        self._queue({"type": "read", "to": to, "ids": list(ids), **({"group": group} if group else {})})
 
     def typing(self, to=None, group=None, state="typing"):
         """A typing indicator, now or never (it is transient: not worth an outbox)."""
@@ -557,7 +554,7 @@ class Connection:
                 continue
             frame = self._sort(frame)
             if frame is not None:
-                if frame.get("type") in PUSHED:
+                if frame.get("type") in PUSHED or frame.get("type") == "sent":
                     self._save()
                 return frame
 
@@ -616,7 +613,8 @@ class Connection:
             client.seen = self.seen
         elif self.state_dir is not None:
             self.state = ClientState(node, self.user, self.state_dir)
-            self.state.load(client)
+            for frame in self.state.load(client):  # what an earlier run could not send
+                self.outbox.add(_outbox_key(frame), frame)
 
     def _retry_later(self, exc):
         delay = self.backoff.next()
@@ -638,6 +636,12 @@ class Connection:
         if error is not None and error.get("code") == "replaced":
             raise LoggedInElsewhere("logged in elsewhere", error)
         self._retry_later(exc)
+
+    def _queue(self, frame):
+        """A request for the outbox: kept (on disk too, once the data dir is known), sent if we can."""
+        self.outbox.add(_outbox_key(frame), frame)
+        self._save()
+        self._flush()
 
     def _flush(self):
         """Send whatever the outbox holds that is not in flight on this connection, after the
@@ -675,12 +679,20 @@ class Connection:
             self._lost(exc)
 
     def _save(self, client=None):
-        client = client or self.client
-        if self.state is not None and client is not None:
+        """Keep the device's state where the next run finds it: last seq and seen from the live
+        client, or as the last one left them (``_drop``), and the outbox."""
+        if self.state is not None:
             try:
-                self.state.save(client)
+                self.state.save(client or self.client or self, self.outbox.frames.values())
             except OSError:
                 pass  # the device then shows again, once, what it got after its last save
+
+
+def _outbox_key(frame):
+    """A message is known by its id; a read receipt by what it says."""
+    if frame["type"] == "msg":
+        return frame["id"]
+    return ("read", frame["to"], frame.get("group"), tuple(frame["ids"]))
 
 
 def _why(exc):
@@ -694,7 +706,8 @@ def _why(exc):
 
 class ClientState:
     """What a device keeps between CLI runs for one user of one data dir: the last
-    delivered seq and the keys of the messages it has shown."""
+    delivered seq, the keys of the messages it has shown, and the requests of its
+    outbox that had no answer yet (sent again, same ids, by the next run)."""
     KEEP = 2000
 
     def __init__(self, node_id, user, directory=None):
@@ -706,18 +719,20 @@ class ClientState:
         return os.path.join(base, "whatsup")
 
     def load(self, client):
-        """Give ``client`` the saved last seq and seen keys."""
+        """Give ``client`` the saved last seq and seen keys; returns the saved outbox frames."""
         try:
             with open(self.path) as f:
                 saved = json.load(f)
             client.last_seq = client.acked_seq = int(saved.get("last_seq", 0))
             client.seen = Seen(saved.get("seen", []))
-        except (OSError, ValueError, TypeError):
-            pass
+            return [f for f in saved.get("outbox", []) if isinstance(f, dict) and f.get("type") in ("msg", "read")]
+        except (OSError, ValueError, TypeError, AttributeError):
+            return []
 
-    def save(self, client):
+    def save(self, client, outbox=()):
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:
-            json.dump({"last_seq": client.last_seq, "seen": list(client.seen)[-self.KEEP:]}, f)
+            json.dump({"last_seq": client.last_seq, "seen": list(client.seen)[-self.KEEP:],
+                       "outbox": list(outbox)}, f)
         os.replace(tmp, self.path)

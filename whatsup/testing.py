@@ -236,7 +236,14 @@ class Bystander(threading.Thread):
         super().__init__(name="bystander", daemon=True)
         self.srv, self.users, self.interval = srv, (sender, receiver), interval
         self.exchanged, self.failures = 0, []
-        self._halt = threading.Event()
+        self._halt, self._chatting = threading.Event(), threading.Event()
+
+    def start(self, timeout=60):
+        """Start chatting and return once the first message went through (or the chat failed):
+        whatever hammers the node next runs entirely while the bystanders chat, however long
+        their logins take on a loaded machine."""
+        super().start()
+        self._chatting.wait(timeout)
 
     def run(self):
         sender, receiver = self.users
@@ -253,10 +260,13 @@ class Bystander(threading.Thread):
                         self.failures.append(f"message {n}: got {got!r}")
                         return
                     self.exchanged += 1
+                    self._chatting.set()
                     while a.recv(0) is not None:  # ✓✓ receipts: read and acked
                         pass
         except Exception as exc:  # whatever it is, the fuzzed node hurt a bystander
             self.failures.append(repr(exc))
+        finally:
+            self._chatting.set()
 
     def stop(self):
         self._halt.set()

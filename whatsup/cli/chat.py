@@ -246,13 +246,19 @@ class Chat:
                                               time.monotonic() - self.quitting > LINGER):
                 left = self.ticks.waiting()
                 if left:
-                    self.screen.show(f"-- {left} message(s) still without ✓: not sent")
+                    self.screen.show(f"-- {left} message(s) still without ✓: {self.fate()}")
                 self.outcome = self.outcome or "quit"
                 return
             frame = conn.recv(0.1)
             if frame is not None:
                 self.handle(frame)
             self._expire_typing()
+
+    def fate(self):
+        """What becomes of the messages still in the outbox when the chat ends."""
+        if self.conn.state is not None:  # saved with the device's state
+            return f"kept, they go out the next time {self.me} chats"
+        return "not sent (the server was never reached)"
 
     def _command(self, command):
         kind = command[0]
@@ -310,6 +316,9 @@ class Chat:
         if event == "connected":
             self.screen.update(f"-- {'reconnected' if self.down else 'connected'} to {detail}", key="link")
             self.down = False
+            earlier = [k for k in self.conn.outbox.frames if isinstance(k, str) and k not in self.ticks.mine]
+            if earlier:
+                self.screen.show(f"-- sending {len(earlier)} message(s) typed in an earlier chat")
             if self.group is not None:
                 self._members()
         else:
@@ -358,7 +367,7 @@ def run(conn, me, peer, group):
         net.join()
     except KeyboardInterrupt:  # Ctrl-C while /quit waits for ✓: leave now, and say what is lost
         left = chat.ticks.waiting()
-        sys.stdout.write(f"\n-- interrupted{f': {left} message(s) without ✓ not sent' if left else ''}\n")
+        sys.stdout.write(f"\n-- interrupted{f': {left} message(s) without ✓ {chat.fate()}' if left else ''}\n")
         return "interrupted"
     return chat.outcome
 
@@ -379,7 +388,8 @@ def _terminal_input(chat, screen):
 
     session = PromptSession(lambda: screen.prompt(), erase_when_done=True)  # the line comes back
     # as the message's own line, with its ticks
-    session.default_buffer.on_text_changed += lambda _buffer: chat.keystroke()
+    session.default_buffer.on_text_changed += lambda buffer: buffer.text and chat.keystroke()  # not
+    # when the buffer empties after a line went out
     screen.app = session.app
 
     def stop():
