@@ -12,8 +12,13 @@ Implements the delivery rules of docs/PROTOCOL.md ("Messages and ticks"):
 * device acks become ``delivered`` receipts and ``read`` frames become
   ``read`` receipts, queued for the original sender the same way;
 * a retransmitted client id is acked again but never queued twice (a bounded
-  per-sender window of recent ids, rebuilt from the spool after a restart;
-  whatsup/groups.py shares it through ``retransmit``/``track``/``durable``);
+  per-sender window of recent ids, whatsup/dedup.py, rebuilt from the spool
+  after a restart; whatsup/groups.py shares it through
+  ``retransmit``/``track``/``durable``);
+* a group message's copies are queued by shard (``partition``, ``copies``: one
+  G record per offd shard) once its intent is durable, and its fan-out is
+  closed (``fanned_out``: ✓, then an E record); at node start a fan-out a crash
+  cut short is completed before anything is served (``shard_up``);
 * a message to a user who blocked the sender is answered ``sent`` and dropped
   (docs/PROTOCOL.md, "Blocking"); group copies (kind ``gmsg``) give receipts
   that carry ``group``.
@@ -266,8 +271,9 @@ class Router:
         ``have``, which hold theirs), each durability expected by ``done`` (an AllDurable). A
         member whose shard is down fails the fan-out (the sender hears store_failed)."""
         for spool, users in parts.items():
-            if spool not in have:
-                spool.put_group([u for u in users if u != sender], gid, sender, cid, template, done.expect())
+            users = [u for u in users if u != sender]
+            if users and spool not in have:
+                spool.put_group(users, gid, sender, cid, template, done.expect())
         for user, exc in lost[:1]:
             done.expect()(exc)
             log.error("group %s message %s not stored for %s: %s", gid, cid, user, exc)
