@@ -31,6 +31,13 @@ def logged_in():
     return c, clock
 
 
+def closed(c):
+    """The code a deadline check closes the connection with (it must close)."""
+    with pytest.raises(Close) as close:
+        c.expired()
+    return close.value.code
+
+
 def msg(ref):
     return {"type": "msg", "ref": ref, "to": "bob", "id": f"m{ref}", "body": "hi"}
 
@@ -61,9 +68,7 @@ def test_no_login_within_login_timeout_closes_and_the_deadline_is_armed_once():
     clock.now += 29.0
     c.expired()  # not yet
     clock.now += 2.0
-    with pytest.raises(Close) as close:
-        c.expired()
-    assert close.value.code == Code.IDLE_TIMEOUT
+    assert closed(c) == Code.IDLE_TIMEOUT
 
 
 def test_received_frames_move_the_idle_deadline_on():
@@ -76,9 +81,7 @@ def test_received_frames_move_the_idle_deadline_on():
     c.expired()
     assert c.arm() == first + 80.0
     clock.now += 80.0
-    with pytest.raises(Close) as close:
-        c.expired()
-    assert close.value.code == Code.IDLE_TIMEOUT
+    assert closed(c) == Code.IDLE_TIMEOUT
 
 
 def test_frames_stop_at_max_inflight_and_resume_as_answers_come():
@@ -104,9 +107,7 @@ def test_a_device_that_takes_no_byte_for_send_timeout_is_a_slow_reader():
     clock.now += 10.0
     assert c.wrote(0) is False  # still stalled since the first refusal
     clock.now += 11.0
-    with pytest.raises(Close) as close:
-        c.expired()
-    assert close.value.code == Code.SLOW_READER
+    assert closed(c) == Code.SLOW_READER
 
 
 def test_bytes_taken_restart_the_send_deadline_and_an_empty_buffer_clears_it():

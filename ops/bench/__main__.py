@@ -30,7 +30,8 @@ from .targets import Placement, Whatsup
 SERVER_SETTINGS = {**FAST, "server.max_connections_per_ip": 50_000, "auth.ip_failures": 0,
                    "server.unauthenticated_per_ip": 50_000, "server.unauthenticated_per_prefix": 50_000,
                    "auth.checks_per_ip": 50_000, "auth.checks_per_prefix": 50_000,
-                   "auth.max_waiting": 50_000, "ratelimit.msg": 1e6, "ratelimit.ack": 1e6}
+                   "auth.max_waiting": 50_000, "auth.prefix_failures": 0, "auth.ip_registrations": 0,
+                   "ratelimit.msg": 1e6, "ratelimit.ack": 1e6}
 
 
 class Steps:
@@ -96,11 +97,14 @@ def run(quick, scenarios, users, rates, step_seconds, soak_minutes, soak_rate, o
     started = datetime.datetime.now(datetime.timezone.utc)
     progress = Steps(plan)
     ctx = Context(params, placement, progress)
+    failed = None
     try:
         for name in scenarios:
             for row in SCENARIOS[name].run(ctx):
                 rows.append(row)
                 progress.step()
+    except Exception as exc:  # the rows so far are still reported and recorded, then it fails
+        failed = f"{type(exc).__name__}: {exc}"
     finally:
         progress.bar.close()
     report.add_ratios(rows, ctx.baseline)
@@ -115,10 +119,12 @@ def run(quick, scenarios, users, rates, step_seconds, soak_minutes, soak_rate, o
               "machine": report.machine(), "versions": report.versions(), "placement": placement.as_dict(),
               "server_settings": SERVER_SETTINGS, "params": params, "scenarios": scenarios,
               "baseline_rates": ctx.baseline, "highest_sustained_direct": best,
-              "highest_good_random": answers, "rows": rows}
+              "highest_good_random": answers, "rows": rows, "failed": failed}
     with open(out, "w") as f:
         json.dump(record, f, indent=1)
     click.echo(f"wrote {out}")
+    if failed:
+        raise click.ClickException(f"the run stopped early: {failed}")
     problems = report.insane(rows, scenarios)
     if problems:
         raise click.ClickException("figures are not sane:\n  " + "\n  ".join(problems))

@@ -24,6 +24,7 @@ time (``n/microseconds``), so ✓, ✓✓ and end-to-end latency need no bookkee
 """
 import json
 import random
+import select
 import selectors
 import socket
 import sys
@@ -32,15 +33,17 @@ import time
 from . import wire
 
 BODY = "x" * 100
+PING_FRAME = wire.encode({"type": "ping"})
 PASSWORD = "bench-password-"
 SAMPLES = 5000  # latency samples returned per kind; max and count are exact
 GAP = 0.005     # pauses between two deliveries (to any receiver) longer than this are reported
 GAPS = 100      # the longest ones, at most
+PING = 25.0     # seconds of silence after which a whatsup connection pings (its idle_timeout is 90 s)
 
 
 class Conn:
     __slots__ = ("sock", "user", "peer", "rbuf", "wbuf", "n", "inflight", "unsent", "seq", "acked",
-                 "answers", "dirty")
+                 "answers", "dirty", "last_out")
 
     def __init__(self, address, user, peer, dirty):
         self.sock = socket.create_connection(address, timeout=30)
@@ -51,10 +54,12 @@ class Conn:
         self.n = self.inflight = self.unsent = self.seq = self.acked = 0
         self.answers = {}  # ref -> answer frame, for the set-up requests
         self.dirty = dirty  # the load generator's set of connections with bytes to write
+        self.last_out = time.monotonic()
 
     def put(self, data):
         self.wbuf.append(data)
         self.dirty.add(self)
+        self.last_out = time.monotonic()
 
     def msg(self, to=None, group=None):
         self.n += 1
@@ -93,6 +98,7 @@ class LoadGen:
         self.by_user = {}
         self.target = None
         self.stats = Stats()
+        self.pinged = time.monotonic()
 
     # --- the loop ------------------------------------------------------------------
 
@@ -106,12 +112,22 @@ class LoadGen:
                 return False
             if tick is not None:
                 tick(now)
+            if self.target == "whatsup" and now - self.pinged > 1.0:
+                self._keep_alive(now)
             dirty = list(self.dirty)  # the connections hold this set: cleared, never replaced
             self.dirty.clear()
             for c in dirty:
                 self._write(c)
             for key, _ in self.sel.select(0.001):
                 self._read(key.data)
+
+    def _keep_alive(self, now):
+        """Ping from every connection silent for PING seconds, as a device does: idle users stay
+        logged in while another target's steps run."""
+        self.pinged = now
+        for c in self.conns:
+            if now - c.last_out > PING:
+                c.put(PING_FRAME)
 
     def _write(self, c):
         data = b"".join(c.wbuf) if len(c.wbuf) > 1 else c.wbuf[0]
@@ -368,7 +384,13 @@ class LoadGen:
 
 def main():
     gen = LoadGen()
-    for line in sys.stdin:
+    while True:
+        if not select.select([sys.stdin], [], [], 1.0)[0]:
+            gen.pump(time.monotonic() + 0.1)  # between commands: read, ack and keep alive
+            continue
+        line = sys.stdin.readline()
+        if not line:
+            break
         cmd = json.loads(line)
         op = cmd.pop("op")
         try:

@@ -51,6 +51,13 @@ def split(items, n):
     return [items[i::n] for i in range(n)]
 
 
+def log_in(workers, target, names, chunk):
+    """Connect and log in ``names`` (no peer), ``chunk`` at a time spread over the load generators."""
+    for at in range(0, len(names), chunk):
+        workers.call([{"op": "connect", "target": target.name, "address": target.address, "users": users}
+                      for users in split([(u, None) for u in names[at:at + chunk]], workers.n)])
+
+
 class Direct:
     """K pairs exchange 1:1 messages: closed loop on all three servers, then a ladder on whatsup."""
     name = "direct"
@@ -325,10 +332,7 @@ class Random:
             for n in p["users"]:
                 names = [f"u{i}" for i in range(n)]
                 for target, workers in runs:
-                    for at in range(connected, n, p["conns_per_call"]):
-                        mine = split([(u, None) for u in names[at:min(n, at + p["conns_per_call"])]], workers.n)
-                        workers.call([{"op": "connect", "target": target.name, "address": target.address,
-                                       "users": users} for users in mine])
+                    log_in(workers, target, names[connected:], p["conns_per_call"])
                     ctx.progress(f"random: {n:,} users logged in to {target.name}")
                 for target, workers in runs:
                     Random._step(ctx, workers, target, n, names, p["rates"][0], p["warmup_seconds"])
@@ -382,10 +386,7 @@ class Soak:
         env = {"GEVENT_MAX_BLOCKING_TIME": str(p["soak_block_ms"] / 1000)}
         names = [f"s{i}" for i in range(p["soak_users"])]
         with ctx.whatsup(env) as srv, Workers(p["random_procs"], ctx.placement.load) as workers:
-            for at in range(0, len(names), p["conns_per_call"]):
-                workers.call([{"op": "connect", "target": "whatsup", "address": srv.address, "users": users}
-                              for users in split([(u, None) for u in names[at:at + p["conns_per_call"]]],
-                                                 workers.n)])
+            log_in(workers, srv, names, p["conns_per_call"])
             rss, lat, gaps, errors, sent, delivered = [(0.0, rss_kib(srv.pid))], [], [], {}, 0, 0
             cpu = cpu_seconds(srv.pid)
             started = time.monotonic()
