@@ -173,9 +173,6 @@ def main(frames, workers, batch, seed, directory):
     srv.register("fuzzer", "sink", "fz-alice", "fz-bob")
     bystander = Bystander(srv, "fz-alice", "fz-bob")
     bystander.start()
-    deadline = time.monotonic() + 30  # chatting before the fuzzers start: a CI-size run lasts
-    while not (bystander.exchanged or bystander.failures) and time.monotonic() < deadline:
-        time.sleep(0.02)              # ~0.3 s, and the fuzzers' logins could make its own wait
     tally, master = Tally(), random.Random(seed)
     started = time.monotonic()
     threads = [threading.Thread(target=worker, daemon=True,
