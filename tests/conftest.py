@@ -1,8 +1,28 @@
 import ast
+import pathlib
+import re
 
 import pytest
 
 from whatsup.testing import ServerProcess
+
+
+#: Every password the suite uses starts with "pw-" (``f"pw-{user}"``, the attack's, the crash tests').
+PASSWORD = re.compile(rb"pw-[\w.-]{2,}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_password_in_any_log(tmp_path_factory):
+    """When the suite ends, no log a node or tool wrote under the suite's temporary dirs holds
+    a password (docs/RELIABILITY.md, "Secrets in the log")."""
+    yield
+    found = {}
+    for log in pathlib.Path(tmp_path_factory.getbasetemp()).rglob("*.log"):
+        if log.is_file():
+            hits = set(PASSWORD.findall(log.read_bytes()))
+            if hits:
+                found[str(log)] = sorted(hits)[:5]
+    assert not found, f"passwords in logs: {found}"
 
 
 @pytest.fixture

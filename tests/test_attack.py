@@ -6,12 +6,15 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "ops"))
 
 from attack import ATTACKS, PASSWORD  # noqa: E402
 
 
+@pytest.mark.slow
 def test_every_attack_runs_and_leaves_no_traceback_and_no_password_in_the_log(tmp_path):
     env = {**os.environ, "TMPDIR": str(tmp_path)}
     run = subprocess.run([sys.executable, os.path.join(ROOT, "ops", "attack.py"), "-d", "1.5", "-q", "0.3",

@@ -215,3 +215,28 @@ def test_chat_survives_a_kill_9_keeps_every_typed_line_and_ends_on_a_login_elsew
         if term.child.isalive():
             term.child.terminate(force=True)
     assert "Traceback" not in "".join(term.raw)
+
+
+def test_reading_each_message_of_a_burst_as_it_comes_tells_the_sender_read_for_every_one(server):
+    """The server takes a read only for messages the device acked, and a burst's ack goes out
+    after its last item: the connection acks what it handed out before a read goes out."""
+    server.register("alice", "bob")
+    with server.client("alice") as alice:
+        ids = [alice.send("bob", f"m{i}")["id"] for i in range(10)]
+    bob = Connection(server.server, "bob", "pw-bob")
+    assert bob.connect()
+    got = []
+    while len(got) < len(ids):
+        frame = bob.recv(10)
+        assert frame is not None, got
+        if frame["type"] == "msg":
+            got.append(frame["id"])
+            bob.read("alice", [frame["id"]])
+    deadline = time.monotonic() + 10
+    while len(bob.outbox) and time.monotonic() < deadline:
+        bob.recv(0.2)
+    bob.close()
+    with server.client("alice") as alice:
+        read = [i for f in alice.drain(1.0) if f["type"] == "receipt" and f["status"] == "read"
+                for i in f["ids"]]
+    assert sorted(read) == sorted(ids)

@@ -45,6 +45,26 @@ def test_register_send_and_inbox_with_ticks(cli):
     assert "auth_failed" in cli("inbox", "--as", "bob", "--password", "wrong!!", check=False).stderr
 
 
+def test_watching_presence_leaves_the_inbox_alone(cli):
+    cli("register", "alice")
+    cli("register", "bob")
+    cli("send", "--as", "bob", "alice", "while alice watches")
+    assert "bob" in cli("presence", "--as", "alice", "bob", "--watch", "1").stdout
+    assert "bob: while alice watches" in cli("inbox", "--as", "alice").stdout  # not acked unseen
+
+
+def test_a_command_whose_server_dies_under_it_says_so_in_one_line(cli, server):
+    cli("register", "alice")
+    cli("register", "bob")
+    proc = subprocess.Popen([os.path.join(ROOT, "bin", "whatsup"), "presence", "--as", "alice", "bob",
+                             "--watch", "60"], env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    assert "bob" in proc.stdout.readline()  # logged in and watching
+    server.kill()
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    assert err.startswith("Error: lost the connection to whatsupd at ") and err.count("\n") == 1, err
+
 def _reader(proc):
     lines = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()

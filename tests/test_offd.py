@@ -7,7 +7,7 @@ import pytest
 from whatsup.dedup import digest
 from whatsup.offd import Offd, QueueFull, ShardMismatch, Spool
 from whatsup.offd import record
-from whatsup.offd.spool import SEGMENT
+from whatsup.offd.spool import PACE, SEGMENT, SLICE, Pace
 from whatsup.protocol import Template, pack
 from whatsup.runtime import ProcessTable
 
@@ -200,3 +200,17 @@ def test_a_data_dir_in_the_previous_format_recovers_its_items_and_dedup_ids(tmp_
     assert {h for _, h, _, _ in sp.recovered["dan"]} == {digest("g9", "g-1"), digest("ann", "m-1")}
     assert [h for _, h, _, _ in sp.recovered["eve"]] == [digest("ann", "old-id")]
     sp.close()
+
+
+def test_maintenance_yields_after_a_slice_of_steps_or_of_time_whichever_comes_first():
+    now, yields = [0.0], []
+    pace = Pace(clock=lambda: now[0], sleep=yields.append)
+    for _ in range(SLICE - 1):
+        pace.step()  # cheap steps, no time passes
+    assert yields == []
+    pace.step()
+    assert len(yields) == 1  # a full slice
+    pace.step()
+    now[0] += PACE  # one dear step (a group copy naming every member; a busy machine)
+    pace.step()
+    assert len(yields) == 2  # yielded after 2 steps, not SLICE

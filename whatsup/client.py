@@ -166,17 +166,25 @@ class Client:
         """Send a request with a fresh ``ref`` and wait for the answer to it."""
         ref = frame["ref"] = next(self._refs)
         self.send_frame(frame)
-        deadline = time.monotonic() + (timeout or self.timeout)
+        f = self._take(lambda f: f.get("ref") == ref, timeout or self.timeout)
+        if f is None:
+            raise TimeoutError(f"no answer to {frame['type']} (ref {ref})")
+        if f.get("type") == "error":
+            raise ServerError(f)
+        return f
+
+    def _take(self, wanted, timeout):
+        """The first received frame that ``wanted`` accepts, out of the inbox (the others stay
+        there, in order); None after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
         while True:
             for i, f in enumerate(self.inbox):
-                if f.get("ref") == ref:
+                if wanted(f):
                     del self.inbox[i]
-                    if f.get("type") == "error":
-                        raise ServerError(f)
                     return f
             left = deadline - time.monotonic()
             if left <= 0:
-                raise TimeoutError(f"no answer to {frame['type']} (ref {ref})")
+                return None
             self._read_frames(left)
 
     # --- account ------------------------------------------------------------------
@@ -233,10 +241,12 @@ class Client:
 
     def read(self, to, ids, group=None):
         """Tell ``to`` that its messages ``ids`` (in ``group``, if given) were read (waits until
-        the server has it)."""
+        the server has it). The acks of what was handed out go first: the server accepts a read
+        only for messages the device acked (``not_delivered``)."""
         frame = {"type": "read", "to": to, "ids": list(ids)}
         if group is not None:
             frame["group"] = group
+        self.flush_acks()
         return self.request(frame)
 
     # --- groups (docs/PROTOCOL.md, "Groups") ----------------------------------------------
@@ -330,6 +340,12 @@ class Client:
             if left <= 0:
                 return None
             self._read_frames(left)
+
+    def notice(self, timeout):
+        """The next frame that is not an item (presence, typing...), or None after ``timeout``.
+        Items stay where they are, unacked, for :meth:`recv` or the device's next login: a
+        command that only watches must not take them from the user's inbox."""
+        return self._take(lambda f: f.get("type") not in PUSHED, timeout)
 
     def drain(self, idle=0.5):
         """Everything pushed until nothing more arrives for ``idle`` seconds."""
@@ -628,9 +644,14 @@ class Connection:
         self._flush()
 
     def _flush(self):
-        """Send whatever the outbox holds that is not in flight on this connection."""
+        """Send whatever the outbox holds that is not in flight on this connection, after the
+        acks of what was handed out (a read is refused for a message not acked yet)."""
         if self.client is None:
             return
+        try:
+            self.client.flush_acks()
+        except OSError as exc:
+            return self._lost(exc)
         for key, frame in self.outbox.unsent():
             ref = next(self.client._refs)
             if not self._write({**frame, "ref": ref}):

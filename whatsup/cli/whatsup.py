@@ -7,6 +7,7 @@ import click
 
 from . import chat as chat_ui, version_option
 from ..client import DEFAULT_SERVER, PUSHED, BodyTooLarge, Client, ClientState, Connection, ServerError
+from ..protocol import ProtocolError
 from .render import describe
 
 
@@ -35,7 +36,17 @@ def _connect(ctx, user=None, password=None):
         raise click.ClickException(f"cannot reach whatsupd at {server}: {exc}") from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """``whatsup``'s commands: a connection lost in the middle of one is a line, not a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (ConnectionError, TimeoutError, ProtocolError) as exc:  # Closed is a ConnectionError
+            raise click.ClickException(f"lost the connection to whatsupd at {ctx.obj['server']}: {exc}") from None
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--server", envvar="WHATSUP_SERVER", default=DEFAULT_SERVER, show_default=True,
               help="whatsupd address host:port (or $WHATSUP_SERVER)")
 @click.option("--tls", is_flag=True, envvar="WHATSUP_TLS",
@@ -156,7 +167,7 @@ def presence(ctx, user, password, target, watch):
         click.echo(describe(_call(client.subscribe, target)))
         deadline = time.monotonic() + watch
         while time.monotonic() < deadline:
-            frame = client.recv(deadline - time.monotonic())
+            frame = client.notice(deadline - time.monotonic())
             if frame is not None and frame["type"] == "presence":
                 click.echo(describe(frame))
 

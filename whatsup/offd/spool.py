@@ -28,7 +28,8 @@ queue references: a queued group copy costs one deque slot (8 bytes), not a
 frame. Its fan-out is durable in F/G/E records (whatsup/router.py, "Groups").
 
 Maintenance costs O(work done) and yields to the hub between slices of
-``SLICE`` items (no pass may hold the hub more than a few ms): compaction
+``SLICE`` items or ``PACE`` seconds, whichever ends first (:class:`Pace`; no
+pass may hold the hub more than a few ms): compaction
 rewrites the live records of the non-active segments into the active one
 (walking each queue only as far as items stamped before the active segment)
 and the dedup window entries anchored in them (ranges of ``Dedup`` entry
@@ -55,7 +56,25 @@ from . import record
 log = logging.getLogger("whatsup.offd")
 SEGMENT = "seg-{:010d}.log"
 SEQ_GAP = 1 << 32  # recovery's counter jump: more than a node stamps between two fsyncs
-SLICE = 100        # items (or senders) maintenance handles between two yields to the hub
+SLICE = 100        # items (or senders) maintenance handles between two yields to the hub,
+PACE = 0.005       # or seconds it works between them, whichever comes first
+
+
+class Pace:
+    """Where a maintenance pass yields to the hub: after SLICE steps or PACE seconds, whichever
+    comes first. Counting alone is not enough: a step's cost varies (moving a group copy writes a
+    record naming every member), and on a busy machine a slice of CPU takes longer still."""
+    __slots__ = ("n", "since", "clock", "sleep")
+
+    def __init__(self, clock=time.perf_counter, sleep=None):
+        self.n, self.clock, self.sleep = 0, clock, sleep or gevent.sleep
+        self.since = clock()
+
+    def step(self):
+        self.n += 1
+        if self.n % SLICE == 0 or self.clock() - self.since >= PACE:
+            self.sleep(0)
+            self.since = self.clock()
 
 
 class QueueFull(Exception):
@@ -567,10 +586,9 @@ class Spool:
         if self.expiry <= 0:
             return
         cutoff = (time.time() - self.expiry) * 1000
-        users = list(self.queues)
-        for n, user in enumerate(users, 1):
-            if not n % SLICE:
-                gevent.sleep(0)
+        pace = Pace()
+        for user in list(self.queues):
+            pace.step()
             q = self.queues.get(user)
             if q is None or not q.items or q.items[0].ts >= cutoff:
                 continue
@@ -585,20 +603,17 @@ class Spool:
             if not q.items:
                 del self.queues[user]
 
-    def _old_items(self, bound):
+    def _old_items(self, bound, pace):
         """(user, item) for every reference stamped up to seq ``bound`` (those that may be in a
         segment older than the active one): each queue's front, the held acks, the unfinished
-        fan-outs (user None). Yields to the hub every SLICE items."""
-        n = 0
+        fan-outs (user None). Yields to the hub as ``pace`` says, per queue (the caller per item)."""
         for user in list(self.queues):
             q = self.queues.get(user)
             if q is None:
                 continue
             for item in list(itertools.takewhile(lambda i: i.seq <= bound, q.items)):
                 yield user, item
-            n += 1
-            if not n % SLICE:
-                gevent.sleep(0)
+            pace.step()
         for user, held in list(self.held.items()):
             for acked in list(held):
                 for item in acked.items:
@@ -627,22 +642,20 @@ class Spool:
 
     def _carry_ids(self, old):
         """Write the dedup entries anchored in the ``old`` segments into the active one."""
-        ranges = {}
+        ranges, pace = {}, Pace()
         for seg in old:
-            for n, (sender, (a, b)) in enumerate(seg.ids.items(), 1):
+            for sender, (a, b) in seg.ids.items():
                 r = ranges.get(sender)
                 ranges[sender] = [a, b] if r is None else [min(r[0], a), max(r[1], b)]
-                if not n % (SLICE * 10):
-                    gevent.sleep(0)
-        for n, (sender, (a, b)) in enumerate(ranges.items(), 1):
+                pace.step()
+        for sender, (a, b) in ranges.items():
             entries = self.carry(sender, a, b)
             if entries:
                 self._append(record.carried(sender, entries), carried=True)
                 self.anchor(self._active.sid, sender, a)
                 self.anchor(self._active.sid, sender, b)
                 self.stats["carried_ids"] += len(entries) // ENTRY
-            if not n % SLICE:
-                gevent.sleep(0)
+            pace.step()
 
     def _compact(self):
         """Rewrite the live records of every non-active segment forward, then unlink those segments."""
@@ -654,12 +667,12 @@ class Spool:
         sids = {s.sid for s in old}
         moved = 0
         if any(s.live for s in old):
-            for n, (user, item) in enumerate(self._old_items(self._active.base), 1):
+            pace = Pace()
+            for user, item in self._old_items(self._active.base, pace):
                 if item.seg in sids and (user is None or self._live(user, item)):
                     self._move(user, item)
                     moved += 1
-                if not n % SLICE:
-                    gevent.sleep(0)
+                pace.step()
         if self.carry is not None:
             self._carry_ids(old)
         for sid in sids:
