@@ -69,7 +69,7 @@ SETTINGS = (
     Setting("session.rate_strikes", int, 50, "rate_limited refusals a connection may collect (forgiven "
             "at rate_strikes/10 per second) before it is closed with flooding", 1),
     Setting("session.dedup_window", int, 4096, "client message ids remembered per sender, so a "
-            "retransmission is acked again but not delivered twice (24 bytes each)", 16),
+            "retransmission is acked again but not delivered twice (24 bytes each, plus 4 to 8 of index)", 16),
     Setting("groups.max_members", int, 1024, "members of one group at most (WhatsApp's limit)", 2),
     Setting("groups.sender_budget", int, 1 << 16, "group message copies one sender may have in flight (not yet "
             "answered); over it its session waits (stops reading) until answers come", 1),
