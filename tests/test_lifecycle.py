@@ -182,3 +182,23 @@ def test_users_make_single_use_invites_within_their_quota(make_server):
     srv.restart()
     with srv.client("bob") as bob, pytest.raises(ServerError, match="invite_limit"):
         bob.request({"type": "invite_create"})
+
+
+def test_wrong_passwords_in_passwd_and_delete_account_count_as_failed_logins(make_server):
+    """A stolen session guesses no faster than a stranger: past auth.user_failures wrong
+    passwords, passwd and delete_account answer too_many_attempts without hashing, and so does
+    login for that name."""
+    server = make_server({"auth.user_failures": 3})
+    server.register("alice")
+    with server.client("alice") as alice:
+        codes = []
+        for attempt in (lambda: alice.passwd("wrong-1", "new-password"),
+                        lambda: alice.delete_account("wrong-2"),
+                        lambda: alice.passwd("wrong-3", "new-password"),
+                        lambda: alice.passwd("pw-alice", "new-password")):  # even the right one, now
+            with pytest.raises(ServerError) as err:
+                attempt()
+            codes.append(err.value.code)
+        assert codes == ["auth_failed"] * 3 + ["too_many_attempts"]
+    with server.client() as c, pytest.raises(ServerError, match="too_many_attempts"):
+        c.login("alice", "pw-alice")

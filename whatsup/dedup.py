@@ -8,7 +8,7 @@ device got. A sender's window is a ring in one bytearray of entries
 (64-bit blake2b digest of destination and id, ts in ms, the copy's seq: 0 for
 a group): ``size`` × 24 bytes at most (96 KiB for the default 4096), grown as
 the sender writes, plus its index (below: 32 KiB for a full default window)
-and ~200 bytes of fixed cost. It was an OrderedDict of id
+and ~300 bytes of fixed cost. It was an OrderedDict of id
 -> object (~350 bytes an id, 1.4 MiB a busy sender; RSS grew 161 -> 414 MB
 under traffic).
 

@@ -42,11 +42,12 @@ def durably(table, key, value):
 
 class Lifecycle:
     def __init__(self, sm, router, accounts, offd, groups, blocks, presence, limits, reuse_days,
-                 clock=time.time):
+                 guesses, clock=time.time):
         self.sm, self.router, self.accounts, self.offd = sm, router, accounts, offd
         self.limits = limits  # the accounts.* name and password rules (protocol.check_account)
         self.groups, self.blocks, self.presence = groups, blocks, presence
         self.reuse = reuse_days * 86400.0
+        self.guesses = guesses  # ratelimit.Guesses, shared with login
         self.clock = clock
         self.bans = {}      # user -> {"reason", "by", "at"}
         self.retired = {}   # name -> until (seconds since the epoch)
@@ -158,7 +159,11 @@ class Lifecycle:
         self.router.tell(pid, ("close", Code.ACCOUNT_DELETED, "this account was deleted"))
 
     def _verified(self, user, password, ref):
-        if not self.accounts.verify(user, password, _source(user)):
+        verified = self.guesses.attempt((("user", user),),
+                                        lambda: self.accounts.verify(user, password, _source(user)))
+        if verified is None:
+            raise ProtocolError(Code.TOO_MANY_ATTEMPTS, "too many wrong passwords; wait and retry", ref)
+        if not verified:
             raise ProtocolError(Code.AUTH_FAILED, "wrong password", ref)
 
 

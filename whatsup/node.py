@@ -56,7 +56,7 @@ from .offd import Offd
 from .protocol import Code
 from .presence import Presence
 from .push import Push, PushWorker
-from .ratelimit import KeyedLimiter
+from .ratelimit import Guesses, KeyedLimiter
 from .registration import Registration
 from .router import Router
 from .runtime import Process, ProcessDead, ProcessTable, StartFailed
@@ -160,8 +160,13 @@ class Node:
         self.groups = Groups(self.router, self.offd, self.accounts, cfg["groups.max_members"],
                              cfg["groups.fanout_chunk"], cfg["groups.sender_budget"])
         self.presence = Presence(self.sm, self.accounts, self.blocks, self.groups)
+        self.failed_logins = Guesses({  # "user" / "ip" / "prefix" -> limiter of failed password checks
+            "user": KeyedLimiter(cfg["auth.user_failures"], cfg["auth.failure_window"]),
+            "ip": KeyedLimiter(cfg["auth.ip_failures"], cfg["auth.failure_window"]),
+            "prefix": KeyedLimiter(cfg["auth.prefix_failures"], cfg["auth.failure_window"])})
         self.lifecycle = Lifecycle(self.sm, self.router, self.accounts, self.offd, self.groups, self.blocks,
-                                   self.presence, vars(cfg.accounts), cfg["accounts.name_reuse_days"])
+                                   self.presence, vars(cfg.accounts), cfg["accounts.name_reuse_days"],
+                                   self.failed_logins)
         self.registration = Registration(cfg["accounts.registration"], cfg["accounts.invite_days"],
                                          self.lifecycle.is_retired, cfg["accounts.user_invites"])
         self.offd.on_up = self.router.shard_up
@@ -169,10 +174,6 @@ class Node:
         self.registry.add(self.accounts.industry)
         self.registry.add(self.offd.industry)
         self.backdoor = Backdoor(self, cfg["shell.listen"])
-        self.failed_logins = {  # "user" / "ip" / "prefix" -> limiter of failed login attempts
-            "user": KeyedLimiter(cfg["auth.user_failures"], cfg["auth.failure_window"]),
-            "ip": KeyedLimiter(cfg["auth.ip_failures"], cfg["auth.failure_window"]),
-            "prefix": KeyedLimiter(cfg["auth.prefix_failures"], cfg["auth.failure_window"])}
         self.pool = Pool(connection_cap(cfg["server.max_connections"]))
         self.gate = ConnectionGate(cfg["server.max_connections_per_ip"], cfg["server.unauthenticated_per_ip"],
                                    cfg["server.unauthenticated_per_prefix"], {
@@ -323,7 +324,7 @@ class Node:
         """Forget failed logins and registrations that are forgiven; log the summaries of
         repeated log lines that are due. (Sessions are not swept: each keeps its own deadlines in
         ``timers``, so only those that are due are woken.)"""
-        for limiter in (*self.failed_logins.values(), self.accounts.registrations, *self.gate.floods.values()):
+        for limiter in (*self.failed_logins.limiters.values(), self.accounts.registrations, *self.gate.floods.values()):
             limiter.prune()
         logs.flush()
 

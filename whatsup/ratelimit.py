@@ -123,3 +123,35 @@ class KeyedLimiter:
     def prune(self):
         for key in [k for k, b in self.buckets.items() if b.full()]:
             del self.buckets[key]
+
+
+class Guesses:
+    """Password checks limited by their failures, per kind of key (user name, address, network).
+
+    Login, ``passwd`` and ``delete_account`` all go through :meth:`attempt`, so a
+    stolen session cannot guess its user's password faster than a stranger can.
+    """
+
+    def __init__(self, limiters):
+        self.limiters = limiters  # kind -> KeyedLimiter
+
+    def __repr__(self):
+        return f"<Guesses {self.limiters}>"
+
+    def attempt(self, keys, verify):
+        """``verify()``'s answer for ``keys`` ((kind, key) pairs), or None without calling it while
+        any key is out of attempts. Charged before the check, so checks in parallel cannot all
+        pass the limit; refunded unless the answer was a failure (False)."""
+        charged = [(self.limiters[kind], key) for kind, key in keys]
+        if not all(limiter.allowed(key) for limiter, key in charged):
+            return None
+        for limiter, key in charged:
+            limiter.charge(key)
+        verified = None
+        try:
+            verified = verify()
+        finally:
+            if verified is not False:  # a success, or no answer (busy, store down): not a guess
+                for limiter, key in charged:
+                    limiter.refund(key)
+        return verified

@@ -350,23 +350,16 @@ class Session:
         started = time.monotonic()
         user, ref = f["user"], f["ref"]
         node, ip = st.node, st.addr[0]
-        failed = node.failed_logins
         keys = (("user", user), ("ip", ip), ("prefix", prefix(ip)))
-        if not all(failed[kind].allowed(key) for kind, key in keys):
-            log.warning("login for %r from %s refused: %s", user, st.addr, Code.TOO_MANY_ATTEMPTS)
-            raise ProtocolError(Code.TOO_MANY_ATTEMPTS, "too many failed logins; wait and retry", ref)
-        for kind, key in keys:  # charged before hashing, so attempts in parallel cannot all pass
-            failed[kind].charge(key)  # the check above
-        verified = None
         try:
-            verified = (len(f["password"]) <= node.cfg["accounts.max_password"]  # no hash of a
-                        and node.accounts.verify(user, f["password"], ip))         # longer one
+            verified = node.failed_logins.attempt(keys, lambda: (
+                len(f["password"]) <= node.cfg["accounts.max_password"]  # no hash of a longer one
+                and node.accounts.verify(user, f["password"], ip)))
         except Refused as exc:
             raise ProtocolError(exc.code, str(exc), ref, exc.retry_after) from None
-        finally:
-            if verified is not False:  # a success, or no answer (busy, store down): not a failed guess
-                for kind, key in keys:
-                    failed[kind].refund(key)
+        if verified is None:
+            log.warning("login for %r from %s refused: %s", user, st.addr, Code.TOO_MANY_ATTEMPTS)
+            raise ProtocolError(Code.TOO_MANY_ATTEMPTS, "too many failed logins; wait and retry", ref)
         if not verified:
             log.info("failed login for %r from %s", user, st.addr)
             raise ProtocolError(Code.AUTH_FAILED, "wrong user name or password", ref)
