@@ -176,6 +176,22 @@ def test_a_sender_over_its_fan_out_budget_waits_and_nothing_is_dropped(make_serv
         assert ask(sh, "node.groups.spending") == {}
 
 
+def test_a_sender_making_copies_faster_than_groups_sender_copies_waits_and_nothing_is_dropped(make_server, ask):
+    """groups.sender_copies = 200 per second after 1 s worth: 30 messages to a 9-member group of
+    offline members (270 copies) make the sender's session wait; every message still arrives, in
+    order, so a flood of big-group messages is slowed, not refused."""
+    server = make_server({"groups.sender_copies": 200, "session.rate_burst": 1.0})
+    owner, *members = register_many(server, ["pacer", *(f"pm{i}" for i in range(9))])
+    boss = server.client(owner)
+    gid = boss.group_create("paced", members)
+    ids = [boss.send_nowait(None, f"p{i}", id=f"p{i}", group=gid)["id"] for i in range(30)]
+    assert sorted(_ids(take(boss, 30, ("sent",)), "sent")) == sorted(ids)
+    with server.client(members[-1]) as c:
+        assert _ids(take(c, 30, ("msg",))) == ids
+    with server.shell() as sh:
+        assert ask(sh, "node.groups.counters['pace_waits']") > 0
+
+
 GROUP_MSGS = 20
 
 

@@ -78,3 +78,17 @@ def test_keyed_limiter_refund_gives_a_charge_back_but_never_beyond_the_count():
     assert limiter.allowed("u")
     limiter.refund("u"), limiter.refund("u"), limiter.refund("never-charged")
     assert limiter.buckets["u"].available() == 2 and "never-charged" not in limiter.buckets
+
+
+def test_a_pacer_lets_a_burst_through_then_makes_the_caller_wait_in_proportion_to_its_work():
+    from whatsup.ratelimit import Pacer
+    from whatsup.testing import FakeClock
+    clock = FakeClock()
+    pace = Pacer(1000, 2.0, clock)  # 1,000 units/s after 2 s worth (2,000 units) at once
+    assert pace.delay("ann", 1500) == 0.0 and pace.delay("ann", 500) == 0.0
+    assert pace.delay("ann", 1000) == 1.0           # one second's worth past the burst
+    assert pace.delay("bob", 1000) == 0.0           # per key
+    clock.now += 3.0                                  # ann's backlog is worked off
+    pace.prune()
+    assert "ann" not in pace.due and pace.delay("ann", 2000) == 0.0
+    assert Pacer(0, 1.0, clock).delay("ann", 10 ** 9) == 0.0  # rate 0: no limit

@@ -73,6 +73,10 @@ SETTINGS = (
     Setting("groups.max_members", int, 1024, "members of one group at most (WhatsApp's limit)", 2),
     Setting("groups.sender_budget", int, 1 << 16, "group message copies one sender may have in flight (not yet "
             "answered); over it its session waits (stops reading) until answers come", 1),
+    Setting("groups.sender_copies", float, 50000.0, "group message copies per second one sender may make, after "
+            "session.rate_burst seconds' worth at once; past it its session waits (stops reading), nothing is "
+            "refused: what one member can make the node queue for offline members is bounded; 0 means no limit",
+            0.0),
     Setting("groups.fanout_chunk", int, 64, "group members woken (or events queued) between two yields to the hub, so "
             "a large fan-out does not stall the other sessions", 1),
     Setting("ratelimit.msg", float, 500.0, "msg frames per second per connection; 0 means no limit", 0.0),

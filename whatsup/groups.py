@@ -40,6 +40,7 @@ from gevent.event import AsyncResult, Event
 
 from .offd import ShardDown
 from .protocol import Code, ProtocolError
+from .ratelimit import Pacer
 from .router import AllDurable, group_frame
 
 log = logging.getLogger("whatsup.groups")
@@ -80,9 +81,10 @@ class _Message:
 
 
 class Groups:
-    def __init__(self, router, offd, accounts, max_members, fanout_chunk, sender_budget=1 << 16):
+    def __init__(self, router, offd, accounts, max_members, fanout_chunk, sender_budget=1 << 16, pace=None):
         self.router, self.offd, self.accounts = router, offd, accounts
         self.max_members, self.chunk, self.budget = max_members, fanout_chunk, sender_budget
+        self.pace = pace or Pacer(0, 0)  # copies per second per sender (ratelimit.Pacer)
         self.spending = {}  # sender -> group copies of its messages not answered yet
         self.room = {}      # sender -> Event its session waits on while over its budget
         self.groups = {}    # gid -> Group
@@ -196,9 +198,17 @@ class Groups:
 
         What one sender can have in flight is bounded by ``groups.sender_budget`` copies: over
         it, its session waits here (it stops reading its socket) until answers come; nothing
-        is dropped. A single message bigger than the budget still goes, alone."""
+        is dropped. A single message bigger than the budget still goes, alone. The copies one
+        sender makes are also paced (``groups.sender_copies`` per second after a burst): over
+        that, too, its session waits, so a member flooding a big group of offline members
+        cannot fill the node's memory at the speed of its connection (+210 MB in 10 s of
+        ops/attack.py's big-group flood before)."""
         group = self._group(f["group"], f["ref"])
         m = _Message(sender, pid, f, max(1, len(group.members) - 1))
+        wait = self.pace.delay(sender, m.cost)
+        if wait:
+            self.counters["pace_waits"] += 1
+            gevent.sleep(wait)
         while self.spending.get(sender) and self.spending[sender] + m.cost > self.budget:
             self.counters["budget_waits"] += 1
             self.room.setdefault(sender, Event()).wait()

@@ -56,7 +56,7 @@ from .offd import Offd
 from .protocol import Code
 from .presence import Presence
 from .push import Push, PushWorker
-from .ratelimit import Guesses, KeyedLimiter
+from .ratelimit import Guesses, KeyedLimiter, Pacer
 from .registration import Registration
 from .router import Router
 from .runtime import Process, ProcessDead, ProcessTable, StartFailed
@@ -158,7 +158,8 @@ class Node:
         self.router = Router(self.table, self.sm, self.offd, self.accounts, self.blocks,
                              cfg["session.dedup_window"], offline=self.push.queued)
         self.groups = Groups(self.router, self.offd, self.accounts, cfg["groups.max_members"],
-                             cfg["groups.fanout_chunk"], cfg["groups.sender_budget"])
+                             cfg["groups.fanout_chunk"], cfg["groups.sender_budget"],
+                             Pacer(cfg["groups.sender_copies"], cfg["session.rate_burst"]))
         self.presence = Presence(self.sm, self.accounts, self.blocks, self.groups)
         self.failed_logins = Guesses({  # "user" / "ip" / "prefix" -> limiter of failed password checks
             "user": KeyedLimiter(cfg["auth.user_failures"], cfg["auth.failure_window"]),
@@ -324,7 +325,8 @@ class Node:
         """Forget failed logins and registrations that are forgiven; log the summaries of
         repeated log lines that are due. (Sessions are not swept: each keeps its own deadlines in
         ``timers``, so only those that are due are woken.)"""
-        for limiter in (*self.failed_logins.limiters.values(), self.accounts.registrations, *self.gate.floods.values()):
+        for limiter in (*self.failed_logins.limiters.values(), self.accounts.registrations, *self.gate.floods.values(),
+                        self.groups.pace):
             limiter.prune()
         logs.flush()
 

@@ -125,6 +125,37 @@ class KeyedLimiter:
             del self.buckets[key]
 
 
+class Pacer:
+    """Work per key paced at ``rate`` units per second after a burst of ``burst`` seconds' worth
+    (GCRA: each key keeps the time its work so far would be done at the rate).
+
+    :meth:`delay` says how long a caller should wait before doing ``n`` more units; the caller
+    waits (backpressure) rather than being refused, so nothing is dropped. ``rate == 0``: no
+    limit. Only keys ahead of the clock are kept (:meth:`prune`).
+    """
+
+    def __init__(self, rate, burst, clock=time.monotonic):
+        self.rate, self.burst, self.clock = float(rate), float(burst), clock
+        self.due = {}  # key -> when its work so far is done at the rate
+
+    def __repr__(self):
+        return f"<Pacer {self.rate:g}/s burst {self.burst:g}s keys={len(self.due)}>"
+
+    def delay(self, key, n):
+        """Seconds to wait before ``n`` more units of ``key`` (0.0 within the burst); charged now."""
+        if not self.rate:
+            return 0.0
+        now = self.clock()
+        due = max(self.due.get(key, now), now) + n / self.rate
+        self.due[key] = due
+        return max(0.0, due - now - self.burst)
+
+    def prune(self):
+        now = self.clock()
+        for key in [k for k, due in self.due.items() if due <= now]:
+            del self.due[key]
+
+
 class Guesses:
     """Password checks limited by their failures, per kind of key (user name, address, network).
 
