@@ -148,23 +148,9 @@ def test_messages_to_a_user_on_a_crashing_shard_are_acked_only_when_durable_or_r
     srv.register("alice", "bob")
     bob = srv.client("bob")
     alice = srv.client("alice")
-    total, acked, pending, retried = 200, set(), {}, set()
-    for i in range(total):
-        pending[alice.send_nowait("bob", f"n{i}", id=f"n{i}")["ref"]] = i
-        if i % 50 == 49:  # three crashes in the stream: some sends land while the shard restarts
-            inject(srv, "crash offd bob")
-    deadline = time.monotonic() + 60
-    while len(acked) < total and time.monotonic() < deadline:
-        frame = alice.recv(2.0)
-        if frame is None or "ref" not in frame:
-            continue
-        i = pending.pop(frame["ref"])
-        if frame["type"] == "sent":
-            acked.add(i)
-        else:
-            assert frame["code"] == "store_failed"  # the shard was restarting: retry, same id
-            retried.add(i)
-            pending[alice.send_nowait("bob", f"n{i}", id=f"n{i}")["ref"]] = i
+    total = 200
+    acked, retried = _send_through_crashes(srv, alice, "bob", total, lambda i: alice.send_nowait(
+        "bob", f"n{i}", id=f"n{i}"))
     assert len(acked) == total
     got = receive(bob, total, timeout=60)
     assert sorted(int(m["body"][1:]) for m in got) == list(range(total))  # none lost, none twice
@@ -184,28 +170,39 @@ def test_group_messages_while_the_groups_home_shard_crashes_arrive_once_each_on_
     srv.register("boss", *members)
     boss = srv.client("boss")
     gid = boss.group_create("crashing", members)
-    total, acked, pending = 150, set(), {}
-    for i in range(total):
-        pending[boss.send_nowait(None, f"n{i}", id=f"n{i}", group=gid)["ref"]] = i
-        if i % 50 == 49:
-            inject(srv, f"crash offd {gid}")
-    deadline = time.monotonic() + 60
-    while len(acked) < total and time.monotonic() < deadline:
-        frame = boss.recv(2.0)
-        if frame is None or "ref" not in frame:
-            continue
-        i = pending.pop(frame["ref"])
-        if frame["type"] == "sent":
-            acked.add(i)
-        else:
-            assert frame["code"] == "store_failed"
-            pending[boss.send_nowait(None, f"n{i}", id=f"n{i}", group=gid)["ref"]] = i
+    total = 150
+    acked, _ = _send_through_crashes(srv, boss, gid, total, lambda i: boss.send_nowait(
+        None, f"n{i}", id=f"n{i}", group=gid))
     assert len(acked) == total
     for m in members:
         with srv.client(m) as c:  # the client shows a (group, from, id) once, whatever its seqs
             got = receive(c, total, timeout=30)
             assert sorted(int(f["body"][1:]) for f in got) == list(range(total)), m
     boss.close()
+
+
+def _send_through_crashes(srv, client, entity, total, send):
+    """Pipeline ``send(i)`` for i < total, crashing the offd shard of ``entity`` after every 50th
+    (some sends land while it restarts); a store_failed is sent again, same id, until every one
+    got ✓ or 60 s passed. Returns (the indexes that got ✓, those refused at least once)."""
+    acked, pending, retried = set(), {}, set()
+    for i in range(total):
+        pending[send(i)["ref"]] = i
+        if i % 50 == 49:
+            inject(srv, f"crash offd {entity}")
+    deadline = time.monotonic() + 60
+    while len(acked) < total and time.monotonic() < deadline:
+        frame = client.recv(2.0)
+        if frame is None or "ref" not in frame:
+            continue
+        i = pending.pop(frame["ref"])
+        if frame["type"] == "sent":
+            acked.add(i)
+        else:
+            assert frame["code"] == "store_failed"  # the shard was restarting: retry, same id
+            retried.add(i)
+            pending[send(i)["ref"]] = i
+    return acked, retried
 
 
 def test_a_crash_loop_climbs_the_tree_and_stops_the_node(make_server):
