@@ -25,10 +25,10 @@ import time
 
 import gevent
 
-from whatsup.offd.spool import Spool
+from whatsup.store.offd.spool import Spool
 from whatsup.protocol import Template
-from whatsup.router import Router
-from whatsup.watchdog import run_queue_wait
+from whatsup.routing.router import Router
+from whatsup.observe.watchdog import run_queue_wait
 
 
 def rss_mb(pid="self"):
@@ -128,7 +128,7 @@ def dedup(args):
 class Lateness:
     """A greenlet that sleeps 1 ms at a time and keeps the worst overshoot: the hub's longest
     stall, and the same less the time the hub thread waited for a CPU meanwhile (on a loaded
-    machine the hub also waits on the run queue: whatsup/watchdog.py)."""
+    machine the hub also waits on the run queue: whatsup/observe/watchdog.py)."""
 
     def __init__(self):
         self.worst = self.blocked = self.gc = 0.0

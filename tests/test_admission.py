@@ -1,4 +1,4 @@
-"""Password hashing admission (whatsup/admission.py): the pure rules with a fake clock, then a
+"""Password hashing admission (whatsup/c2s/admission.py): the pure rules with a fake clock, then a
 real node under a login storm from many loopback addresses (docs/RELIABILITY.md, "Hostile traffic")."""
 import socket
 import threading
@@ -6,7 +6,7 @@ import threading
 import pytest
 
 from whatsup import protocol
-from whatsup.admission import Admission, KnownLogins, Refused, prefix
+from whatsup.c2s.admission import Admission, KnownLogins, Refused, prefix
 from whatsup.client import Client, ServerError
 from whatsup.testing import FakeClock
 

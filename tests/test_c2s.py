@@ -1,8 +1,8 @@
-"""The connection core (whatsup/c2s.py) with a fake clock: no socket, no sleeping."""
+"""The connection core (whatsup/c2s/core.py) with a fake clock: no socket, no sleeping."""
 import pytest
 
 from whatsup import protocol
-from whatsup.c2s import Close, Conn, Limits
+from whatsup.c2s.core import Close, Conn, Limits
 from whatsup.protocol import Code, ProtocolError
 from whatsup.testing import FakeClock
 

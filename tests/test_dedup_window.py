@@ -1,5 +1,5 @@
-"""The dedup window's I/O-free core (whatsup/dedup.py): 24 bytes an id (and its index slot), bounded per sender."""
-from whatsup.dedup import ENTRY, Dedup, digest, unpack_entries
+"""The dedup window's I/O-free core (whatsup/routing/dedup.py): 24 bytes an id (and its index slot), bounded per sender."""
+from whatsup.routing.dedup import ENTRY, Dedup, digest, unpack_entries
 
 
 def test_an_id_is_found_with_its_ts_until_size_newer_ids_push_it_out():

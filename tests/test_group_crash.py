@@ -14,8 +14,8 @@ import pytest
 
 from social import register_many, restart_after_compaction, take
 from whatsup.client import Closed
-from whatsup.offd import record, shard_of
-from whatsup.router import group_frame
+from whatsup.store.offd import record, shard_of
+from whatsup.routing.router import group_frame
 
 MEMBERS = 200
 TRIALS = 10

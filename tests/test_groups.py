@@ -8,7 +8,7 @@ import pytest
 
 from social import quiet, register_many, take
 from whatsup.client import ServerError
-from whatsup.offd import record
+from whatsup.store.offd import record
 
 
 def _ids(frames, kind="msg"):

@@ -6,14 +6,14 @@ import pytest
 
 from whatsup.client import ServerError
 from whatsup.protocol import Code, ProtocolError
-from whatsup.registration import Registration
+from whatsup.users.registration import Registration
 from whatsup.testing import closed_with
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class MemoryTable:
-    """The whatsup.tables.Table contract in RAM, durable at once: for the I/O-free core."""
+    """The whatsup.store.tables.Table contract in RAM, durable at once: for the I/O-free core."""
 
     def __init__(self):
         self.rows = {}

@@ -1,8 +1,8 @@
-"""The log's flood guard (whatsup/logs.py), with a fake clock: repeated lines become one summary."""
+"""The log's flood guard (whatsup/observe/logs.py), with a fake clock: repeated lines become one summary."""
 import io
 import logging
 
-from whatsup.logs import Summarizer
+from whatsup.observe.logs import Summarizer
 from whatsup.testing import FakeClock
 
 

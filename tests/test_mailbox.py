@@ -2,7 +2,7 @@
 import gevent
 import pytest
 
-from whatsup.router import Router
+from whatsup.routing.router import Router
 from whatsup.runtime import MailboxFull, ProcessTable
 
 

@@ -4,10 +4,10 @@ import time
 
 import pytest
 
-from whatsup.dedup import digest
-from whatsup.offd import Offd, QueueFull, ShardMismatch, Spool
-from whatsup.offd import record
-from whatsup.offd.spool import PACE, SEGMENT, SLICE, Pace
+from whatsup.routing.dedup import digest
+from whatsup.store.offd import Offd, QueueFull, ShardMismatch, Spool
+from whatsup.store.offd import record
+from whatsup.store.offd.spool import PACE, SEGMENT, SLICE, Pace
 from whatsup.protocol import Template, pack
 from whatsup.runtime import ProcessTable
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from whatsup.push import Schedule
+from whatsup.users.push import Schedule
 
 
 def test_a_burst_coalesces_failures_back_off_and_the_breaker_opens_then_probes():

@@ -1,5 +1,5 @@
 """The token buckets as pure objects with a fake clock: no sockets, no sleeping."""
-from whatsup.ratelimit import KeyedLimiter, FrameBuckets, TokenBucket
+from whatsup.runtime.ratelimit import KeyedLimiter, FrameBuckets, TokenBucket
 from whatsup.testing import FakeClock
 
 
@@ -81,7 +81,7 @@ def test_keyed_limiter_refund_gives_a_charge_back_but_never_beyond_the_count():
 
 
 def test_a_pacer_lets_a_burst_through_then_makes_the_caller_wait_in_proportion_to_its_work():
-    from whatsup.ratelimit import Pacer
+    from whatsup.runtime.ratelimit import Pacer
     from whatsup.testing import FakeClock
     clock = FakeClock()
     pace = Pacer(1000, 2.0, clock)  # 1,000 units/s after 2 s worth (2,000 units) at once

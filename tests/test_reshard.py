@@ -1,4 +1,4 @@
-"""whatsup/reshard.py on real files, no server: an interrupted swap is rolled back and redone."""
+"""whatsup/store/reshard.py on real files, no server: an interrupted swap is rolled back and redone."""
 import os
 import shutil
 
@@ -6,9 +6,9 @@ import gevent
 import pytest
 
 from whatsup import datadir
-from whatsup.offd import Offd, ShardMismatch, shard_dir, shard_of
-from whatsup.offd.spool import Spool
-from whatsup.reshard import read_offd, reshard
+from whatsup.store.offd import Offd, ShardMismatch, shard_dir, shard_of
+from whatsup.store.offd.spool import Spool
+from whatsup.store.reshard import read_offd, reshard
 from whatsup.runtime import ProcessTable
 
 OPTIONS = (1 << 20, 1000, 30.0)

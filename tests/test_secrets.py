@@ -8,7 +8,7 @@ import pytest
 
 from whatsup import protocol
 from whatsup.client import ServerError
-from whatsup.logs import REDACTED, Secret, redact
+from whatsup.observe.logs import REDACTED, Secret, redact
 from whatsup.testing import exchange
 
 PATCH_PARSE = """
@@ -46,7 +46,7 @@ def test_a_hasher_crash_report_holds_neither_the_password_nor_its_hash(server):
     with server.client() as c:
         c.register("victim", secret)
     with server.shell() as sh:
-        out, ok = sh.run('exec("import whatsup.accounts as a\\na.check_password = lambda p, s: 1 / 0")')
+        out, ok = sh.run('exec("import whatsup.store.accounts as a\\na.check_password = lambda p, s: 1 / 0")')
         assert ok, out
         stored, ok = sh.run("node.accounts.shard('victim').get('victim')['password']")
         assert ok, stored

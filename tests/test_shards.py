@@ -13,7 +13,7 @@ import pytest
 from gevent.event import AsyncResult
 
 from whatsup.client import ServerError
-from whatsup.offd import Offd, ShardDown, record
+from whatsup.store.offd import Offd, ShardDown, record
 from whatsup.runtime import ProcessTable
 from whatsup.runtime.supervisor import SupSpec, Supervisor
 

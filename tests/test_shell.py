@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from whatsup.offd import shard_of
+from whatsup.store.offd import shard_of
 from whatsup.shell import ERROR_MARK, parse_listen
 from whatsup.shell.client import ShellClient
 from whatsup.shell.helpers import Block

@@ -68,7 +68,7 @@ def test_reload_swaps_live_sessions_to_new_code_without_a_disconnect_or_a_lost_m
     server = make_server(env={"PYTHONPATH": str(copy), "PYTHONSAFEPATH": "1"})
     server.register("alice", "bob")
     alice, bob = server.client("alice"), server.client("bob")
-    session_py = copy / "whatsup" / "session.py"
+    session_py = copy / "whatsup" / "c2s" / "session.py"
     with server.shell() as sh:
         assert ask(sh, "__import__('whatsup').__file__").startswith(str(copy))
         pids = ask(sh, "[str(sm.lookup(u)) for u in ('alice', 'bob')]")
@@ -78,9 +78,9 @@ def test_reload_swaps_live_sessions_to_new_code_without_a_disconnect_or_a_lost_m
         chatter.start()
         chatter.wait_for(20)
         upgrade(session_py)
-        deploy = run(os.path.join(ROOT, "ops", "deploy.sh"), "--socket", server.shell_socket, "whatsup.session")
+        deploy = run(os.path.join(ROOT, "ops", "deploy.sh"), "--socket", server.shell_socket, "whatsup.c2s.session")
         assert deploy.returncode == 0, deploy.stdout + deploy.stderr
-        assert "reloaded whatsup.session" in deploy.stdout and "0 kept the old code" in deploy.stdout
+        assert "reloaded whatsup.c2s.session" in deploy.stdout and "0 kept the old code" in deploy.stdout
         seen = len(chatter.ids)
         chatter.wait_for(seen + 20)  # the same connection keeps going on the new code
         chatter.stop.set()
@@ -106,16 +106,16 @@ def test_reload_swaps_live_sessions_to_new_code_without_a_disconnect_or_a_lost_m
                               (good + "\nraise RuntimeError('boom at import')\n", "boom at import")]:
             session_py.write_text(broken)
             out = run(sys.executable, os.path.join(ROOT, "bin", "whatsup-shell"), "--socket",
-                      server.shell_socket, "-c", "reload('whatsup.session')")
+                      server.shell_socket, "-c", "reload('whatsup.c2s.session')")
             assert out.returncode == 1 and error in out.stdout
             assert "the old code keeps running everywhere" in out.stdout
             assert "whatsup/shell/" not in out.stdout  # only the module's own lines, no loader frames
-            assert ask(sh, "__import__('sys').modules['whatsup.session'].Session.vsn") == 2
+            assert ask(sh, "__import__('sys').modules['whatsup.c2s.session'].Session.vsn") == 2
             assert bob.ping()["vsn"] == 2
             alice.send("bob", "after a failed reload", id=f"after-{error}")
             assert bob.recv(10)["id"] == f"after-{error}"
         assert ask(sh, "node.counters['disconnections']") == gone + 1  # carol only
-    assert "hot reload of whatsup.session aborted" in server.log()
+    assert "hot reload of whatsup.c2s.session aborted" in server.log()
 
 
 class Recorder:
@@ -163,7 +163,7 @@ def test_after_reloading_the_codec_live_sessions_still_refuse_a_bad_frame_and_go
         for machinery in ("whatsup.runtime.process", "whatsup.shell.helpers"):
             out, ok = sh.run(f"reload({machinery!r})")
             assert not ok and "restart the node to change it" in out
-        assert ask(sh, "__import__('whatsup.session').session.ProtocolError is "
+        assert ask(sh, "__import__('whatsup.c2s.session').c2s.session.ProtocolError is "
                        "type(type(state('alice').decoder)(1024).feed(b'\\x00\\x00\\x00\\x01\\x01')[0])")
     body = msgpack.packb([1, 2])
     alice.sock.sendall(struct.pack(">I", len(body)) + body)
@@ -177,13 +177,13 @@ def test_a_reloaded_shard_behaviour_survives_a_kill_the_supervisor_restarts_it_o
     server = make_server(env={"PYTHONPATH": str(copy), "PYTHONSAFEPATH": "1"})
     server.register("alice", "bob")
     alice, bob = server.client("alice"), server.client("bob")
-    offd_py = copy / "whatsup" / "offd" / "__init__.py"
+    offd_py = copy / "whatsup" / "store" / "offd" / "__init__.py"
     src = offd_py.read_text()
     assert src.count("    kind = \"offd\"\n    vsn = 1\n") == 1
     offd_py.write_text(src.replace("    kind = \"offd\"\n    vsn = 1\n", "    kind = \"offd\"\n    vsn = 2\n"))
     shard_of_bob = "(lambda w: (str(w['pid']), w['up']))(where('offd', 'bob'))"
     with server.shell() as sh:
-        assert "0 kept the old code" in sh.run("reload('whatsup.offd')")[0]
+        assert "0 kept the old code" in sh.run("reload('whatsup.store.offd')")[0]
         assert set(ask(sh, "[i(p.pid)['vsn'] for p in table.processes('offd')]")) == {2}
         before, up = ask(sh, shard_of_bob)
         assert up and "killed" in ask(sh, f"kill({before!r}, 'operator test')")

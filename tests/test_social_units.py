@@ -3,9 +3,9 @@ limit is the generic token bucket: tests/test_ratelimit.py)."""
 import pytest
 
 from whatsup import protocol
-from whatsup.offd import ShardDown
+from whatsup.store.offd import ShardDown
 from whatsup.protocol import Code, ProtocolError
-from whatsup.router import AllDurable, Router
+from whatsup.routing.router import AllDurable, Router
 
 
 def test_all_durable_fires_once_after_every_expected_callback_and_the_issuer_release():

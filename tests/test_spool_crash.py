@@ -23,7 +23,7 @@ import tempfile
 
 import pytest
 
-from whatsup.offd import Spool
+from whatsup.store.offd import Spool
 
 USERS = ("ann", "bob", "cid")
 ROUNDS = 12
@@ -219,7 +219,7 @@ def test_acked_items_are_deleted_only_when_released_and_in_ack_order(tmp_path):
 
 
 def test_a_record_of_unexpected_shape_is_counted_and_skipped_not_fatal(tmp_path):
-    from whatsup.offd import record
+    from whatsup.store.offd import record
     sp = spool(tmp_path / "offd").open()
     first = sp.put("ann", "msg", {})
     sp._append(record.encode(["I", "too", "short"]))  # intact bytes, a shape recovery does not know

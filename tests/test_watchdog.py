@@ -3,7 +3,7 @@ import threading
 
 from gevent.events import EventLoopBlocked
 
-from whatsup.watchdog import StarvationFilter, run_queue_wait
+from whatsup.observe.watchdog import StarvationFilter, run_queue_wait
 
 
 class Fake:

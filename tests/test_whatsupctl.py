@@ -155,7 +155,7 @@ def test_groups_invites_stats_reload_and_status(ctl, server):
     assert "unknown_invite" in ctl("invites", "revoke", invite["token"], code=1).stderr
     stats = ctl.json("stats", "--interval", "0.1")
     assert stats["metrics"]["users"] == 2 and stats["node"] == "whatsup@localhost"
-    assert ctl.json("reload", "whatsup.presence")["module"] == "whatsup.presence"
+    assert ctl.json("reload", "whatsup.social.presence")["module"] == "whatsup.social.presence"
     assert "reload_failed" in ctl("reload", "whatsup.nonexistent", code=1).stderr
     status = ctl.json("status")
     assert status["healthy"] is True and status["listen"] == server.server

@@ -6,15 +6,15 @@
     ├── accounts   supervisor (one_for_one): account shards 0..N-1, hashers 0..H-1
     ├── offd       supervisor (one_for_one): offd shards 0..M-1
     ├── social     the groups, blocks, privacy, bans, retired names and invites tables
-    │              (whatsup/tables.py)
+    │              (whatsup/store/tables.py)
     ├── maintenance  ticker: offd compaction and expiry, cast to every shard
     ├── sessions   supervisor: every connection's session, adopted as a temporary child
     ├── sweeper    ticker: forgets forgiven failed logins, logs due log summaries
     ├── listener   the listening sockets (plain, and TLS if configured); a handler
     │              greenlet becomes a session process
     ├── control    the control socket whatsupctl talks to (whatsup/ctl/)
-    ├── push       sends push notifications to the gateway (whatsup/push.py; if push.url)
-    └── sd_watchdog  ticker: WATCHDOG=1 to systemd (whatsup/sdnotify.py; if WatchdogSec)
+    ├── push       sends push notifications to the gateway (whatsup/users/push.py; if push.url)
+    └── sd_watchdog  ticker: WATCHDOG=1 to systemd (whatsup/observe/sdnotify.py; if WatchdogSec)
 
 Children start in that order, so the stores (with recovery) are open before
 the listener accepts, and stop in the reverse order. A crash restarts the
@@ -25,7 +25,7 @@ status 1. The node holds ``data_dir/LOCK`` while it runs (see datadir.py).
 See docs/ARCHITECTURE.md.
 
 Connection limits (one pool for ``server.max_connections``, the per-IP gate,
-the TLS handshake deadline) live in :mod:`whatsup.listener`; the node owns
+the TLS handshake deadline) live in :mod:`whatsup.c2s.listener`; the node owns
 the pool, the gate and the failed-login limiters, so they outlive a listener
 restart and cover every connection of a user.
 """
@@ -41,33 +41,34 @@ import gevent
 from gevent.event import Event
 from gevent.pool import Pool
 
-from . import __version__, logformat, logs, metrics, sdnotify, watchdog
-from .accounts import AccountStore
-from .admission import Admission, KnownLogins
+from . import __version__
+from .observe import logformat, logs, metrics, sdnotify, watchdog
+from .store.accounts import AccountStore
+from .c2s.admission import Admission, KnownLogins
 from .address import split as split_address
-from .blocking import Blocks
+from .social.blocking import Blocks
 from .config import ConfigError
 from .ctl.server import ControlServer, socket_path as control_path
-from .datadir import DataDirBusy, InsecureDataDir, ShardMismatch, identity, lock, secure, shard_count
-from .groups import Groups
-from .lifecycle import Lifecycle
-from .listener import FD_RESERVE, ConnectionGate, GatedServer, connection_cap, server_context
-from .offd import Offd
+from .store.datadir import DataDirBusy, InsecureDataDir, ShardMismatch, identity, lock, secure, shard_count
+from .social.groups import Groups
+from .users.lifecycle import Lifecycle
+from .c2s.listener import FD_RESERVE, ConnectionGate, GatedServer, connection_cap, server_context
+from .store.offd import Offd
 from .protocol import Code
-from .presence import Presence
-from .push import Push, PushWorker
-from .ratelimit import Guesses, KeyedLimiter, Pacer
-from .registration import Registration
-from .router import Router
+from .social.presence import Presence
+from .users.push import Push, PushWorker
+from .runtime.ratelimit import Guesses, KeyedLimiter, Pacer
+from .users.registration import Registration
+from .routing.router import Router
 from .runtime import Process, ProcessDead, ProcessTable, StartFailed
 from .runtime.industry import ShardRegistry, UnknownKind
 from .runtime.supervisor import NORMAL, Child, SupSpec, Supervisor, adopt, terminate_child
 from .runtime.ticker import Ticker
 from .runtime.timers import Timers
-from .session import Session
+from .c2s.session import Session
 from .shell.server import Backdoor
-from .sm import SessionManager
-from .tables import TableStore
+from .routing.sm import SessionManager
+from .store.tables import TableStore
 
 log = logging.getLogger("whatsup.node")
 FLOOD_WINDOW = 60.0  # seconds over which flooding closes count against an address (server.flood_closes)

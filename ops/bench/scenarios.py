@@ -238,7 +238,7 @@ class Fanout:
 
 
 class Reload:
-    """A hot reload of ``whatsup.session`` through the operator shell (the node's backdoor socket)
+    """A hot reload of ``whatsup.c2s.session`` through the operator shell (the node's backdoor socket)
     while ``pairs`` pairs exchange 1:1 messages and idle sessions fill the node up to
     ``reload_sessions``: the sessions that disconnected during the step, and the longest pause
     between two deliveries (any receiver) that overlaps the reload."""
@@ -268,7 +268,7 @@ class Reload:
                 driver.start()
                 time.sleep(p["reload_seconds"] / 3)
                 started = time.monotonic()
-                report, ok = sh.run("reload('whatsup.session')")
+                report, ok = sh.run("reload('whatsup.c2s.session')")
                 took = time.monotonic() - started
                 driver.join()
                 if "error" in traffic:

@@ -7,14 +7,14 @@ written with, and whatsupd reads them from there unless its config names others,
 so a node that needed no config file before a reshard needs none after it. The
 tool refuses to run while a whatsupd holds the data dir, verifies every moved
 item and account before swapping, and can be run again after an interruption
-(it rolls the half-done swap back first). See whatsup/reshard.py for the plan.
+(it rolls the half-done swap back first). See whatsup/store/reshard.py for the plan.
 """
 import os
 
 import click
 
-from ..datadir import DataDirBusy
-from ..reshard import ReshardError, reshard
+from ..store.datadir import DataDirBusy
+from ..store.reshard import ReshardError, reshard
 from . import load_config, setting_option, version_option
 from .progress import Progress
 

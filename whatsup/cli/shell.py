@@ -63,7 +63,7 @@ def _address(socket_path, data_dir, config_path):
               help="the node's TOML configuration, to find its shell.listen")
 @click.option("-c", "command", metavar="EXPR", help="evaluate EXPR in the node, print the result, exit")
 @click.option("--reload", "modules", multiple=True, metavar="MODULE",
-              help="hot-load MODULE (e.g. whatsup.session) into the node; repeatable, stops at a failure")
+              help="hot-load MODULE (e.g. whatsup.c2s.session) into the node; repeatable, stops at a failure")
 @click.option("--timeout", type=float, default=60.0, show_default=True,
               help="seconds to wait for the node's answer with -c / --reload")
 @version_option("whatsup-shell")

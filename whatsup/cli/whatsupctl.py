@@ -293,7 +293,7 @@ def stats(ctl, interval):
 @leaf(main, "reload")
 @click.argument("module")
 def reload(ctl, module):
-    """Hot-load MODULE's new code into the node (e.g. whatsup.session)."""
+    """Hot-load MODULE's new code into the node (e.g. whatsup.c2s.session)."""
     ctl.show(ctl.call("reload", module=module))
 
 

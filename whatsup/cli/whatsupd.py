@@ -6,7 +6,8 @@ import sys
 
 import click
 
-from .. import config, logs
+from .. import config
+from ..observe import logs
 from ..address import is_loopback, split
 from ..node import Node, StartError
 from . import load_config, setting_option, version_option

@@ -8,8 +8,8 @@ connection's greenlet: they may wait (a hash, a commit), never block the hub.
 """
 import time
 
-from ..accounts import UserTaken
-from ..lifecycle import OPERATOR
+from ..store.accounts import UserTaken
+from ..users.lifecycle import OPERATOR
 from ..protocol import ProtocolError, check_account
 from ..shell.helpers import Helpers
 from . import Refused

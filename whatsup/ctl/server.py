@@ -18,7 +18,7 @@ import struct
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
-from ..admission import Refused as NotNow
+from ..c2s.admission import Refused as NotNow
 from ..config import ConfigError
 from ..protocol import ProtocolError
 from ..runtime import StartFailed

@@ -40,7 +40,7 @@ import gevent
 from gevent.event import AsyncResult
 from gevent.queue import UnboundQueue
 
-from ..logs import redact
+from ..observe.logs import redact
 
 
 log = logging.getLogger("whatsup.runtime")

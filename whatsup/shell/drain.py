@@ -1,7 +1,7 @@
 """Fast-drain of an overloaded mailbox: what happens to each kind of message.
 
 A mailbox grows without bound only with what *others* put there faster than
-the process takes it. For a session (see whatsup/session.py) that is:
+the process takes it. For a session (see whatsup/c2s/session.py) that is:
 
 ``("poke",)``
     "your offd queue has something new". The item it announces is already in

@@ -21,8 +21,9 @@ import traceback
 import gevent
 from gevent.event import Event
 
-from .. import __version__, metrics
-from ..logs import redact
+from .. import __version__
+from ..observe import metrics
+from ..observe.logs import redact
 from ..runtime import CallTimeout, Pid, Process, ProcessDead
 from ..runtime.process import CALL, SYS
 from . import ERROR_MARK, Table, drain as draining, reload as reloading
@@ -172,7 +173,7 @@ class Helpers:
 
     def stats(self, interval=1.0):
         """Connections, messages/s in and out (over ``interval`` s), offd queue, mailbox depths, memory,
-        and under ``metrics`` every figure the Prometheus endpoint exports (whatsup.metrics.snapshot)."""
+        and under ``metrics`` every figure the Prometheus endpoint exports (whatsup.observe.metrics.snapshot)."""
         before = self._sample()
         gevent.sleep(interval)
         after = self._sample()

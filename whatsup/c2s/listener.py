@@ -33,10 +33,10 @@ import gevent
 from gevent import ssl
 from gevent.server import StreamServer
 
-from . import protocol
+from .. import protocol
 from .admission import prefix
-from .protocol import Code, error_frame
-from .runtime import StartFailed
+from ..protocol import Code, error_frame
+from ..runtime import StartFailed
 
 log = logging.getLogger("whatsup.listener")
 #: Descriptors kept out of the connection pool: sqlite files with their WAL/SHM, offd segments,

@@ -107,7 +107,7 @@ _installed = []  # the Summarizer of setup(), for flush()
 
 def setup(level, stream=sys.stderr, burst=10, period=10.0, fmt="text", node=None):
     """The node's logging: one stream handler whose records go through a Summarizer, written as
-    ``fmt`` (server.log_format, whatsup/logformat.py)."""
+    ``fmt`` (server.log_format, whatsup/observe/logformat.py)."""
     summarizer = Summarizer(burst, period)
     handler = logging.StreamHandler(stream)
     handler.setFormatter(logformat.formatter(fmt, node))

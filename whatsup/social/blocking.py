@@ -7,7 +7,7 @@ delivered, their presence subscription sees the blocker offline without a last
 seen, their typing is dropped. The blocker, who knows, gets ``blocked`` when
 writing, typing to or subscribing to the user they blocked.
 """
-from .protocol import Code, ProtocolError
+from ..protocol import Code, ProtocolError
 
 
 class Blocks:
@@ -21,7 +21,7 @@ class Blocks:
         return f"<Blocks blockers={len(self.blocked)}>"
 
     def open(self, table, router):
-        """Load the relation from ``table`` (a whatsup.tables.Table); answers go through ``router``."""
+        """Load the relation from ``table`` (a whatsup.store.tables.Table); answers go through ``router``."""
         self.table, self.router = table, router
         self.blocked = {user: set(others) for user, others in table.load().items()}
         return self

@@ -5,14 +5,14 @@ spooled in offd and never acked. A subscription belongs to the session that
 made it; a device that reconnects subscribes again and the answer carries the
 current state, so nothing is lost that still matters. Only the privacy setting
 (last seen visible to ``everyone`` or ``nobody``) is durable, in a
-:class:`whatsup.tables.Table`.
+:class:`whatsup.store.tables.Table`.
 
-Blocking (see whatsup/blocking.py): a user who is blocked sees the blocker as
+Blocking (see whatsup/social/blocking.py): a user who is blocked sees the blocker as
 offline with no last seen and gets no updates; the blocker gets ``blocked``.
 """
 import time
 
-from .protocol import Code, ProtocolError
+from ..protocol import Code, ProtocolError
 
 
 class Presence:

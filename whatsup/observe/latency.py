@@ -1,6 +1,6 @@
 """Latency histograms and process metrics, on prometheus_client (docs/ARCHITECTURE.md, "Metrics").
 
-The counters and gauges of :mod:`whatsup.metrics` are read from the node's own
+The counters and gauges of :mod:`whatsup.observe.metrics` are read from the node's own
 state when scraped; what cannot be read afterwards — how long each ✓, each
 delivery, each fsync and each login took — is observed where it happens into
 the histograms below (one per process: a whatsupd runs one node), with

@@ -1,7 +1,7 @@
 """The client session: one process per connection, implementing docs/PROTOCOL.md.
 
 The rules of a connection (order of frames, deadlines, flow control, rate
-limits) are the I/O-free core in whatsup/c2s.py; this is its adapter: the
+limits) are the I/O-free core in whatsup/c2s/core.py; this is its adapter: the
 socket, the process, and the calls into the router, offd and accounts.
 
 The connection's greenlet *is* the process. The socket does not get a reader
@@ -46,13 +46,15 @@ import time
 
 import gevent
 
-from . import c2s, latency, protocol
-from .accounts import UserTaken
+from . import core as c2s
+from ..observe import latency
+from .. import protocol
+from ..store.accounts import UserTaken
 from .admission import Refused, prefix
-from .c2s import Close
-from .runtime.factory import ShardDown
-from .protocol import Code, ProtocolError, error_frame
-from .runtime.process import FAIR_SHARE
+from .core import Close
+from ..runtime.factory import ShardDown
+from ..protocol import Code, ProtocolError, error_frame
+from ..runtime.process import FAIR_SHARE
 
 log = logging.getLogger("whatsup.session")
 #: What a non-blocking socket (plain or TLS) raises when it has nothing to give or take now.
@@ -116,7 +118,7 @@ class Session:
             proc.stop(("closed", msg[1]))
         elif tag == "replaced":
             Session._close(proc, st, Code.REPLACED, "logged in from another connection")
-        elif tag == "close":  # ("close", code, message): banned, kicked... (whatsup/lifecycle.py)
+        elif tag == "close":  # ("close", code, message): banned, kicked... (whatsup/users/lifecycle.py)
             Session._close(proc, st, msg[1], msg[2])
         elif tag == "tick":
             try:
@@ -147,7 +149,7 @@ class Session:
         if st.user is not None and st.node.sm.unregister(st.user, proc.pid):
             st.node.presence.offline(st.user)
         st.node.counters["disconnections"] += 1
-        st.node.counters["frames_in"] += st.frames_in  # whatsup.metrics adds the live sessions' own
+        st.node.counters["frames_in"] += st.frames_in  # whatsup.observe.metrics adds the live sessions' own
         st.node.counters["frames_out"] += st.frames_out
         log.debug("session %r (%s) ended: %s", proc.pid, st.user, reason)
         st.sock.close()

@@ -19,8 +19,8 @@ import logging
 import os
 
 from ..datadir import ShardMismatch, check_shards
-from ..runtime.factory import ShardDown, shard_of
-from ..runtime.industry import Industry
+from ...runtime.factory import ShardDown, shard_of
+from ...runtime.industry import Industry
 from .spool import Acked, Item, QueueFull, Spool
 
 __all__ = ["Acked", "Item", "Offd", "OffdShard", "QueueFull", "ShardDown", "ShardMismatch", "Spool",

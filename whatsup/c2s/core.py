@@ -1,6 +1,6 @@
 """The client connection's core: the rules of one connection, without a socket or a clock.
 
-Implements, for whatsup/session.py, the per-connection parts of docs/PROTOCOL.md:
+Implements, for whatsup/c2s/session.py, the per-connection parts of docs/PROTOCOL.md:
 "Connection" (hello first, then register/login; the login and idle deadlines)
 and "Limits" (the inflight bound, the outbound buffer and the slow reader,
 rate limits and strikes). A :class:`Conn` is fed bytes and answers, reads
@@ -16,10 +16,10 @@ import collections
 import functools
 from typing import NamedTuple
 
-from . import protocol
-from .protocol import Code, ProtocolError
-from .ratelimit import FrameBuckets, TokenBucket
-from .runtime.process import FAIR_SHARE
+from .. import protocol
+from ..protocol import Code, ProtocolError
+from ..runtime.ratelimit import FrameBuckets, TokenBucket
+from ..runtime.process import FAIR_SHARE
 
 
 class Limits(NamedTuple):

@@ -14,7 +14,7 @@ Password hashing (scrypt) takes tens of milliseconds of CPU: a gen_factory of
 :class:`Hasher` workers (``accounts.hash_threads``, least-loaded dispatch), each
 with its own native thread, does it, so a login storm cannot freeze the
 sessions; what may wait for them is bounded and fair between networks
-(whatsup/admission.py), and a user who logged in lately with the same
+(whatsup/c2s/admission.py), and a user who logged in lately with the same
 password needs no hash at all. The set of user names is kept in RAM for the
 whole node, so checking a recipient costs no I/O.
 """
@@ -28,14 +28,14 @@ import threading
 from gevent.event import AsyncResult, Event
 from gevent.threadpool import ThreadPool
 
-from .admission import Admission, KnownLogins, Refused
+from ..c2s.admission import Admission, KnownLogins, Refused
 from .batch import GroupCommitter
 from .datadir import check_shards
-from .logs import Secret
-from .protocol import Code
-from .runtime import CallTimeout, ProcessDead
-from .runtime.factory import Factory
-from .runtime.industry import Industry
+from ..observe.logs import Secret
+from ..protocol import Code
+from ..runtime import CallTimeout, ProcessDead
+from ..runtime.factory import Factory
+from ..runtime.industry import Industry
 from .tables import open_table
 
 log = logging.getLogger("whatsup.accounts")
@@ -191,7 +191,7 @@ class AccountStore:
     """The accounts industry. ``check()``, start ``children()`` under a supervisor, then call
     from greenlets (calls wait, the hub does not).
 
-    Every scrypt goes through ``admission`` (whatsup/admission.py): a login or registration
+    Every scrypt goes through ``admission`` (whatsup/c2s/admission.py): a login or registration
     that cannot be admitted now raises Refused at once instead of queueing; ``known`` lets a
     user who logged in lately with the same password in without hashing; ``registrations``
     limits registrations per address (a KeyedLimiter; None: no limit)."""

@@ -7,7 +7,7 @@ record, one seq and one frame that every member's queue there references (a
 queued copy costs a deque slot), so offline members are served exactly like
 1:1 recipients and order per (group, sender) comes from the per-recipient
 queues. The sender's ✓ comes when every G record is fsynced; recovery completes
-any fan-out a crash cut short from its intent (whatsup/router.py). Each
+any fan-out a crash cut short from its intent (whatsup/routing/router.py). Each
 member's ack becomes a ``delivered`` receipt carrying ``group``.
 
 Group events (created, added, removed, left, admin, renamed) are system items
@@ -26,7 +26,7 @@ stall the other sessions; the worker is a greenlet of its own (a session
 waits for its group changes; its messages are queued without waiting), so
 killing a session cannot cut a fan-out in half.
 
-Membership lives in RAM and in a :class:`whatsup.tables.Table` (``load``/``put``;
+Membership lives in RAM and in a :class:`whatsup.store.tables.Table` (``load``/``put``;
 today social.sqlite), so it can move into the account shards without this
 module changing.
 """
@@ -38,10 +38,10 @@ import uuid
 import gevent
 from gevent.event import AsyncResult, Event
 
-from .offd import ShardDown
-from .protocol import Code, ProtocolError
-from .ratelimit import Pacer
-from .router import AllDurable, group_frame
+from ..store.offd import ShardDown
+from ..protocol import Code, ProtocolError
+from ..runtime.ratelimit import Pacer
+from ..routing.router import AllDurable, group_frame
 
 log = logging.getLogger("whatsup.groups")
 
@@ -96,7 +96,7 @@ class Groups:
         return f"<Groups {len(self.groups)} groups {dict(self.counters)}>"
 
     def open(self, table):
-        """Load every group from ``table`` (a whatsup.tables.Table)."""
+        """Load every group from ``table`` (a whatsup.store.tables.Table)."""
         self.table = table
         for gid, rec in table.load().items():
             self._index(Group(gid, rec["name"], {u: a for u, a in rec["members"]}))

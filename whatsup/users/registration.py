@@ -8,7 +8,7 @@
   single-use) who holds fewer than ``accounts.user_invites`` valid ones;
 * ``closed``: only the operator registers users (``registration_closed``).
 
-A retired name (a deleted account's, whatsup/lifecycle.py) is ``user_taken`` in
+A retired name (a deleted account's, whatsup/users/lifecycle.py) is ``user_taken`` in
 every mode. Invites are a small durable table held in RAM. A use is taken when
 a registration is admitted and given back if the registration then fails, so
 two registrations racing for the last use cannot both pass.
@@ -19,7 +19,7 @@ import secrets
 import time
 
 from .lifecycle import durably
-from .protocol import Code, ProtocolError
+from ..protocol import Code, ProtocolError
 
 log = logging.getLogger("whatsup.registration")
 MODES = ("open", "invite", "closed")
@@ -41,7 +41,7 @@ class Registration:
         return f"<Registration {self.mode} invites={len(self.invites)}>"
 
     def open(self, table):
-        """Load the invites from ``table`` (a whatsup.tables.Table)."""
+        """Load the invites from ``table`` (a whatsup.store.tables.Table)."""
         self.table = table
         self.invites = table.load()
         return self

@@ -28,7 +28,7 @@ import zlib
 
 import msgpack
 
-from ..protocol import pack
+from ...protocol import pack
 
 MAGIC = b"\xa7W"
 HEAD = struct.Struct(">2sII")

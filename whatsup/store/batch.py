@@ -27,7 +27,7 @@ import time
 import gevent
 from gevent.event import Event
 
-from . import latency
+from ..observe import latency
 
 log = logging.getLogger("whatsup.batch")
 #: Batches one writer task writes before it gives the pool's thread back, so the pool's other

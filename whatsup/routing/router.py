@@ -12,8 +12,8 @@ Implements the delivery rules of docs/PROTOCOL.md ("Messages and ticks"):
 * device acks become ``delivered`` receipts and ``read`` frames become
   ``read`` receipts, queued for the original sender the same way;
 * a retransmitted client id is acked again but never queued twice (a bounded
-  per-sender window of recent ids, whatsup/dedup.py, rebuilt from the spool
-  after a restart; whatsup/groups.py shares it through
+  per-sender window of recent ids, whatsup/routing/dedup.py, rebuilt from the spool
+  after a restart; whatsup/social/groups.py shares it through
   ``retransmit``/``track``/``durable``);
 * a group message's copies are queued by shard (``partition``, ``copies``: one
   G record per offd shard) once its intent is durable, and its fan-out is
@@ -33,12 +33,12 @@ import time
 
 import gevent
 
-from . import latency
+from ..observe import latency
 from .dedup import Dedup, digest
-from .offd import QueueFull, ShardDown
-from .offd.spool import SLICE
-from .protocol import Code, Template, error_frame, unpack
-from .runtime import MailboxFull, ProcessDead
+from ..store.offd import QueueFull, ShardDown
+from ..store.offd.spool import SLICE
+from ..protocol import Code, Template, error_frame, unpack
+from ..runtime import MailboxFull, ProcessDead
 
 log = logging.getLogger("whatsup.router")
 RETRY = 1.0  # seconds between attempts to store a ✓✓ receipt the spool refused

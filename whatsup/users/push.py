@@ -36,8 +36,8 @@ import urllib3
 from gevent.threadpool import ThreadPool
 
 from .lifecycle import durably
-from .offd import ShardDown
-from .protocol import unpack
+from ..store.offd import ShardDown
+from ..protocol import unpack
 
 log = logging.getLogger("whatsup.push")
 MESSAGES = ("msg", "gmsg")  # the item kinds a push counts (receipts and events wake nobody)
@@ -136,7 +136,7 @@ class Push:
         return f"<Push {self.url or 'off'} devices={len(self.devices)} {self.schedule!r} {self.counters}>"
 
     def open(self, table):
-        """Load the devices' tokens from ``table`` (a whatsup.tables.Table)."""
+        """Load the devices' tokens from ``table`` (a whatsup.store.tables.Table)."""
         self.table = table
         self.devices = table.load()
         return self

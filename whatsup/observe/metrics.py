@@ -16,8 +16,9 @@ import time
 
 from gevent.pywsgi import WSGIServer
 
-from . import address, latency
-from .config import ConfigError
+from .. import address
+from . import latency
+from ..config import ConfigError
 
 log = logging.getLogger("whatsup.metrics")
 
@@ -125,7 +126,7 @@ METRICS = (
 
 def snapshot(node):
     """Every metric's current value: name -> number, or label value -> number for labelled ones;
-    under ``latency`` the histograms and process metrics of whatsup.latency."""
+    under ``latency`` the histograms and process metrics of whatsup.observe.latency."""
     return {**{m.name: m.get(node) for m in METRICS}, "latency": latency.snapshot()}
 
 

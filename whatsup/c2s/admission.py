@@ -4,7 +4,7 @@ Implements docs/PROTOCOL.md ("Logins") and docs/RELIABILITY.md ("Hostile traffic
 check costs ~90 ms of CPU at the default cost, so a node hashes a few dozen passwords a
 second; a login storm from many addresses once queued thousands behind the hashers and
 legitimate logins waited minutes (issue 11). Pure objects with an injected clock; the waiting
-itself is done by whatsup/accounts.py.
+itself is done by whatsup/store/accounts.py.
 
 * :class:`Admission` admits a check only while its address has fewer than ``per_ip`` and
   its network (/24 IPv4, /56 IPv6: :func:`prefix`) fewer than ``per_prefix`` checks admitted,

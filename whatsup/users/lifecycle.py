@@ -4,7 +4,7 @@ The operator (``whatsupctl``, whatsup/ctl/) and the user (the ``passwd`` and
 ``delete_account`` frames) both come here, so an account is changed or deleted
 one way whoever asks. Bans and retired names (a deleted account's name cannot
 be registered again for ``accounts.name_reuse_days``) are small durable tables
-(:class:`whatsup.tables.Table`) held in RAM, so a login or a registration asks
+(:class:`whatsup.store.tables.Table`) held in RAM, so a login or a registration asks
 them without I/O.
 
 A live session is closed by telling it ``("close", code, message)``: it answers
@@ -18,12 +18,12 @@ import time
 
 from gevent.event import AsyncResult
 
-from . import protocol
-from .admission import Refused
-from .protocol import Code, ProtocolError
+from .. import protocol
+from ..c2s.admission import Refused
+from ..protocol import Code, ProtocolError
 
 log = logging.getLogger("whatsup.lifecycle")
-OPERATOR = "operator"  # the admission key (whatsup/admission.py) of the operator's password hashes
+OPERATOR = "operator"  # the admission key (whatsup/c2s/admission.py) of the operator's password hashes
 
 
 def _source(user):
@@ -57,7 +57,7 @@ class Lifecycle:
         return f"<Lifecycle banned={len(self.bans)} retired={len(self.retired)}>"
 
     def open(self, name, table):
-        """Load the ``bans`` or ``retired`` table (a whatsup.tables.Table)."""
+        """Load the ``bans`` or ``retired`` table (a whatsup.store.tables.Table)."""
         self._tables[name] = table
         setattr(self, name, table.load())
         return self
@@ -102,7 +102,7 @@ class Lifecycle:
 
     def set_password(self, user, password, keep=None, source=OPERATOR):
         """A new password for ``user``; every other session is told and logged out. ``source`` is
-        whom the hash is admitted for (whatsup/admission.py): the operator, or the user."""
+        whom the hash is admitted for (whatsup/c2s/admission.py): the operator, or the user."""
         self._known(user)
         self.accounts.set_password(user, password, source)
         return self.close_sessions(user, Code.PASSWORD_CHANGED, "the password changed; log in again", keep)

@@ -25,7 +25,7 @@ queue is a deque consumed from the front, and ``wm[user]`` (the highest seq
 deleted) tells whether a record is still live. A group message's copies on
 one shard are one Item (one seq, one frame, one G record) that every member's
 queue references: a queued group copy costs one deque slot (8 bytes), not a
-frame. Its fan-out is durable in F/G/E records (whatsup/router.py, "Groups").
+frame. Its fan-out is durable in F/G/E records (whatsup/routing/router.py, "Groups").
 
 Maintenance costs O(work done) and yields to the hub between slices of
 ``SLICE`` items or ``PACE`` seconds, whichever ends first (:class:`Pace`; no
@@ -49,8 +49,8 @@ from gevent.threadpool import ThreadPool
 
 from ..batch import GroupCommitter
 from ..datadir import fsync_dir
-from ..dedup import ENTRY, digest, unpack_entries
-from ..protocol import pack
+from ...routing.dedup import ENTRY, digest, unpack_entries
+from ...protocol import pack
 from . import record
 
 log = logging.getLogger("whatsup.offd")

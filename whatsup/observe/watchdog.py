@@ -56,7 +56,7 @@ class StarvationFilter:
         elapsed, waited = self.clock() - since, waited_now - waited_before
         if elapsed - waited < self.limit:
             self.starved += 1
-            event.info[:] = [f"whatsup.watchdog: the hub thread waited {waited:.3f} s of the last "
+            event.info[:] = [f"whatsup.observe.watchdog: the hub thread waited {waited:.3f} s of the last "
                              f"{elapsed:.3f} s for a CPU: starved by the OS, not blocked "
                              f"(gevent's report dropped; {self.starved} so far)"]
 

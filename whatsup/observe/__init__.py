@@ -1,0 +1,1 @@
+"""What operators read: metrics, latency histograms, the hub watchdog, logs, systemd notify."""

@@ -1,0 +1,1 @@
+"""Who is connected where, dedup, and the router that delivers or spools."""

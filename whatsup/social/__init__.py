@@ -1,0 +1,1 @@
+"""Groups, presence and blocking."""

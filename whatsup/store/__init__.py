@@ -1,0 +1,1 @@
+"""What survives a restart: offd, accounts, the small tables, group commit, the data dir."""

@@ -1,0 +1,1 @@
+"""Account life: registration, bans and deletion, push notifications."""
