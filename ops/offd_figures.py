@@ -75,7 +75,7 @@ class _Inert:
 
 def router_for(spool, window):
     inert = _Inert(spool)
-    router = Router(inert, inert, inert, inert, inert, window)
+    router = Router(inert, inert, inert, inert, inert, window, inert)
     router.shard_up(spool, False)
     return router
 
