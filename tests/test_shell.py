@@ -83,7 +83,7 @@ def test_drain_spools_a_stuffed_mailbox_and_the_recipient_gets_every_message(onl
         assert "poke" not in report["removed"] and report["after"] <= report["before"]
         after = ask(sh, "[m[0] for m in mailbox('bob', 100)]")
         assert after.count("poke") == 1 and after[-1] == "poke"
-        assert ask(sh, "len(offd.spool('bob').queue('bob'))") == 40  # the drained messages are in offd
+        assert ask(sh, "len(offd.items('bob'))") == 40  # the drained messages are in offd
         assert "resumed" in ask(sh, "resume('bob')")
     got = []
     while len(got) < 40:
@@ -172,6 +172,13 @@ def test_whatsup_shell_c_prints_the_result_and_fails_when_the_node_raised(server
     assert ok.returncode == 0 and "msgs_in_per_s" in ok.stdout and "mailbox" in ok.stdout
     bad = whatsup_shell("--socket", server.shell_socket, "-c", "i(99999)")
     assert bad.returncode == 1 and "ProcessDead" in bad.stdout and ERROR_MARK not in bad.stdout
+
+
+def test_help_without_arguments_lists_the_helpers_instead_of_waiting_for_input(server):
+    out = whatsup_shell("--socket", server.shell_socket, "-c", "help()")
+    assert out.returncode == 0 and "ps(kind=None" in out.stdout and "where(" in out.stdout
+    shown = whatsup_shell("--socket", server.shell_socket, "-c", "help(ps)")
+    assert shown.returncode == 0 and "Processes as a table" in shown.stdout
 
 
 def test_whatsup_shell_says_so_when_no_node_listens(tmp_path):

@@ -153,7 +153,10 @@ class Node:
             KeyedLimiter(cfg.auth.ip_registrations, cfg.auth.failure_window), cfg.accounts.hash_nice)
         self.offd = Offd(self.table, offd_dir, shard_count(offd_dir, cfg.offd.shards),
                          cfg.offd.segment_bytes, cfg.offd.max_queue, cfg.offd.expiry_days, wait,
-                         cfg.session.dedup_window)
+                         cfg.session.dedup_window,  # the router's callbacks (it is made next):
+                         devices=self.accounts.devices, on_ready=lambda user: self.router.poke(user),
+                         carry=lambda sender, first, last: self.router.dedup.entries(sender, first, last),
+                         on_up=lambda spool, restarted: self.router.shard_up(spool, restarted))
         self.blocks = Blocks(self.accounts)
         self.push = Push(cfg, self.sm, self.offd, self.timers)
         self.router = Router(self.table, self.sm, self.offd, self.accounts, self.blocks,
@@ -171,7 +174,6 @@ class Node:
                                    self.failed_logins)
         self.registration = Registration(cfg.accounts.registration, cfg.accounts.invite_days,
                                          self.lifecycle.is_retired, cfg.accounts.user_invites)
-        self.offd.on_up = self.router.shard_up
         self.registry = ShardRegistry()
         self.registry.add(self.accounts.industry)
         self.registry.add(self.offd.industry)
@@ -205,7 +207,8 @@ class Node:
     def where(self, kind, entity):
         """Which shard, worker and pid handle ``entity``: kinds offd, accounts and session."""
         if kind == "session":
-            return {"kind": kind, "entity": entity, "node": self.table.node, "pid": self.sm.lookup(entity)}
+            return {"kind": kind, "entity": entity, "node": self.table.node, "pid": self.sm.lookup(entity),
+                    "devices": self.sm.devices(entity)}
         try:
             return self.registry.where(kind, entity)
         except UnknownKind as exc:

@@ -101,7 +101,7 @@ class Session:
 
     @staticmethod
     def describe(st):
-        return {"user": st.user, "addr": st.addr, "version": st.version, "frames_in": st.frames_in,
+        return {"user": st.user, "device": st.device, "addr": st.addr, "version": st.version, "frames_in": st.frames_in,
                 "frames_out": st.frames_out, "idle": round(time.monotonic() - st.last_in, 3),
                 "unflushed": len(st.out), "inflight": st.inflight, "paused": st.paused}
 
@@ -146,7 +146,7 @@ class Session:
         except OSError:
             pass
         st.node.presence.gone(proc.pid)
-        if st.user is not None and st.node.sm.unregister(st.user, proc.pid):
+        if st.user is not None and st.node.sm.unregister(st.user, st.device, proc.pid):
             st.node.presence.offline(st.user)
         st.node.counters["disconnections"] += 1
         st.node.counters["frames_in"] += st.frames_in  # whatsup.observe.metrics adds the live sessions' own
@@ -311,8 +311,8 @@ class Session:
     def _ack(proc, st, f):
         spool = st.node.offd.current(st.user)
         # While the shard restarts the ack is dropped: the items come again and are acked again.
-        if spool is not None and st.node.sm.lookup(st.user) == proc.pid:
-            st.node.router.acked(st.user, spool, f["seq"])
+        if spool is not None and st.node.sm.lookup(st.user, st.device) == proc.pid:
+            st.node.router.acked(st.user, st.device, spool, f["seq"])
             Session._push(proc, st)
 
     @staticmethod
@@ -368,18 +368,18 @@ class Session:
         ban = node.lifecycle.banned(user)
         if ban is not None:
             raise ProtocolError(Code.BANNED, f"this account is banned: {ban['reason']}", ref)
-        q = node.offd.spool(user).queues.get(user)  # None: nothing queued (no empty queue is made)
+        spool = node.offd.spool(user)
         st.user = proc.entity = user
         node.gate.authenticated(st.addr)
-        old = node.sm.register(user, proc.pid)
+        online = node.sm.lookup(user) is not None
+        old = node.sm.register(user, st.device, proc.pid)
         if old is not None:
             node.router.tell(old, ("replaced",))
-        else:
+        elif not online:
             node.presence.online(user)
-        if q is not None:
-            q.sent = 0
+        queued = spool.login(user, st.device)  # what it was sent and did not ack goes again
         node.counters["logins"] += 1
-        st.send({"type": "ok", "ref": ref, "user": user, "queued": len(q) if q else 0})
+        st.send({"type": "ok", "ref": ref, "user": user, "queued": queued})
         latency.LOGIN.observe(time.monotonic() - started)
         Session._push(proc, st)
 
@@ -387,15 +387,14 @@ class Session:
     def _push(proc, st):
         """Send queued items up to the flow-control window (only the user's current session)."""
         node = st.node
-        if st.user is None or node.sm.lookup(st.user) != proc.pid:
+        if st.user is None or node.sm.lookup(st.user, st.device) != proc.pid:
             return
         spool = node.offd.current(st.user)
-        q = spool and spool.queues.get(st.user)
-        if q is None:  # nothing queued, or the shard restarts and pokes when it is back
+        if spool is None:  # the shard restarts, and pokes when it is back
             return
-        room, budget = st.push_room(q.sent)
+        room, budget = st.push_room(spool.unacked(st.user, st.device))
         if room > 0 and budget > 0:
-            for item in q.unsent(room, budget):
+            for item in spool.next_batch(st.user, st.device, st.limits.window, budget):
                 st.out += protocol.frame_bytes(item.frame)
                 st.frames_out += 1
 

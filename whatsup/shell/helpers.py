@@ -12,6 +12,7 @@ import inspect
 import itertools
 import logging
 import os
+import pydoc
 import re
 import resource
 import sys
@@ -108,7 +109,7 @@ class Helpers:
         node = self.node
         ns = {name: getattr(self, name) for name in self.VERBS}
         ns.update(node=node, table=node.table, sm=node.sm, router=node.router, offd=node.offd,
-                  cfg=node.cfg, Pid=Pid, gevent=gevent, _c=self._c)
+                  cfg=node.cfg, Pid=Pid, gevent=gevent, _c=self._c, help=self.help)
         return ns
 
     def banner(self):
@@ -124,6 +125,13 @@ class Helpers:
             fn = getattr(self, name)
             doc = (fn.__doc__ or "").strip().splitlines()[0]
             print(f"  {name + str(inspect.signature(fn)):<34} {doc}")
+
+    def help(self, thing=None):
+        """``help()`` lists the helpers, as ``h()``; ``help(x)`` shows x's documentation. (pydoc's
+        interactive help would wait for a line from the node's own stdin: the shell would hang.)"""
+        if thing is None:
+            return self.h()
+        return pydoc.help(thing)
 
     def ps(self, kind=None, sort="pid", n=None):
         """Processes as a table (pid, kind, who, entity, mailbox, handled, restarts, uptime, vsn).
@@ -165,10 +173,13 @@ class Helpers:
         node = self.node
         if kind not in ("session", "user"):
             return node.registry.where(kind, entity)
-        pid = node.sm.lookup(entity)
-        proc = node.table.procs.get(pid.n) if pid is not None else None
+        sessions = node.sm.devices(entity)
+        pid = next(iter(sessions.values()), None)
+        procs = {d: node.table.procs.get(p.n) for d, p in sessions.items()}
         return {"kind": "session", "entity": entity, "node": node.table.node, "pid": pid,
-                "online": pid is not None, "worker": repr(proc) if proc else None,
+                "online": pid is not None, "worker": repr(procs[next(iter(procs))]) if procs else None,
+                "devices": {d: {"pid": p, "worker": repr(procs[d]) if procs[d] else None}
+                            for d, p in sessions.items()},
                 "offd": node.registry.where("offd", entity)}
 
     def stats(self, interval=1.0):
@@ -200,7 +211,7 @@ class Helpers:
         """(when, msgs routed in, items acked out): the counters stats() turns into rates."""
         node = self.node
         return (time.monotonic(), node.router.counters["msg_in"],
-                sum(s.stats["acked"] for s in node.offd.spools if s is not None))
+                sum(s.stats().get("acked", 0) for s in node.offd.spools if s is not None))
 
     # --- acting ------------------------------------------------------------------
 
