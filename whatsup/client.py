@@ -111,7 +111,7 @@ class Client:
         self.last_seq = last_seq  # highest delivered seq handed to the application
         self.seen = seen if seen is not None else Seen()
         self.acked_seq = last_seq
-        self.user = None
+        self.user = self.device = None
         self.hello = self.last_login = None
         self.inbox = collections.deque()
         self._refs = itertools.count(1)
@@ -195,10 +195,31 @@ class Client:
             frame["invite"] = invite
         return self._auth(frame)
 
-    def login(self, user, password):
-        self.last_login = self._auth({"type": "login", "user": user, "password": password})
-        self.user = user
+    def login(self, user, password=None, device=None, token=None):
+        """Log in as the primary device (the password) or as companion ``device`` (its token)."""
+        frame = {"type": "login", "user": user}
+        frame.update({k: v for k, v in (("password", password), ("device", device), ("token", token))
+                      if v is not None})
+        self.last_login = self._auth(frame)
+        self.user, self.device = user, self.last_login.get("device", protocol.PRIMARY)
         return self.last_login
+
+    # --- devices (docs/PROTOCOL.md, "Devices") ------------------------------------------
+
+    def link_code(self):
+        """A one-time code (on a logged-in device) with which a new device links to this user."""
+        return self.request({"type": "link_code"})["code"]
+
+    def link(self, user, code, name):
+        """On the new device, before login: (device id, token) to log in with from then on."""
+        f = self.request({"type": "link", "user": user, "code": code, "name": name})
+        return f["device"], f["token"]
+
+    def devices(self):
+        return self.request({"type": "devices"})["devices"]
+
+    def unlink(self, device):
+        return self.request({"type": "unlink", "device": device})
 
     def passwd(self, old, new):
         """Change the password (docs/PROTOCOL.md, "Accounts"); other sessions are logged out."""
@@ -236,8 +257,13 @@ class Client:
         return frame
 
     def message_frame(self, to, body, id=None, group=None):
+        """A msg frame. A group message's id is marked seen: the copy the group sends back to a
+        user with other devices (docs/PROTOCOL.md, "Devices") is shown on those, not on this one."""
         check_body(body, self.hello)
-        return {"type": "msg", "id": id or uuid.uuid4().hex, "body": body, **_address(to, group)}
+        frame = {"type": "msg", "id": id or uuid.uuid4().hex, "body": body, **_address(to, group)}
+        if group is not None:
+            self.seen.add(message_key({"from": self.user, **frame}))
+        return frame
 
     def read(self, to, ids, group=None):
         """Tell ``to`` that its messages ``ids`` (in ``group``, if given) were read (waits until
@@ -318,7 +344,8 @@ class Client:
         """The next pushed frame (msg, receipt, sent, error...), or None after ``timeout``.
 
         An item already handed out before (seq <= last_seq, or a message whose
-        (group, from, id) is in ``seen``) is acked again and skipped.
+        (group, from, id) is in ``seen``) is acked again and skipped, and so is this
+        device's own copy of what it sent (``device`` is its own: its other devices show it).
         """
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while True:
@@ -334,6 +361,8 @@ class Client:
                         self.flush_acks()  # the last of a burst: one ack covers all of it
                     if frame["type"] == "msg" and not self.seen.add(message_key(frame)):
                         continue  # shown before under another seq: acked, not shown again
+                    if frame.get("device") == self.device and frame.get("from") == self.user:
+                        continue  # this device's own message or read, synced to its others
                 return frame
             self.flush_acks()
             left = deadline - time.monotonic()

@@ -53,7 +53,7 @@ from ..store.accounts import UserTaken
 from .admission import Refused, prefix
 from .core import Close
 from ..runtime.factory import ShardDown
-from ..protocol import Code, ProtocolError, error_frame
+from ..protocol import PRIMARY, Code, ProtocolError, error_frame
 from ..runtime.process import FAIR_SHARE
 
 log = logging.getLogger("whatsup.session")
@@ -289,8 +289,8 @@ class Session:
             return st.send({"type": "pong", **({"ref": f["ref"]} if "ref" in f else {})})
         if ftype == "hello":
             return Session._hello(st, f)
-        if ftype in ("register", "login"):
-            return (Session._register if ftype == "register" else Session._login)(proc, st, f)
+        if ftype in c2s.PRE_LOGIN:
+            return getattr(Session, "_" + ftype)(proc, st, f)
         owner, method = ROUTES[ftype]
         if owner is None:
             return getattr(Session, method)(proc, st, f)
@@ -304,7 +304,7 @@ class Session:
         if "group" in f:
             st.node.groups.message(st.user, proc.pid, f)
         else:
-            st.node.router.message(st.user, proc.pid, f["ref"], f["id"], f["to"], f["body"])
+            st.node.router.message(st.user, proc.pid, f["ref"], f["id"], f["to"], f["body"], st.device)
         st.awaiting_answer(f["ref"])
 
     @staticmethod
@@ -319,7 +319,7 @@ class Session:
     def _read(proc, st, f):
         if "group" in f:
             st.node.groups.members_of(st.user, f["group"], f["ref"])
-        st.node.router.read(st.user, proc.pid, f["ref"], f["to"], f["ids"], f.get("group"))
+        st.node.router.read(st.user, proc.pid, f["ref"], f["to"], f["ids"], f.get("group"), st.device)
         st.awaiting_answer(f["ref"])
 
     @staticmethod
@@ -348,15 +348,37 @@ class Session:
         st.send({"type": "ok", "ref": ref, "user": user})
 
     @staticmethod
+    def _link(proc, st, f):
+        """A new device presents a link code (docs/PROTOCOL.md, "Devices"): it gets its id and token."""
+        user, ref, ip = f["user"], f["ref"], st.addr[0]
+        try:
+            device, token = st.node.devices.link(user, f["code"], f["name"],
+                                                 (("user", user), ("ip", ip), ("prefix", prefix(ip))), ref)
+        except Refused as exc:
+            raise ProtocolError(exc.code, str(exc), ref, exc.retry_after) from None
+        except OSError as exc:
+            log.error("linking a device to %s failed: %s", user, exc)
+            raise ProtocolError(Code.STORE_FAILED, "could not store the device; retry", ref) from None
+        st.send({"type": "linked", "ref": ref, "user": user, "device": device, "token": token})
+
+    @staticmethod
+    def _verify(node, user, device, f, ip):
+        """The login's credential: the password for the primary device, the token for a companion
+        (the password alone is not enough to act as one)."""
+        if device == PRIMARY:
+            password = f.get("password")
+            return (password is not None and len(password) <= node.cfg["accounts.max_password"]  # no hash of
+                    and node.accounts.verify(user, password, ip))                                # a longer one
+        return "token" in f and node.accounts.verify_device(user, device, f["token"])
+
+    @staticmethod
     def _login(proc, st, f):
         started = time.monotonic()
-        user, ref = f["user"], f["ref"]
+        user, ref, device = f["user"], f["ref"], f.get("device", PRIMARY)
         node, ip = st.node, st.addr[0]
         keys = (("user", user), ("ip", ip), ("prefix", prefix(ip)))
         try:
-            verified = node.failed_logins.attempt(keys, lambda: (
-                len(f["password"]) <= node.cfg["accounts.max_password"]  # no hash of a longer one
-                and node.accounts.verify(user, f["password"], ip)))
+            verified = node.failed_logins.attempt(keys, lambda: Session._verify(node, user, device, f, ip))
         except Refused as exc:
             raise ProtocolError(exc.code, str(exc), ref, exc.retry_after) from None
         if verified is None:
@@ -369,7 +391,7 @@ class Session:
         if ban is not None:
             raise ProtocolError(Code.BANNED, f"this account is banned: {ban['reason']}", ref)
         spool = node.offd.spool(user)
-        st.user = proc.entity = user
+        st.user, st.device, proc.entity = user, device, user
         node.gate.authenticated(st.addr)
         online = node.sm.lookup(user) is not None
         old = node.sm.register(user, st.device, proc.pid)
@@ -377,9 +399,10 @@ class Session:
             node.router.tell(old, ("replaced",))
         elif not online:
             node.presence.online(user)
-        queued = spool.login(user, st.device)  # what it was sent and did not ack goes again
+        queued = spool.login(user, device)  # what it was sent and did not ack goes again
         node.counters["logins"] += 1
-        st.send({"type": "ok", "ref": ref, "user": user, "queued": queued})
+        st.send({"type": "ok", "ref": ref, "user": user, "device": device, "queued": queued})
+        node.devices.logged_in(user, device)
         latency.LOGIN.observe(time.monotonic() - started)
         Session._push(proc, st)
 
@@ -424,6 +447,9 @@ ROUTES = {
     "passwd": ("lifecycle", "passwd"),
     "delete_account": ("lifecycle", "delete_account"),
     "invite_create": ("registration", "invite_create"),
+    "link_code": ("devices", "link_code"),
+    "devices": ("devices", "list"),
+    "unlink": ("devices", "unlink"),
     "push_register": ("push", "register"),
     "push_unregister": ("push", "unregister"),
 }
