@@ -7,6 +7,10 @@
     ├── offd       supervisor (one_for_one): offd shards 0..M-1
     ├── social     the groups, blocks, privacy, bans, retired names and invites tables
     │              (whatsup/store/tables.py)
+    ├── services   supervisor (one_for_one): the processes owning the router, presence,
+    │              blocks and the groups' membership (called directly by the sessions,
+    │              whatsup/runtime/service.py), and ``groups``: a supervisor adopting
+    │              one process per active group (whatsup/social/groups.py)
     ├── maintenance  ticker: offd compaction and expiry, cast to every shard
     ├── sessions   supervisor: every connection's session, adopted as a temporary child
     ├── sweeper    ticker: forgets forgiven failed logins, logs due log summaries
@@ -46,22 +50,23 @@ from .observe import logformat, logs, metrics, sdnotify, watchdog
 from .store.accounts import AccountStore
 from .c2s.admission import Admission, KnownLogins
 from .address import split as split_address
-from .social.blocking import Blocks
+from .social.blocking import Blocks, BlocksProcess
 from .config import ConfigError
 from .ctl.server import ControlServer, socket_path as control_path
 from .store.datadir import DataDirBusy, InsecureDataDir, ShardMismatch, identity, lock, secure, shard_count
-from .social.groups import Groups
+from .social.groups import SUPERVISOR as GROUP_SUPERVISOR, Groups, GroupsProcess
 from .users.devices import Devices
 from .users.lifecycle import Lifecycle
 from .c2s.listener import FD_RESERVE, ConnectionGate, GatedServer, connection_cap, server_context
 from .store.offd import Offd
 from .protocol import Code
-from .social.presence import Presence
+from .social.presence import Presence, PresenceProcess
 from .users.push import Push, PushWorker
 from .runtime.ratelimit import Guesses, KeyedLimiter, Pacer
 from .users.registration import Registration
-from .routing.router import Router
+from .routing.router import Router, RouterProcess
 from .runtime import Process, ProcessDead, ProcessTable, StartFailed
+from .runtime.process import strays
 from .runtime.industry import ShardRegistry, UnknownKind
 from .runtime.supervisor import NORMAL, Child, SupSpec, Supervisor, adopt, terminate_child
 from .runtime.ticker import Ticker
@@ -97,11 +102,11 @@ class Listener:
     def init(proc, node):
         servers = []
         try:
-            node.server = Listener._listen(node, node.cfg["server.listen"], node.server)
+            node.server = Listener._listen(node, node.cfg.server.listen, node.server)
             servers.append(node.server)
-            if node.cfg["tls.listen"]:
-                tls = server_context(node.cfg["tls.certfile"], node.cfg["tls.keyfile"])
-                node.tls_server = Listener._listen(node, node.cfg["tls.listen"], node.tls_server, tls)
+            if node.cfg.tls.listen:
+                tls = server_context(node.cfg.tls.certfile, node.cfg.tls.keyfile)
+                node.tls_server = Listener._listen(node, node.cfg.tls.listen, node.tls_server, tls)
                 servers.append(node.tls_server)
         except StartFailed:
             for server in servers:
@@ -115,7 +120,7 @@ class Listener:
         if previous is not None:  # a restart keeps the port an ephemeral ":0" got the first time
             host, port = previous.address[:2]
         server = GatedServer((host, port), node._connection, node.pool, node.gate, node.counters, tls,
-                             node.cfg["protocol.login_timeout"])
+                             node.cfg.protocol.login_timeout)
         try:
             server.start()
         except OSError as exc:
@@ -139,57 +144,56 @@ class Node:
         self.server_name = f"whatsup/{__version__}"
         self.node_id = None  # the data dir's identity, read at start
         self.data_dir = os.path.abspath(cfg.data_dir)
-        self.table = ProcessTable(cfg["server.node"])
+        self.table = ProcessTable(cfg.server.node)
         self.timers = Timers(self.table)  # the sessions' deadlines (idle, login, send timeouts)
         self.sm = SessionManager()
         self.counters = collections.Counter()
-        wait = cfg["runtime.restart_wait"]
+        wait = cfg.runtime.restart_wait
         accounts_dir, offd_dir = (os.path.join(self.data_dir, store) for store in ("accounts", "offd"))
         self.accounts = AccountStore(
-            self.table, accounts_dir, shard_count(accounts_dir, cfg["accounts.shards"]),
-            cfg["accounts.scrypt_n"], cfg["accounts.hash_threads"], wait,
-            Admission(cfg["accounts.hash_threads"], cfg["auth.max_waiting"], cfg["auth.checks_per_ip"],
-                      cfg["auth.checks_per_prefix"], Code.BUSY),
-            KnownLogins(cfg["auth.known_logins"], cfg["auth.known_ttl"]),
-            KeyedLimiter(cfg["auth.ip_registrations"], cfg["auth.failure_window"]), cfg["accounts.hash_nice"])
-        self.offd = Offd(self.table, offd_dir, shard_count(offd_dir, cfg["offd.shards"]),
-                         cfg["offd.segment_bytes"], cfg["offd.max_queue"], cfg["offd.expiry_days"], wait,
-                         cfg["session.dedup_window"],  # the router's callbacks (it is made next):
+            self.table, accounts_dir, shard_count(accounts_dir, cfg.accounts.shards),
+            cfg.accounts.scrypt_n, cfg.accounts.hash_threads, wait,
+            Admission(cfg.accounts.hash_threads, cfg.auth.max_waiting, cfg.auth.checks_per_ip,
+                      cfg.auth.checks_per_prefix, Code.BUSY),
+            KnownLogins(cfg.auth.known_logins, cfg.auth.known_ttl),
+            KeyedLimiter(cfg.auth.ip_registrations, cfg.auth.failure_window), cfg.accounts.hash_nice)
+        self.offd = Offd(self.table, offd_dir, shard_count(offd_dir, cfg.offd.shards),
+                         cfg.offd.segment_bytes, cfg.offd.max_queue, cfg.offd.expiry_days, wait,
+                         cfg.session.dedup_window,  # the router's callbacks (it is made next):
                          devices=self.accounts.devices, on_ready=lambda user: self.router.poke(user),
                          carry=lambda sender, first, last: self.router.dedup.entries(sender, first, last),
                          on_up=lambda spool, restarted: self.router.shard_up(spool, restarted))
         self.blocks = Blocks(self.accounts)
         self.push = Push(cfg, self.sm, self.offd, self.timers)
         self.router = Router(self.table, self.sm, self.offd, self.accounts, self.blocks,
-                             cfg["session.dedup_window"], offline=self.push.queued)
-        self.groups = Groups(self.router, self.offd, self.accounts, cfg["groups.max_members"],
-                             cfg["groups.fanout_chunk"], cfg["groups.sender_budget"],
-                             Pacer(cfg["groups.sender_copies"], cfg["session.rate_burst"]))
+                             cfg.session.dedup_window, self.timers, offline=self.push.queued)
+        self.groups = Groups(self.table, self.timers, self.router, self.offd, self.accounts,
+                             cfg.groups.max_members, cfg.groups.fanout_chunk, cfg.groups.sender_budget,
+                             Pacer(cfg.groups.sender_copies, cfg.session.rate_burst))
         self.presence = Presence(self.sm, self.accounts, self.blocks, self.groups)
         self.failed_logins = Guesses({  # "user" / "ip" / "prefix" -> limiter of failed password checks
-            "user": KeyedLimiter(cfg["auth.user_failures"], cfg["auth.failure_window"]),
-            "ip": KeyedLimiter(cfg["auth.ip_failures"], cfg["auth.failure_window"]),
-            "prefix": KeyedLimiter(cfg["auth.prefix_failures"], cfg["auth.failure_window"])})
+            "user": KeyedLimiter(cfg.auth.user_failures, cfg.auth.failure_window),
+            "ip": KeyedLimiter(cfg.auth.ip_failures, cfg.auth.failure_window),
+            "prefix": KeyedLimiter(cfg.auth.prefix_failures, cfg.auth.failure_window)})
         self.devices = Devices(self.accounts, self.offd, self.sm, self.router, self.failed_logins,
-                               cfg["devices.max_companions"], cfg["devices.link_ttl"],
-                               cfg["devices.inactive_after"] * 86400)
+                               cfg.devices.max_companions, cfg.devices.link_ttl, cfg.devices.inactive_after * 86400)
         self.lifecycle = Lifecycle(self.sm, self.router, self.accounts, self.offd, self.groups, self.blocks,
-                                   self.presence, vars(cfg.accounts), cfg["accounts.name_reuse_days"],
+                                   self.presence, vars(cfg.accounts), cfg.accounts.name_reuse_days,
                                    self.failed_logins)
-        self.registration = Registration(cfg["accounts.registration"], cfg["accounts.invite_days"],
-                                         self.lifecycle.is_retired, cfg["accounts.user_invites"])
+        self.registration = Registration(cfg.accounts.registration, cfg.accounts.invite_days,
+                                         self.lifecycle.is_retired, cfg.accounts.user_invites)
         self.registry = ShardRegistry()
         self.registry.add(self.accounts.industry)
         self.registry.add(self.offd.industry)
-        self.backdoor = Backdoor(self, cfg["shell.listen"])
-        self.pool = Pool(connection_cap(cfg["server.max_connections"]))
-        self.gate = ConnectionGate(cfg["server.max_connections_per_ip"], cfg["server.unauthenticated_per_ip"],
-                                   cfg["server.unauthenticated_per_prefix"], {
-                                       "ip": KeyedLimiter(cfg["server.flood_closes"], FLOOD_WINDOW),
-                                       "prefix": KeyedLimiter(10 * cfg["server.flood_closes"], FLOOD_WINDOW)})
+        self.backdoor = Backdoor(self, cfg.shell.listen)
+        self.pool = Pool(connection_cap(cfg.server.max_connections))
+        self.gate = ConnectionGate(cfg.server.max_connections_per_ip, cfg.server.unauthenticated_per_ip,
+                                   cfg.server.unauthenticated_per_prefix, {
+                                       "ip": KeyedLimiter(cfg.server.flood_closes, FLOOD_WINDOW),
+                                       "prefix": KeyedLimiter(10 * cfg.server.flood_closes, FLOOD_WINDOW)})
         self.server = self.tls_server = None
         self.root = None
-        self.metrics = metrics.Exporter(self, cfg["metrics.listen"])
+        self.metrics = metrics.Exporter(self, cfg.metrics.listen)
         self.started = None
         self.exit_code = 0
         self.stopped = Event()
@@ -252,7 +256,7 @@ class Node:
 
     def _tree(self):
         cfg = self.cfg
-        intensity = dict(max_restarts=cfg["runtime.max_restarts"], period=cfg["runtime.restart_period"])
+        intensity = dict(max_restarts=cfg.runtime.max_restarts, period=cfg.runtime.restart_period)
 
         def supervisor(name, strategy, children):
             return Child(name, lambda: self.table.start(Supervisor, SupSpec(strategy, tuple(children),
@@ -260,11 +264,18 @@ class Node:
 
         def ticker(name, interval, fn):
             return Child(name, lambda: self.table.start(Ticker, interval, fn, name=name, kind=name))
+
+        def service(name, behaviour, obj):
+            return Child(name, lambda: self.table.start(behaviour, obj, name=name))
         return SupSpec("rest_for_one", (
             supervisor("accounts", "one_for_one", self.accounts.children()),
             supervisor("offd", "one_for_one", self.offd.children()),
             Child("social", self._social),
-            ticker("maintenance", cfg["offd.maintenance_interval"], self._maintain),
+            supervisor("services", "one_for_one", (
+                service("router", RouterProcess, self.router), service("presence", PresenceProcess, self.presence),
+                service("blocks", BlocksProcess, self.blocks), service("membership", GroupsProcess, self.groups),
+                supervisor(GROUP_SUPERVISOR, "one_for_one", ()))),
+            ticker("maintenance", cfg.offd.maintenance_interval, self._maintain),
             supervisor("sessions", "one_for_one", ()),
             ticker("sweeper", SWEEP, self._sweep),
             Child("listener", lambda: self.table.start(Listener, self, name="listener")),
@@ -275,10 +286,10 @@ class Node:
         """The control socket's server (whatsupctl) and the push sender, last: a crash restarts
         them alone."""
         children = []
-        path = control_path(self.cfg["control.socket"], self.data_dir)
+        path = control_path(self.cfg.control.socket, self.data_dir)
         if path is not None:
             children.append(Child("control", lambda: self.table.start(ControlServer, self, path, name="control")))
-        if self.cfg["push.url"]:
+        if self.cfg.push.url:
             children.append(Child("push", lambda: self.table.start(PushWorker, self.push, name="push")))
         interval = sdnotify.watchdog_interval()
         if interval is not None:  # systemd's WatchdogSec: pings from the hub (a frozen hub stops them)
@@ -320,7 +331,7 @@ class Node:
     def _connection(self, sock, addr):
         """StreamServer handler: this connection's greenlet becomes its session process."""
         proc = Process(self.table, Session, (self, sock, addr), entity=f"{addr[0]}:{addr[1]}",
-                       mailbox_max=self.cfg["mailbox." + Session.kind])
+                       mailbox_max=getattr(self.cfg.mailbox, Session.kind))
         logformat.mark(proc)  # its log lines can name its user (server.log_format = "json")
         try:
             adopt(self.table, "sessions", proc)
@@ -374,6 +385,10 @@ class Node:
         self.table.stop(self.root, "shutdown", timeout=60.0)
         self.timers.stop()
         self._release()
+        left = strays(self.table)
+        if left:
+            log.error("greenlets left running after stop, outside every process: %s",
+                      ", ".join(repr(g) for g in left))
         log.info("stopped")
         self.stopped.set()
 

@@ -367,7 +367,7 @@ class Session:
         (the password alone is not enough to act as one)."""
         if device == PRIMARY:
             password = f.get("password")
-            return (password is not None and len(password) <= node.cfg["accounts.max_password"]  # no hash of
+            return (password is not None and len(password) <= node.cfg.accounts.max_password  # no hash of
                     and node.accounts.verify(user, password, ip))                                # a longer one
         return "token" in f and node.accounts.verify_device(user, device, f["token"])
 
