@@ -480,9 +480,10 @@ class Connection:
     Not thread-safe: one thread uses it.
     """
 
-    def __init__(self, server, user, password, tls=False, cafile=None, state_dir=None, backoff=None,
+    def __init__(self, server, user, password, tls=False, cafile=None, state_dir=None, backoff=None, device=None,
                  on_status=None, timeout=10.0, clock=time.monotonic, sleep=time.sleep):
         self.server, self.user, self.password = server, user, password
+        self.device = device  # None: the companion linked in state_dir, if any, else the primary
         self.tls, self.cafile, self.state_dir = tls, cafile, state_dir
         self.backoff = backoff or Backoff()
         self.on_status = on_status or (lambda event, detail: None)
@@ -613,8 +614,11 @@ class Connection:
         except (OSError, ProtocolError) as exc:
             return self._retry_later(exc)
         try:
-            self._resume(client)
-            client.login(self.user, self.password)
+            credential = self._resume(client)
+            if credential is not None:
+                client.login(self.user, device=credential[0], token=credential[1])
+            else:
+                client.login(self.user, self.password)
         except ServerError as exc:
             client.close()
             if exc.code in RETRY or exc.code == "too_many_attempts":
@@ -635,15 +639,23 @@ class Connection:
 
     def _resume(self, client):
         """Carry the device's last seq and seen messages over to a new connection to the same
-        data dir; for another (or the first), the ones saved for it, if any."""
+        data dir; for another (or the first), the ones saved for it, if any. Returns the
+        companion credential (device, token) to log in with, None for the primary."""
         node = client.hello.get("node_id")
+        credential = None
+        if self.state_dir is not None and self.device != protocol.PRIMARY:
+            credential = ClientState(node, self.user, self.state_dir).credential()
+            if credential is not None and self.device not in (None, credential[0]):
+                credential = None
         if self.hello is not None and self.hello.get("node_id") == node:
             client.last_seq = client.acked_seq = self.last_seq
             client.seen = self.seen
         elif self.state_dir is not None:
-            self.state = ClientState(node, self.user, self.state_dir)
+            device = credential[0] if credential else protocol.PRIMARY
+            self.state = ClientState(node, self.user, self.state_dir, device=device)
             for frame in self.state.load(client):  # what an earlier run could not send
                 self.outbox.add(_outbox_key(frame), frame)
+        return credential
 
     def _retry_later(self, exc):
         delay = self.backoff.next()
@@ -739,8 +751,11 @@ class ClientState:
     outbox that had no answer yet (sent again, same ids, by the next run)."""
     KEEP = 2000
 
-    def __init__(self, node_id, user, directory=None):
-        self.path = os.path.join(directory or self.default_dir(), f"{user}@{node_id}.json")
+    def __init__(self, node_id, user, directory=None, device=protocol.PRIMARY):
+        directory = directory or self.default_dir()
+        device_part = f".{device}" if device != protocol.PRIMARY else ""  # the primary's keeps its old name
+        self.path = os.path.join(directory, f"{user}{device_part}@{node_id}.json")
+        self.credential_path = os.path.join(directory, f"{user}@{node_id}.device.json")
 
     @staticmethod
     def default_dir():
@@ -757,6 +772,24 @@ class ClientState:
             return [f for f in saved.get("outbox", []) if isinstance(f, dict) and f.get("type") in ("msg", "read")]
         except (OSError, ValueError, TypeError, AttributeError):
             return []
+
+    def credential(self):
+        """(device id, token) of the companion linked here for this user and server, or None."""
+        try:
+            with open(self.credential_path) as f:
+                saved = json.load(f)
+            return int(saved["device"]), str(saved["token"])
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+
+    def save_credential(self, device, token):
+        """Keep a newly linked device's id and token (0600: the token is its credential)."""
+        os.makedirs(os.path.dirname(self.credential_path), exist_ok=True)
+        tmp = self.credential_path + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"device": device, "token": token}, f)
+        os.replace(tmp, self.credential_path)
 
     def save(self, client, outbox=()):
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
