@@ -46,7 +46,6 @@ from ..protocol import PRIMARY, Code, Template, error_frame, unpack
 from ..runtime import MailboxFull, ProcessDead
 
 log = logging.getLogger("whatsup.router")
-RETRY = 1.0  # seconds between attempts to store a ✓✓ receipt the spool refused
 
 
 def group_frame(gid, sender, cid, body):
@@ -89,8 +88,9 @@ class _Pending:
 
 
 class Router:
-    def __init__(self, table, sm, offd, accounts, blocks, dedup_window, offline=None):
+    def __init__(self, table, sm, offd, accounts, blocks, dedup_window, offline=None, retry=1.0):
         self.table, self.sm, self.offd, self.accounts = table, sm, offd, accounts
+        self.retry = retry  # seconds between attempts to store a ✓✓ receipt (runtime.retry_interval)
         self.offline = offline  # callable(user): an item was queued for a user with no session (push)
         self.blocks = blocks
         self.dedup = Dedup(dedup_window)  # the ids whose ✓ was sent (durable)
@@ -335,7 +335,7 @@ class Router:
         Group copies (kind ``gmsg``) give one receipt per (sender, group), carrying ``group``.
         offd forgets the acked items only once those receipts are durable (a
         receipt that cannot be stored, or whose shard is restarting, is retried
-        every RETRY seconds), so no crash or disk fault between the two can
+        every runtime.retry_interval seconds), so no crash or disk fault between the two can
         lose a ✓✓. If ``user``'s own shard dies meanwhile, its new incarnation
         recovers the items (no delete record was written) and delivers them
         again with the same seqs: the device skips them and acks again.
@@ -366,8 +366,9 @@ class Router:
         """Store one ✓✓ receipt; a full disk or a restarting shard only delays it."""
         def retry(why):
             self.counters["receipt_retries"] += 1
-            log.warning("delivered receipt of %s for %s not stored (%s): retrying in %ss", ids, sender, why, RETRY)
-            gevent.spawn_later(RETRY, self._delivered, user, sender, ids, group, stored)
+            log.warning("delivered receipt of %s for %s not stored (%s): retrying in %ss", ids, sender, why,
+                        self.retry)
+            gevent.spawn_later(self.retry, self._delivered, user, sender, ids, group, stored)
 
         def durable(err):
             if err is None:

@@ -226,16 +226,16 @@ class AccountStore:
     Every scrypt goes through ``admission`` (whatsup/c2s/admission.py): a login or registration
     that cannot be admitted now raises Refused at once instead of queueing; ``known`` lets a
     user who logged in lately with the same password in without hashing; ``registrations``
-    limits registrations per address (a KeyedLimiter; None: no limit)."""
-
-    HASH_TIMEOUT = 30.0  # admission keeps each hasher's mailbox about one deep: this is a stuck hasher
-    WAIT_TIMEOUT = 30.0  # a bounded queue drains in seconds; past this something is stuck
+    limits registrations per address (a KeyedLimiter; None: no limit). ``timeouts`` are
+    (auth.wait_timeout, auth.hash_timeout): admission keeps each hasher's mailbox about one
+    deep and the queue bounded, so either one running out means something is stuck."""
 
     def __init__(self, table, directory, shards=1, scrypt_n=2 ** 15, hash_threads=2, restart_wait=5.0,
-                 admission=None, known=None, registrations=None, hash_nice=0):
+                 admission=None, known=None, registrations=None, hash_nice=0, timeouts=(30.0, 30.0)):
         self.dir = directory
         self.scrypt_n = scrypt_n
         self.restart_wait = restart_wait
+        self.wait_timeout, self.hash_timeout = timeouts
         self.users = set()
         self._reserved = set()
         self._devices = {}  # user -> companions' row {"next": id, "devices": {str(id): {...}}}: linked ones
@@ -419,9 +419,9 @@ class AccountStore:
         try:
             if not ticket.running:
                 ticket.wake = Event()
-                if not ticket.wake.wait(self.WAIT_TIMEOUT):
+                if not ticket.wake.wait(self.wait_timeout):
                     raise Refused(Code.BUSY, "no password check within its time", self.admission.retry_after())
-            return self.hashers.call(None, (op, Secret((password, arg))), self.HASH_TIMEOUT)
+            return self.hashers.call(None, (op, Secret((password, arg))), self.hash_timeout)
         except (CallTimeout, ProcessDead) as exc:  # a hasher that failed costs a retry, not a session
             log.warning("password %s not done: %s", op, exc)
             raise Refused(Code.BUSY, f"no password check now ({type(exc).__name__})",
