@@ -92,3 +92,32 @@ def test_a_pacer_lets_a_burst_through_then_makes_the_caller_wait_in_proportion_t
     pace.prune()
     assert "ann" not in pace.due and pace.delay("ann", 2000) == 0.0
     assert Pacer(0, 1.0, clock).delay("ann", 10 ** 9) == 0.0  # rate 0: no limit
+
+
+def test_failed_password_checks_lock_a_user_name_from_everywhere_and_no_other_name():
+    from whatsup.runtime.ratelimit import Guesses
+    clock = FakeClock()
+    guesses = Guesses({"user": KeyedLimiter(3, 60.0, clock), "ip": KeyedLimiter(100, 60.0, clock)})
+
+    def keys(user, ip):
+        return (("user", user), ("ip", ip))
+    assert [guesses.attempt(keys("victim", "10.0.0.1"), lambda: False) for _ in range(3)] == [False] * 3
+    assert guesses.attempt(keys("victim", "10.0.0.2"), lambda: True) is None  # not checked, even right
+    assert guesses.attempt(keys("other", "10.0.0.1"), lambda: True) is True
+    clock.now += 20.0  # one failure's worth forgiven (3 per 60 s)
+    assert guesses.attempt(keys("victim", "10.0.0.1"), lambda: True) is True
+    assert guesses.attempt(keys("victim", "10.0.0.1"), lambda: True) is True  # a success is no guess
+
+
+def test_password_checks_in_flight_count_against_the_limit_before_they_answer():
+    from whatsup.runtime.ratelimit import Guesses
+    guesses = Guesses({"user": KeyedLimiter(2, 60.0, FakeClock())})
+    keys, answers = (("user", "victim"),), []
+
+    def check(depth):
+        """A wrong guess that, while it is being checked, starts the next one."""
+        if depth < 3:
+            answers.append(guesses.attempt(keys, lambda: check(depth + 1)))
+        return False
+    check(0)
+    assert answers == [None, False, False]  # innermost first: the third began with two in flight

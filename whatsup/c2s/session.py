@@ -355,21 +355,16 @@ class Session:
         keys = (("user", user), ("ip", ip), ("prefix", prefix(ip)))
         try:
             verified = node.failed_logins.attempt(keys, lambda: (
-                len(f["password"]) <= node.cfg.accounts.max_password  # no hash of a longer one
-                and node.accounts.verify(user, f["password"], ip)))
+                st.worth_hashing(f["password"]) and node.accounts.verify(user, f["password"], ip)))
+            st.check_login(ref, verified, node.lifecycle.banned(user) if verified else None)
         except Refused as exc:
             raise ProtocolError(exc.code, str(exc), ref, exc.retry_after) from None
-        if verified is None:
-            log.warning("login for %r from %s refused: %s", user, st.addr, Code.TOO_MANY_ATTEMPTS)
-            raise ProtocolError(Code.TOO_MANY_ATTEMPTS, "too many failed logins; wait and retry", ref)
-        if not verified:
-            log.info("failed login for %r from %s", user, st.addr)
-            raise ProtocolError(Code.AUTH_FAILED, "wrong user name or password", ref)
-        ban = node.lifecycle.banned(user)
-        if ban is not None:
-            raise ProtocolError(Code.BANNED, f"this account is banned: {ban['reason']}", ref)
+        except ProtocolError as exc:
+            log.info("login for %r from %s refused: %s", user, st.addr, exc.code)
+            raise
         spool = node.offd.spool(user)
-        st.user = proc.entity = user
+        st.logged_in(user)
+        proc.entity = user
         node.gate.authenticated(st.addr)
         online = node.sm.lookup(user) is not None
         old = node.sm.register(user, st.device, proc.pid)
