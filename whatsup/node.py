@@ -7,6 +7,10 @@
     ├── offd       supervisor (one_for_one): offd shards 0..M-1
     ├── social     the groups, blocks, privacy, bans, retired names and invites tables
     │              (whatsup/store/tables.py)
+    ├── services   supervisor (one_for_one): the processes owning the router, presence,
+    │              blocks and the groups' membership (called directly by the sessions,
+    │              whatsup/runtime/service.py), and ``groups``: a supervisor adopting
+    │              one process per active group (whatsup/social/groups.py)
     ├── maintenance  ticker: offd compaction and expiry, cast to every shard
     ├── sessions   supervisor: every connection's session, adopted as a temporary child
     ├── sweeper    ticker: forgets forgiven failed logins, logs due log summaries
@@ -46,21 +50,22 @@ from .observe import logformat, logs, metrics, sdnotify, watchdog
 from .store.accounts import AccountStore
 from .c2s.admission import Admission, KnownLogins
 from .address import split as split_address
-from .social.blocking import Blocks
+from .social.blocking import Blocks, BlocksProcess
 from .config import ConfigError
 from .ctl.server import ControlServer, socket_path as control_path
 from .store.datadir import DataDirBusy, InsecureDataDir, ShardMismatch, identity, lock, secure, shard_count
-from .social.groups import Groups
+from .social.groups import SUPERVISOR as GROUP_SUPERVISOR, Groups, GroupsProcess
 from .users.lifecycle import Lifecycle
 from .c2s.listener import FD_RESERVE, ConnectionGate, GatedServer, connection_cap, server_context
 from .store.offd import Offd
 from .protocol import Code
-from .social.presence import Presence
+from .social.presence import Presence, PresenceProcess
 from .users.push import Push, PushWorker
 from .runtime.ratelimit import Guesses, KeyedLimiter, Pacer
 from .users.registration import Registration
-from .routing.router import Router
+from .routing.router import Router, RouterProcess
 from .runtime import Process, ProcessDead, ProcessTable, StartFailed
+from .runtime.process import strays
 from .runtime.industry import ShardRegistry, UnknownKind
 from .runtime.supervisor import NORMAL, Child, SupSpec, Supervisor, adopt, terminate_child
 from .runtime.ticker import Ticker
@@ -160,10 +165,10 @@ class Node:
         self.blocks = Blocks(self.accounts)
         self.push = Push(cfg, self.sm, self.offd, self.timers)
         self.router = Router(self.table, self.sm, self.offd, self.accounts, self.blocks,
-                             cfg.session.dedup_window, offline=self.push.queued,
+                             cfg.session.dedup_window, self.timers, offline=self.push.queued,
                              retry=cfg.runtime.retry_interval)
-        self.groups = Groups(self.router, self.offd, self.accounts, cfg.groups.max_members,
-                             cfg.groups.fanout_chunk, cfg.groups.sender_budget,
+        self.groups = Groups(self.table, self.timers, self.router, self.offd, self.accounts,
+                             cfg.groups.max_members, cfg.groups.fanout_chunk, cfg.groups.sender_budget,
                              Pacer(cfg.groups.sender_copies, cfg.session.rate_burst))
         self.presence = Presence(self.sm, self.accounts, self.blocks, self.groups)
         self.failed_logins = Guesses({  # "user" / "ip" / "prefix" -> limiter of failed password checks
@@ -258,10 +263,17 @@ class Node:
 
         def ticker(name, interval, fn):
             return Child(name, lambda: self.table.start(Ticker, interval, fn, name=name, kind=name))
+
+        def service(name, behaviour, obj):
+            return Child(name, lambda: self.table.start(behaviour, obj, name=name))
         return SupSpec("rest_for_one", (
             supervisor("accounts", "one_for_one", self.accounts.children()),
             supervisor("offd", "one_for_one", self.offd.children()),
             Child("social", self._social),
+            supervisor("services", "one_for_one", (
+                service("router", RouterProcess, self.router), service("presence", PresenceProcess, self.presence),
+                service("blocks", BlocksProcess, self.blocks), service("membership", GroupsProcess, self.groups),
+                supervisor(GROUP_SUPERVISOR, "one_for_one", ()))),
             ticker("maintenance", cfg.offd.maintenance_interval, self._maintain),
             supervisor("sessions", "one_for_one", ()),
             ticker("sweeper", SWEEP, self._sweep),
@@ -373,6 +385,10 @@ class Node:
         self.table.stop(self.root, "shutdown", timeout=self.cfg.server.stop_timeout)
         self.timers.stop()
         self._release()
+        left = strays(self.table)
+        if left:
+            log.error("greenlets left running after stop, outside every process: %s",
+                      ", ".join(repr(g) for g in left))
         log.info("stopped")
         self.stopped.set()
 

@@ -8,6 +8,12 @@ seen, their typing is dropped. The blocker, who knows, gets ``blocked`` when
 writing, typing to or subscribing to the user they blocked.
 """
 from ..protocol import Code, ProtocolError
+from ..runtime.service import Service
+
+
+class BlocksProcess(Service):
+    """The process owning the block relation (whatsup/runtime/service.py)."""
+    kind = "blocks"
 
 
 class Blocks:
@@ -19,6 +25,9 @@ class Blocks:
 
     def __repr__(self):
         return f"<Blocks blockers={len(self.blocked)}>"
+
+    def describe(self):
+        return {"blockers": len(self.blocked)}
 
     def open(self, table, router):
         """Load the relation from ``table`` (a whatsup.store.tables.Table); answers go through ``router``."""

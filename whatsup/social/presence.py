@@ -13,6 +13,13 @@ offline with no last seen and gets no updates; the blocker gets ``blocked``.
 import time
 
 from ..protocol import Code, ProtocolError
+from ..runtime.service import Service
+
+
+class PresenceProcess(Service):
+    """The process owning presence (whatsup/runtime/service.py): a reload of this module swaps
+    the code of :class:`Presence`."""
+    kind = "presence"
 
 
 class Presence:
@@ -26,6 +33,10 @@ class Presence:
 
     def __repr__(self):
         return f"<Presence watched={len(self.watchers)} watching={len(self.watching)}>"
+
+    def describe(self):
+        return {"watched": len(self.watchers), "watching": len(self.watching), "last_seen": len(self.last_seen),
+                "hidden": len(self.hidden)}
 
     def open(self, table, router):
         """Load the privacy settings from ``table``; updates go out through ``router``."""
