@@ -35,7 +35,7 @@ import time
 import urllib3
 from gevent.threadpool import ThreadPool
 
-from .lifecycle import durably
+from ..store.tables import durably
 from ..store.offd import ShardDown
 from ..protocol import unpack
 
