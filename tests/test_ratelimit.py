@@ -121,3 +121,40 @@ def test_password_checks_in_flight_count_against_the_limit_before_they_answer():
         return False
     check(0)
     assert answers == [None, False, False]  # innermost first: the third began with two in flight
+
+
+def test_a_prune_drops_keys_in_the_order_of_their_last_charge():
+    clock = FakeClock(now=0.0)
+    limiter = KeyedLimiter(count=2, window=60.0, clock=clock)  # a charge refills in 30 s
+    limiter.charge("early")
+    clock.now = 30.0
+    limiter.charge("late")     # full again at 60
+    clock.now = 31.0
+    limiter.charge("early")    # charged again: full at 61, and now the last charged
+    clock.now = 60.5
+    limiter.prune()
+    assert list(limiter.buckets) == ["early"]
+    clock.now = 61.0
+    limiter.prune()
+    assert not limiter.buckets
+
+
+def test_a_pacer_forgets_keys_in_the_order_of_their_last_work():
+    from whatsup.runtime.ratelimit import Pacer
+    clock = FakeClock(now=0.0)
+    pace = Pacer(10, 1.0, clock)
+    pace.delay("a", 10), pace.delay("b", 20)  # a is done at 1 s, b at 2 s
+    clock.now = 0.5
+    pace.delay("a", 20)                       # a: now done at 3 s, behind b
+    clock.now = 2.5
+    pace.prune()
+    assert list(pace.due) == ["a"]
+
+
+def test_a_prune_looks_no_further_than_the_first_key_not_done():
+    import collections
+    from whatsup.runtime.ratelimit import _prune
+    table = collections.OrderedDict([("a", 1), ("b", 2), ("c", 9), *((f"k{i}", 1) for i in range(10_000))])
+    looked = []
+    _prune(table, lambda v: looked.append(v) or v < 5)
+    assert looked == [1, 2, 9] and next(iter(table)) == "c" and len(table) == 10_001
