@@ -49,6 +49,8 @@ from . import __version__
 from .observe import logformat, logs, metrics, sdnotify, watchdog
 from .store.accounts import AccountStore
 from .c2s.admission import Admission, KnownLogins
+from .c2s.core import limits
+from .c2s.services import Services
 from .address import split as split_address
 from .social.blocking import Blocks, BlocksProcess
 from .config import ConfigError
@@ -162,7 +164,7 @@ class Node:
                          devices=self.accounts.devices, on_ready=lambda user: self.router.poke(user),
                          carry=lambda sender, first, last: self.router.dedup.entries(sender, first, last),
                          on_up=lambda spool, restarted: self.router.shard_up(spool, restarted))
-        self.blocks = Blocks(self.accounts)
+        self.blocks = Blocks(self.accounts, lambda pid, ok: self.router.ok_when_durable(pid, ok))
         self.push = Push(cfg, self.sm, self.offd, self.timers)
         self.router = Router(self.table, self.sm, self.offd, self.accounts, self.blocks,
                              cfg.session.dedup_window, self.timers, offline=self.push.queued,
@@ -170,7 +172,7 @@ class Node:
         self.groups = Groups(self.table, self.timers, self.router, self.offd, self.accounts,
                              cfg.groups.max_members, cfg.groups.fanout_chunk, cfg.groups.sender_budget,
                              Pacer(cfg.groups.sender_copies, cfg.session.rate_burst))
-        self.presence = Presence(self.sm, self.accounts, self.blocks, self.groups)
+        self.presence = Presence(self.sm, self.accounts, self.blocks, self.groups, self.router)
         self.failed_logins = Guesses({  # "user" / "ip" / "prefix" -> limiter of failed password checks
             "user": KeyedLimiter(cfg.auth.user_failures, cfg.auth.failure_window),
             "ip": KeyedLimiter(cfg.auth.ip_failures, cfg.auth.failure_window),
@@ -191,6 +193,7 @@ class Node:
                                        "prefix": KeyedLimiter(10 * cfg.server.flood_closes,
                                                                      cfg.server.flood_window)})
         self.server = self.tls_server = None
+        self.services = None  # what sessions use (c2s.services), made at start once node_id is known
         self.root = None
         self.metrics = metrics.Exporter(self, cfg.metrics.listen)
         self.started = None
@@ -229,6 +232,7 @@ class Node:
         try:
             self._lock = lock(self.data_dir)
             self.node_id = identity(self.data_dir)
+            self.services = self._services()
             self.backdoor.start()  # before recovery: the operator can look into a slow one
             self.metrics.start()
             self.accounts.check()
@@ -252,6 +256,15 @@ class Node:
                  self.pool.size, FD_RESERVE)
         sdnotify.notify("READY=1\nSTATUS=listening on %s:%d\nMAINPID=%d" % (*self.server.address[:2], os.getpid()))
         return self
+
+    def _services(self):
+        """The one Services every session gets (whatsup/c2s/services.py)."""
+        return Services(
+            limits=limits(self.cfg), account_rules=vars(self.cfg.accounts), server_name=self.server_name,
+            node_id=self.node_id, counters=self.counters, timers=self.timers, gate=self.gate,
+            failed_logins=self.failed_logins, sm=self.sm, accounts=self.accounts,
+            registration=self.registration, lifecycle=self.lifecycle, offd=self.offd, router=self.router,
+            groups=self.groups, presence=self.presence, blocks=self.blocks, push=self.push)
 
     def _tree(self):
         cfg = self.cfg
@@ -298,8 +311,7 @@ class Node:
 
     def _social(self):
         """The process owning the groups, blocks and privacy tables; each (re)start reloads them."""
-        loaders = {"blocks": lambda t: self.blocks.open(t, self.router), "groups": self.groups.open,
-                   "privacy": lambda t: self.presence.open(t, self.router),
+        loaders = {"blocks": self.blocks.open, "groups": self.groups.open, "privacy": self.presence.open,
                    "bans": lambda t: self.lifecycle.open("bans", t),
                    "retired": lambda t: self.lifecycle.open("retired", t),
                    "invites": self.registration.open, "push": self.push.open}
@@ -329,7 +341,7 @@ class Node:
 
     def _connection(self, sock, addr):
         """StreamServer handler: this connection's greenlet becomes its session process."""
-        proc = Process(self.table, Session, (self, sock, addr), entity=f"{addr[0]}:{addr[1]}",
+        proc = Process(self.table, Session, (self.services, sock, addr), entity=f"{addr[0]}:{addr[1]}",
                        mailbox_max=getattr(self.cfg.mailbox, Session.kind))
         logformat.mark(proc)  # its log lines can name its user (server.log_format = "json")
         try:

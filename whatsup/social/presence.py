@@ -23,13 +23,14 @@ class PresenceProcess(Service):
 
 
 class Presence:
-    def __init__(self, sm, accounts, blocks, groups):
-        self.sm, self.accounts, self.blocks, self.groups = sm, accounts, blocks, groups
+    def __init__(self, sm, accounts, blocks, groups, router):
+        """Updates go out through ``router`` (its replies)."""
+        self.sm, self.accounts, self.blocks, self.groups, self.router = sm, accounts, blocks, groups, router
         self.watchers = {}       # user -> {subscriber pid: subscriber user}
         self.watching = {}       # subscriber pid -> set of users
         self.last_seen = {}      # user -> ms since the epoch, when their last session ended
         self.hidden = set()      # users whose last seen is visible to nobody
-        self.table = self.router = None
+        self.table = None
 
     def __repr__(self):
         return f"<Presence watched={len(self.watchers)} watching={len(self.watching)}>"
@@ -38,9 +39,9 @@ class Presence:
         return {"watched": len(self.watchers), "watching": len(self.watching), "last_seen": len(self.last_seen),
                 "hidden": len(self.hidden)}
 
-    def open(self, table, router):
-        """Load the privacy settings from ``table``; updates go out through ``router``."""
-        self.table, self.router = table, router
+    def open(self, table):
+        """Load the privacy settings from ``table`` (a whatsup.store.tables.Table)."""
+        self.table = table
         self.hidden = {user for user, prefs in table.load().items() if prefs.get("last_seen") == "nobody"}
         return self
 
