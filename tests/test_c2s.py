@@ -4,6 +4,7 @@ import pytest
 from whatsup import protocol
 from whatsup.c2s.core import Close, Conn, Limits
 from whatsup.protocol import Code, ProtocolError
+from whatsup.store.offd.memory import MemorySpool
 from whatsup.testing import FakeClock
 
 LIMITS = Limits(max_frame=1 << 16, max_body=100, login_timeout=30.0, idle_timeout=90.0, send_timeout=20.0,
@@ -251,3 +252,42 @@ def logged_in_with(**limits):
     c.hello({"versions": [1], "ref": 1})
     c.logged_in("alice")
     return c, clock
+
+
+def queued(n, body="hi"):
+    """An in-memory spool holding ``n`` messages for alice."""
+    spool = MemorySpool(1000)
+    for i in range(n):
+        spool.put("alice", "msg", {"type": "msg", "from": "bob", "id": f"m{i}", "body": body})
+    return spool
+
+
+def taken(c):
+    """The frames in ``out``, all taken by the socket."""
+    frames = [protocol.decode(body) for body in protocol.FrameDecoder(1 << 16).split(bytes(c.out), 10_000)]
+    c.out.clear()
+    return frames
+
+
+def test_queued_items_go_out_within_the_window_and_an_ack_opens_it_again():
+    c, _ = logged_in()
+    spool = queued(5)
+    assert spool.login("alice", c.device) == 5
+    c.push(spool)
+    assert [f["seq"] for f in taken(c)] == [1, 2, 3]  # session.window
+    c.push(spool)
+    assert taken(c) == []  # nothing until an ack
+    spool.ack("alice", c.device, 2)
+    c.push(spool)
+    assert [f["seq"] for f in taken(c)] == [4, 5]
+
+
+def test_queued_items_fill_only_the_first_half_of_the_outbound_buffer():
+    c, _ = logged_in_with(window=100)
+    spool = queued(20, body="x" * 90)  # about 130 bytes a frame; half the buffer is 500
+    c.out += b"\0" * 200                 # an answer the socket has not taken yet
+    c.push(spool)
+    assert 200 < len(c.out) < 500 + 200 and spool.unacked("alice", c.device) == 3
+    c.out.clear()                        # taken
+    c.push(spool)
+    assert [f["seq"] for f in taken(c)] == [4, 5, 6, 7]

@@ -228,6 +228,15 @@ class Conn:
         within the window, and only in the first half of the buffer (the rest is for answers)."""
         return self.limits.window - unacked, self.limits.max_outbound // 2 - len(self.out)
 
+    def push(self, spool):
+        """Put what waits for this device in ``spool`` (an offd api.Store) into ``out``, as far
+        as :meth:`push_room` allows; an ack (or bytes taken) makes room for more."""
+        room, budget = self.push_room(spool.unacked(self.user, self.device))
+        if room > 0 and budget > 0:
+            for item in spool.next_batch(self.user, self.device, self.limits.window, budget):
+                self.out += protocol.frame_bytes(item.frame)
+                self.frames_out += 1
+
     # --- deadlines ---------------------------------------------------------------
 
     def expired(self):

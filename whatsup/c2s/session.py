@@ -383,13 +383,8 @@ class Session:
         if st.user is None or sv.sm.lookup(st.user, st.device) != proc.pid:
             return
         spool = sv.offd.current(st.user)
-        if spool is None:  # the shard restarts, and pokes when it is back
-            return
-        room, budget = st.push_room(spool.unacked(st.user, st.device))
-        if room > 0 and budget > 0:
-            for item in spool.next_batch(st.user, st.device, st.limits.window, budget):
-                st.out += protocol.frame_bytes(item.frame)
-                st.frames_out += 1
+        if spool is not None:  # None: the shard restarts, and pokes when it is back
+            st.push(spool)
 
 
 def _feature(method):
