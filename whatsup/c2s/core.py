@@ -21,6 +21,10 @@ from ..protocol import PRIMARY, Code, ProtocolError
 from ..runtime.ratelimit import FrameBuckets, TokenBucket
 from ..runtime.process import FAIR_SHARE
 
+#: What a connection may send before it is logged in (after hello): make an account, link a
+#: device to one, log in.
+PRE_LOGIN = frozenset({"register", "link", "login"})
+
 
 class Limits(NamedTuple):
     """The settings a connection obeys (docs/PROTOCOL.md, "Limits"), read once per config."""
@@ -131,7 +135,7 @@ class Conn:
             return
         if ftype == "hello":
             raise ProtocolError(Code.BAD_FIELD, "hello was already sent", f["ref"])
-        if ftype in ("register", "login"):
+        if ftype in PRE_LOGIN:
             if self.user is not None:
                 raise ProtocolError(Code.ALREADY_LOGGED_IN, f"logged in as {self.user}", f["ref"])
             return
@@ -162,10 +166,10 @@ class Conn:
         if ban is not None:
             raise ProtocolError(Code.BANNED, f"this account is banned: {ban['reason']}", ref)
 
-    def logged_in(self, user):
-        """The connection is ``user``'s from now on: its login deadline is over, and frames
-        other than hello, register and login are admitted."""
-        self.user = user
+    def logged_in(self, user, device=PRIMARY):
+        """The connection is ``user``'s ``device`` from now on: its login deadline is over, and
+        frames other than hello, register and login are admitted."""
+        self.user, self.device = user, device
 
     def check_body(self, f):
         body = f["body"]

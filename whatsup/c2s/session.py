@@ -54,7 +54,7 @@ from ..store.accounts import UserTaken
 from .admission import Refused, prefix
 from .core import Close
 from ..runtime.factory import ShardDown
-from ..protocol import Code, ProtocolError, error_frame
+from ..protocol import PRIMARY, Code, ProtocolError, error_frame
 from ..runtime.process import FAIR_SHARE
 
 log = logging.getLogger("whatsup.session")
@@ -290,8 +290,8 @@ class Session:
             return st.send({"type": "pong", **({"ref": f["ref"]} if "ref" in f else {})})
         if ftype == "hello":
             return Session._hello(st, f)
-        if ftype in ("register", "login"):
-            return (Session._register if ftype == "register" else Session._login)(proc, st, f)
+        if ftype in c2s.PRE_LOGIN:
+            return getattr(Session, "_" + ftype)(proc, st, f)
         answer = ROUTES[ftype](proc, st, f)
         if answer is not None:
             st.send(answer)
@@ -302,7 +302,7 @@ class Session:
         if "group" in f:
             st.services.groups.message(st.user, proc.pid, f)
         else:
-            st.services.router.message(st.user, proc.pid, f["ref"], f["id"], f["to"], f["body"])
+            st.services.router.message(st.user, proc.pid, f["ref"], f["id"], f["to"], f["body"], st.device)
         st.awaiting_answer(f["ref"])
 
     @staticmethod
@@ -317,7 +317,7 @@ class Session:
     def _read(proc, st, f):
         if "group" in f:
             st.services.groups.members_of(st.user, f["group"], f["ref"])
-        st.services.router.read(st.user, proc.pid, f["ref"], f["to"], f["ids"], f.get("group"))
+        st.services.router.read(st.user, proc.pid, f["ref"], f["to"], f["ids"], f.get("group"), st.device)
         st.awaiting_answer(f["ref"])
 
     @staticmethod
@@ -346,14 +346,37 @@ class Session:
         st.send({"type": "ok", "ref": ref, "user": user})
 
     @staticmethod
+    def _link(proc, st, f):
+        """A new device presents a link code (docs/PROTOCOL.md, "Devices"): it gets its id and token."""
+        user, ref, ip = f["user"], f["ref"], st.addr[0]
+        try:
+            device, token = st.services.devices.link(user, f["code"], f["name"],
+                                                     (("user", user), ("ip", ip), ("prefix", prefix(ip))), ref)
+        except Refused as exc:
+            raise ProtocolError(exc.code, str(exc), ref, exc.retry_after) from None
+        except OSError as exc:
+            log.error("linking a device to %s failed: %s", user, exc)
+            raise ProtocolError(Code.STORE_FAILED, "could not store the device; retry", ref) from None
+        st.send({"type": "linked", "ref": ref, "user": user, "device": device, "token": token})
+
+    @staticmethod
+    def _verify(st, user, device, f, ip):
+        """The login's credential: the password for the primary device, the token for a companion
+        (the password alone is not enough to act as one)."""
+        accounts = st.services.accounts
+        if device == PRIMARY:
+            password = f.get("password")
+            return password is not None and st.worth_hashing(password) and accounts.verify(user, password, ip)
+        return "token" in f and accounts.verify_device(user, device, f["token"])
+
+    @staticmethod
     def _login(proc, st, f):
         started = time.monotonic()
-        user, ref = f["user"], f["ref"]
+        user, ref, device = f["user"], f["ref"], f.get("device", PRIMARY)
         sv, ip = st.services, st.addr[0]
         keys = (("user", user), ("ip", ip), ("prefix", prefix(ip)))
         try:
-            verified = sv.failed_logins.attempt(keys, lambda: (
-                st.worth_hashing(f["password"]) and sv.accounts.verify(user, f["password"], ip)))
+            verified = sv.failed_logins.attempt(keys, lambda: Session._verify(st, user, device, f, ip))
             st.check_login(ref, verified, sv.lifecycle.banned(user) if verified else None)
         except Refused as exc:
             raise ProtocolError(exc.code, str(exc), ref, exc.retry_after) from None
@@ -361,7 +384,7 @@ class Session:
             log.info("login for %r from %s refused: %s", user, st.addr, exc.code)
             raise
         spool = sv.offd.spool(user)
-        st.logged_in(user)
+        st.logged_in(user, device)
         proc.entity = user
         sv.gate.authenticated(st.addr)
         online = sv.sm.lookup(user) is not None
@@ -370,9 +393,10 @@ class Session:
             sv.router.tell(old, ("replaced",))
         elif not online:
             sv.presence.online(user)
-        queued = spool.login(user, st.device)  # what it was sent and did not ack goes again
+        queued = spool.login(user, device)  # what it was sent and did not ack goes again
         sv.counters["logins"] += 1
-        st.send({"type": "ok", "ref": ref, "user": user, "queued": queued})
+        st.send({"type": "ok", "ref": ref, "user": user, "device": device, "queued": queued})
+        sv.devices.logged_in(user, device)
         latency.LOGIN.observe(time.monotonic() - started)
         Session._push(proc, st)
 
@@ -418,6 +442,9 @@ ROUTES = {
     "passwd": _feature(lambda s: s.lifecycle.passwd),
     "delete_account": _feature(lambda s: s.lifecycle.delete_account),
     "invite_create": _feature(lambda s: s.registration.invite_create),
+    "link_code": _feature(lambda s: s.devices.link_code),
+    "devices": _feature(lambda s: s.devices.list),
+    "unlink": _feature(lambda s: s.devices.unlink),
     "push_register": _feature(lambda s: s.push.register),
     "push_unregister": _feature(lambda s: s.push.unregister),
 }

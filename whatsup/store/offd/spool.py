@@ -195,10 +195,10 @@ class Spool(Queues):
     def _segment(self):
         return self._active.sid
 
-    def _kept(self, user, item, on_durable):
+    def _kept(self, user, item, on_durable, lazy=False):
         self._active.live += 1
         self._append(record.put(user, item.seq, item.ts, item.kind, item.sender, item.cid, item.frame),
-                     lambda err: self._durable((user,), item, err, on_durable))
+                     lambda err: self._durable((user,), item, err, on_durable), lazy=lazy)
 
     def _kept_group(self, users, item, on_durable):
         self._active.live += len(users)
