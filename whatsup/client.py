@@ -30,7 +30,7 @@ from .address import split as split_address
 from .protocol import FrameDecoder, ProtocolError
 
 DEFAULT_SERVER = "127.0.0.1:7222"
-PUSHED = ("msg", "receipt", "group_event")  # the spooled kinds: they carry seq and are acked
+PUSHED = ("msg", "receipt", "group_event", "history")  # the spooled kinds: they carry seq and are acked
 
 
 class Seen:
@@ -217,6 +217,10 @@ class Client:
 
     def devices(self):
         return self.request({"type": "devices"})["devices"]
+
+    def send_history(self, device, bundle):
+        """Send ``device`` of this user an opaque history bundle (bytes or str, up to max_body)."""
+        return self.request({"type": "history", "device": device, "bundle": bundle})
 
     def unlink(self, device):
         return self.request({"type": "unlink", "device": device})
