@@ -129,11 +129,12 @@ def devices(ctx, user, password):
                        f"last seen {seen}{here}")
 
 
-@main.command()
-@_as_option
-@_password_option()
-@click.argument("device", type=int)
-@click.pass_context
+def _about_a_device(f):
+    """A command of ``--as USER`` about one of their devices (the DEVICE argument)."""
+    return main.command()(_as_option(_password_option()(click.argument("device", type=int)(click.pass_context(f)))))
+
+
+@_about_a_device
 def history(ctx, user, password, device):
     """Send DEVICE of USER this device's message history (as WhatsApp gives a new device)."""
     with _connect(ctx, user, password) as client:
@@ -143,11 +144,7 @@ def history(ctx, user, password, device):
     click.echo(f"sent {sum(len(json.loads(b)) for b in bundles)} messages of history to device {device}")
 
 
-@main.command()
-@_as_option
-@_password_option()
-@click.argument("device", type=int)
-@click.pass_context
+@_about_a_device
 def unlink(ctx, user, password, device):
     """Unlink DEVICE of USER: its token stops working and its queue is dropped."""
     with _connect(ctx, user, password) as client:
