@@ -47,9 +47,9 @@ import time
 
 import gevent
 import msgpack
-from gevent.threadpool import ThreadPool
 
 from ..batch import GroupCommitter
+from ..worker import Worker
 from ..datadir import fsync_dir
 from ...routing.dedup import ENTRY, digest, unpack_entries
 from . import record
@@ -115,7 +115,7 @@ class Spool(Queues):
         self.carry = carry
         self.segments = collections.OrderedDict()  # sid -> Segment, oldest first
         self.recovered = {}          # sender -> [(ts, digest, sid, seq)] oldest first, for the dedup window
-        self._pool = ThreadPool(1)   # this spool's writer: a native thread owning the fds
+        self._pool = Worker(f"offd {directory}")  # this spool's writer: a native thread owning the fds
         self._fds = {}
         self._log = None
 
