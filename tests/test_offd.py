@@ -10,9 +10,11 @@ import pytest
 from whatsup.routing.dedup import digest
 from whatsup.store.offd import Offd, ShardMismatch, Spool
 from whatsup.store.offd import record
+from whatsup.store.offd.memory import MemorySpool
 from whatsup.store.offd.spool import PACE, SEGMENT, SLICE, Pace
 from whatsup.protocol import PRIMARY, Template, pack
 from whatsup.runtime import ProcessTable
+from whatsup.testing import FakeClock
 
 
 def spool(path, **kw):
@@ -142,6 +144,33 @@ def test_expired_items_are_dropped(tmp_path):
     sp.maintain()
     assert sp.items("bob") == [] and sp.stats()["expired"] == 3
     sp.close()
+
+
+def test_recovered_items_expire_too(tmp_path):
+    first = spool(tmp_path)
+    put(first, "bob", 2)
+    first.close()
+    time.sleep(0.1)
+    sp = spool(tmp_path, expiry_days=0.03 / 86400)  # 30 ms: recovery queues them again, stamped
+    sp.maintain()                                     # 100 ms ago: due, though recovered just now
+    assert sp.items("bob") == [] and sp.stats()["expired"] == 2
+    sp.close()
+
+
+def test_an_expiry_pass_visits_only_the_queues_whose_front_is_due():
+    clock = FakeClock(now=1_000_000.0)
+    sp = MemorySpool(1000, clock=clock)
+    sp.put("old", "msg", {"type": "msg", "body": "old"})
+    clock.now += 3600
+    for i in range(500):
+        sp.put(f"u{i}", "msg", {"type": "msg", "body": "new"})
+    sp.put("old", "msg", {"type": "msg", "body": "newer"})
+    cutoff = (clock.now - 60) * 1000
+    assert [(user, len(gone)) for user, gone in sp.expire(cutoff)] == [("old", 1)]
+    assert [i.seq for i in sp.items("old")] == [502]
+    assert list(sp.expire(cutoff)) == []  # nothing due: nothing visited
+    clock.now += 3600
+    assert len(list(sp.expire((clock.now - 60) * 1000))) == 501 and sp.queued() == 0
 
 
 def test_offd_refuses_a_data_dir_written_with_another_shard_count(tmp_path):

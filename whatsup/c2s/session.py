@@ -370,14 +370,14 @@ class Session:
         st.send({"type": "linked", "ref": ref, "user": user, "device": device, "token": token})
 
     @staticmethod
-    def _verify(sv, user, device, f, ip):
+    def _verify(st, user, device, f, ip):
         """The login's credential: the password for the primary device, the token for a companion
         (the password alone is not enough to act as one)."""
+        accounts = st.services.accounts
         if device == PRIMARY:
             password = f.get("password")
-            return (password is not None and len(password) <= sv.account_rules["max_password"]  # no hash
-                    and sv.accounts.verify(user, password, ip))                               # of a longer one
-        return "token" in f and sv.accounts.verify_device(user, device, f["token"])
+            return password is not None and st.worth_hashing(password) and accounts.verify(user, password, ip)
+        return "token" in f and accounts.verify_device(user, device, f["token"])
 
     @staticmethod
     def _login(proc, st, f):
@@ -386,20 +386,16 @@ class Session:
         sv, ip = st.services, st.addr[0]
         keys = (("user", user), ("ip", ip), ("prefix", prefix(ip)))
         try:
-            verified = sv.failed_logins.attempt(keys, lambda: Session._verify(sv, user, device, f, ip))
+            verified = sv.failed_logins.attempt(keys, lambda: Session._verify(st, user, device, f, ip))
+            st.check_login(ref, verified, sv.lifecycle.banned(user) if verified else None)
         except Refused as exc:
             raise ProtocolError(exc.code, str(exc), ref, exc.retry_after) from None
-        if verified is None:
-            log.warning("login for %r from %s refused: %s", user, st.addr, Code.TOO_MANY_ATTEMPTS)
-            raise ProtocolError(Code.TOO_MANY_ATTEMPTS, "too many failed logins; wait and retry", ref)
-        if not verified:
-            log.info("failed login for %r from %s", user, st.addr)
-            raise ProtocolError(Code.AUTH_FAILED, "wrong user name or password", ref)
-        ban = sv.lifecycle.banned(user)
-        if ban is not None:
-            raise ProtocolError(Code.BANNED, f"this account is banned: {ban['reason']}", ref)
+        except ProtocolError as exc:
+            log.info("login for %r from %s refused: %s", user, st.addr, exc.code)
+            raise
         spool = sv.offd.spool(user)
-        st.user, st.device, proc.entity = user, device, user
+        st.logged_in(user, device)
+        proc.entity = user
         sv.gate.authenticated(st.addr)
         online = sv.sm.lookup(user) is not None
         old = sv.sm.register(user, st.device, proc.pid)
@@ -421,13 +417,8 @@ class Session:
         if st.user is None or sv.sm.lookup(st.user, st.device) != proc.pid:
             return
         spool = sv.offd.current(st.user)
-        if spool is None:  # the shard restarts, and pokes when it is back
-            return
-        room, budget = st.push_room(spool.unacked(st.user, st.device))
-        if room > 0 and budget > 0:
-            for item in spool.next_batch(st.user, st.device, st.limits.window, budget):
-                st.out += protocol.frame_bytes(item.frame)
-                st.frames_out += 1
+        if spool is not None:  # None: the shard restarts, and pokes when it is back
+            st.push(spool)
 
 
 def _feature(method):

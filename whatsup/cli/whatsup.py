@@ -318,22 +318,20 @@ def group_create(client, name, members):
     click.echo(_call(client.group_create, name, members))
 
 
-@_group_command
-@click.argument("group_id", metavar="GROUP")
-@click.argument("members", nargs=-1, required=True)
-def group_add(client, group_id, members):
-    """Add MEMBERS to GROUP (admins only)."""
-    _call(client.group_add, group_id, members)
-    click.echo(f"added {', '.join(members)} to {group_id} (those already in it stay as they were)")
+def _membership(change, doc, said):
+    """``group add`` and ``group remove``: MEMBERS into or out of GROUP, then ``said``."""
+    def command(client, group_id, members):
+        _call(getattr(client, f"group_{change}"), group_id, members)
+        click.echo(said.format(members=", ".join(members), group=group_id))
+    command.__name__, command.__doc__ = f"group_{change}", doc
+    members = click.argument("members", nargs=-1, required=True)(command)
+    return _group_command(click.argument("group_id", metavar="GROUP")(members))
 
 
-@_group_command
-@click.argument("group_id", metavar="GROUP")
-@click.argument("members", nargs=-1, required=True)
-def group_remove(client, group_id, members):
-    """Remove MEMBERS from GROUP (admins only)."""
-    _call(client.group_remove, group_id, members)
-    click.echo(f"removed {', '.join(members)} from {group_id} (if they were in it)")
+group_add = _membership("add", "Add MEMBERS to GROUP (admins only).",
+                        "added {members} to {group} (those already in it stay as they were)")
+group_remove = _membership("remove", "Remove MEMBERS from GROUP (admins only).",
+                           "removed {members} from {group} (if they were in it)")
 
 
 @_group_command

@@ -16,6 +16,7 @@ are durable (:meth:`Queues.release`); a device linked later starts past every it
 queued before it (:meth:`Queues.link`).
 """
 import collections
+import heapq
 import itertools
 import logging
 import time
@@ -136,6 +137,10 @@ class Queues:
         self.counts = collections.Counter()
         self.counter = 0                         # the last seq stamped
         self.unfinished = {}  # (sender, cid) -> {"F"/"G": Item}: kept until its fan-out is done
+        # Expiry's due-heap: (ms, user), no later than the front of the user's queue, one entry
+        # per user who had a queue lately (~100 bytes each), so a pass visits what is due only.
+        self.fronts = []
+        self._fronted = set()
 
     # --- items ---------------------------------------------------------------------
 
@@ -143,7 +148,31 @@ class Queues:
         q = self.queues.get(user)
         if q is None:
             q = self.queues[user] = UserQueue()
+        if user not in self._fronted:  # what comes next is stamped no earlier than now
+            self._fronted.add(user)
+            heapq.heappush(self.fronts, (int(self.clock() * 1000), user))
         return q
+
+    def refront(self):
+        """Rebuild ``fronts`` from the queues as they are (after a recovery filled them)."""
+        self.fronts = [(q.items[0].ts if q.items else 0, user) for user, q in self.queues.items()]
+        heapq.heapify(self.fronts)
+        self._fronted = set(self.queues)
+
+    def expire(self, cutoff):
+        """Drop the items stamped before ``cutoff`` (ms), yielding ``(user, items dropped)`` per
+        user whose front may be that old: the work is what is due, not what is queued."""
+        fronts = self.fronts
+        while fronts and fronts[0][0] < cutoff:
+            user = heapq.heappop(fronts)[1]
+            q = self.queues.get(user)
+            gone = self._expire_front(user, q, cutoff) if q is not None else ()
+            q = self.queues.get(user)
+            if q is None:
+                self._fronted.discard(user)
+            else:  # an emptied queue held for its receipts: its next item is stamped from now on
+                heapq.heappush(fronts, (q.items[0].ts if q.items else int(self.clock() * 1000), user))
+            yield user, gone
 
     def queued(self):
         return sum(len(q) for q in self.queues.values())
