@@ -291,7 +291,7 @@ class Session:
         if ftype == "hello":
             return Session._hello(st, f)
         if ftype in c2s.PRE_LOGIN:
-            return getattr(Session, "_" + ftype)(proc, st, f)
+            return ACCOUNT_ROUTES[ftype](proc, st, f)
         answer = ROUTES[ftype](proc, st, f)
         if answer is not None:
             st.send(answer)
@@ -427,6 +427,9 @@ def _feature(method):
     immediate answer or None."""
     return lambda proc, st, f: method(st.services)(st.user, proc.pid, f)
 
+
+#: The frames that log a connection in (c2s.PRE_LOGIN), each handled by Session itself.
+ACCOUNT_ROUTES = {"register": Session._register, "link": Session._link, "login": Session._login}
 
 #: What a logged-in session does with each frame type: ``handler(proc, st, frame)``, returning an
 #: immediate answer or None; Session's own handlers, or a feature's method (``_feature``).
