@@ -291,7 +291,7 @@ class Session:
         if ftype == "hello":
             return Session._hello(st, f)
         if ftype in c2s.PRE_LOGIN:
-            return getattr(Session, "_" + ftype)(proc, st, f)
+            return ACCOUNT_ROUTES[ftype](proc, st, f)
         answer = ROUTES[ftype](proc, st, f)
         if answer is not None:
             st.send(answer)
@@ -318,6 +318,16 @@ class Session:
         if "group" in f:
             st.services.groups.members_of(st.user, f["group"], f["ref"])
         st.services.router.read(st.user, proc.pid, f["ref"], f["to"], f["ids"], f.get("group"), st.device)
+        st.awaiting_answer(f["ref"])
+
+    @staticmethod
+    def _history(proc, st, f):
+        bundle = f["bundle"]
+        size = len(bundle if type(bundle) is bytes else bundle.encode())
+        if size > st.limits.max_body:
+            raise ProtocolError(Code.BODY_TOO_LARGE, f"bundle of {size} bytes exceeds max_body "
+                                f"{st.limits.max_body}", f["ref"])
+        st.services.router.history(st.user, st.device, proc.pid, f["ref"], f["device"], f["bundle"])
         st.awaiting_answer(f["ref"])
 
     @staticmethod
@@ -418,6 +428,9 @@ def _feature(method):
     return lambda proc, st, f: method(st.services)(st.user, proc.pid, f)
 
 
+#: The frames that log a connection in (c2s.PRE_LOGIN), each handled by Session itself.
+ACCOUNT_ROUTES = {"register": Session._register, "link": Session._link, "login": Session._login}
+
 #: What a logged-in session does with each frame type: ``handler(proc, st, frame)``, returning an
 #: immediate answer or None; Session's own handlers, or a feature's method (``_feature``).
 ROUTES = {
@@ -442,6 +455,7 @@ ROUTES = {
     "passwd": _feature(lambda s: s.lifecycle.passwd),
     "delete_account": _feature(lambda s: s.lifecycle.delete_account),
     "invite_create": _feature(lambda s: s.registration.invite_create),
+    "history": Session._history,
     "link_code": _feature(lambda s: s.devices.link_code),
     "devices": _feature(lambda s: s.devices.list),
     "unlink": _feature(lambda s: s.devices.unlink),

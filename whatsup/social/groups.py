@@ -144,6 +144,12 @@ class _Message:
         self.cost = cost
 
 
+def _is_message(op):
+    """A queued operation is a _Message or a change (a callable). Not isinstance: a hot reload
+    makes a new _Message class while messages made by the old one wait in the queues."""
+    return not callable(op)
+
+
 class Groups:
     def __init__(self, processes, timers, router, offd, accounts, max_members, fanout_chunk,
                  sender_budget=1 << 16, pace=None, idle=10.0, op_timeout=60.0):
@@ -437,7 +443,7 @@ class Groups:
         group.ops.append((op, ref, result))
 
     def _answer_op(self, op, result, answer):
-        if isinstance(op, _Message) and answer is not None:
+        if _is_message(op) and answer is not None:
             self._spend(op)
         if result is not None:
             result.set(answer)
@@ -451,9 +457,9 @@ class Groups:
         group = worker.group
         ops = group.ops
         while ops:
-            if isinstance(ops[0][0], _Message):
+            if _is_message(ops[0][0]):
                 batch = []
-                while ops and isinstance(ops[0][0], _Message) and len(batch) < BATCH:
+                while ops and _is_message(ops[0][0]) and len(batch) < BATCH:
                     batch.append(ops.popleft())
                 worker.current = batch
                 answers = self._guarded(group, batch[0][1], self._messages, [m for m, _, _ in batch])
