@@ -80,6 +80,17 @@ def test_a_device_that_acked_past_the_others_keeps_its_place_through_compaction_
     sp.close()
 
 
+def test_a_direct_item_keeps_its_device_through_a_reopen(tmp_path):
+    devices = (lambda user: (PRIMARY, 1))
+    sp = spool(tmp_path, devices=devices)
+    bundle = sp.put("bob", "direct", {"type": "history", "bundle": b"x"}, sender="bob", cid=1)
+    sp.close()
+    sp = spool(tmp_path, devices=devices)
+    assert sp.next_batch("bob", PRIMARY, 10) == [] and [i.seq for i in sp.next_batch("bob", 1, 10)] == [bundle.seq]
+    assert sp.take_recovered() == {}  # not a message id: the dedup window does not hold it
+    sp.close()
+
+
 def test_a_torn_last_record_is_cut_and_everything_before_it_kept(tmp_path):
     sp = spool(tmp_path)
     put(sp, "bob", 3)

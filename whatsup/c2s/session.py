@@ -321,6 +321,16 @@ class Session:
         st.awaiting_answer(f["ref"])
 
     @staticmethod
+    def _history(proc, st, f):
+        bundle = f["bundle"]
+        size = len(bundle if type(bundle) is bytes else bundle.encode())
+        if size > st.limits.max_body:
+            raise ProtocolError(Code.BODY_TOO_LARGE, f"bundle of {size} bytes exceeds max_body "
+                                f"{st.limits.max_body}", f["ref"])
+        st.services.router.history(st.user, st.device, proc.pid, f["ref"], f["device"], f["bundle"])
+        st.awaiting_answer(f["ref"])
+
+    @staticmethod
     def _hello(st, f):
         st.hello(f)
         lim = st.limits
@@ -445,6 +455,7 @@ ROUTES = {
     "passwd": _feature(lambda s: s.lifecycle.passwd),
     "delete_account": _feature(lambda s: s.lifecycle.delete_account),
     "invite_create": _feature(lambda s: s.registration.invite_create),
+    "history": Session._history,
     "link_code": _feature(lambda s: s.devices.link_code),
     "devices": _feature(lambda s: s.devices.list),
     "unlink": _feature(lambda s: s.devices.unlink),

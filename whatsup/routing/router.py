@@ -456,6 +456,22 @@ class Router:
             self.synced(user, device, frame, done)
             done.release()
 
+    def history(self, user, device, pid, ref, to_device, bundle):
+        """A history bundle from ``device`` of ``user`` for their device ``to_device``
+        (docs/PROTOCOL.md, "Devices"): queued for that device alone (a ``direct`` item, whose
+        cid names it), never parsed; ``ok`` once durable."""
+        if to_device == device or to_device not in self.accounts.devices(user):
+            return self.reply(pid, error_frame(Code.UNKNOWN_DEVICE, f"no other linked device {to_device}", ref))
+        frame = {"type": "history", "from": user, "device": device, "bundle": bundle}
+        try:
+            self.offd.spool(user).put(user, "direct", frame, sender=user, cid=to_device,
+                                      on_durable=self.ok_when_durable(pid, {"type": "ok", "ref": ref}))
+        except ShardDown as exc:
+            self.reply(pid, error_frame(Code.STORE_FAILED, f"{exc}", ref))
+        except QueueFull:
+            self.counters["queue_full"] += 1
+            self.reply(pid, error_frame(Code.QUEUE_FULL, f"{user}'s queue is full", ref))
+
     def undelivered(self, reader, sender, ids, group=None):
         """The ids among ``ids`` that ``reader`` may not call read: a read names only messages
         ``sender`` sent among its last session.dedup_window ids (the window's digests cover

@@ -32,6 +32,12 @@ def primary_only(user):
     return _PRIMARY_ONLY
 
 
+def for_device(item, device):
+    """Whether ``item`` goes to ``device``: every item does, but a ``direct`` one (a history
+    bundle, docs/PROTOCOL.md "Devices"), whose ``cid`` is the one device it is for."""
+    return item.kind != "direct" or item.cid == device
+
+
 class QueueFull(Exception):
     """The recipient already has offd.max_queue items waiting."""
 
@@ -260,19 +266,28 @@ class Queues:
     def next_batch(self, user, device, window, budget=None):
         """The items to send ``device`` now, marked sent: those after what it was sent, while it
         has fewer than ``window`` unacked and (with ``budget``) while the frames before the last
-        one hold fewer than ``budget`` bytes."""
+        one hold fewer than ``budget`` bytes. Items for another device (``direct``) count as sent
+        but are not returned; at the front of what the device has to ack they count as acked."""
         q = self.queues.get(user)
         if q is None:
             return []
         c = q.cursor(device)
-        items, out = q.items, []
+        items, out, passed = q.items, [], c.pos
+        while not c.sent and c.pos < len(items) and not for_device(items[c.pos], device):
+            c.pos += 1
+            c.acked = items[c.pos - 1].seq
+        if c.pos != passed:
+            self._collect(user, q, (device,))
+            if self.queues.get(user) is not q:
+                return []
         i, stop = c.pos + c.sent, min(len(items), c.pos + window)
         while i < stop and (budget is None or budget > 0):
             item = items[i]
-            out.append(item)
             i += 1
-            if budget is not None:
-                budget -= len(item.frame) + 4
+            if for_device(item, device):
+                out.append(item)
+                if budget is not None:
+                    budget -= len(item.frame) + 4
         c.sent = i - c.pos
         return out
 
@@ -295,7 +310,7 @@ class Queues:
         if c is None:
             return Acked(user, device)
         items, start = q.items, c.pos
-        while c.sent and c.pos < len(items) and items[c.pos].seq <= upto:
+        while c.sent and c.pos < len(items) and (items[c.pos].seq <= upto or not for_device(items[c.pos], device)):
             c.pos += 1
             c.sent -= 1
         if c.pos == start:

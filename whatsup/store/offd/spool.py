@@ -369,10 +369,10 @@ class Spool(Queues):
         elif op == "P":
             _, user, seq, ts, kind, sender, cid, frame = rec
             self.counter = max(self.counter, seq)
-            if cid is not None and kind != "gmsg":
-                ids.setdefault(sender, []).append((ts, digest(user, cid), sid, seq))
-            elif cid is not None:  # an older node's group copy: the window knows it by group
+            if kind == "gmsg" and cid is not None:  # an older node's group copy: the window knows it by group
                 ids.setdefault(sender, []).append((ts, digest(msgpack.unpackb(frame)["group"], cid), sid, 0))
+            elif cid is not None and kind != "direct":  # a direct item's cid is the device it is for
+                ids.setdefault(sender, []).append((ts, digest(user, cid), sid, seq))
             if seq > wm.get(user, 0):
                 found.setdefault(user, {}).setdefault(seq, Item(seq, ts, kind, sender, cid, frame, sid))
         elif op == "G":
