@@ -86,6 +86,11 @@ SETTINGS = (
             0.0),
     Setting("groups.fanout_chunk", int, 64, "group members woken (or events queued) between two yields to the hub, so "
             "a large fan-out does not stall the other sessions", 1),
+    Setting("groups.process_idle", float, 10.0, "seconds a group's process waits for more operations "
+            "before it stops (the next operation starts another): a quiet group costs no process", 0.1),
+    Setting("groups.op_timeout", float, 60.0, "seconds a session waits for a change of a group, behind "
+            "the group's earlier operations, before its device gets internal (the change may still "
+            "be made)", 0.1),
     Setting("devices.max_companions", int, 4, "companion devices one user may link besides the primary "
             "(WhatsApp's limit); one more is refused with device_limit", 0),
     Setting("devices.link_ttl", float, 60.0, "seconds a link code stays valid (single-use; a user holds one "
@@ -208,6 +213,8 @@ def _section_classes():
     fields = {}
     for s in SETTINGS:
         section, key = s.name.split(".", 1)
+        if section in fields and section != next(reversed(fields)):  # a second [section] in the TOML
+            raise ValueError(f"{s.name}: the settings of [{section}] must stand together in SETTINGS")
         fields.setdefault(section, []).append((key, s.type))
     classes = {}
     for section, keys in fields.items():

@@ -172,7 +172,8 @@ class Node:
                              retry=cfg.runtime.retry_interval)
         self.groups = Groups(self.table, self.timers, self.router, self.offd, self.accounts,
                              cfg.groups.max_members, cfg.groups.fanout_chunk, cfg.groups.sender_budget,
-                             Pacer(cfg.groups.sender_copies, cfg.session.rate_burst))
+                             Pacer(cfg.groups.sender_copies, cfg.session.rate_burst),
+                             cfg.groups.process_idle, cfg.groups.op_timeout)
         self.presence = Presence(self.sm, self.accounts, self.blocks, self.groups, self.router)
         self.failed_logins = Guesses({  # "user" / "ip" / "prefix" -> limiter of failed password checks
             "user": KeyedLimiter(cfg.auth.user_failures, cfg.auth.failure_window),
