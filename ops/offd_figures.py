@@ -6,6 +6,7 @@ sender's window, the longest hub stall during maintenance, RSS under a big-group
     python3 -m ops.offd_figures stall   [--users 10000 --per-user 120]
     python3 -m ops.offd_figures flood   [--members 1024 --messages 2000]
     python3 -m ops.offd_figures devices [--devices 1 4 --users 10000 --online 500 --items 20]
+    python3 -m ops.offd_figures receipts [--devices 1 4 --messages 500]
 
 ``copies``, ``dedup`` and ``stall`` run the real Spool and Router in this process (real
 segment files in a temporary directory, the router's collaborators replaced by inert
@@ -16,7 +17,9 @@ whatsupd (loopback, temporary data dir, stopped at the end) with offline members
 reports its RSS growth. Each prints one line per figure; all are bounded in time.
 """
 import argparse
+import collections
 import gc
+import glob
 import os
 import resource
 import subprocess
@@ -354,6 +357,66 @@ def devices(args):
                 server.stop()
 
 
+def receipts(args):
+    """offd records written per message, and receipts the sender gets, with 1 and N devices per
+    recipient (every device online and acking), then the same after an ``info`` per message:
+    ✓✓ is one receipt whatever the device count, and message info (docs/PROTOCOL.md,
+    "Devices") is answered from RAM, so it writes nothing. A real whatsupd; its segment
+    files are scanned once it stopped."""
+    from whatsup.client import Client
+    from whatsup.store.offd import record
+    from whatsup.testing import ServerProcess
+    for n in args.devices:
+        with tempfile.TemporaryDirectory(prefix="offd-receipts-") as d:
+            server = ServerProcess(d, {"accounts.scrypt_n": 2, "devices.max_companions": max(args.devices),
+                                       "ratelimit.link": 0, "ratelimit.msg": 0, "offd.shards": 1}).start()
+            clients = []
+            try:
+                server.register("alice", "bob")
+                with server.client("bob") as primary:
+                    creds = [Client(server.server).link("bob", primary.link_code(), f"c{i}") for i in range(n - 1)]
+                clients = [server.client("alice"), server.client("bob")]
+                for device, token in creds:
+                    clients.append(Client(server.server))
+                    clients[-1].login("bob", device=device, token=token)
+                alice, devices = clients[0], clients[1:]
+                ids = [f"m{i}" for i in range(args.messages)]
+                for i in ids:
+                    alice.send_nowait("bob", "x" * args.body, id=i)
+                got = collections.Counter()
+                deadline = time.monotonic() + 60
+                while got["delivered"] < len(ids) and time.monotonic() < deadline:
+                    for c in devices:
+                        c.drain(0.05)
+                    for f in alice.drain(0.05):
+                        if f["type"] == "receipt":
+                            got[f["status"]] += len(f["ids"])
+                            got["receipt frames"] += 1
+                scanned = segment_records(server.data_dir, record)
+                infos = collections.Counter(s for i in ids for s in alice.info("bob", i).values())
+                after = segment_records(server.data_dir, record)
+            finally:
+                for c in clients:
+                    c.close()
+                server.stop()
+            m = len(ids)
+            print(f"receipts: {n} device(s): {m} messages: {got['delivered']} ids ✓✓ in {got['receipt frames']} "
+                  f"receipt frames; offd records per message: "
+                  + ", ".join(f"{k} {v / m:.2f}" for k, v in sorted(scanned.items()))
+                  + f"; then {m} info requests ({dict(infos)}): {sum(after.values()) - sum(scanned.values())} "
+                  f"records more")
+
+
+def segment_records(data_dir, record):
+    """Counts of the records (by letter) in every offd segment file under ``data_dir``."""
+    found = collections.Counter()
+    for path in glob.glob(os.path.join(data_dir, "**", "offd", "**", "*"), recursive=True):
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                found.update(r[0] for r in record.scan(f.read())[0] if r[0] != "B")
+    return found
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python3 -m ops.offd_figures", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="what", required=True)
@@ -380,9 +443,14 @@ def main(argv=None):
     c.add_argument("--items", type=int, default=20, help="items queued per user")
     c.add_argument("--online", type=int, default=500, help="users of the real node")
     c.add_argument("--body", type=int, default=40)
+    c = sub.add_parser("receipts", help="offd records and receipts per message with 1 and N devices, and info's")
+    c.add_argument("--devices", type=int, nargs="+", default=[1, 4], help="devices of the recipient")
+    c.add_argument("--messages", type=int, default=500)
+    c.add_argument("--body", type=int, default=40)
     args = p.parse_args(argv)
     resource.setrlimit(resource.RLIMIT_CPU, (1800, 1800))  # bounded, whatever happens
-    {"copies": copies, "dedup": dedup, "stall": stall, "flood": flood, "devices": devices}[args.what](args)
+    {"copies": copies, "dedup": dedup, "stall": stall, "flood": flood, "devices": devices,
+     "receipts": receipts}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -220,10 +220,29 @@ def test_link_a_second_machine_use_it_without_the_password_give_it_history_list_
     laptop.pop("WHATSUP_PASSWORD")  # the laptop never knows bob's password
     linked = cli("link", "--code", code, "--name", "laptop", "bob", env=laptop).stdout
     assert "device 1 (laptop) of bob" in linked
-    cli("send", "--as", "alice", "bob", "to every device")
+    mid = cli("send", "--as", "alice", "bob", "to every device").stdout.strip()
     got = cli("inbox", "--as", "bob", "--json", env=laptop).stdout.splitlines()
     assert [json.loads(line)["body"] for line in got] == ["to every device"]
+    assert cli("info", "--as", "alice", "bob", mid).stdout.splitlines() == [
+        "bob device 0 (primary): pending", "bob device 1: delivered"]  # message info: the laptop has it
     assert "to every device" in cli("inbox", "--as", "bob").stdout  # the phone still gets it
+    assert json.loads(cli("info", "--as", "alice", "--json", "bob", mid).stdout)["devices"] == {
+        "0": "delivered", "1": "delivered"}
+    assert "unknown_message" in cli("info", "--as", "alice", "bob", "nope", check=False).stderr
+    chat = subprocess.Popen([os.path.join(ROOT, "bin", "whatsup"), "chat", "--as", "bob", "alice"], env=laptop,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            bufsize=1)
+    try:  # the laptop chats as its linked device: no password asked
+        lines = _reader(chat)
+        _wait_for(lines, "chatting with alice")
+        cli("send", "--as", "alice", "bob", "to the laptop's chat")
+        _wait_for(lines, "alice: to the laptop's chat")
+        chat.stdin.write("/quit\n")
+        chat.stdin.flush()
+        assert chat.wait(10) == 0
+    finally:
+        chat.stdin.close()
+        chat.wait(10)
     listed = cli("devices", "--as", "bob", env=laptop).stdout.splitlines()
     assert [line.split()[:2] for line in listed] == [["0", "primary"], ["1", "laptop"]]
     assert "(this one)" in listed[1]

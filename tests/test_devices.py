@@ -221,3 +221,35 @@ def test_a_companion_offline_past_inactive_after_is_unlinked_at_the_next_login(m
         assert [d["device"] for d in phone.devices()] == [0]
     with Client(server.server) as c, pytest.raises(ServerError, match="auth_failed"):
         c.login("bob", device=laptop, token=token)
+
+
+def test_message_info_tells_the_sender_which_devices_have_a_message(server):
+    server.register("alice", "bob", "carol")
+    laptop, laptop_token = link(server, "bob", "laptop")
+    tablet, tablet_token = link(server, "bob", "tablet")
+    alice = server.client("alice")
+    phone = server.client("bob")
+    alice.send("bob", "hello", id="m1")
+    phone.drain(0.5)
+    assert [f["ids"] for f in alice.drain(0.5) if f["type"] == "receipt"] == [["m1"]]  # ✓✓, once
+    assert alice.info("bob", "m1") == {0: "delivered", laptop: "pending", tablet: "pending"}
+    lap = companion(server, "bob", laptop, laptop_token)
+    assert [m["id"] for m in msgs(lap.drain(0.5))] == ["m1"]
+    assert alice.info("bob", "m1") == {0: "delivered", laptop: "delivered", tablet: "pending"}
+    assert not any(f["type"] == "receipt" for f in alice.drain(0.3))  # details are asked for, not pushed
+    tab = companion(server, "bob", tablet, tablet_token)
+    tab.drain(0.5)
+    assert alice.info("bob", "m1") == dict.fromkeys((0, laptop, tablet), "delivered")  # and gone from offd
+
+    with Client(server.server) as desktop:
+        new, _ = desktop.link("bob", phone.link_code(), "desktop")  # linked after m1: not listed for it
+    assert set(alice.info("bob", "m1")) == {0, laptop, tablet}
+    with server.client("carol") as carol:
+        for to, cid in (("bob", "m1"), ("alice", "m1"), ("bob", "nope")):  # only the sender, only to bob
+            with pytest.raises(ServerError, match="unknown_message"):
+                carol.info(to, cid)
+        phone.block("carol")
+        carol.send("bob", "hi", id="c1")
+        assert carol.info("bob", "c1") == dict.fromkeys((0, laptop, tablet, new), "pending")  # blocked looks unread
+    for c in (alice, phone, lap, tab):
+        c.close()

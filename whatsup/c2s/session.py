@@ -459,6 +459,7 @@ ROUTES = {
     "link_code": _feature(lambda s: s.devices.link_code),
     "devices": _feature(lambda s: s.devices.list),
     "unlink": _feature(lambda s: s.devices.unlink),
+    "info": _feature(lambda s: s.router.info),
     "push_register": _feature(lambda s: s.push.register),
     "push_unregister": _feature(lambda s: s.push.unregister),
 }

@@ -31,8 +31,7 @@ def _connect(ctx, user=None, password=None):
         client = Client(server, tls=ctx.obj["tls"], cafile=ctx.obj["cafile"])
         if user is not None:
             node_id = client.hello["node_id"]
-            credential = ClientState(node_id, user).credential()
-            device = ctx.obj["device"] if ctx.obj["device"] is not None else credential[0] if credential else 0
+            device, credential = _device_here(ctx, node_id, user)
             state = ClientState(node_id, user, device=device)
             state.load(client)
             client.state = state
@@ -49,6 +48,14 @@ def _connect(ctx, user=None, password=None):
         raise click.ClickException(f"{exc.code}: {exc.message}") from None
     except OSError as exc:
         raise click.ClickException(f"cannot reach whatsupd at {server}: {exc}") from None
+
+
+def _device_here(ctx, node_id, user):
+    """(the device of ``user`` to act as, the credential stored here for it or None): ``--device``,
+    else the companion linked in the CLI's state dir for this node, else the primary (0)."""
+    credential = ClientState(node_id, user).credential()
+    device = ctx.obj["device"] if ctx.obj["device"] is not None else credential[0] if credential else 0
+    return device, credential
 
 
 class _Commands(click.Group):
@@ -152,6 +159,23 @@ def unlink(ctx, user, password, device):
     click.echo(f"unlinked device {device} of {user}")
 
 
+@main.command()
+@_as_option
+@_password_option()
+@click.option("--json", "as_json", is_flag=True, help="the answer as one JSON object")
+@click.argument("peer")
+@click.argument("message_id", metavar="ID")
+@click.pass_context
+def info(ctx, user, password, as_json, peer, message_id):
+    """Message info: which of PEER's devices have USER's message ID (✓✓ is the first of them)."""
+    with _connect(ctx, user, password) as client:
+        devices = _call(client.info, peer, message_id)
+    if as_json:
+        return click.echo(json.dumps({"to": peer, "id": message_id, "devices": devices}))
+    for device, status in sorted(devices.items()):
+        click.echo(f"{peer} device {device}{' (primary)' if device == 0 else ''}: {status}")
+
+
 def _call(fn, *args, **kw):
     """Run a client request; a server error becomes the CLI's one-line error."""
     try:
@@ -235,8 +259,11 @@ def chat(ctx, user, password, group, peer):
     and typing, and the group's events, are shown as they happen.
     """
     _target(peer, group)
-    if password is None and not ctx.obj["device"]:  # a companion linked here: pass --device N
-        password = click.prompt("Password", hide_input=True, err=True)
+    if password is None and not ctx.obj["device"]:
+        with _connect(ctx) as probe:  # what is linked here is known by the node's id
+            primary = _device_here(ctx, probe.hello["node_id"], user)[0] == 0
+        if primary:
+            password = click.prompt("Password", hide_input=True, err=True)
     conn = Connection(ctx.obj["server"], user, password, tls=ctx.obj["tls"], cafile=ctx.obj["cafile"],
                       state_dir=ClientState.default_dir(), device=ctx.obj["device"])
     try:

@@ -49,7 +49,7 @@ from ..observe import latency
 from .dedup import Dedup, digest
 from ..store.offd import QueueFull, ShardDown
 from ..store.offd.spool import SLICE
-from ..protocol import PRIMARY, Code, Template, error_frame, unpack
+from ..protocol import PRIMARY, Code, ProtocolError, Template, error_frame, unpack
 from ..runtime import MailboxFull, ProcessDead
 from ..runtime.service import Service
 from ..runtime.timers import DeadlineHeap
@@ -471,6 +471,29 @@ class Router:
         except QueueFull:
             self.counters["queue_full"] += 1
             self.reply(pid, error_frame(Code.QUEUE_FULL, f"{user}'s queue is full", ref))
+
+    def info(self, user, pid, f):
+        """``info``: which of ``to``'s devices have message ``id`` of ``user`` (docs/PROTOCOL.md,
+        "Devices"). Answered from what the server still holds (the sender's dedup window and
+        the recipient's cursors): nothing is stored per device or per message for it. A message
+        never queued (the recipient blocked the sender) reads as reaching no device."""
+        to, cid = f["to"], f["id"]
+        p = self.pending.get((user, cid))
+        if p is not None and p.to == to:
+            ts, seq = p.ts, p.anchor[1].seq if p.anchor is not None else 0
+        else:
+            found = self.dedup.find(user, digest(to, cid)) if self.accounts.exists(to) else None  # not a group
+            if found is None:
+                raise ProtocolError(Code.UNKNOWN_MESSAGE, f"no recent message {cid!r} of yours to {to}", f["ref"])
+            ts, seq = found
+        spool = self.offd.current(to)
+        if spool is None:
+            raise ProtocolError(Code.STORE_FAILED, f"the offd shard of {to} is restarting; retry", f["ref"])
+        reached = spool.reached(to, seq) if seq else dict.fromkeys(self.accounts.devices(to), False)
+        linked_at = {d["device"]: d.get("created", 0) * 1000 for d in self.accounts.device_list(to)}
+        devices = [{"device": d, "status": "delivered" if got else "pending"}
+                   for d, got in reached.items() if linked_at.get(d, 0) <= ts]  # linked later: never had it
+        return {"type": "info", "ref": f["ref"], "to": to, "id": cid, "devices": devices}
 
     def undelivered(self, reader, sender, ids, group=None):
         """The ids among ``ids`` that ``reader`` may not call read: a read names only messages
