@@ -194,3 +194,30 @@ def test_a_history_bundle_reaches_only_the_device_it_is_for_once(server):
         lap.ping()
     with server.shell() as sh:
         assert sh.run("len(offd.items('bob'))")[0].strip() == "0"  # every device acked what it was for
+
+
+def test_presence_is_online_while_any_device_is_and_last_seen_is_the_last_to_leave(server):
+    server.register("alice", "bob")
+    laptop, token = link(server, "bob", "laptop")
+    with server.client("alice") as alice:
+        assert alice.subscribe("bob")["online"] is False
+        phone = server.client("bob")
+        assert alice.notice(5)["online"] is True
+        lap = companion(server, "bob", laptop, token)
+        phone.close()
+        assert alice.notice(1.0) is None            # the laptop is still online
+        lap.close()
+        gone = alice.notice(5)
+        assert gone["online"] is False and "last_seen" in gone
+
+
+def test_a_companion_offline_past_inactive_after_is_unlinked_at_the_next_login(make_server):
+    server = make_server({"devices.inactive_after": 2 / 86400})  # two seconds
+    server.register("bob")
+    laptop, token = link(server, "bob", "laptop")
+    companion(server, "bob", laptop, token).close()
+    time.sleep(2.5)
+    with server.client("bob") as phone:
+        assert [d["device"] for d in phone.devices()] == [0]
+    with Client(server.server) as c, pytest.raises(ServerError, match="auth_failed"):
+        c.login("bob", device=laptop, token=token)

@@ -360,11 +360,13 @@ class AccountStore:
         entry = row["devices"].get(str(device)) if row is not None else None
         return entry is not None and hmac.compare_digest(entry["token"], token_hash(token))
 
-    def seen(self, user, device):
-        """Companion ``device`` of ``user`` logged in now: its last_seen (durable)."""
+    def seen(self, user, device, stale=0.0):
+        """Companion ``device`` of ``user`` logged in now: its last_seen, stored (durably) when
+        the stored one is over ``stale`` seconds old."""
         row = self._devices.get(user)
         entry = row["devices"].get(str(device)) if row is not None else None
-        if entry is not None:  # a new row: the writer thread may be encoding the old one
+        if entry is not None and time.time() - entry["last_seen"] > stale:
+            # a new row: the writer thread may be encoding the old one
             row = {**row, "devices": {**row["devices"], str(device): {**entry, "last_seen": round(time.time(), 3)}}}
             self.companions(user, row)
             self.shard(user).store(DEVICES + user, row)
