@@ -1,4 +1,5 @@
 """The command lines as README shows them, run as subprocesses."""
+import contextlib
 import json
 import os
 import queue
@@ -71,6 +72,21 @@ def _reader(proc):
     return lines
 
 
+@contextlib.contextmanager
+def _chat(env, *args):
+    """``whatsup chat ARGS`` on pipes: yields (the process, its lines); leaves with /quit, exit 0."""
+    chat = subprocess.Popen([os.path.join(ROOT, "bin", "whatsup"), "chat", *args], env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    try:
+        yield chat, _reader(chat)
+        chat.stdin.write("/quit\n")
+        chat.stdin.flush()
+        assert chat.wait(10) == 0
+    finally:
+        chat.stdin.close()
+        chat.wait(10)
+
+
 def _wait_for(lines, text, timeout=20):
     deadline, seen = time.monotonic() + timeout, []
     while time.monotonic() < deadline:
@@ -122,11 +138,7 @@ def test_group_commands_say_what_they_did_and_a_group_chat_counts_ticks_per_memb
     assert cli("group", "list", "--as", "dave").stdout == "no groups\n"
     out = cli("inbox", "--as", "dave").stdout
     assert "alice added carol, you" in out and "alice removed you" in out
-    chat = subprocess.Popen([os.path.join(ROOT, "bin", "whatsup"), "chat", "--as", "alice", "--group", group],
-                            env=cli.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, bufsize=1)
-    try:
-        lines = _reader(chat)
+    with _chat(cli.env, "--as", "alice", "--group", group) as (chat, lines):
         _wait_for(lines, f"chatting in {group}")
         chat.stdin.write("Saturday?\n")
         chat.stdin.flush()
@@ -137,12 +149,6 @@ def test_group_commands_say_what_they_did_and_a_group_chat_counts_ticks_per_memb
         with server.client("carol", password="correct-horse") as carol:
             carol.drain(1.0)
         _wait_for(lines, "me: Saturday?  ✓✓ read 1/2")
-        chat.stdin.write("/quit\n")
-        chat.stdin.flush()
-        assert chat.wait(10) == 0
-    finally:
-        chat.stdin.close()
-        chat.wait(10)
 
 
 def test_whatsupd_says_in_one_line_when_the_port_is_taken(tmp_path):
@@ -229,20 +235,10 @@ def test_link_a_second_machine_use_it_without_the_password_give_it_history_list_
     assert json.loads(cli("info", "--as", "alice", "--json", "bob", mid).stdout)["devices"] == {
         "0": "delivered", "1": "delivered"}
     assert "unknown_message" in cli("info", "--as", "alice", "bob", "nope", check=False).stderr
-    chat = subprocess.Popen([os.path.join(ROOT, "bin", "whatsup"), "chat", "--as", "bob", "alice"], env=laptop,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            bufsize=1)
-    try:  # the laptop chats as its linked device: no password asked
-        lines = _reader(chat)
+    with _chat(laptop, "--as", "bob", "alice") as (chat, lines):  # as the laptop: no password asked
         _wait_for(lines, "chatting with alice")
         cli("send", "--as", "alice", "bob", "to the laptop's chat")
         _wait_for(lines, "alice: to the laptop's chat")
-        chat.stdin.write("/quit\n")
-        chat.stdin.flush()
-        assert chat.wait(10) == 0
-    finally:
-        chat.stdin.close()
-        chat.wait(10)
     listed = cli("devices", "--as", "bob", env=laptop).stdout.splitlines()
     assert [line.split()[:2] for line in listed] == [["0", "primary"], ["1", "laptop"]]
     assert "(this one)" in listed[1]
