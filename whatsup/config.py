@@ -174,6 +174,21 @@ SETTINGS = (
     Setting("metrics.listen", str, "", "loopback host:port serving Prometheus metrics at /metrics "
             "(127.0.0.0/8 or ::1, as for shell.listen; port 0 picks a free one); empty turns them off; "
             "other hosts, and host names, are refused"),
+    Setting("cluster.map", str, "", "the cluster map (see etc/cluster.toml): the nodes, the Redis URL and which "
+            "node owns which shard of users and groups; server.node names this node in it. Empty means a "
+            "single node, which needs no Redis"),
+    Setting("cluster.timeout", float, 2.0, "seconds one Redis command (connecting included) may take; redis-py's "
+            "own retries are off, the callers retry what is safe to", 0.1),
+    Setting("cluster.block", float, 0.5, "seconds one read of this node's inbox stream waits for entries; must "
+            "stay below cluster.timeout", 0.01),
+    Setting("cluster.lease", float, 3.0, "seconds this node's lease lives in Redis (renewed every third of it): "
+            "a node that has not renewed it for this long is down for the others", 0.3),
+    Setting("cluster.retry_for", float, 5.0, "seconds a write to Redis is retried while Redis is unreachable, "
+            "before the requests it carries fail with store_failed (retry)", 0.0),
+    Setting("cluster.request_timeout", float, 10.0, "seconds a request served by another node may wait for "
+            "its answer before its client gets store_failed (retry)", 0.1),
+    Setting("cluster.batch", int, 256, "inbox entries one read takes, and entries one pipeline writes, at most",
+            1)
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -258,6 +273,8 @@ def load(path=None, overrides=None):
         raise ConfigError("server.log_format must be text or json")
     if values["accounts.registration"] not in ("open", "invite", "closed"):
         raise ConfigError("accounts.registration must be open, invite or closed")
+    if values["cluster.block"] >= values["cluster.timeout"]:
+        raise ConfigError("cluster.block must be below cluster.timeout (a longer BLOCK is a timeout)")
     if bool(values["tls.listen"]) != bool(values["tls.certfile"] and values["tls.keyfile"]):
         raise ConfigError("tls.listen, tls.certfile and tls.keyfile go together")
     return Config(values)

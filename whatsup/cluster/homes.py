@@ -1,0 +1,203 @@
+"""Every user has a home node (the map's owner of their shard): their account, their offd
+queue and the record of their session live there; a session may be on any node.
+
+As the **session's node** (the user is homed elsewhere), a node:
+
+* asks the home at login (``attach``: the home registers the session's pid in its
+  session manager, replacing an older one wherever it is, and says how much is queued),
+  and tells it at the end (``detach``);
+* forwards the device's acks (``acked``) and the requests the home serves (a message
+  to a user homed there, a read receipt: whatsup/routing/router.py, ``Router.remote``);
+* receives the queued items the home pushes (``("items", bodies)`` in the session's mailbox).
+
+As the **home** of a user whose session is elsewhere, a node sends that session what
+the user's queue holds, within ``session.window`` unacked items, as the session would
+itself: a poke for a remote pid (whatsup/cluster/link.py) marks the user due, and one
+pass a hub turn later pushes everything due, one pipeline for all of it.
+
+When a node goes down (its lease lapsed or it restarted), its homes forget the
+sessions it held (presence goes offline), and the sessions it served are
+attached again when it is back (it pushes their queues from the start: devices
+skip the seqs they have seen).
+"""
+import logging
+
+import gevent
+
+from .link import NodeDown, RemoteError
+from ..runtime import ProcessDead
+from ..store.accounts import UserTaken
+
+log = logging.getLogger("whatsup.cluster")
+
+
+class Homes:
+    def __init__(self, link, sm, offd, accounts, window, budget):
+        self.link, self.sm, self.offd, self.accounts = link, sm, offd, accounts
+        self.router = self.presence = None  # set by wire()
+        self.window, self.budget = window, budget
+        self.remote = {}      # pid on another node -> the user (homed here) it serves
+        self.due = set()      # users homed here whose remote session has something to get
+        self._flush = None
+        link.pokes = self.poke
+        link.watchers.append(self._node_changed)
+        link.services.update({
+            "attach": self._attach, "detach": self._detach, "acked": self._acked, "put": self._put,
+            "account": self._account, "account_put": self._account_put, "users": self._users,
+            "user": self._user})
+
+    def __repr__(self):
+        return f"<Homes remote_sessions={len(self.remote)} due={len(self.due)}>"
+
+    def wire(self, router, presence):
+        self.router, self.presence = router, presence
+
+    # --- as the session's node ---------------------------------------------------------
+
+    def here(self, user):
+        return self.link.here(user)
+
+    def home(self, user):
+        return self.link.home(user)
+
+    def attach(self, user, pid):
+        """Register session ``pid`` with ``user``'s home; returns how many items wait there.
+        Raises NodeDown (the home is down) or gevent.Timeout."""
+        return self.link.call(self.home(user), "attach", user, pid)
+
+    def detach(self, user, pid):
+        self.link.cast(self.home(user), "detach", user, pid)
+
+    def ack(self, user, pid, seq):
+        self.link.cast(self.home(user), "acked", user, pid, seq)
+
+    def forward(self, owner, pid, ref, name, *args):
+        """The request ``name`` of session ``pid`` is served by ``owner``'s home."""
+        self.link.forward(self.home(owner), pid, ref, name, *args)
+
+    def put(self, user, kind, frame, on_durable, force):
+        """Queue ``frame`` for ``user`` in their home's offd; ``on_durable(err)`` once it is
+        fsynced there (err None) or failed (the home down, Redis lost for too long...)."""
+        def done(ok, value):
+            on_durable(None if ok and value is None else RemoteError(value if ok else str(value)))
+        self.link.request(self.home(user), "put", (user, kind, frame, force), done)
+
+    # --- accounts of users homed elsewhere (whatsup/store/accounts.py calls these) -------
+
+    def record(self, user):
+        return self.link.call(self.home(user), "account", user)
+
+    def store(self, user, record, new=False):
+        try:
+            self.link.call(self.home(user), "account_put", user, record, new)
+        except RemoteError as exc:
+            if str(exc).startswith("UserTaken"):
+                raise UserTaken(user) from None
+            raise
+
+    def announce(self, user, exists):
+        """Tell every other node that ``user`` now exists (or no longer does)."""
+        for node in self.link.live:
+            if node != self.link.node:
+                self.link.cast(node, "user", user, exists)
+
+    # --- as the home ----------------------------------------------------------------------
+
+    def _attach(self, user, pid):
+        old = self.sm.register(user, pid)
+        if old is not None:
+            self.router.tell(old, ("replaced",))
+            self.remote.pop(old, None)
+        elif self.presence is not None:
+            self.presence.online(user)
+        if pid.node != self.link.node:
+            self.remote[pid] = user
+        spool = self.offd.current(user)
+        q = spool.queues.get(user) if spool is not None else None
+        if q is not None:
+            q.sent = 0
+        self.poke(pid)
+        return len(q) if q is not None else 0
+
+    def _detach(self, user, pid):
+        self.remote.pop(pid, None)
+        if self.sm.unregister(user, pid) and self.presence is not None:
+            self.presence.offline(user)
+            self.presence.gone(pid)
+
+    def _acked(self, user, pid, seq):
+        if self.sm.lookup(user) != pid:
+            return  # a replaced session's late ack: its items come again to the new one
+        spool = self.offd.current(user)
+        if spool is not None:  # while the shard restarts the ack is dropped: the items come again
+            self.router.acked(user, spool, seq)
+        self.poke(pid)
+
+    def _put(self, user, kind, frame, force):
+        from gevent.event import AsyncResult
+        done = AsyncResult()
+        self.offd.spool(user).put(user, kind, frame, on_durable=done.set, force=force)
+        err = done.get()
+        return None if err is None else f"{type(err).__name__}: {err}"
+
+    def _account(self, user):
+        return self.accounts.stored(user)
+
+    def _account_put(self, user, record, new):
+        self.accounts.store(user, record, new)
+
+    def _users(self):
+        return sorted(self.accounts.own())
+
+    def _user(self, user, exists):
+        (self.accounts.users.add if exists else self.accounts.users.discard)(user)
+
+    # --- pushing to sessions on other nodes --------------------------------------------------
+
+    def poke(self, pid):
+        """Something for the remote session ``pid`` to get; True if ``pid`` is one we push to."""
+        user = self.remote.get(pid)
+        if user is None:
+            return False
+        self.due.add(user)
+        if self._flush is None:
+            self._flush = gevent.get_hub().loop.run_callback(self._push_due)
+        return True
+
+    def _push_due(self):
+        self._flush = None
+        due, self.due = self.due, set()
+        for user in due:
+            pid = self.sm.lookup(user)
+            if pid is None or pid not in self.remote:
+                continue
+            spool = self.offd.current(user)
+            q = spool.queues.get(user) if spool is not None else None
+            if q is None:
+                continue
+            items = q.unsent(self.window - q.sent, self.budget)
+            if items:
+                try:
+                    self.link.send(pid, ("items", [item.frame for item in items]))
+                except ProcessDead:
+                    pass
+
+    def _node_changed(self, node, epoch, up):
+        if not up:
+            for pid, user in list(self.remote.items()):
+                if pid.node == node:
+                    self._detach(user, pid)
+            return
+        # the node is back (or new): sessions here whose user it homes register with it again
+        mine = [(user, pid) for user, pid in self.sm.sessions.items()
+                if pid.node == self.link.node and self.home(user) == node]
+        for user, pid in mine:
+            self.link.cast(node, "attach", user, pid)
+        if node != self.link.node:
+            gevent.spawn(self._learn_users, node)
+
+    def _learn_users(self, node):
+        try:
+            self.accounts.users.update(self.link.call(node, "users"))
+        except (NodeDown, RemoteError, gevent.Timeout) as exc:
+            log.warning("cluster: the user names of %s not learnt (%s)", node, exc)
