@@ -69,6 +69,11 @@ from .c2s.session import Session
 from .shell.server import Backdoor
 from .routing.sm import SessionManager
 from .store.tables import TableStore
+from .cluster import map as cluster_map
+from .cluster.directory import MapMismatch
+from .cluster.engine import UNREACHABLE
+from .cluster.homes import Homes
+from .cluster.link import Link, Options as ClusterOptions
 
 log = logging.getLogger("whatsup.node")
 FLOOD_WINDOW = 60.0  # seconds over which flooding closes count against an address (server.flood_closes)
@@ -156,8 +161,15 @@ class Node:
                          cfg["session.dedup_window"])
         self.blocks = Blocks(self.accounts)
         self.push = Push(cfg, self.sm, self.offd, self.timers)
+        self.link = self.homes = None  # a cluster's (cluster.map): whatsup/cluster/
+        if cfg["cluster.map"]:
+            self.link = Link(self.table, cluster_map.load(cfg["cluster.map"]), cfg["server.node"],
+                             ClusterOptions.from_config(cfg))
+            self.homes = Homes(self.link, self.sm, self.offd, self.accounts, cfg["session.window"],
+                               cfg["session.max_outbound"] // 2)
+            self.accounts.away = self.homes
         self.router = Router(self.table, self.sm, self.offd, self.accounts, self.blocks,
-                             cfg["session.dedup_window"], offline=self.push.queued)
+                             cfg["session.dedup_window"], offline=self.push.queued, remote=self.homes)
         self.groups = Groups(self.router, self.offd, self.accounts, cfg["groups.max_members"],
                              cfg["groups.fanout_chunk"], cfg["groups.sender_budget"],
                              Pacer(cfg["groups.sender_copies"], cfg["session.rate_burst"]))
@@ -172,6 +184,8 @@ class Node:
         self.registration = Registration(cfg["accounts.registration"], cfg["accounts.invite_days"],
                                          self.lifecycle.is_retired, cfg["accounts.user_invites"])
         self.offd.on_up = self.router.shard_up
+        if self.homes is not None:
+            self.homes.wire(self.router, self.presence)
         self.registry = ShardRegistry()
         self.registry.add(self.accounts.industry)
         self.registry.add(self.offd.industry)
@@ -223,8 +237,9 @@ class Node:
             self.metrics.start()
             self.accounts.check()
             self.offd.check()
+            self._join()
             self.root = self.table.start(Supervisor, self._tree(), name="root")
-        except (DataDirBusy, ShardMismatch, StartFailed, ConfigError) as exc:
+        except (DataDirBusy, ShardMismatch, StartFailed, ConfigError, MapMismatch) as exc:
             self._release()
             raise StartError(str(exc)) from None
         except OSError as exc:
@@ -243,6 +258,15 @@ class Node:
         sdnotify.notify("READY=1\nSTATUS=listening on %s:%d\nMAINPID=%d" % (*self.server.address[:2], os.getpid()))
         return self
 
+    def _join(self):
+        """In a cluster: check the map against Redis's, take a boot epoch and a lease."""
+        if self.link is None:
+            return
+        try:
+            self.link.connect()
+        except UNREACHABLE as exc:
+            raise StartError(f"cannot reach Redis at {self.link.map.redis} (cluster.map): {exc}") from None
+
     def _tree(self):
         cfg = self.cfg
         intensity = dict(max_restarts=cfg["runtime.max_restarts"], period=cfg["runtime.restart_period"])
@@ -258,6 +282,7 @@ class Node:
             supervisor("offd", "one_for_one", self.offd.children()),
             Child("social", self._social),
             ticker("maintenance", cfg["offd.maintenance_interval"], self._maintain),
+            *([supervisor("cluster", "one_for_one", self.link.children())] if self.link is not None else []),
             supervisor("sessions", "one_for_one", ()),
             ticker("sweeper", SWEEP, self._sweep),
             Child("listener", lambda: self.table.start(Listener, self, name="listener")),
@@ -302,6 +327,8 @@ class Node:
             raise StartError(f"data dir {self.data_dir} is not writable: {exc.strerror or exc}") from None
 
     def _release(self):
+        if self.link is not None:
+            self.link.close()
         self.backdoor.stop()
         self.metrics.stop()
         if self._lock is not None:

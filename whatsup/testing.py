@@ -283,6 +283,17 @@ class LocalCluster:
                 d = os.path.join(self.dir, name.split("@")[0])
                 os.makedirs(d, exist_ok=True)
                 self.nodes[name] = ServerProcess(d, settings).start()
+        return self.joined()
+
+    def joined(self, timeout=30.0):
+        """Wait until every node has seen every other one up (each logs "cluster: NAME is up")."""
+        deadline = time.monotonic() + timeout
+        for name, srv in self.nodes.items():
+            for other in self.nodes:
+                while other != name and f"cluster: {other} is up" not in srv.log():
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"{name} did not see {other} up within {timeout}s:\n{srv.log()[-3000:]}")
+                    time.sleep(0.05)
         return self
 
     def __getitem__(self, name):

@@ -19,6 +19,7 @@ Mailbox messages::
     ("writable",)                       the socket takes bytes again (write watcher)
     ("reply", frame)                    an answer from the router (sent, ok, error)
     ("poke",)                           the user's offd queue has something new (coalesced)
+    ("items", [body, ...])              queued items pushed by the user's home node (a cluster)
     ("replaced",)                       the user logged in elsewhere
     ("close", code, message)            the operator or the account closes it (banned, kicked...)
     ("tick",)                           a deadline of this session may be due (node.timers, coalesced)
@@ -114,6 +115,10 @@ class Session:
             Session._answered(proc, st, msg[1])
         elif tag in ("poke", "writable"):  # something new to send, or room to send it
             Session._push(proc, st)
+        elif tag == "items":  # from the user's home node: it keeps the window (whatsup/cluster/homes.py)
+            for body in msg[1]:
+                st.out += protocol.frame_bytes(body)
+            st.frames_out += len(msg[1])
         elif tag == "eof":
             proc.stop(("closed", msg[1]))
         elif tag == "replaced":
@@ -146,8 +151,12 @@ class Session:
         except OSError:
             pass
         st.node.presence.gone(proc.pid)
+        homes = st.node.homes
         if st.user is not None and st.node.sm.unregister(st.user, proc.pid):
-            st.node.presence.offline(st.user)
+            if homes is None or homes.here(st.user):
+                st.node.presence.offline(st.user)
+            else:
+                homes.detach(st.user, proc.pid)
         st.node.counters["disconnections"] += 1
         st.node.counters["frames_in"] += st.frames_in  # whatsup.observe.metrics adds the live sessions' own
         st.node.counters["frames_out"] += st.frames_out
@@ -309,6 +318,8 @@ class Session:
 
     @staticmethod
     def _ack(proc, st, f):
+        if st.node.homes is not None and not st.node.homes.here(st.user):
+            return st.node.homes.ack(st.user, proc.pid, f["seq"])
         spool = st.node.offd.current(st.user)
         # While the shard restarts the ack is dropped: the items come again and are acked again.
         if spool is not None and st.node.sm.lookup(st.user) == proc.pid:
@@ -368,18 +379,23 @@ class Session:
         ban = node.lifecycle.banned(user)
         if ban is not None:
             raise ProtocolError(Code.BANNED, f"this account is banned: {ban['reason']}", ref)
-        q = node.offd.spool(user).queues.get(user)  # None: nothing queued (no empty queue is made)
+        if node.homes is not None and not node.homes.here(user):
+            # the user's home holds their queue: it replaces an older session and pushes the items
+            q, queued = None, node.homes.attach(user, proc.pid)
+        else:
+            q = node.offd.spool(user).queues.get(user)  # None: nothing queued (no empty queue is made)
+            queued = len(q) if q else 0
         st.user = proc.entity = user
         node.gate.authenticated(st.addr)
         old = node.sm.register(user, proc.pid)
         if old is not None:
             node.router.tell(old, ("replaced",))
-        else:
+        elif node.homes is None or node.homes.here(user):  # else the home says it
             node.presence.online(user)
         if q is not None:
             q.sent = 0
         node.counters["logins"] += 1
-        st.send({"type": "ok", "ref": ref, "user": user, "queued": len(q) if q else 0})
+        st.send({"type": "ok", "ref": ref, "user": user, "queued": queued})
         latency.LOGIN.observe(time.monotonic() - started)
         Session._push(proc, st)
 
@@ -389,6 +405,8 @@ class Session:
         node = st.node
         if st.user is None or node.sm.lookup(st.user) != proc.pid:
             return
+        if node.homes is not None and not node.homes.here(st.user):
+            return  # the user's home pushes (the "items" message)
         spool = node.offd.current(st.user)
         q = spool and spool.queues.get(st.user)
         if q is None:  # nothing queued, or the shard restarts and pokes when it is back

@@ -50,7 +50,11 @@ class Homes:
         return f"<Homes remote_sessions={len(self.remote)} due={len(self.due)}>"
 
     def wire(self, router, presence):
+        """The services a home runs for sessions on other nodes (Router.remote forwards them)."""
         self.router, self.presence = router, presence
+        self.link.services.update({
+            "message": lambda pid, ref, sender, cid, to, body: router.message(sender, pid, ref, cid, to, body),
+            "read": lambda pid, ref, user, to, ids, group: router.read(user, pid, ref, to, ids, group)})
 
     # --- as the session's node ---------------------------------------------------------
 

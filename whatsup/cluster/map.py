@@ -20,10 +20,11 @@ import json
 import tomllib
 import urllib.parse
 
+from ..config import ConfigError
 from ..runtime.factory import shard_of
 
 
-class MapError(ValueError):
+class MapError(ConfigError):
     """The map file is unreadable or inconsistent; the message is one line."""
 
 

@@ -84,9 +84,12 @@ class _Pending:
 
 
 class Router:
-    def __init__(self, table, sm, offd, accounts, blocks, dedup_window, offline=None):
+    def __init__(self, table, sm, offd, accounts, blocks, dedup_window, offline=None, remote=None):
         self.table, self.sm, self.offd, self.accounts = table, sm, offd, accounts
         self.offline = offline  # callable(user): an item was queued for a user with no session (push)
+        # In a cluster (whatsup/cluster/homes.py): a request about a user homed on another node is
+        # served there, and an item for them is queued there.
+        self.remote = remote
         self.blocks = blocks
         self.dedup = Dedup(dedup_window)  # the ids whose ✓ was sent (durable)
         self.pending = {}                 # (sender, cid) -> _Pending: ids whose ✓ waits for a write
@@ -173,6 +176,8 @@ class Router:
 
     def message(self, sender, pid, ref, cid, to, body):
         """Route a msg from ``sender`` (its session is ``pid``); the answer goes to ``pid``."""
+        if self.remote is not None and not self.remote.here(to):
+            return self.remote.forward(to, pid, ref, "message", sender, cid, to, body)
         self.counters["msg_in"] += 1
         if self.retransmit(sender, pid, ref, cid, to):
             return
@@ -357,7 +362,10 @@ class Router:
 
     def read(self, user, pid, ref, to, ids, group=None):
         """``user`` has read messages ``ids`` from ``to`` (in ``group``, if given); answer ``ok``
-        once the receipt is durable, or ``queue_full`` when ``to`` has offd.max_queue items waiting."""
+        once the receipt is durable, or ``queue_full`` when ``to`` has offd.max_queue items waiting.
+        In a cluster ``user``'s home answers: it holds their queue and the ids sent to them."""
+        if self.remote is not None and not self.remote.here(user):
+            return self.remote.forward(user, pid, ref, "read", user, to, ids, group)
         if not self.accounts.exists(to):
             return self.reply(pid, error_frame(Code.UNKNOWN_USER, f"no such user {to!r}", ref))
         undelivered = self.undelivered(user, to, ids, group)
@@ -403,7 +411,10 @@ class Router:
         frame = {"type": "receipt", "from": user, "status": status, "ids": ids}
         if group is not None:
             frame["group"] = group
-        self.offd.spool(to).put(to, "receipt", frame, on_durable=on_durable, force=force)
+        if self.remote is not None and not self.remote.here(to):
+            self.remote.put(to, "receipt", frame, on_durable or (lambda err: None), force)
+        else:
+            self.offd.spool(to).put(to, "receipt", frame, on_durable=on_durable, force=force)
         self.counters["receipts"] += 1
 
     # --- delivery ----------------------------------------------------------------------

@@ -1,0 +1,78 @@
+"""Three real whatsupd nodes joined through a real redis-server (docs/ARCHITECTURE.md, "A cluster"):
+users homed on one node, connected to another, writing to a third."""
+import subprocess
+import sys
+
+import pytest
+
+from whatsup.client import ServerError
+
+
+def msgs(frames):
+    return [f for f in frames if f["type"] == "msg"]
+
+
+def receipts(frames):
+    return [(f["status"], f["ids"], f["from"]) for f in frames if f["type"] == "receipt"]
+
+
+def wait_receipts(client, want, timeout=15.0):
+    got = []
+    import time
+    deadline = time.monotonic() + timeout
+    while len(got) < want and time.monotonic() < deadline:
+        f = client.recv(0.5)
+        if f is not None and f["type"] == "receipt":
+            got.append((f["status"], f["ids"], f["from"]))
+    return got
+
+
+def test_a_message_across_three_nodes_gets_all_three_ticks(make_cluster):
+    cl = make_cluster()
+    a, b, c = cl.names
+    alice, bob = cl.homed(a, "alice")[0], cl.homed(b, "bob")[0]
+    cl[c].register(alice)   # registered through a node that is not their home
+    cl[a].register(bob)
+    with cl[c].client(alice) as al, cl[a].client(bob) as bo:
+        sent = al.send(bob, "hi", id="m1")   # ✓: after bob's home (b) fsynced it
+        assert sent["id"] == "m1"
+        got = msgs(bo.drain(1.0))   # pushed by b to bob's session on a; drain acks it
+        assert [(m["from"], m["id"], m["body"]) for m in got] == [(alice, "m1", "hi")]
+        assert wait_receipts(al, 1) == [("delivered", ["m1"], bob)]   # ✓✓, through alice's home (a)
+        bo.read(alice, ["m1"])
+        assert wait_receipts(al, 1) == [("read", ["m1"], bob)]        # the third tick
+        again = al.send(bob, "hi", id="m1")   # a retransmission: acked again, not queued twice
+        assert again["ts"] == sent["ts"]
+        assert msgs(bo.drain(0.5)) == []
+
+
+def test_an_offline_user_homed_on_another_node_gets_the_message_at_login(make_cluster):
+    cl = make_cluster()
+    a, b, c = cl.names
+    alice, carol = cl.homed(a, "alice")[0], cl.homed(c, "carol")[0]
+    cl[a].register(alice, carol)
+    with cl[b].client(alice) as al:
+        for i in range(5):
+            al.send(carol, f"m {i}", id=f"m{i}")  # each ✓ after carol's home (c) fsynced it
+        with pytest.raises(ServerError, match="unknown_user"):
+            al.send("nobody-at-all", "x")
+    with cl[a].client(carol) as ca:   # logs in on a: her home (c) pushes her queue there
+        assert ca.last_login["queued"] == 5
+        assert [m["id"] for m in msgs(ca.drain(1.0))] == [f"m{i}" for i in range(5)]
+    with cl[b].client(carol) as ca:
+        assert ca.last_login["queued"] == 0
+
+
+def test_a_node_whose_map_differs_from_the_recorded_one_refuses_to_start(make_cluster, tmp_path):
+    cl = make_cluster()
+    other = tmp_path / "other.toml"
+    other.write_text(open(cl.map_path).read().replace("shards = 12", "shards = 12\n# moved", 1)
+                     .replace("[0, 3, 6, 9]", "[0, 3, 6]").replace("[1, 4, 7, 10]", "[1, 4, 7, 10, 9]"))
+    (tmp_path / "d").mkdir()
+    conf = tmp_path / "d" / "whatsupd.toml"
+    conf.write_text(f'[server]\nnode = "a@localhost"\ndata_dir = "{tmp_path / "d" / "data"}"\nlisten = "127.0.0.1:0"\n'
+                    f'[cluster]\nmap = "{other}"\n')
+    out = subprocess.run([sys.executable, "-m", "whatsup.cli.whatsupd", "--config", str(conf)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert "differs from the one recorded in Redis" in out.stderr
