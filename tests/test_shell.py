@@ -174,6 +174,13 @@ def test_whatsup_shell_c_prints_the_result_and_fails_when_the_node_raised(server
     assert bad.returncode == 1 and "ProcessDead" in bad.stdout and ERROR_MARK not in bad.stdout
 
 
+def test_help_without_arguments_lists_the_helpers_instead_of_waiting_for_input(server):
+    out = whatsup_shell("--socket", server.shell_socket, "-c", "help()")
+    assert out.returncode == 0 and "ps(kind=None" in out.stdout and "where(" in out.stdout
+    shown = whatsup_shell("--socket", server.shell_socket, "-c", "help(ps)")
+    assert shown.returncode == 0 and "Processes as a table" in shown.stdout
+
+
 def test_whatsup_shell_says_so_when_no_node_listens(tmp_path):
     out = whatsup_shell("--socket", str(tmp_path / "nobody.sock"), "-c", "1")
     assert out.returncode == 1

@@ -12,6 +12,7 @@ import inspect
 import itertools
 import logging
 import os
+import pydoc
 import re
 import resource
 import sys
@@ -108,7 +109,7 @@ class Helpers:
         node = self.node
         ns = {name: getattr(self, name) for name in self.VERBS}
         ns.update(node=node, table=node.table, sm=node.sm, router=node.router, offd=node.offd,
-                  cfg=node.cfg, Pid=Pid, gevent=gevent, _c=self._c)
+                  cfg=node.cfg, Pid=Pid, gevent=gevent, _c=self._c, help=self.help)
         return ns
 
     def banner(self):
@@ -124,6 +125,13 @@ class Helpers:
             fn = getattr(self, name)
             doc = (fn.__doc__ or "").strip().splitlines()[0]
             print(f"  {name + str(inspect.signature(fn)):<34} {doc}")
+
+    def help(self, thing=None):
+        """``help()`` lists the helpers, as ``h()``; ``help(x)`` shows x's documentation. (pydoc's
+        interactive help would wait for a line from the node's own stdin: the shell would hang.)"""
+        if thing is None:
+            return self.h()
+        return pydoc.help(thing)
 
     def ps(self, kind=None, sort="pid", n=None):
         """Processes as a table (pid, kind, who, entity, mailbox, handled, restarts, uptime, vsn).
