@@ -5,7 +5,7 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from whatsup import latency
+from whatsup.observe import latency
 
 
 def _scrape(server):

@@ -3,7 +3,7 @@ import urllib.request
 
 import pytest
 
-from whatsup import metrics
+from whatsup.observe import metrics
 from whatsup.client import ServerError
 
 

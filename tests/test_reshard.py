@@ -5,7 +5,7 @@ import shutil
 import gevent
 import pytest
 
-from whatsup import datadir
+from whatsup.store import datadir
 from whatsup.store.offd import Offd, ShardMismatch, shard_dir, shard_of
 from whatsup.store.offd.spool import Spool
 from whatsup.store.reshard import read_offd, reshard
