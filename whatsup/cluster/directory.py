@@ -3,7 +3,9 @@
 Keys (``P`` is the map's prefix)::
 
     P:map                    the shard placement every node must agree on (map.fingerprint)
-    P:epoch:NODE             a counter: each start of NODE takes the next value, its boot epoch
+    P:boot:NODE              NODE's last boot epoch (milliseconds of the wall clock at its start, above
+                             the previous one: not a Redis counter, which a lost append-only tail
+                             would hand out twice)
     P:lease:NODE             NODE's epoch while it lives (SET ... PX lease; renewed every lease/3)
     P:where                  hash user -> "NODE EPOCH N": the session pid <NODE.N> of that boot
     P:at:NODE:EPOCH          the users that boot of NODE placed (what reaping walks)
@@ -16,6 +18,7 @@ not the system of record: losing all of it loses placements that sessions
 write again at their next login, never a message.
 """
 import logging
+import time
 
 from ..runtime.process import Pid
 
@@ -58,12 +61,16 @@ class Directory:
             raise MapMismatch(f"the cluster map of {self.node} differs from the one recorded in Redis "
                               f"({self.keys['map']}); every node must read the same map (see whatsup-reshard)")
 
-    def boot(self):
+    def boot(self, clock=time.time):
         """Check the map, take a new epoch, reap what our previous boot left, take the lease."""
         self.check_map()
-        self.epoch = int(self.r.incr(f"{self.prefix}:epoch:{self.node}"))
-        if self.epoch > 1:
-            self.reap(self.node, self.epoch - 1)
+        key = f"{self.prefix}:boot:{self.node}"
+        previous = self.r.get(key)
+        previous = int(previous) if previous is not None else 0
+        self.epoch = max(int(clock() * 1000), previous + 1)
+        self.r.set(key, self.epoch)
+        if previous:
+            self.reap(self.node, previous)
         self.renew()
         return self.epoch
 

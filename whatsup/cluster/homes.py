@@ -41,6 +41,7 @@ class Homes:
         self._flush = None
         link.pokes = self.poke
         link.watchers.append(self._node_changed)
+        link.reconnected.append(self._resend)
         link.services.update({
             "attach": self._attach, "detach": self._detach, "acked": self._acked, "put": self._put,
             "account": self._account, "account_put": self._account_put, "users": self._users,
@@ -185,6 +186,17 @@ class Homes:
                     self.link.send(pid, ("items", [item.frame for item in items]))
                 except ProcessDead:
                     pass
+
+    def _resend(self):
+        """Redis came back and may have lost its last second (appendfsync everysec): what was
+        pushed to remote sessions may not have arrived. Push their queues again from the start
+        (devices skip the seqs they have seen)."""
+        for pid, user in list(self.remote.items()):
+            spool = self.offd.current(user)
+            q = spool.queues.get(user) if spool is not None else None
+            if q is not None:
+                q.sent = 0
+            self.poke(pid)
 
     def _node_changed(self, node, epoch, up):
         if not up:

@@ -182,6 +182,8 @@ class InboxReader:
         if st["pause"] != 0.05:
             log.info("redis: reading the inbox again")
             st["pause"] = 0.05
+            for callback in list(link.reconnected):
+                callback()
         entries = got[0][1] if got else []
         if start != ">":
             st["start"] = entries[-1][0] if entries else ">"  # pending entries: page through them

@@ -83,6 +83,7 @@ class Link:
         self.calls = {}        # rid -> (node, done(ok, value), deadline): requests waiting for answers
         self.watchers = []     # callables(node, epoch, up): a node went down (up False) or came up
         self.pokes = None      # callable(pid) -> True when a poke for that remote pid is handled here
+        self.reconnected = []  # callables(): Redis answers again after failing (it may have lost a tail)
         self.out = OutQueue(table)
         self.counters = collections.Counter()
         self.rtt = latency.REDIS
@@ -156,14 +157,14 @@ class Link:
             raise ProcessDead(f"{pid!r}: no connection to {pid.node}")
         if msg[0] == "reply":
             self._answering(pid, msg[1])
-        self.post(pid.node, ("send", pid, msg))
+        self.post(pid.node, ("send", pid, msg, self.live[pid.node]))
 
     def notify(self, pid, msg):
         if pid.node not in self.live:
             raise ProcessDead(f"{pid!r}: no connection to {pid.node}")
         if msg[0] == "poke" and self.pokes is not None and self.pokes(pid):
             return  # a session of a user homed here: its home pushes the items (homes.py)
-        self.post(pid.node, ("notify", pid, msg))
+        self.post(pid.node, ("notify", pid, msg, self.live[pid.node]))
 
     def _answering(self, pid, frame):
         """The answer to a request we serve goes out: acknowledge its inbox entry with it."""
@@ -220,7 +221,9 @@ class Link:
         kind = msg[0]
         self.counters["received"] += 1
         ack = True
-        if kind == "send":
+        if kind in ("send", "notify") and msg[3] != self.epoch:
+            self.counters["stale"] += 1  # for a pid of our previous boot (its number may be reused)
+        elif kind == "send":
             self._deliver(msg[1], tuple(msg[2]))  # mailboxes dispatch on tuples
         elif kind == "notify":
             try:
