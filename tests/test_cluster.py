@@ -5,6 +5,7 @@ import sys
 
 import pytest
 
+from social import quiet, take
 from whatsup.client import ServerError
 
 
@@ -76,3 +77,26 @@ def test_a_node_whose_map_differs_from_the_recorded_one_refuses_to_start(make_cl
                          capture_output=True, text=True, timeout=60)
     assert out.returncode != 0
     assert "differs from the one recorded in Redis" in out.stderr
+
+
+def test_presence_typing_and_blocking_reach_across_nodes(make_cluster):
+    cl = make_cluster()
+    a, b, c = cl.names
+    alice, bob = cl.homed(a, "alice")[0], cl.homed(b, "bob")[0]
+    cl[c].register(alice, bob)
+    with cl[c].client(alice) as al:   # alice on c follows bob, homed on b
+        assert al.subscribe(bob)["online"] is False
+        with cl[a].client(bob) as bo:  # bob comes online on a
+            assert take(al, 1, ("presence",))[0]["online"] is True
+            bo.typing(alice)
+            assert take(al, 1, ("typing",))[0] == {"type": "typing", "from": bob, "state": "typing"}
+            bo.block(alice)            # stored on bob's home (b), copied to every node
+            assert bo.blocked() == [alice]
+            with pytest.raises(ServerError, match="blocked"):
+                bo.send(alice, "no")
+            al.send(bob, "hello?", id="x1")   # ✓, never delivered (docs/PROTOCOL.md, "Blocking")
+            al.typing(bob)
+            assert quiet(bo) == []
+            seen = al.subscribe(bob)
+            assert seen["online"] is False and "last_seen" not in seen  # blocked: bob shows offline to her
+        assert quiet(al) == []  # and no update when he leaves

@@ -185,7 +185,7 @@ class Node:
                                          self.lifecycle.is_retired, cfg["accounts.user_invites"])
         self.offd.on_up = self.router.shard_up
         if self.homes is not None:
-            self.homes.wire(self.router, self.presence)
+            self.homes.wire(self.router, self.presence, self.blocks)
         self.registry = ShardRegistry()
         self.registry.add(self.accounts.industry)
         self.registry.add(self.offd.industry)

@@ -152,6 +152,8 @@ class Session:
             pass
         st.node.presence.gone(proc.pid)
         homes = st.node.homes
+        if homes is not None:
+            homes.gone(proc.pid)
         if st.user is not None and st.node.sm.unregister(st.user, proc.pid):
             if homes is None or homes.here(st.user):
                 st.node.presence.offline(st.user)
@@ -303,6 +305,9 @@ class Session:
         owner, method = ROUTES[ftype]
         if owner is None:
             return getattr(Session, method)(proc, st, f)
+        homes = st.node.homes
+        if homes is not None and homes.elsewhere(ftype, st.user, proc.pid, f, owner, method):
+            return  # served by the home of whom it concerns; the answer comes as a reply
         answer = getattr(getattr(st.node, owner), method)(st.user, proc.pid, f)
         if answer is not None:
             st.send(answer)

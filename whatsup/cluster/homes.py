@@ -23,18 +23,25 @@ skip the seqs they have seen).
 import logging
 
 import gevent
+from gevent.event import AsyncResult
 
 from .link import NodeDown, RemoteError
+from ..protocol import ProtocolError
 from ..runtime import ProcessDead
 from ..store.accounts import UserTaken
 
 log = logging.getLogger("whatsup.cluster")
+#: Frames served by the home of the user they name (the key of the frame; None: the sender's own):
+#: presence lives where the user's sessions are registered, a block list where its owner is homed.
+ROUTED = {"typing": "to", "presence_sub": "user", "presence_unsub": "user", "privacy": None,
+          "block": None, "unblock": None, "block_list": None}
 
 
 class Homes:
     def __init__(self, link, sm, offd, accounts, window, budget):
         self.link, self.sm, self.offd, self.accounts = link, sm, offd, accounts
-        self.router = self.presence = None  # set by wire()
+        self.router = self.presence = self.blocks = None  # set by wire()
+        self.subscribed = set()  # our sessions that subscribed to presence on other nodes
         self.window, self.budget = window, budget
         self.remote = {}      # pid on another node -> the user (homed here) it serves
         self.due = set()      # users homed here whose remote session has something to get
@@ -45,14 +52,16 @@ class Homes:
         link.services.update({
             "attach": self._attach, "detach": self._detach, "acked": self._acked, "put": self._put,
             "account": self._account, "account_put": self._account_put, "users": self._users,
-            "user": self._user})
+            "user": self._user, "route": self._route, "gone": self._gone, "blocks_of": self._blocks_of,
+            "blocked": self._blocked})
 
     def __repr__(self):
         return f"<Homes remote_sessions={len(self.remote)} due={len(self.due)}>"
 
-    def wire(self, router, presence):
+    def wire(self, router, presence, blocks):
         """The services a home runs for sessions on other nodes (Router.remote forwards them)."""
-        self.router, self.presence = router, presence
+        self.router, self.presence, self.blocks = router, presence, blocks
+        blocks.shared = self._share_blocks
         self.link.services.update({
             "message": lambda pid, ref, sender, cid, to, body: router.message(sender, pid, ref, cid, to, body),
             "read": lambda pid, ref, user, to, ids, group: router.read(user, pid, ref, to, ids, group)})
@@ -79,6 +88,32 @@ class Homes:
     def forward(self, owner, pid, ref, name, *args):
         """The request ``name`` of session ``pid`` is served by ``owner``'s home."""
         self.link.forward(self.home(owner), pid, ref, name, *args)
+
+    def elsewhere(self, ftype, user, pid, f, owner, method):
+        """Forward frame ``f`` of session ``pid`` to the home it concerns (see ROUTED); True when
+        it went (its answer comes back as a reply), False when it is served here."""
+        if ftype not in ROUTED or (ftype == "typing" and "group" in f):
+            return False
+        key = ROUTED[ftype]
+        entity = user if key is None else f.get(key)
+        if not isinstance(entity, str) or self.here(entity):
+            return False
+        if ftype == "presence_sub":
+            self.subscribed.add(pid)
+        ref = f.get("ref")
+        if ref is None:
+            self.link.cast(self.home(entity), "route", pid, None, owner, method, user, f)
+        else:
+            self.forward(entity, pid, ref, "route", owner, method, user, f)
+        return True
+
+    def gone(self, pid):
+        """Session ``pid`` ended: the homes it subscribed on drop its subscriptions."""
+        if pid in self.subscribed:
+            self.subscribed.discard(pid)
+            for node in self.link.live:
+                if node != self.link.node:
+                    self.link.cast(node, "gone", pid)
 
     def put(self, user, kind, frame, on_durable, force):
         """Queue ``frame`` for ``user`` in their home's offd; ``on_durable(err)`` once it is
@@ -138,8 +173,35 @@ class Homes:
             self.router.acked(user, spool, seq)
         self.poke(pid)
 
+    def _route(self, pid, ref, owner, method, user, f):
+        """A frame forwarded by the session's node (elsewhere): served as that node would, the
+        answer (or the refusal) sent back to the session."""
+        try:
+            answer = getattr({"presence": self.presence, "blocks": self.blocks}[owner], method)(user, pid, f)
+        except ProtocolError as exc:
+            answer = exc.frame()
+        if answer is not None:
+            self.router.reply(pid, answer)
+
+    def _gone(self, pid):
+        self.presence.gone(pid)
+
+    def _share_blocks(self, user, others):
+        """``user`` (homed here) changed their block list: every other node holds a copy in RAM."""
+        for node in self.link.live:
+            if node != self.link.node:
+                self.link.cast(node, "blocked", user, sorted(others))
+
+    def _blocked(self, user, others):
+        if others:
+            self.blocks.blocked[user] = set(others)
+        else:
+            self.blocks.blocked.pop(user, None)
+
+    def _blocks_of(self):
+        return {u: sorted(o) for u, o in self.blocks.blocked.items() if self.here(u)}
+
     def _put(self, user, kind, frame, force):
-        from gevent.event import AsyncResult
         done = AsyncResult()
         self.offd.spool(user).put(user, kind, frame, on_durable=done.set, force=force)
         err = done.get()
@@ -203,6 +265,9 @@ class Homes:
             for pid, user in list(self.remote.items()):
                 if pid.node == node:
                     self._detach(user, pid)
+            for pid in list(self.presence.watching) if self.presence is not None else ():
+                if pid.node == node:
+                    self.presence.gone(pid)
             return
         # the node is back (or new): sessions here whose user it homes register with it again
         mine = [(user, pid) for user, pid in self.sm.sessions.items()
@@ -213,7 +278,10 @@ class Homes:
             gevent.spawn(self._learn_users, node)
 
     def _learn_users(self, node):
+        """What every node holds in RAM of the users ``node`` homes: their names, their block lists."""
         try:
             self.accounts.users.update(self.link.call(node, "users"))
-        except (NodeDown, RemoteError, gevent.Timeout) as exc:
-            log.warning("cluster: the user names of %s not learnt (%s)", node, exc)
+            for user, others in self.link.call(node, "blocks_of").items():
+                self._blocked(user, others)
+        except (NodeDown, RemoteError) as exc:
+            log.warning("cluster: the users of %s not learnt (%s)", node, exc)
