@@ -26,7 +26,7 @@ import time
 import gevent
 
 from whatsup.store.offd.spool import Spool
-from whatsup.protocol import Template
+from whatsup.protocol import PRIMARY, Template
 from whatsup.routing.router import Router
 from whatsup.observe.watchdog import run_queue_wait
 
@@ -73,11 +73,16 @@ class _Inert:
         return False
 
 
-def router_for(spool, window):
-    inert = _Inert(spool)
-    router = Router(inert, inert, inert, inert, inert, window)
-    router.shard_up(spool, False)
-    return router
+def spool_and_router(directory, options, window):
+    """An open Spool and the Router it calls back (compaction carries the router's dedup ids)."""
+    routers = []
+    sp = Spool(directory, *options, carry=lambda sender, a, b: routers[0].dedup.entries(sender, a, b))
+    sp.remember = window
+    sp.open()
+    inert = _Inert(sp)
+    routers.append(Router(inert, inert, inert, inert, inert, window))
+    routers[0].shard_up(sp, False)
+    return sp, routers[0]
 
 
 def copies(args):
@@ -85,8 +90,6 @@ def copies(args):
     with tempfile.TemporaryDirectory(prefix="offd-copies-") as d:
         sp = Spool(d, 64 << 20, 10 ** 7, 30.0).open()
         members = [f"member{i:04d}" for i in range(args.members)]
-        for u in members:
-            sp.queue(u)
         before = rss_mb()
         for n in range(args.messages):
             t = Template({"type": "msg", "from": "sender", "group": "g0123456789abcdef", "id": f"id-{n:08d}",
@@ -109,8 +112,7 @@ def copies(args):
 def dedup(args):
     """RSS per sender of full dedup windows."""
     with tempfile.TemporaryDirectory(prefix="offd-dedup-") as d:
-        sp = Spool(d, 64 << 20, 10 ** 7, 30.0).open()
-        router = router_for(sp, args.ids)
+        sp, router = spool_and_router(d, (64 << 20, 10 ** 7, 30.0), args.ids)
         before = rss_mb()
         for s in range(args.senders):
             sender = f"user{s:05d}"
@@ -172,10 +174,9 @@ def fill(sp, router, users, per_user, acked_share):
             sp.flush()
     sp.flush()
     for to in names:  # each device acks its oldest messages
-        q = sp.queue(to)
-        q.unsent(int(per_user * acked_share))
-        if q.sent:
-            router.acked(to, sp, q.items[q.sent - 1].seq)
+        sent = sp.next_batch(to, PRIMARY, int(per_user * acked_share))
+        if sent:
+            router.acked(to, PRIMARY, sp, sent[-1].seq)
     sp.flush()
     gevent.sleep(0.2)
 
@@ -192,24 +193,20 @@ def timed_maintain(sp):
 def stall(args):
     with tempfile.TemporaryDirectory(prefix="offd-stall-") as d:
         opts = (args.segment_mb << 20, 10 ** 6, 30.0)
-        sp = Spool(d, *opts).open()
-        router = router_for(sp, args.window)
+        sp, router = spool_and_router(d, opts, args.window)
         t = time.perf_counter()
         fill(sp, router, args.users, args.per_user, args.acked)
         print(f"stall: filled {args.users} users x {args.per_user} msgs in {time.perf_counter() - t:.1f} s; "
-              f"queued {sp.queued()}, segments {len(sp.segments)}, RSS {rss_mb():.0f} MB")
+              f"queued {sp.queued()}, segments {sp.stats()['segments']}, RSS {rss_mb():.0f} MB")
         worst, took = timed_maintain(sp)
         print(f"stall: young spool: maintenance pass {took * 1000:.0f} ms, longest hub stall {worst} "
-              f"(moved {sp.stats['compacted_items']}, carried ids {sp.stats['carried_ids']})")
+              f"(moved {sp.stats().get('compacted_items', 0)}, carried ids {sp.stats().get('carried_ids', 0)})")
         worst, took = timed_maintain(sp)
         print(f"stall: next pass (nothing new): {took * 1000:.0f} ms, longest hub stall {worst}")
         sp.close()
         probe = Lateness()
         t = time.perf_counter()
-        sp = Spool(d, *opts)
-        sp.remember = args.window
-        sp.open()
-        router = router_for(sp, args.window)
+        sp, router = spool_and_router(d, opts, args.window)
         gc.freeze()  # as whatsupd does once started
         took = time.perf_counter() - t
         worst = probe.stop()

@@ -1,14 +1,17 @@
-"""offd's spool driven directly: real files, no server (docs/ARCHITECTURE.md, "offd")."""
+"""offd's file spool driven directly: real files, no server (docs/ARCHITECTURE.md, "offd").
+
+What every spool must do is in tests/test_offd_behaviour.py; this is what the file one adds:
+recovery, group commit, compaction, expiry, the record format."""
 import os
 import time
 
 import pytest
 
 from whatsup.routing.dedup import digest
-from whatsup.store.offd import Offd, QueueFull, ShardMismatch, Spool
+from whatsup.store.offd import Offd, ShardMismatch, Spool
 from whatsup.store.offd import record
 from whatsup.store.offd.spool import PACE, SEGMENT, SLICE, Pace
-from whatsup.protocol import Template, pack
+from whatsup.protocol import PRIMARY, Template, pack
 from whatsup.runtime import ProcessTable
 
 
@@ -24,20 +27,25 @@ def put(sp, user, n, sender="alice", durable=None):
 
 def bodies(sp, user):
     import msgpack
-    return [msgpack.unpackb(i.frame)["body"] for i in sp.queue(user).items]
+    return [msgpack.unpackb(i.frame)["body"] for i in sp.items(user)]
+
+
+def deliver(sp, user, n, device=PRIMARY):
+    """Send ``n`` items to ``device`` and have it ack the last one; returns the items it got."""
+    items = sp.next_batch(user, device, n)
+    sp.release(sp.ack(user, device, items[-1].seq))
+    return items
 
 
 def test_items_survive_a_reopen_in_order_and_acked_ones_are_gone(tmp_path):
     sp = spool(tmp_path)
     put(sp, "bob", 10)
     sp.flush()  # a device is only sent durable items
-    q = sp.queue("bob")
-    q.unsent(4)
-    sp.release(sp.ack("bob", q.items[3].seq))
+    deliver(sp, "bob", 4)
     sp.close()
     sp = spool(tmp_path)
     assert bodies(sp, "bob") == [f"m{i}" for i in range(4, 10)]
-    assert {h for _, h, _, _ in sp.recovered["alice"]} >= {digest("bob", f"c{i}") for i in range(10)}
+    assert {h for _, h, _, _ in sp.take_recovered()["alice"]} >= {digest("bob", f"c{i}") for i in range(10)}
     sp.close()
 
 
@@ -48,17 +56,25 @@ def test_durability_callbacks_fire_after_the_group_commit(tmp_path):
     assert done == []            # nothing is durable before the writer ran
     sp.flush()
     assert done == [None] * 50
-    assert sp._log.batches <= 3  # 50 puts shared a few fsyncs, not 50
+    assert sp.stats()["commit_batches"] <= 3  # 50 puts shared a few fsyncs, not 50
     sp.close()
 
 
-def test_an_ack_only_removes_items_the_device_was_sent(tmp_path):
-    sp = spool(tmp_path)
+def test_a_device_that_acked_past_the_others_keeps_its_place_through_compaction_and_a_reopen(tmp_path):
+    laptop, devices = 1, (lambda user: (PRIMARY, 1))
+    sp = spool(tmp_path, segment_bytes=4096, devices=devices)
     items = put(sp, "bob", 5)
     sp.flush()
-    sp.queue("bob").unsent(2)
-    assert [i.seq for i in sp.ack("bob", items[4].seq).items] == [items[0].seq, items[1].seq]
-    assert len(sp.queue("bob")) == 3
+    deliver(sp, "bob", 3, device=laptop)      # the laptop acked 3, the phone nothing
+    put(sp, "zed", 200)                       # rolls segments: the cursor's record is compacted forward
+    sp.maintain()
+    sp.flush()
+    sp.close()
+    sp = spool(tmp_path, segment_bytes=4096, devices=devices)
+    assert [i.seq for i in sp.items("bob")] == [i.seq for i in items]
+    assert [i.seq for i in sp.next_batch("bob", laptop, 10)] == [i.seq for i in items[3:]]
+    assert len(sp.next_batch("bob", PRIMARY, 10)) == 5
+    assert sp.delivered("bob", items[2].seq) and not sp.delivered("bob", items[3].seq)
     sp.close()
 
 
@@ -72,7 +88,7 @@ def test_a_torn_last_record_is_cut_and_everything_before_it_kept(tmp_path):
     path.write_bytes(data[:-5])
     sp = spool(tmp_path)
     assert bodies(sp, "bob") == ["m0", "m1"]
-    assert sp.stats["torn_bytes"] > 0
+    assert sp.stats()["torn_bytes"] > 0
     sp.close()
 
 
@@ -80,8 +96,7 @@ def test_seq_never_goes_backwards_even_after_everything_was_acked_and_compacted(
     sp = spool(tmp_path, segment_bytes=4096)
     last = put(sp, "bob", 200)[-1].seq
     sp.flush()
-    sp.queue("bob").unsent(200)
-    sp.release(sp.ack("bob", last))
+    deliver(sp, "bob", 200)
     sp.maintain()
     sp.flush()
     sp.close()
@@ -93,10 +108,9 @@ def test_seq_never_goes_backwards_even_after_everything_was_acked_and_compacted(
 def test_compaction_keeps_live_items_and_shrinks_the_files(tmp_path):
     sp = spool(tmp_path, segment_bytes=4096)
     put(sp, "carol", 3, sender="dave")        # stays queued: must survive compaction
-    items = put(sp, "bob", 400)
+    put(sp, "bob", 400)
     sp.flush()
-    sp.queue("bob").unsent(400)
-    sp.release(sp.ack("bob", items[-1].seq))
+    deliver(sp, "bob", 400)
     sp.flush()
     before = sum(f.stat().st_size for f in tmp_path.iterdir())
     sp.maintain()
@@ -106,17 +120,7 @@ def test_compaction_keeps_live_items_and_shrinks_the_files(tmp_path):
     assert after < before / 4
     sp.close()
     sp = spool(tmp_path, segment_bytes=4096)
-    assert bodies(sp, "carol") == ["m0", "m1", "m2"] and len(sp.queue("bob")) == 0
-    sp.close()
-
-
-def test_a_full_queue_refuses_messages_but_not_receipts(tmp_path):
-    sp = spool(tmp_path, max_queue=3)
-    put(sp, "bob", 3)
-    with pytest.raises(QueueFull):
-        put(sp, "bob", 1)
-    sp.put("bob", "receipt", {"type": "receipt"}, force=True)
-    assert len(sp.queue("bob")) == 4
+    assert bodies(sp, "carol") == ["m0", "m1", "m2"] and sp.items("bob") == []
     sp.close()
 
 
@@ -125,7 +129,7 @@ def test_expired_items_are_dropped(tmp_path):
     put(sp, "bob", 3)
     time.sleep(0.01)  # the items' millisecond stamps are now older than the 0.09 ms expiry
     sp.maintain()
-    assert len(sp.queue("bob")) == 0 and sp.stats["expired"] == 3
+    assert sp.items("bob") == [] and sp.stats()["expired"] == 3
     sp.close()
 
 
@@ -144,34 +148,31 @@ def test_compaction_moves_live_data_once_not_on_every_pass(tmp_path):
     put(sp, "carol", 100)                     # ~2.5 segments of live items, never acked
     put(sp, "bob", 200)
     sp.flush()
-    sp.queue("bob").unsent(200)
-    sp.release(sp.ack("bob", sp.queue("bob").items[-1].seq))
+    deliver(sp, "bob", 200)
     sp.maintain()
     sp.flush()
-    moved = sp.stats["compacted_items"]
+    moved = sp.stats()["compacted_items"]
     assert moved >= 100
     for _ in range(3):                        # no new traffic: nothing to move again
         sp.maintain()
         sp.flush()
-    assert sp.stats["compacted_items"] == moved
+    assert sp.stats()["compacted_items"] == moved
     sp.close()
 
 
 def test_a_group_copy_is_one_item_in_every_members_queue_and_a_reopen_keeps_it_for_who_did_not_ack(tmp_path):
     sp = spool(tmp_path, segment_bytes=4096)
     item = sp.put_group(["ann", "bob", "cid"], "g1", "dan", "x1", Template({"type": "msg", "body": "hi"}), None)
-    assert all(sp.queue(u).items[0] is item for u in ("ann", "bob", "cid"))
     sp.flush()
-    sp.queue("ann").unsent(1)
-    sp.release(sp.ack("ann", item.seq))
+    deliver(sp, "ann", 1)
     sp.finished(("dan", "x1"))
     put(sp, "zed", 200)                       # rolls segments: the G record is compacted forward
     sp.maintain()
     sp.flush()
     sp.close()
     sp = spool(tmp_path, segment_bytes=4096)
-    assert len(sp.queue("ann")) == 0
-    copies = [sp.queue(u).items[0] for u in ("bob", "cid")]
+    assert sp.items("ann") == []
+    copies = [sp.items(u)[0] for u in ("bob", "cid")]
     assert copies[0] is copies[1] and copies[0].seq == item.seq and copies[0].group == ("g1", ["bob", "cid"])
     sp.close()
 
@@ -196,9 +197,10 @@ def test_a_data_dir_in_the_previous_format_recovers_its_items_and_dedup_ids(tmp_
            record.encode(["I", "eve", "ann", [["old-id", 0, 4]]])]
     (tmp_path / SEGMENT.format(1)).write_bytes(b"".join(old))
     sp = spool(tmp_path)
-    assert [(i.seq, i.kind, i.cid) for i in sp.queue("ann").items] == [(1, "gmsg", "g-1"), (2, "msg", "m-1")]
-    assert {h for _, h, _, _ in sp.recovered["dan"]} == {digest("g9", "g-1"), digest("ann", "m-1")}
-    assert [h for _, h, _, _ in sp.recovered["eve"]] == [digest("ann", "old-id")]
+    assert [(i.seq, i.kind, i.cid) for i in sp.items("ann")] == [(1, "gmsg", "g-1"), (2, "msg", "m-1")]
+    recovered = sp.take_recovered()
+    assert {h for _, h, _, _ in recovered["dan"]} == {digest("g9", "g-1"), digest("ann", "m-1")}
+    assert [h for _, h, _, _ in recovered["eve"]] == [digest("ann", "old-id")]
     sp.close()
 
 

@@ -139,7 +139,7 @@ def test_callers_of_a_killed_offd_shard_get_shard_down_or_wait_for_its_restart(t
     assert durable.get(timeout=10) is None  # the pending ✓ was made durable, not dropped
     offd.restart_wait = 10.0
     spool = offd.spool("bob")  # waits for the new incarnation
-    assert offd.where("bob")["pid"] != old and len(spool.queue("bob")) == 1
+    assert offd.where("bob")["pid"] != old and len(spool.items("bob")) == 1
     table.stop(sup)
 
 

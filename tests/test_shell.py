@@ -83,7 +83,7 @@ def test_drain_spools_a_stuffed_mailbox_and_the_recipient_gets_every_message(onl
         assert "poke" not in report["removed"] and report["after"] <= report["before"]
         after = ask(sh, "[m[0] for m in mailbox('bob', 100)]")
         assert after.count("poke") == 1 and after[-1] == "poke"
-        assert ask(sh, "len(offd.spool('bob').queue('bob'))") == 40  # the drained messages are in offd
+        assert ask(sh, "len(offd.items('bob'))") == 40  # the drained messages are in offd
         assert "resumed" in ask(sh, "resume('bob')")
     got = []
     while len(got) < 40:

@@ -23,6 +23,7 @@ import tempfile
 
 import pytest
 
+from whatsup.protocol import PRIMARY
 from whatsup.store.offd import Spool
 
 USERS = ("ann", "bob", "cid")
@@ -61,12 +62,10 @@ class Workload:
         self.frames[(user, item.seq)] = item.frame
 
     def deliver_and_ack(self, user, upto_index):
-        q = self.sp.queues.get(user)
-        if q is None:
-            return
-        sent = q.unsent(100)
+        self.sp.login(user, PRIMARY)
+        sent = self.sp.next_batch(user, PRIMARY, 100)
         if sent:
-            acked = self.sp.ack(user, sent[min(upto_index, len(sent) - 1)].seq)
+            acked = self.sp.ack(user, PRIMARY, sent[min(upto_index, len(sent) - 1)].seq)
             self.sp.release(acked)
             for item in acked.items:
                 self.deleted[(user, item.seq)] = len(self.photos)
@@ -120,10 +119,11 @@ def check(w, photo, files, target, label):
     sp = spool(target).open()
     try:
         got = {}
-        for user, q in sp.queues.items():
-            seqs = [i.seq for i in q.items]
+        for user in sp.users():
+            items = sp.items(user)
+            seqs = [i.seq for i in items]
             assert seqs == sorted(set(seqs)), f"{label}: duplicates or disorder for {user}: {seqs}"
-            for item in q.items:
+            for item in items:
                 got[(user, item.seq)] = item.frame
         for key, frame in got.items():
             assert w.frames.get(key) == frame, f"{label}: {key} recovered with other bytes"
@@ -132,7 +132,8 @@ def check(w, photo, files, target, label):
         missing = [key for key in must if key not in got]
         assert not missing, f"{label}: ✓'d items lost: {missing}"
         seen = [seq for (_, seq), k in w.durable.items() if k < photo]
-        assert sp.counter >= max(seen, default=0), f"{label}: seq counter went back to {sp.counter}"
+        counter = sp.stats()["counter"]
+        assert counter >= max(seen, default=0), f"{label}: seq counter went back to {counter}"
     finally:
         sp.close()
 
@@ -174,7 +175,7 @@ def recovered(directory, target):
     shutil.copytree(directory, target)
     sp = spool(target).open()
     try:
-        return {user: [i.seq for i in q.items] for user, q in sp.queues.items()}
+        return {user: [i.seq for i in sp.items(user)] for user in sp.users()}
     finally:
         sp.close()
 
@@ -188,14 +189,14 @@ def test_an_item_sent_before_its_fsync_and_lost_in_a_crash_never_gives_its_seq_a
         segment = max(directory.iterdir())
         durable_size = segment.stat().st_size
         item = sp.put("ann", "msg", {"type": "msg"})
-        assert sp.queue("ann").unsent(10)[-1] is item  # delivery does not wait for the fsync
+        assert sp.next_batch("ann", PRIMARY, 10)[-1] is item  # delivery does not wait for the fsync
     finally:
         sp.close()
     with open(segment, "r+b") as f:  # the crash came before that write reached the disk
         f.truncate(durable_size)
     sp = spool(directory).open()
     try:
-        assert [i.seq for i in sp.queue("ann").items] == [item.seq - 1]
+        assert [i.seq for i in sp.items("ann")] == [item.seq - 1]
         assert sp.put("ann", "msg", {"type": "msg"}).seq > item.seq  # a device would skip a reused seq
     finally:
         sp.close()
@@ -206,8 +207,8 @@ def test_acked_items_are_deleted_only_when_released_and_in_ack_order(tmp_path):
     try:
         first, second = sp.put("ann", "msg", {}), sp.put("ann", "msg", {})
         sp.flush()
-        sp.queue("ann").unsent(10)
-        a1, a2 = sp.ack("ann", first.seq), sp.ack("ann", second.seq)
+        sp.next_batch("ann", PRIMARY, 10)
+        a1, a2 = sp.ack("ann", PRIMARY, first.seq), sp.ack("ann", PRIMARY, second.seq)
         sp.release(a2)  # its receipts were stored first: a1's are still pending
         sp.flush()
         assert recovered(tmp_path / "offd", tmp_path / "r1") == {"ann": [first.seq, second.seq]}
@@ -228,7 +229,7 @@ def test_a_record_of_unexpected_shape_is_counted_and_skipped_not_fatal(tmp_path)
     sp.close()
     sp = spool(tmp_path / "offd").open()
     try:
-        assert [i.seq for i in sp.queue("ann").items] == [first.seq, second.seq]
-        assert sp.stats["bad_records"] == 1
+        assert [i.seq for i in sp.items("ann")] == [first.seq, second.seq]
+        assert sp.stats()["bad_records"] == 1
     finally:
         sp.close()

@@ -158,7 +158,10 @@ class Node:
             KeyedLimiter(cfg["auth.ip_registrations"], cfg["auth.failure_window"]), cfg["accounts.hash_nice"])
         self.offd = Offd(self.table, offd_dir, shard_count(offd_dir, cfg["offd.shards"]),
                          cfg["offd.segment_bytes"], cfg["offd.max_queue"], cfg["offd.expiry_days"], wait,
-                         cfg["session.dedup_window"])
+                         cfg["session.dedup_window"],  # the router's callbacks (it is made next):
+                         devices=self.accounts.devices, on_ready=lambda user: self.router.poke(user),
+                         carry=lambda sender, first, last: self.router.dedup.entries(sender, first, last),
+                         on_up=lambda spool, restarted: self.router.shard_up(spool, restarted))
         self.blocks = Blocks(self.accounts)
         self.push = Push(cfg, self.sm, self.offd, self.timers)
         self.link = self.homes = None  # a cluster's (cluster.map): whatsup/cluster/
@@ -183,7 +186,6 @@ class Node:
                                    self.failed_logins)
         self.registration = Registration(cfg["accounts.registration"], cfg["accounts.invite_days"],
                                          self.lifecycle.is_retired, cfg["accounts.user_invites"])
-        self.offd.on_up = self.router.shard_up
         if self.homes is not None:
             self.homes.wire(self.router, self.presence, self.blocks)
         self.registry = ShardRegistry()
@@ -219,7 +221,8 @@ class Node:
     def where(self, kind, entity):
         """Which shard, worker and pid handle ``entity``: kinds offd, accounts and session."""
         if kind == "session":
-            return {"kind": kind, "entity": entity, "node": self.table.node, "pid": self.sm.lookup(entity)}
+            return {"kind": kind, "entity": entity, "node": self.table.node, "pid": self.sm.lookup(entity),
+                    "devices": self.sm.devices(entity)}
         try:
             return self.registry.where(kind, entity)
         except UnknownKind as exc:

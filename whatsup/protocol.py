@@ -11,6 +11,7 @@ import struct
 import msgpack
 
 VERSIONS = (1,)
+PRIMARY = 0  # the device that registered the account (docs/PROTOCOL.md, "Devices")
 HEADER = struct.Struct(">I")
 NAME_CHARS = re.compile(r"[A-Za-z0-9_.-]+")
 MAX_ID = 64

@@ -17,7 +17,7 @@ import functools
 from typing import NamedTuple
 
 from .. import protocol
-from ..protocol import Code, ProtocolError
+from ..protocol import PRIMARY, Code, ProtocolError
 from ..runtime.ratelimit import FrameBuckets, TokenBucket
 from ..runtime.process import FAIR_SHARE
 
@@ -60,7 +60,7 @@ class Conn:
 
     Slots: 10,000 idle connections each hold one (idle memory per connection is a target);
     a subclass without slots still takes new attributes (a reload's code_change may add some)."""
-    __slots__ = ("limits", "clock", "decoder", "version", "user", "out", "opened", "last_in",
+    __slots__ = ("limits", "clock", "decoder", "version", "user", "device", "out", "opened", "last_in",
                  "stalled_since", "due", "frames_in", "frames_out", "inflight", "awaiting", "backlog",
                  "paused", "buckets", "strikes", "refused")
 
@@ -70,6 +70,7 @@ class Conn:
         self.decoder = protocol.FrameDecoder(limits.max_frame)
         self.version = None
         self.user = None
+        self.device = PRIMARY      # which of the user's devices this is (docs/PROTOCOL.md, "Devices")
         self.out = bytearray()
         self.opened = self.last_in = now
         self.stalled_since = None  # since when the socket takes none of a non-empty buffer

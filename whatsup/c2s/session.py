@@ -102,7 +102,7 @@ class Session:
 
     @staticmethod
     def describe(st):
-        return {"user": st.user, "addr": st.addr, "version": st.version, "frames_in": st.frames_in,
+        return {"user": st.user, "device": st.device, "addr": st.addr, "version": st.version, "frames_in": st.frames_in,
                 "frames_out": st.frames_out, "idle": round(time.monotonic() - st.last_in, 3),
                 "unflushed": len(st.out), "inflight": st.inflight, "paused": st.paused}
 
@@ -154,11 +154,11 @@ class Session:
         homes = st.node.homes
         if homes is not None:
             homes.gone(proc.pid)
-        if st.user is not None and st.node.sm.unregister(st.user, proc.pid):
-            if homes is None or homes.here(st.user):
-                st.node.presence.offline(st.user)
-            else:
-                homes.detach(st.user, proc.pid)
+        remote = st.user is not None and homes is not None and not homes.here(st.user)
+        if st.user is not None and st.node.sm.unregister(st.user, st.device, proc.pid) and not remote:
+            st.node.presence.offline(st.user)
+        if remote:  # the user's home keeps their presence
+            homes.detach(st.user, st.device, proc.pid)
         st.node.counters["disconnections"] += 1
         st.node.counters["frames_in"] += st.frames_in  # whatsup.observe.metrics adds the live sessions' own
         st.node.counters["frames_out"] += st.frames_out
@@ -324,11 +324,11 @@ class Session:
     @staticmethod
     def _ack(proc, st, f):
         if st.node.homes is not None and not st.node.homes.here(st.user):
-            return st.node.homes.ack(st.user, proc.pid, f["seq"])
+            return st.node.homes.ack(st.user, st.device, proc.pid, f["seq"])
         spool = st.node.offd.current(st.user)
         # While the shard restarts the ack is dropped: the items come again and are acked again.
-        if spool is not None and st.node.sm.lookup(st.user) == proc.pid:
-            st.node.router.acked(st.user, spool, f["seq"])
+        if spool is not None and st.node.sm.lookup(st.user, st.device) == proc.pid:
+            st.node.router.acked(st.user, st.device, spool, f["seq"])
             Session._push(proc, st)
 
     @staticmethod
@@ -386,19 +386,19 @@ class Session:
             raise ProtocolError(Code.BANNED, f"this account is banned: {ban['reason']}", ref)
         if node.homes is not None and not node.homes.here(user):
             # the user's home holds their queue: it replaces an older session and pushes the items
-            q, queued = None, node.homes.attach(user, proc.pid)
+            spool, queued = None, node.homes.attach(user, st.device, proc.pid)
         else:
-            q = node.offd.spool(user).queues.get(user)  # None: nothing queued (no empty queue is made)
-            queued = len(q) if q else 0
+            spool = node.offd.spool(user)
         st.user = proc.entity = user
         node.gate.authenticated(st.addr)
-        old = node.sm.register(user, proc.pid)
+        online = node.sm.lookup(user) is not None
+        old = node.sm.register(user, st.device, proc.pid)
         if old is not None:
             node.router.tell(old, ("replaced",))
-        elif node.homes is None or node.homes.here(user):  # else the home says it
+        elif not online and spool is not None:  # (for a user homed elsewhere, the home says it)
             node.presence.online(user)
-        if q is not None:
-            q.sent = 0
+        if spool is not None:
+            queued = spool.login(user, st.device)  # what it was sent and did not ack goes again
         node.counters["logins"] += 1
         st.send({"type": "ok", "ref": ref, "user": user, "queued": queued})
         latency.LOGIN.observe(time.monotonic() - started)
@@ -408,17 +408,16 @@ class Session:
     def _push(proc, st):
         """Send queued items up to the flow-control window (only the user's current session)."""
         node = st.node
-        if st.user is None or node.sm.lookup(st.user) != proc.pid:
+        if st.user is None or node.sm.lookup(st.user, st.device) != proc.pid:
             return
         if node.homes is not None and not node.homes.here(st.user):
             return  # the user's home pushes (the "items" message)
         spool = node.offd.current(st.user)
-        q = spool and spool.queues.get(st.user)
-        if q is None:  # nothing queued, or the shard restarts and pokes when it is back
+        if spool is None:  # the shard restarts, and pokes when it is back
             return
-        room, budget = st.push_room(q.sent)
+        room, budget = st.push_room(spool.unacked(st.user, st.device))
         if room > 0 and budget > 0:
-            for item in q.unsent(room, budget):
+            for item in spool.next_batch(st.user, st.device, st.limits.window, budget):
                 st.out += protocol.frame_bytes(item.frame)
                 st.frames_out += 1
 

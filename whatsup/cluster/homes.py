@@ -43,8 +43,8 @@ class Homes:
         self.router = self.presence = self.blocks = None  # set by wire()
         self.subscribed = set()  # our sessions that subscribed to presence on other nodes
         self.window, self.budget = window, budget
-        self.remote = {}      # pid on another node -> the user (homed here) it serves
-        self.due = set()      # users homed here whose remote session has something to get
+        self.remote = {}      # pid on another node -> (user homed here, device) it serves
+        self.due = set()      # those pids that have something to get
         self._flush = None
         link.pokes = self.poke
         link.watchers.append(self._node_changed)
@@ -63,8 +63,10 @@ class Homes:
         self.router, self.presence, self.blocks = router, presence, blocks
         blocks.shared = self._share_blocks
         self.link.services.update({
-            "message": lambda pid, ref, sender, cid, to, body: router.message(sender, pid, ref, cid, to, body),
-            "read": lambda pid, ref, user, to, ids, group: router.read(user, pid, ref, to, ids, group)})
+            "message": lambda pid, ref, sender, cid, to, body, device: router.message(
+                sender, pid, ref, cid, to, body, device),
+            "read": lambda pid, ref, user, to, ids, group, device: router.read(
+                user, pid, ref, to, ids, group, device)})
 
     # --- as the session's node ---------------------------------------------------------
 
@@ -74,16 +76,16 @@ class Homes:
     def home(self, user):
         return self.link.home(user)
 
-    def attach(self, user, pid):
-        """Register session ``pid`` with ``user``'s home; returns how many items wait there.
-        Raises NodeDown (the home is down) or gevent.Timeout."""
-        return self.link.call(self.home(user), "attach", user, pid)
+    def attach(self, user, device, pid):
+        """Register session ``pid`` of ``device`` with ``user``'s home; returns how many items
+        wait there. Raises NodeDown (the home is down or did not answer in time)."""
+        return self.link.call(self.home(user), "attach", user, device, pid)
 
-    def detach(self, user, pid):
-        self.link.cast(self.home(user), "detach", user, pid)
+    def detach(self, user, device, pid):
+        self.link.cast(self.home(user), "detach", user, device, pid)
 
-    def ack(self, user, pid, seq):
-        self.link.cast(self.home(user), "acked", user, pid, seq)
+    def ack(self, user, device, pid, seq):
+        self.link.cast(self.home(user), "acked", user, device, pid, seq)
 
     def forward(self, owner, pid, ref, name, *args):
         """The request ``name`` of session ``pid`` is served by ``owner``'s home."""
@@ -143,34 +145,32 @@ class Homes:
 
     # --- as the home ----------------------------------------------------------------------
 
-    def _attach(self, user, pid):
-        old = self.sm.register(user, pid)
+    def _attach(self, user, device, pid):
+        spool = self.offd.spool(user)  # first: a restarting shard fails the login, changing nothing
+        online = self.sm.lookup(user) is not None
+        old = self.sm.register(user, device, pid)
         if old is not None:
             self.router.tell(old, ("replaced",))
             self.remote.pop(old, None)
-        elif self.presence is not None:
+        elif not online and self.presence is not None:
             self.presence.online(user)
         if pid.node != self.link.node:
-            self.remote[pid] = user
-        spool = self.offd.current(user)
-        q = spool.queues.get(user) if spool is not None else None
-        if q is not None:
-            q.sent = 0
+            self.remote[pid] = (user, device)
+        queued = spool.login(user, device)  # what it was sent and did not ack goes again
         self.poke(pid)
-        return len(q) if q is not None else 0
+        return queued
 
-    def _detach(self, user, pid):
+    def _detach(self, user, device, pid):
         self.remote.pop(pid, None)
-        if self.sm.unregister(user, pid) and self.presence is not None:
+        if self.sm.unregister(user, device, pid) and self.presence is not None:
             self.presence.offline(user)
-            self.presence.gone(pid)
 
-    def _acked(self, user, pid, seq):
-        if self.sm.lookup(user) != pid:
+    def _acked(self, user, device, pid, seq):
+        if self.sm.lookup(user, device) != pid:
             return  # a replaced session's late ack: its items come again to the new one
         spool = self.offd.current(user)
         if spool is not None:  # while the shard restarts the ack is dropped: the items come again
-            self.router.acked(user, spool, seq)
+            self.router.acked(user, device, spool, seq)
         self.poke(pid)
 
     def _route(self, pid, ref, owner, method, user, f):
@@ -223,10 +223,9 @@ class Homes:
 
     def poke(self, pid):
         """Something for the remote session ``pid`` to get; True if ``pid`` is one we push to."""
-        user = self.remote.get(pid)
-        if user is None:
+        if pid not in self.remote:
             return False
-        self.due.add(user)
+        self.due.add(pid)
         if self._flush is None:
             self._flush = gevent.get_hub().loop.run_callback(self._push_due)
         return True
@@ -234,15 +233,12 @@ class Homes:
     def _push_due(self):
         self._flush = None
         due, self.due = self.due, set()
-        for user in due:
-            pid = self.sm.lookup(user)
-            if pid is None or pid not in self.remote:
+        for pid in due:
+            user, device = self.remote.get(pid, (None, None))
+            if user is None or self.sm.lookup(user, device) != pid:
                 continue
-            spool = self.offd.current(user)
-            q = spool.queues.get(user) if spool is not None else None
-            if q is None:
-                continue
-            items = q.unsent(self.window - q.sent, self.budget)
+            spool = self.offd.current(user)  # None while the shard restarts: it pokes when back
+            items = spool.next_batch(user, device, self.window, self.budget) if spool is not None else ()
             if items:
                 try:
                     self.link.send(pid, ("items", [item.frame for item in items]))
@@ -253,27 +249,26 @@ class Homes:
         """Redis came back and may have lost its last second (appendfsync everysec): what was
         pushed to remote sessions may not have arrived. Push their queues again from the start
         (devices skip the seqs they have seen)."""
-        for pid, user in list(self.remote.items()):
+        for pid, (user, device) in list(self.remote.items()):
             spool = self.offd.current(user)
-            q = spool.queues.get(user) if spool is not None else None
-            if q is not None:
-                q.sent = 0
+            if spool is not None:
+                spool.login(user, device)
             self.poke(pid)
 
     def _node_changed(self, node, epoch, up):
         if not up:
-            for pid, user in list(self.remote.items()):
+            for pid, (user, device) in list(self.remote.items()):
                 if pid.node == node:
-                    self._detach(user, pid)
+                    self._detach(user, device, pid)
             for pid in list(self.presence.watching) if self.presence is not None else ():
                 if pid.node == node:
                     self.presence.gone(pid)
             return
         # the node is back (or new): sessions here whose user it homes register with it again
-        mine = [(user, pid) for user, pid in self.sm.sessions.items()
-                if pid.node == self.link.node and self.home(user) == node]
-        for user, pid in mine:
-            self.link.cast(node, "attach", user, pid)
+        mine = [(user, device, pid) for user, devices in self.sm.sessions.items() if self.home(user) == node
+                for device, pid in devices.items() if pid.node == self.link.node]
+        for user, device, pid in mine:
+            self.link.cast(node, "attach", user, device, pid)
         if node != self.link.node:
             gevent.spawn(self._learn_users, node)
 

@@ -70,7 +70,7 @@ def _session(node, pid):
         return None
     detail = proc.info()["detail"] or {}
     addr = detail.get("addr")
-    return {"user": detail.get("user"), "pid": repr(pid), "node": pid.node,
+    return {"user": detail.get("user"), "device": detail.get("device"), "pid": repr(pid), "node": pid.node,
             "addr": f"{addr[0]}:{addr[1]}" if addr else None, "since": round(proc.started, 3)}
 
 
@@ -148,7 +148,8 @@ def users_kick(node, who, user, reason="disconnected by the operator"):
 @command("sessions.list")
 def sessions_list(node, who):
     """Who is connected, from where, since when, on which node."""
-    rows = [_session(node, pid) for user, pid in sorted(node.sm.sessions.items())]
+    rows = [_session(node, pid) for user, devices in sorted(node.sm.sessions.items())
+            for _, pid in sorted(devices.items())]
     return [r for r in rows if r is not None]
 
 

@@ -37,11 +37,11 @@ def _spools(node):
 
 
 def _spool_stat(key):
-    return lambda node: sum(s.stats[key] for s in _spools(node))
+    return lambda node: sum(s.stats().get(key, 0) for s in _spools(node))
 
 
 def _commit(attr):
-    return lambda node: sum(getattr(s._log, attr) for s in _spools(node) if s._log is not None)
+    return lambda node: sum(s.stats()["commit_" + attr] for s in _spools(node))
 
 
 def _mailboxes(node):

@@ -4,7 +4,7 @@ Implements the delivery rules of docs/PROTOCOL.md ("Messages and ticks"):
 
 * a ``msg`` is stamped and queued in the recipient's offd queue, and the
   recipient's session (if any) is poked at once, without waiting for the fsync
-  (every shard calls ``poke`` through ``Spool.on_ready``); it sends from the queue, so live and
+  (every shard calls ``poke``, its ``on_ready`` callback); it sends from the queue, so live and
   spooled items share one order and one flow-control window, and an item
   leaves offd only when the device acks it (and the ✓✓ receipts that ack
   causes are durable);
@@ -15,6 +15,11 @@ Implements the delivery rules of docs/PROTOCOL.md ("Messages and ticks"):
   per-sender window of recent ids, whatsup/routing/dedup.py, rebuilt from the spool
   after a restart; whatsup/social/groups.py shares it through
   ``retransmit``/``track``/``durable``);
+* a user with several devices (docs/PROTOCOL.md, "Devices") gets every item on
+  each (one queued copy, a cursor per device: whatsup/store/offd/queues.py); ✓✓
+  comes at the first device's ack; what one of their devices sends (a ``msg``,
+  a ``read``) is queued for the user too (``self`` items), so their other
+  devices show the whole conversation;
 * a group message's copies are queued by shard (``partition``, ``copies``: one
   G record per offd shard) once its intent is durable, and its fan-out is
   closed (``fanned_out``: ✓, then an E record); at node start a fan-out a crash
@@ -37,7 +42,7 @@ from ..observe import latency
 from .dedup import Dedup, digest
 from ..store.offd import QueueFull, ShardDown
 from ..store.offd.spool import SLICE
-from ..protocol import Code, Template, error_frame, unpack
+from ..protocol import PRIMARY, Code, Template, error_frame, unpack
 from ..runtime import MailboxFull, ProcessDead
 
 log = logging.getLogger("whatsup.router")
@@ -101,30 +106,29 @@ class Router:
 
     def shard_up(self, spool, restarted):
         """An offd shard opened. Its items are served at once: the shard pokes a user's session
-        as soon as an item for them is queued (delivery does not wait for the fsync), and its
-        compaction carries the dedup entries anchored in the segments it drops.
+        as soon as an item for them is queued (``poke``, its ``on_ready``: delivery does not wait
+        for the fsync), and its compaction carries the dedup entries anchored in the segments it
+        drops (``dedup.entries``, its ``carry``).
 
         At node start, once every shard is up (:meth:`_recovered`), the dedup window is refilled
         from what recovery found and every group fan-out a crash cut short is completed. After
         a crash of this shard alone (the window outlived it), its online users are poked (their
         sessions resend what it holds) and a fan-out intent it holds that no fan-out in progress
         will finish is closed: its sender was answered ``store_failed`` and sends it again."""
-        spool.on_ready = self.poke
-        spool.carry = self.dedup.entries
         if not restarted:
             self._starting.append(spool)
             if len(self._starting) == len(self.offd.industry):
                 spools, self._starting = self._starting, []
                 self._recovered(spools)
             return
-        spool.recovered = {}
-        for key in list(spool.unfinished):
+        spool.take_recovered()
+        for key in spool.fanouts():
             if key not in self.pending:
                 spool.finished(key)
         for sender, cid in list(spool.incomplete):
             if (sender, cid) not in self.pending:
                 self._close(sender, cid, spool)
-        for user in list(spool.queues):
+        for user in spool.users():
             self.poke(user)
 
     def _recovered(self, spools):
@@ -132,15 +136,14 @@ class Router:
         E names them), refill the dedup window, complete what a crash cut short."""
         incomplete = {key: (spool, f) for spool in spools for key, f in spool.incomplete.items()}
         for spool in spools:
-            for key in list(spool.unfinished):
+            for key in spool.fanouts():
                 if key not in incomplete:
                     spool.finished(key)
         skip = {(sender, digest(f.group[0], cid)) for (sender, cid), (_, f) in incomplete.items()}
         found = {}  # sender -> [(spool, its entries)]
         for spool in spools:
-            for sender, entries in spool.recovered.items():
+            for sender, entries in spool.take_recovered().items():
                 found.setdefault(sender, []).append((spool, entries))
-            spool.recovered = {}
         n = 0
         for sender, parts in found.items():
             entries = [(*e, spool) for spool, part in parts for e in part]
@@ -165,7 +168,7 @@ class Router:
             pending = self.track(sender, cid, f.group[0], ts=f.ts)
             done = AllDurable(functools.partial(self.fanned_out, home, sender, cid, pending, f))
             gid, members = f.group
-            have = {spool for spool in spools if "G" in spool.unfinished.get((sender, cid), ())}
+            have = {spool for spool in spools if spool.has_copy((sender, cid))}
             parts, lost = self.partition(members)
             self.copies(gid, sender, cid, group_frame(gid, sender, cid, f.frame), parts, lost, done, have)
             done.release()
@@ -174,10 +177,11 @@ class Router:
 
     # --- messages -------------------------------------------------------------------
 
-    def message(self, sender, pid, ref, cid, to, body):
-        """Route a msg from ``sender`` (its session is ``pid``); the answer goes to ``pid``."""
+    def message(self, sender, pid, ref, cid, to, body, device=PRIMARY):
+        """Route a msg from ``device`` of ``sender`` (its session is ``pid``); the answer goes to
+        ``pid``. A sender with other devices gets a ``self`` copy (see :meth:`synced`)."""
         if self.remote is not None and not self.remote.here(to):
-            return self.remote.forward(to, pid, ref, "message", sender, cid, to, body)
+            return self.remote.forward(to, pid, ref, "message", sender, cid, to, body, device)
         self.counters["msg_in"] += 1
         if self.retransmit(sender, pid, ref, cid, to):
             return
@@ -193,10 +197,10 @@ class Router:
             return self.reply(pid, self._sent(ref, cid, ts))
         pending = self.track(sender, cid, to, waiter=(pid, ref))
         frame = {"type": "msg", "from": sender, "id": cid, "body": body}
+        done = AllDurable(lambda err: self.durable(sender, cid, pending, err))
         try:
             spool = self.offd.spool(to)
-            item = spool.put(to, "msg", frame, sender=sender, cid=cid,
-                             on_durable=lambda err: self.durable(sender, cid, pending, err))
+            item = spool.put(to, "msg", frame, sender=sender, cid=cid, on_durable=done.expect())
         except ShardDown as exc:
             self.pending.pop((sender, cid), None)
             self.counters["shard_down"] += 1
@@ -207,6 +211,24 @@ class Router:
             log.warning("queue of %s is full: refused message %s from %s", to, cid, sender)
             return self.reply(pid, error_frame(Code.QUEUE_FULL, f"{to}'s queue is full", ref))
         pending.ts, pending.anchor = item.ts, (spool, item)
+        self.synced(sender, device, {"type": "msg", "from": sender, "to": to, "id": cid, "body": body}, done)
+        done.release()
+
+    def synced(self, user, device, frame, done):
+        """Queue ``frame`` (what ``device`` of ``user`` sent, marked with ``device``) for ``user``
+        when they have other devices; forced (bounded by what they send). The device that
+        sent it gets it too (one cursor for all, queues.py) and skips it by ``device``. A
+        restarting shard of ``user`` costs the copy, not the message: logged."""
+        if len(self.accounts.devices(user)) < 2:
+            return
+        frame["device"] = device
+        on_durable = done.expect()
+        try:
+            self.offd.spool(user).put(user, "self", frame, on_durable=on_durable, force=True)
+        except ShardDown as exc:
+            on_durable(None)  # the copy is given up, the message is not
+            self.counters["self_copies_lost"] += 1
+            log.warning("%s's own copy of %s not queued for their other devices: %s", user, frame["type"], exc)
 
     def retransmit(self, sender, pid, ref, cid, to):
         """True when ``cid`` was seen from ``sender`` (to ``to``, a user or a group): its ✓ is
@@ -274,9 +296,11 @@ class Router:
     def copies(self, gid, sender, cid, template, parts, lost, done, have=()):
         """Queue a group message's copies: one G record on each spool of ``parts`` (but those in
         ``have``, which hold theirs), each durability expected by ``done`` (an AllDurable). A
-        member whose shard is down fails the fan-out (the sender hears store_failed)."""
+        member whose shard is down fails the fan-out (the sender hears store_failed). A sender
+        with other devices gets a copy too (their devices show the whole group)."""
+        multi = len(self.accounts.devices(sender)) > 1
         for spool, users in parts.items():
-            users = [u for u in users if u != sender]
+            users = [u for u in users if u != sender or multi]
             if users and spool not in have:
                 spool.put_group(users, gid, sender, cid, template, done.expect())
         for user, exc in lost[:1]:
@@ -309,8 +333,9 @@ class Router:
 
     # --- receipts ---------------------------------------------------------------------
 
-    def acked(self, user, spool, upto):
-        """``user``'s device has every item up to seq ``upto`` of ``spool``: tell each sender ✓✓.
+    def acked(self, user, device, spool, upto):
+        """``device`` of ``user`` has every item up to seq ``upto`` of ``spool``: tell each sender
+        ✓✓ of what reached a device of ``user`` for the first time (✓✓ is the first device's ack).
 
         Group copies (kind ``gmsg``) give one receipt per (sender, group), carrying ``group``.
         offd forgets the acked items only once those receipts are durable (a
@@ -320,19 +345,18 @@ class Router:
         recovers the items (no delete record was written) and delivers them
         again with the same seqs: the device skips them and acks again.
         """
-        acked = spool.ack(user, upto)
+        acked = spool.ack(user, device, upto)
         by_sender = {}
         now = time.time()
         for item in acked.items:
             latency.DELIVERY.observe(max(0.0, now - item.ts / 1000.0))
             if item.kind == "msg":
                 by_sender.setdefault((item.sender, None), []).append(item.cid)
-            elif item.kind == "gmsg":
+            elif item.kind == "gmsg" and item.sender != user:  # not the copy of their own
                 group = item.group[0] if item.group else unpack(item.frame)["group"]  # older P records
                 by_sender.setdefault((item.sender, group), []).append(item.cid)
         if not by_sender:
-            if acked.items:
-                spool.release(acked)
+            spool.release(acked)
             return
         left = [len(by_sender)]
 
@@ -360,12 +384,13 @@ class Router:
         except ShardDown as exc:
             retry(exc)
 
-    def read(self, user, pid, ref, to, ids, group=None):
-        """``user`` has read messages ``ids`` from ``to`` (in ``group``, if given); answer ``ok``
-        once the receipt is durable, or ``queue_full`` when ``to`` has offd.max_queue items waiting.
+    def read(self, user, pid, ref, to, ids, group=None, device=PRIMARY):
+        """``device`` of ``user`` has read messages ``ids`` from ``to`` (in ``group``, if given);
+        answer ``ok`` once the receipt is durable, or ``queue_full`` when ``to`` has
+        offd.max_queue items waiting. The user's other devices hear it (a ``self`` receipt).
         In a cluster ``user``'s home answers: it holds their queue and the ids sent to them."""
         if self.remote is not None and not self.remote.here(user):
-            return self.remote.forward(user, pid, ref, "read", user, to, ids, group)
+            return self.remote.forward(user, pid, ref, "read", user, to, ids, group, device)
         if not self.accounts.exists(to):
             return self.reply(pid, error_frame(Code.UNKNOWN_USER, f"no such user {to!r}", ref))
         undelivered = self.undelivered(user, to, ids, group)
@@ -374,25 +399,28 @@ class Router:
             return self.reply(pid, error_frame(Code.NOT_DELIVERED, f"{len(undelivered)} of the ids were not "
                                                f"delivered to you by {to}", ref))
         try:  # unlike ✓✓, read receipts are not bounded by messages sent, so they obey max_queue
-            self._receipt(user, to, "read", ids, self.ok_when_durable(pid, {"type": "ok", "ref": ref}),
-                          group, force=False)
+            done = AllDurable(self.ok_when_durable(pid, {"type": "ok", "ref": ref}))
+            self._receipt(user, to, "read", ids, done.expect(), group, force=False)
         except ShardDown as exc:
             self.reply(pid, error_frame(Code.STORE_FAILED, f"{exc}", ref))
         except QueueFull:
             self.counters["queue_full"] += 1
             self.reply(pid, error_frame(Code.QUEUE_FULL, f"{to}'s queue is full", ref))
+        else:
+            frame = {"type": "receipt", "from": user, "status": "read", "ids": ids, "to": to}
+            if group is not None:
+                frame["group"] = group
+            self.synced(user, device, frame, done)
+            done.release()
 
     def undelivered(self, reader, sender, ids, group=None):
         """The ids among ``ids`` that ``reader`` may not call read: a read names only messages
         ``sender`` sent among its last session.dedup_window ids (the window's digests cover
-        the destination), either to ``reader``, whose device acked them (an item leaves the
-        queue only when acked, so a seq below the queue's first is delivered; a restarting
-        shard verifies nothing), or to ``group`` (a group copy's own seq is not kept: only
+        the destination), either to ``reader``, one of whose devices acked them (Store.delivered;
+        a restarting shard verifies nothing), or to ``group`` (a group copy's own seq is not kept: only
         where it went is checked). Otherwise anyone could tell a sender "read by" about
         messages they never got (issue 11)."""
         spool = self.offd.current(reader)
-        q = spool.queues.get(reader) if spool is not None else None
-        first = q.items[0].seq if q is not None and len(q.items) else None
         dest = reader if group is None else group
 
         def delivered(cid):
@@ -404,7 +432,7 @@ class Router:
                 if found is None:
                     return False
                 seq = found[1]
-            return group is not None or (seq is not None and spool is not None and (first is None or seq < first))
+            return group is not None or (seq is not None and spool is not None and spool.delivered(reader, seq))
         return [i for i in ids if not delivered(i)]
 
     def _receipt(self, user, to, status, ids, on_durable=None, group=None, force=True):
@@ -420,15 +448,16 @@ class Router:
     # --- delivery ----------------------------------------------------------------------
 
     def poke(self, user):
-        """Wake ``user``'s session, if online, to send what its queue holds (coalesced: at most
-        one poke waits in a session's mailbox, however many items arrive meanwhile)."""
-        pid = self.sm.lookup(user)
-        if pid is not None:
+        """Wake ``user``'s sessions, one per device online, to send what its queue holds
+        (coalesced: at most one poke waits in a session's mailbox, however many items arrive
+        meanwhile)."""
+        pids = self.sm.pids(user)
+        for pid in pids:
             try:
                 self.table.notify(pid, ("poke",))
             except ProcessDead:
                 pass
-        elif self.offline is not None:
+        if not pids and self.offline is not None:
             self.offline(user)
 
     def ok_when_durable(self, pid, ok):

@@ -1,35 +1,63 @@
-"""Session manager: which session process serves which user, in RAM (ejabberd_sm, ram_copies).
+"""Session manager: which session process serves which device of which user, in RAM
+(ejabberd_sm, ram_copies).
 
-One session per user: a second login replaces the first (the router tells the
-old one, which answers its device with ``replaced`` and closes).
+A user may have several devices online at once (docs/PROTOCOL.md, "Devices"); each
+device has one session: a second login of the *same* device replaces the first (the
+router tells the old one, which answers its device with ``replaced`` and closes).
+A user is online while any of their devices is.
 """
 
 
 class SessionManager:
     def __init__(self):
-        self.sessions = {}  # user -> Pid
+        self.sessions = {}  # user -> {device: Pid}
 
     def __repr__(self):
-        return f"<SessionManager online={len(self.sessions)}>"
+        return f"<SessionManager online={len(self.sessions)} connections={self.connections()}>"
 
     def __len__(self):
+        """Users online."""
         return len(self.sessions)
 
-    def lookup(self, user):
-        return self.sessions.get(user)
+    def connections(self):
+        return sum(len(devices) for devices in self.sessions.values())
 
-    def register(self, user, pid):
-        """Make ``pid`` the user's session; returns the pid it replaces, if any."""
-        old = self.sessions.get(user)
-        self.sessions[user] = pid
+    def lookup(self, user, device=None):
+        """The session of ``device`` of ``user``; without ``device``, one of the user's sessions
+        (None: offline)."""
+        devices = self.sessions.get(user)
+        if not devices:
+            return None
+        if device is None:
+            return next(iter(devices.values()))
+        return devices.get(device)
+
+    def pids(self, user):
+        """Every session of ``user``, one per device online."""
+        devices = self.sessions.get(user)
+        return list(devices.values()) if devices else []
+
+    def devices(self, user):
+        """{device: Pid} of ``user``'s devices online."""
+        return dict(self.sessions.get(user, ()))
+
+    def register(self, user, device, pid):
+        """Make ``pid`` the session of ``device`` of ``user``; returns the pid it replaces, if any."""
+        devices = self.sessions.setdefault(user, {})
+        old = devices.get(device)
+        devices[device] = pid
         return old if old != pid else None
 
-    def unregister(self, user, pid):
-        """Forget ``pid`` as the user's session unless a newer one already replaced it.
+    def unregister(self, user, device, pid):
+        """Forget ``pid`` as that device's session unless a newer one already replaced it.
 
-        True when the user is now offline.
+        True when the user is now offline (none of their devices is online).
         """
-        if self.sessions.get(user) == pid:
-            del self.sessions[user]
-            return True
-        return False
+        devices = self.sessions.get(user)
+        if devices is None or devices.get(device) != pid:
+            return False
+        del devices[device]
+        if devices:
+            return False
+        del self.sessions[user]
+        return True

@@ -173,10 +173,13 @@ class Helpers:
         node = self.node
         if kind not in ("session", "user"):
             return node.registry.where(kind, entity)
-        pid = node.sm.lookup(entity)
-        proc = node.table.procs.get(pid.n) if pid is not None else None
+        sessions = node.sm.devices(entity)
+        pid = next(iter(sessions.values()), None)
+        procs = {d: node.table.procs.get(p.n) for d, p in sessions.items()}
         return {"kind": "session", "entity": entity, "node": node.table.node, "pid": pid,
-                "online": pid is not None, "worker": repr(proc) if proc else None,
+                "online": pid is not None, "worker": repr(procs[next(iter(procs))]) if procs else None,
+                "devices": {d: {"pid": p, "worker": repr(procs[d]) if procs[d] else None}
+                            for d, p in sessions.items()},
                 "offd": node.registry.where("offd", entity)}
 
     def stats(self, interval=1.0):
@@ -208,7 +211,7 @@ class Helpers:
         """(when, msgs routed in, items acked out): the counters stats() turns into rates."""
         node = self.node
         return (time.monotonic(), node.router.counters["msg_in"],
-                sum(s.stats["acked"] for s in node.offd.spools if s is not None))
+                sum(s.stats().get("acked", 0) for s in node.offd.spools if s is not None))
 
     # --- acting ------------------------------------------------------------------
 

@@ -17,13 +17,23 @@ sessions; what may wait for them is bounded and fair between networks
 (whatsup/c2s/admission.py), and a user who logged in lately with the same
 password needs no hash at all. The set of user names is kept in RAM for the
 whole node, so checking a recipient costs no I/O.
+
+Devices (docs/PROTOCOL.md, "Devices"): the primary device is the account itself (its
+credential is the password); the companions a user linked are one row per user in the
+same table, under ``DEVICES + user`` (``#`` is never in a user name), each with its name,
+times and the SHA-256 of its token (a token is 256 random bits: a fast hash suffices, and
+a stolen file does not give it away). Those rows are loaded at start and kept in RAM
+(only users who linked a device have one), so offd's ``devices`` callback and a
+companion's login cost no I/O.
 """
 import base64
 import hashlib
 import hmac
 import logging
 import os
+import secrets
 import threading
+import time
 
 from gevent.event import AsyncResult, Event
 from gevent.threadpool import ThreadPool
@@ -32,7 +42,7 @@ from ..c2s.admission import Admission, KnownLogins, Refused
 from .batch import GroupCommitter
 from .datadir import check_shards
 from ..observe.logs import Secret
-from ..protocol import Code
+from ..protocol import PRIMARY, Code
 from ..runtime import CallTimeout, ProcessDead
 from ..runtime.factory import Factory
 from ..runtime.industry import Industry
@@ -40,10 +50,20 @@ from .tables import open_table
 
 log = logging.getLogger("whatsup.accounts")
 SCRYPT_R, SCRYPT_P = 8, 1
+DEVICES = "#devices/"  # key prefix of a user's companion devices
+PRIMARY_ONLY = (PRIMARY,)
 
 
 class UserTaken(Exception):
     """Registration of a name that already exists (or is being registered)."""
+
+
+class DeviceLimit(Exception):
+    """The user already has devices.max_companions companions."""
+
+
+def token_hash(token):
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def _b64(raw):
@@ -103,10 +123,19 @@ class AccountShard:
         return f"<AccountShard {self.path} {self._commits!r}>"
 
     def open(self):
-        """Open the file; returns the user names it holds."""
+        """Open the file; returns (the user names it holds, {user: their companions' row})."""
         self._db = self._pool.apply(open_db, (self.path,))
         self._commits = GroupCommitter(self._pool, self._write, f"accounts {self.path}")
-        return self._pool.apply(lambda: set(self._db.keys()))
+        return self._pool.apply(self._load)
+
+    def _load(self):
+        users, devices = set(), {}
+        for key in self._db.keys():
+            if key.startswith(DEVICES):
+                devices[key[len(DEVICES):]] = self._db[key]
+            else:
+                users.add(key)
+        return users, devices
 
     def close(self):
         if self._commits is not None:
@@ -143,7 +172,10 @@ class AccountShardProc:
     @staticmethod
     def init(proc, slot, store):
         shard = AccountShard(shard_path(store.dir, slot.shard))
-        store.users |= shard.open()
+        users, devices = shard.open()
+        store.users |= users
+        for user, row in devices.items():
+            store.companions(user, row)
         slot.publish(proc.pid, shard)
         return (slot, shard)
 
@@ -206,6 +238,8 @@ class AccountStore:
         self.restart_wait = restart_wait
         self.users = set()
         self._reserved = set()
+        self._devices = {}  # user -> companions' row {"next": id, "devices": {str(id): {...}}}: linked ones
+        self._ids = {}      # user -> (PRIMARY, companion ids...): offd's callback, one lookup
         self.industry = Industry(table, "accounts", shards, AccountShardProc, (self,),
                                  paths=[shard_path(directory, i) for i in range(shards)])
         self.hashers = Factory(table, "hasher", Hasher, hash_threads, (hash_nice,), policy="least_loaded")
@@ -299,6 +333,83 @@ class AccountStore:
             self.users.discard(user)  # first: from here on nobody can log in or write to them
             self.forget(user)
             self._put(user, None)
+            if user in self._devices:
+                self.shard(user).put(DEVICES + user, None)
+                self.companions(user, None)
+
+    # --- devices -------------------------------------------------------------------
+
+    def devices(self, user):
+        """The ids of ``user``'s linked devices, the primary first (RAM only: offd's callback)."""
+        return self._ids.get(user, PRIMARY_ONLY)
+
+    def device_list(self, user):
+        """``user``'s devices as the ``devices`` frame lists them (without ``online``)."""
+        row = self._devices.get(user, {"devices": {}})
+        return [{"device": PRIMARY, "name": "primary"}] + [
+            {"device": int(d), "name": v["name"], "created": v["created"], "last_seen": v["last_seen"]}
+            for d, v in sorted(row["devices"].items(), key=lambda kv: int(kv[0]))]
+
+    def link(self, user, name, limit):
+        """A new companion of ``user`` named ``name``: returns (its id, its token) once durable.
+        Raises DeviceLimit at ``limit`` companions, Refused while another link of the user runs."""
+        if user in self._reserved:
+            raise Refused(Code.BUSY, "another registration or link of this user is in progress", 1.0)
+        row = self._devices.get(user, {"next": PRIMARY + 1, "devices": {}})
+        if len(row["devices"]) >= limit:
+            raise DeviceLimit(user)
+        device, token, now = row["next"], secrets.token_urlsafe(32), round(time.time(), 3)
+        new = {"next": device + 1, "devices": {**row["devices"], str(device): {
+            "name": name, "token": token_hash(token), "created": now, "last_seen": now}}}
+        self._reserved.add(user)
+        try:
+            self.shard(user).put(DEVICES + user, new)
+        finally:
+            self._reserved.discard(user)
+        self.companions(user, new)
+        return device, token
+
+    def unlink(self, user, device):
+        """Revoke companion ``device`` of ``user``; False if it is not linked. Returns once durable."""
+        row = self._devices.get(user)
+        if row is None or str(device) not in row["devices"]:
+            return False
+        left = {d: v for d, v in row["devices"].items() if d != str(device)}
+        new = {"next": row["next"], "devices": left}
+        self.companions(user, new)  # first: from here on its token is refused
+        self.shard(user).put(DEVICES + user, new)
+        return True
+
+    def verify_device(self, user, device, token):
+        """True when ``token`` is companion ``device``'s of ``user`` (RAM only, constant time)."""
+        row = self._devices.get(user)
+        entry = row["devices"].get(str(device)) if row is not None else None
+        return entry is not None and hmac.compare_digest(entry["token"], token_hash(token))
+
+    def seen(self, user, device):
+        """Companion ``device`` of ``user`` logged in now: its last_seen (durable)."""
+        row = self._devices.get(user)
+        entry = row["devices"].get(str(device)) if row is not None else None
+        if entry is not None:  # a new row: the writer thread may be encoding the old one
+            row = {**row, "devices": {**row["devices"], str(device): {**entry, "last_seen": round(time.time(), 3)}}}
+            self.companions(user, row)
+            self.shard(user).put(DEVICES + user, row)
+
+    def inactive(self, user, before):
+        """The companions of ``user`` not seen since ``before`` (a time)."""
+        row = self._devices.get(user)
+        return [int(d) for d, v in row["devices"].items() if v["last_seen"] < before] if row else []
+
+    def companions(self, user, row):
+        """Set ``user``'s companions' row in RAM (None: none left)."""
+        if row is None or not row["devices"]:
+            self._devices.pop(user, None)
+            self._ids.pop(user, None)
+            if row is not None:
+                self._devices[user] = row  # keeps "next": an id is never given twice
+        else:
+            self._devices[user] = row
+            self._ids[user] = (PRIMARY, *sorted(int(d) for d in row["devices"]))
 
     def _store_password(self, user, password, record, ip):
         self._put(user, {**record, "password": self._hash(ip, "hash", password, self.scrypt_n)})

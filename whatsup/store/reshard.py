@@ -52,10 +52,9 @@ def read_offd(directory, shards, options, progress=_quiet):
             if spool.incomplete:
                 raise ReshardError(f"offd shard {i} holds {len(spool.incomplete)} group fan-out(s) a crash cut "
                                    f"short: start the node once (it completes them), stop it, then reshard")
-            counter = max(counter, spool.counter)
-            for user, q in spool.queues.items():
-                if q.items:
-                    queues[user] = list(q.items)
+            counter = max(counter, spool.stats()["counter"])
+            for user in spool.users():
+                queues[user] = spool.items(user)
         finally:
             spool.close()
         progress(i + 1, shards)

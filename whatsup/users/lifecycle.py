@@ -94,11 +94,10 @@ class Lifecycle:
 
     def close_sessions(self, user, code, message, keep=None):
         """Close every session of ``user`` but ``keep`` with error ``code``; returns their pids."""
-        pid = self.sm.lookup(user)
-        if pid is None or pid == keep:
-            return []
-        self.router.tell(pid, ("close", code, message))
-        return [pid]
+        pids = [pid for pid in self.sm.pids(user) if pid != keep]
+        for pid in pids:
+            self.router.tell(pid, ("close", code, message))
+        return pids
 
     def set_password(self, user, password, keep=None, source=OPERATOR):
         """A new password for ``user``; every other session is told and logged out. ``source`` is

@@ -6,7 +6,8 @@ shards by a stable hash; each shard is an :class:`OffdShard` process owning a
 thread — so a slow disk write or a crash on one shard touches only its users.
 
 The hot path stays in-hub: the router and the sessions call the shard's Spool
-directly (memory operations plus a hand-off to the writer). The process owns
+directly (memory operations plus a hand-off to the writer), through its contract
+(api.Store; memory.MemorySpool is its in-memory twin). The process owns
 the spool's life: it opens it (recovery from disk), runs its maintenance, and
 when it dies its ``terminate`` first withdraws the spool (new callers wait for
 the restart, up to ``runtime.restart_wait``, then get ShardDown -> store_failed)
@@ -21,10 +22,13 @@ import os
 from ..datadir import ShardMismatch, check_shards
 from ...runtime.factory import ShardDown, shard_of
 from ...runtime.industry import Industry
-from .spool import Acked, Item, QueueFull, Spool
+from .api import Store
+from .memory import MemorySpool
+from .queues import Acked, Item, QueueFull
+from .spool import Spool
 
-__all__ = ["Acked", "Item", "Offd", "OffdShard", "QueueFull", "ShardDown", "ShardMismatch", "Spool",
-           "shard_of"]
+__all__ = ["Acked", "Item", "MemorySpool", "Offd", "OffdShard", "QueueFull", "ShardDown",
+           "ShardMismatch", "Spool", "Store", "shard_of"]
 log = logging.getLogger("whatsup.offd")
 
 
@@ -33,17 +37,21 @@ def shard_dir(directory, i):
 
 
 class Offd:
-    """The offd industry; ``check()`` before the supervisor starts ``children()``."""
+    """The offd industry; ``check()`` before the supervisor starts ``children()``.
+
+    Callbacks, handed to every shard's Spool (api.Store): ``on_ready``, ``devices``, ``carry``;
+    and ``on_up(spool, restarted)``: a shard opened (its recovery is done)."""
 
     def __init__(self, table, directory, shards, segment_bytes, max_queue, expiry_days, restart_wait=5.0,
-                 dedup_window=Spool.remember):
+                 dedup_window=Spool.remember, on_ready=None, devices=None, carry=None, on_up=None):
         self.dir = directory
         self.options = (segment_bytes, max_queue, expiry_days)
+        self.callbacks = {"on_ready": on_ready, "devices": devices, "carry": carry}
         self.restart_wait = restart_wait
         self.dedup_window = dedup_window
         self.industry = Industry(table, "offd", shards, OffdShard, (self,),
                                  paths=[shard_dir(directory, i) for i in range(shards)])
-        self.on_up = None  # callable(spool, restarted): a shard opened (its recovery is done)
+        self.on_up = on_up
 
     def __repr__(self):
         return f"<Offd {self.dir} shards={len(self.industry)} queued={self.queued()}>"
@@ -76,8 +84,7 @@ class Offd:
 
     def items(self, user):
         """A copy of what ``user``'s queue holds (Items, oldest first); waits for a restarting shard."""
-        q = self.spool(user).queues.get(user)
-        return list(q.items) if q is not None else []
+        return self.spool(user).items(user)
 
     def purge(self, user):
         """Drop everything queued for ``user``; returns the Items dropped (waits for a restarting shard)."""
@@ -96,7 +103,7 @@ class OffdShard:
 
     @staticmethod
     def init(proc, slot, offd):
-        spool = Spool(shard_dir(offd.dir, slot.shard), *offd.options)
+        spool = Spool(shard_dir(offd.dir, slot.shard), *offd.options, **offd.callbacks)
         spool.remember = offd.dedup_window
         spool.open()
         slot.publish(proc.pid, spool)
@@ -109,8 +116,9 @@ class OffdShard:
     @staticmethod
     def describe(state):
         slot, spool = state
-        return {"shard": slot.shard, "dir": spool.dir, "users": len(spool.queues), "queued": spool.queued(),
-                "segments": len(spool.segments), "stats": dict(spool.stats)}
+        stats = spool.stats()
+        return {"shard": slot.shard, "dir": spool.dir, "users": stats["users"], "queued": stats["queued"],
+                "segments": stats["segments"], "stats": stats}
 
     @staticmethod
     def handle_call(proc, request, state):

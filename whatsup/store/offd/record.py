@@ -9,6 +9,9 @@ A segment file is a sequence of records::
            ["B", counter]                              sequence base, first in every segment
            ["P", user, seq, ts, kind, sender, cid, frame]  an item queued for ``user``
            ["D", user, upto]                           items of ``user`` with seq <= upto are gone
+           ["A", user, device, upto]                   ``device`` of ``user`` acked up to upto (a
+                                                       cursor past the front of the user's queue:
+                                                       other devices still hold those items)
            ["G", seq, ts, gid, sender, cid, frame, users]  one group message's copy for ``users``
                                                        (this shard's members): one seq, one
                                                        frame, each queue a reference to it
@@ -50,6 +53,10 @@ def put(user, seq, ts, kind, sender, cid, frame):
 
 def delete(user, upto):
     return encode(["D", user, upto])
+
+
+def cursor(user, device, upto):
+    return encode(["A", user, device, upto])
 
 
 def group(seq, ts, gid, sender, cid, frame, users):

@@ -1,4 +1,4 @@
-"""One offd spool: per-user queues in RAM, made durable by an append-only segment log.
+"""One offd spool: per-user queues in RAM (queues.py), made durable by an append-only segment log.
 
 The hub only touches memory: ``put`` stamps an item, queues it and hands its
 record to the committer; a dedicated native thread writes and fsyncs whole
@@ -20,9 +20,11 @@ they were missing):
   new seq: a device recognises it by (group, from, id) and only acks it
   (docs/PROTOCOL.md, "Exactly once on screen"; whatsup/client.py does this).
 
-Deletion is cumulative per user (devices ack "everything up to seq N"), so a
-queue is a deque consumed from the front, and ``wm[user]`` (the highest seq
-deleted) tells whether a record is still live. A group message's copies on
+Deletion is cumulative per user (devices ack "everything up to seq N"; an item
+goes when every linked device acked it, queues.py), so a queue is a deque
+consumed from the front, and ``wm[user]`` (the highest seq deleted) tells
+whether a record is still live. A device that acked past the front has its
+cursor in an A record (read back by recovery, carried by compaction). A group message's copies on
 one shard are one Item (one seq, one frame, one G record) that every member's
 queue references: a queued group copy costs one deque slot (8 bytes), not a
 frame. Its fan-out is durable in F/G/E records (whatsup/routing/router.py, "Groups").
@@ -50,8 +52,8 @@ from gevent.threadpool import ThreadPool
 from ..batch import GroupCommitter
 from ..datadir import fsync_dir
 from ...routing.dedup import ENTRY, digest, unpack_entries
-from ...protocol import pack
 from . import record
+from .queues import Cursor, Item, Queues
 
 log = logging.getLogger("whatsup.offd")
 SEGMENT = "seg-{:010d}.log"
@@ -77,64 +79,6 @@ class Pace:
             self.since = self.clock()
 
 
-class QueueFull(Exception):
-    """The recipient already has offd.max_queue items waiting."""
-
-
-class Item:
-    """A queued item; ``group`` is (gid, users) for a group copy shared by ``users`` (a G
-    record) or a fan-out intent (an F record, kind "fanout", frame the body). ``seg`` is None
-    once a failed write took it back."""
-    __slots__ = ("seq", "ts", "kind", "sender", "cid", "frame", "seg", "group")
-
-    def __init__(self, seq, ts, kind, sender, cid, frame, seg, group=None):
-        self.seq, self.ts, self.kind, self.sender, self.cid, self.frame, self.seg = (
-            seq, ts, kind, sender, cid, frame, seg)
-        self.group = group
-
-    def __repr__(self):
-        return f"<Item {self.kind} seq={self.seq} from={self.sender} id={self.cid}>"
-
-
-class UserQueue:
-    """A user's undelivered items in seq order; the first ``sent`` went to the current device."""
-    __slots__ = ("items", "sent")
-
-    def __init__(self):
-        self.items = collections.deque()
-        self.sent = 0
-
-    def __len__(self):
-        return len(self.items)
-
-    def __repr__(self):
-        return f"<UserQueue queued={len(self.items)} sent={self.sent}>"
-
-    def unsent(self, n, budget=None):
-        """Up to ``n`` items after those already sent, marking them sent; with
-        ``budget``, only while the frames before the last one hold fewer than ``budget`` bytes."""
-        items, out = self.items, []
-        stop = min(len(items), self.sent + n)
-        while self.sent < stop and (budget is None or budget > 0):
-            item = items[self.sent]
-            out.append(item)
-            self.sent += 1
-            if budget is not None:
-                budget -= len(item.frame) + 4
-        return out
-
-
-class Acked:
-    """Items a device acked whose delete record waits for :meth:`Spool.release`."""
-    __slots__ = ("user", "items", "released")
-
-    def __init__(self, user):
-        self.user, self.items, self.released = user, [], False
-
-    def __repr__(self):
-        return f"<Acked {self.user} items={len(self.items)} released={self.released}>"
-
-
 class Segment:
     __slots__ = ("sid", "size", "live", "base", "moved", "carried", "ids", "closing")
 
@@ -150,29 +94,27 @@ class Segment:
         return f"<Segment {self.sid} size={self.size} live={self.live}>"
 
 
-class Spool:
-    """A spool directory. Create, then ``open()`` (recovery), then use from the hub."""
+class Spool(Queues):
+    """A spool directory (api.Store). Create, then ``open()`` (recovery), then use from the hub.
+
+    Callbacks: ``on_ready(user)`` an item for user can be sent; ``devices(user)`` the user's
+    linked device ids (queues.py); ``carry(sender, first, last)`` -> packed dedup entries
+    numbered first..last still in the sender's window (Dedup.entries): compaction writes
+    them in an H record, because it drops the records a restart rebuilds the window from
+    (None: nothing carried)."""
     remember = 4096  # dedup entries per sender that recovery hands on (session.dedup_window)
 
-    def __init__(self, directory, segment_bytes, max_queue, expiry_days):
+    def __init__(self, directory, segment_bytes, max_queue, expiry_days, devices=None, on_ready=None,
+                 carry=None):
+        super().__init__(max_queue, devices, on_ready)
         self.dir = directory
         self.segment_bytes = segment_bytes
-        self.max_queue = max_queue
         self.expiry = expiry_days * 86400.0
-        self.queues = {}
-        self.held = {}               # user -> deque of Acked, in ack order
         self.wm = {}                 # user -> highest seq whose delete record was written
-        self.unfinished = {}         # (sender, cid) -> {"F"/"G": Item}: kept until its fan-out is done
         self.incomplete = {}         # (sender, cid) -> F Item: recovery found no E (see Router.shard_up)
-        self.on_ready = None         # callable(user): a new item for user can be sent
-        # callable(sender, first, last) -> packed dedup entries numbered first..last still in the
-        # sender's window (Dedup.entries): compaction writes them in an H record, because it drops
-        # the records a restart rebuilds the window from. None: nothing carried.
-        self.carry = None
+        self.carry = carry
         self.segments = collections.OrderedDict()  # sid -> Segment, oldest first
-        self.counter = 0
         self.recovered = {}          # sender -> [(ts, digest, sid, seq)] oldest first, for the dedup window
-        self.stats = collections.Counter()
         self._pool = ThreadPool(1)   # this spool's writer: a native thread owning the fds
         self._fds = {}
         self._log = None
@@ -180,6 +122,19 @@ class Spool:
     def __repr__(self):
         return (f"<Spool {self.dir} users={len(self.queues)} queued={self.queued()} "
                 f"segments={len(self.segments)} log={self._log!r}>")
+
+    def stats(self):
+        """The counts, with the group commit's figures (``commit_*``) and the spool's size."""
+        log_ = self._log
+        return {**self.counts, "queued": self.queued(), "users": len(self.queues), "segments": len(self.segments),
+                "counter": self.counter,
+                "commit_batches": log_.batches if log_ else 0, "commit_failures": log_.failures if log_ else 0,
+                "commit_seconds": log_.seconds if log_ else 0.0}
+
+    def take_recovered(self):
+        """What recovery found of the dedup windows (sender -> [(ts, digest, sid, seq)]), once."""
+        found, self.recovered = self.recovered, {}
+        return found
 
     # --- life cycle -------------------------------------------------------------
 
@@ -202,77 +157,12 @@ class Spool:
 
     # --- the hub's API -------------------------------------------------------------
 
-    def queue(self, user):
-        q = self.queues.get(user)
-        if q is None:
-            q = self.queues[user] = UserQueue()
-        return q
-
-    def queued(self):
-        return sum(len(q) for q in self.queues.values())
-
-    def put(self, user, kind, frame, sender=None, cid=None, on_durable=None, force=False):
-        """Queue ``frame`` (a dict, seq and ts are stamped into it; or a protocol.Template) for ``user``.
-
-        Returns the Item. Raises QueueFull unless ``force`` (receipts are forced:
-        refusing one would lose it, and they are bounded by the messages sent).
-        """
-        q = self.queue(user)
-        if not force and len(q.items) >= self.max_queue:
-            raise QueueFull(user)
-        seq, ts = self._stamp()
-        if type(frame) is dict:
-            frame["seq"], frame["ts"] = seq, ts
-            body = pack(frame)
-        else:
-            body = frame.stamp(seq, ts)
-        seg = self._active
-        item = Item(seq, ts, kind, sender, cid, body, seg.sid)
-        q.items.append(item)
-        seg.live += 1
-        self._append(record.put(user, seq, ts, kind, sender, cid, body),
-                     lambda err: self._durable((user,), item, err, on_durable))
-        self.stats["put"] += 1
-        if self.on_ready is not None:
-            self.on_ready(user)
-        return item
-
-    def put_group(self, users, gid, sender, cid, template, on_durable):
-        """Queue one copy of a group message (``template``, a protocol.Template) for ``users``,
-        all members on this shard: one seq, one frame and one G record shared by their queues.
-        A member whose queue holds max_queue items is skipped. Returns the Item (its
-        ``group[1]`` lists who got it). The record stays until :meth:`finished` even if every
-        member acks it: recovery completes a fan-out from the shards that lack a G record."""
-        seq, ts = self._stamp()
-        seg = self._active
-        here = []
-        item = Item(seq, ts, "gmsg", sender, cid, template.stamp(seq, ts), seg.sid, (gid, here))
-        for user in users:
-            q = self.queue(user)
-            if len(q.items) >= self.max_queue:
-                self.stats["skipped_queue_full"] += 1
-                log.warning("queue of %s is full: group %s message %s skipped for them", user, gid, cid)
-                continue
-            q.items.append(item)
-            here.append(user)
-        seg.live += len(here)
-        self.unfinished.setdefault((sender, cid), {})["G"] = item
-        self._append(record.group(seq, ts, gid, sender, cid, item.frame, here),
-                     lambda err: self._durable(here, item, err, on_durable))
-        self.stats["put"] += len(here)
-        if self.on_ready is not None:
-            for user in here:
-                self.on_ready(user)
-        return item
-
     def intent(self, gid, sender, cid, body, members, on_durable):
         """Write a group fan-out's intent (F): the message and every member it goes to."""
-        seq, ts = self._stamp()
-        seg = self._active
-        item = Item(seq, ts, "fanout", sender, cid, body, seg.sid, (gid, list(members)))
-        seg.live += 1
+        item = self._item("fanout", sender, cid, body, (gid, list(members)))
+        self._active.live += 1
         self.unfinished.setdefault((sender, cid), {})["F"] = item
-        self._append(record.intent(seq, ts, gid, sender, cid, body, item.group[1]), on_durable)
+        self._append(record.intent(item.seq, item.ts, gid, sender, cid, body, item.group[1]), on_durable)
         return item
 
     def done(self, sender, cid, on_durable):
@@ -298,58 +188,25 @@ class Spool:
         else:
             r[0], r[1] = min(r[0], k), max(r[1], k)
 
-    def ack(self, user, upto):
-        """The device has every item up to ``upto``: take those it was sent out of the queue.
-
-        Returns an :class:`Acked` (empty when nothing was acked). The items'
-        delete record is written only by :meth:`release`: the router releases
-        once the ✓✓ receipts the ack causes are durable, so a crash in between
-        delivers the items again (same seq: the device skips them and acks
-        again) instead of losing those receipts. Until then compaction keeps
-        the items' records.
-        """
-        q = self.queues.get(user)
-        acked = Acked(user)
-        if q is None:
-            return acked
-        items = q.items
-        while q.sent and items and items[0].seq <= upto:
-            acked.items.append(items.popleft())
-            q.sent -= 1
-        if acked.items:
-            self.held.setdefault(user, collections.deque()).append(acked)
-            self.stats["acked"] += len(acked.items)
-        if not items:
-            self.queues.pop(user, None)
-        return acked
-
-    def release(self, acked):
-        """Write the delete record of ``acked``, after those of every earlier ack of its user
-        (a delete record is cumulative: "everything up to seq N")."""
-        acked.released = True
-        held = self.held.get(acked.user)
-        while held and held[0].released:
-            items = held.popleft().items
-            self._delete(acked.user, items)
-        if not held:
-            self.held.pop(acked.user, None)
-
-    def purge(self, user):
-        """Drop every item queued for ``user`` (an operator's purge, a deleted account) with one
-        delete record; returns the items. A device acking them later acks nothing."""
-        q = self.queues.pop(user, None)
-        if q is None or not q.items:
-            return []
-        items = list(q.items)
-        self._delete(user, items)
-        self.stats["purged"] += len(items)
-        return items
-
     # --- durability -------------------------------------------------------------
 
-    def _stamp(self):
-        self.counter += 1
-        return self.counter, int(time.time() * 1000)
+    def _segment(self):
+        return self._active.sid
+
+    def _kept(self, user, item, on_durable):
+        self._active.live += 1
+        self._append(record.put(user, item.seq, item.ts, item.kind, item.sender, item.cid, item.frame),
+                     lambda err: self._durable((user,), item, err, on_durable))
+
+    def _kept_group(self, users, item, on_durable):
+        self._active.live += len(users)
+        gid, _ = item.group
+        self._append(record.group(item.seq, item.ts, gid, item.sender, item.cid, item.frame, users),
+                     lambda err: self._durable(users, item, err, on_durable))
+
+    def _cursor_moved(self, user, device, cursor, moved=False):
+        cursor.seg = self._active.sid
+        self._append(record.cursor(user, device, cursor.acked), moved=moved)
 
     def _append(self, data, waiter=None, moved=False, carried=False):
         """Hand ``data`` to the writer for the active segment, which rolls once it holds
@@ -371,18 +228,13 @@ class Spool:
     def _durable(self, users, item, err, on_durable):
         if err is not None and item.seg is not None:  # the write was cut off the file again
             for user in users:
-                q = self.queues.get(user)
-                if q is not None and item in q.items:
-                    idx = q.items.index(item)
-                    del q.items[idx]
-                    if idx < q.sent:
-                        q.sent -= 1
+                if self._remove(user, item):
                     self._forget([item])
             item.seg = None
         if on_durable is not None:
             on_durable(err)
 
-    def _delete(self, user, items):
+    def _deleted(self, user, items):
         """``items`` (the front of ``user``'s queue) are gone: write their delete record."""
         self._forget(items)
         upto = items[-1].seq
@@ -390,7 +242,7 @@ class Spool:
         self._append(record.delete(user, upto))
 
     def _live(self, user, item):
-        """Whether ``user``'s reference to ``item`` must be kept (queued, or acked but held)."""
+        """Whether ``user``'s reference to ``item`` must be kept (not deleted)."""
         return item.seg is not None and item.seq > self.wm.get(user, 0)
 
     # --- runs on the writer thread ----------------------------------------------------
@@ -459,17 +311,17 @@ class Spool:
     def _replay_segments(self):
         sids = sorted(int(n[4:14]) for n in os.listdir(self.dir)
                       if n.startswith("seg-") and n.endswith(".log") and n[4:14].isdigit())
-        found, wm, fanouts, done, ids = {}, self.wm, {}, set(), {}
+        found, wm, fanouts, done, ids, cursors = {}, self.wm, {}, set(), {}, {}
         for sid in sids:
             path = self._path(sid)
             with open(path, "rb") as f:
                 data = f.read()
             records, bad, end = record.scan(data)
             if bad:
-                self.stats["bad_records"] += bad
+                self.counts["bad_records"] += bad
                 log.error("offd %s: %d damaged record region(s) skipped in %s", self.dir, bad, path)
             if end < len(data):
-                self.stats["torn_bytes"] += len(data) - end
+                self.counts["torn_bytes"] += len(data) - end
                 log.warning("offd %s: cut a torn tail of %d bytes off %s", self.dir, len(data) - end, path)
                 with open(path, "r+b") as f:
                     f.truncate(end)
@@ -477,10 +329,10 @@ class Spool:
             self.segments[sid] = Segment(sid, end)
             for rec in records:
                 try:
-                    self._replay(sid, rec, found, wm, fanouts, done, ids)
+                    self._replay(sid, rec, found, wm, fanouts, done, ids, cursors)
                 except (ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
                     # intact bytes, unknown shape (a bug or another version wrote it): skip it
-                    self.stats["bad_records"] += 1
+                    self.counts["bad_records"] += 1
                     log.error("offd %s: skipped a record of unexpected shape in %s: %.100r (%s)",
                               self.dir, path, rec, exc)
         for user, by_seq in found.items():
@@ -491,6 +343,7 @@ class Spool:
                 item = by_seq[seq]
                 q.items.append(item)
                 self.segments[item.seg].live += 1
+            self._place(q, cursors.get(user, {}))
         for key, f in fanouts.items():
             if key in done:
                 self.unfinished.pop(key, None)  # its G records here are settled too
@@ -505,9 +358,9 @@ class Spool:
             self.recovered[sender] = entries[-self.remember:]
         if sids:
             self.counter += SEQ_GAP
-        self.stats["recovered"] = self.queued()
+        self.counts["recovered"] = self.queued()
 
-    def _replay(self, sid, rec, found, wm, fanouts, done, ids):
+    def _replay(self, sid, rec, found, wm, fanouts, done, ids, cursors):
         op = rec[0]
         if op == "B":
             self.counter = max(self.counter, rec[1])
@@ -542,6 +395,11 @@ class Spool:
         elif op == "I":
             _, sender, user, entries = rec
             ids.setdefault(sender, []).extend((ts, digest(user, cid), sid, seq) for cid, seq, ts in entries)
+        elif op == "A":
+            _, user, device, upto = rec
+            at = cursors.setdefault(user, {})
+            if upto >= at.get(device, (0, sid))[0]:
+                at[device] = (upto, sid)
         elif op == "D":
             _, user, upto = rec
             wm[user] = max(wm.get(user, 0), upto)
@@ -551,6 +409,16 @@ class Spool:
                     del by_seq[seq]
         else:
             raise ValueError(f"unknown record type {op!r}")
+
+    @staticmethod
+    def _place(q, acked):
+        """Put back the cursors of the devices that acked past the front of ``q`` (A records):
+        what they acked was delivered and its ✓✓ durable (an A record is written on release)."""
+        first = q.items[0].seq
+        for device, (upto, sid) in acked.items():
+            if upto >= first:
+                q.cursors[device] = Cursor(q.index(upto), upto, sid)
+                q.delivered = q.settled = max(q.settled, upto)
 
     # --- segments, compaction, expiry -------------------------------------------------
 
@@ -592,21 +460,16 @@ class Spool:
             q = self.queues.get(user)
             if q is None or not q.items or q.items[0].ts >= cutoff:
                 continue
-            gone = []
-            while q.items and q.items[0].ts < cutoff:
-                gone.append(q.items.popleft())
-                q.sent = max(0, q.sent - 1)
-            self._delete(user, gone)
-            self.stats["expired"] += len(gone)
+            gone = self._expire_front(user, q, cutoff)
+            self.counts["expired"] += len(gone)
             log.warning("offd: expired %d undelivered item(s) for %s (older than %.0f days)",
                         len(gone), user, self.expiry / 86400)
-            if not q.items:
-                del self.queues[user]
 
     def _old_items(self, bound, pace):
         """(user, item) for every reference stamped up to seq ``bound`` (those that may be in a
-        segment older than the active one): each queue's front, the held acks, the unfinished
-        fan-outs (user None). Yields to the hub as ``pace`` says, per queue (the caller per item)."""
+        segment older than the active one): each queue's front (acked items stay there until
+        every device acked them), the unfinished fan-outs (user None). Yields to the hub as
+        ``pace`` says, per queue (the caller per item)."""
         for user in list(self.queues):
             q = self.queues.get(user)
             if q is None:
@@ -614,10 +477,6 @@ class Spool:
             for item in list(itertools.takewhile(lambda i: i.seq <= bound, q.items)):
                 yield user, item
             pace.step()
-        for user, held in list(self.held.items()):
-            for acked in list(held):
-                for item in acked.items:
-                    yield user, item
         for parts in list(self.unfinished.values()):
             for item in parts.values():
                 yield None, item
@@ -640,6 +499,19 @@ class Spool:
         active.live += refs
         self._append(data, moved=True)
 
+    def _carry_cursors(self, sids):
+        """Write again the A records in the ``sids`` segments of the cursors still past their
+        queue's front (those of unlinked devices are dropped)."""
+        pace = Pace()
+        for user in list(self.queues):
+            q = self.queues.get(user)
+            if q is not None and q.items and q.cursors:
+                linked = self.devices(user)
+                for device, c in list(q.cursors.items()):
+                    if c.seg in sids and device in linked and c.acked >= q.items[0].seq:
+                        self._cursor_moved(user, device, c, moved=True)
+            pace.step()
+
     def _carry_ids(self, old):
         """Write the dedup entries anchored in the ``old`` segments into the active one."""
         ranges, pace = {}, Pace()
@@ -654,7 +526,7 @@ class Spool:
                 self._append(record.carried(sender, entries), carried=True)
                 self.anchor(self._active.sid, sender, a)
                 self.anchor(self._active.sid, sender, b)
-                self.stats["carried_ids"] += len(entries) // ENTRY
+                self.counts["carried_ids"] += len(entries) // ENTRY
             pace.step()
 
     def _compact(self):
@@ -673,10 +545,11 @@ class Spool:
                     self._move(user, item)
                     moved += 1
                 pace.step()
+        self._carry_cursors(sids)
         if self.carry is not None:
             self._carry_ids(old)
         for sid in sids:
             del self.segments[sid]
-        self.stats["compactions"] += 1
-        self.stats["compacted_items"] += moved
+        self.counts["compactions"] += 1
+        self.counts["compacted_items"] += moved
         self._log.add(waiter=lambda err: err is None and self._pool.spawn(self._unlink, sorted(sids)))
