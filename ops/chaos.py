@@ -250,7 +250,13 @@ class Cluster:
         self.redis_every, self.kills, self.redis_kills = redis_every, 0, 0
         self.redis = RedisServer(os.path.join(directory, "redis")).start()
         names = [f"n{i}@localhost" for i in range(nodes)]
-        self.cluster = LocalCluster(directory, self.redis, names, 12, settings).start()
+        self.cluster = LocalCluster(directory, self.redis, names, 12, settings)
+        try:
+            self.cluster.start()
+        except BaseException:  # nothing left running
+            self.cluster.stop()
+            self.redis.kill()
+            raise
         self.srv = self.cluster[names[0]]
         self.servers = [s.server for s in self.cluster.nodes.values()]
 
