@@ -100,3 +100,53 @@ def test_presence_typing_and_blocking_reach_across_nodes(make_cluster):
             seen = al.subscribe(bob)
             assert seen["online"] is False and "last_seen" not in seen  # blocked: bob shows offline to her
         assert quiet(al) == []  # and no update when he leaves
+
+
+def test_the_shell_of_any_node_finds_a_session_and_looks_into_other_nodes(make_cluster, ask):
+    cl = make_cluster()
+    a, b, c = cl.names
+    alice = cl.homed(a, "alice")[0]
+    cl[b].register(alice)
+    with cl[c].client(alice):   # homed on a, connected to c
+        answers = set()
+        for name in cl.names:
+            with cl[name].shell() as sh:
+                answers.add(ask(sh, f"(lambda w: (w['node'], repr(w['pid'])))(where('user', {alice!r}))"))
+        assert len(answers) == 1  # the same node and pid from every node
+        (node, pid), = answers
+        assert node == c and pid.startswith(f"<{c}.")
+        with cl[a].shell() as sh:
+            assert ask(sh, f"mailbox({pid!r})") == []  # a remote pid's mailbox, asked on c
+            assert ask(sh, f"{alice!r} in rpc({c!r}, 'i', {pid!r})")  # its state, as text
+            assert ask(sh, "[(r['node'], r['up']) for r in nodes()]") == [(n, True) for n in sorted(cl.names)]
+            assert ask(sh, f"[r['connections'] for r in nodes() if r['node'] == {c!r}]") == [1]
+
+
+def test_a_group_with_members_homed_on_every_node_keeps_messages_and_changes_in_order(make_cluster):
+    cl = make_cluster()
+    a, b, c = cl.names
+    owner, anna, bert, carl = cl.homed(a, "owner")[0], cl.homed(b, "anna")[0], cl.homed(c, "bert")[0], \
+        cl.homed(a, "carl")[0]
+    cl[b].register(owner, anna, bert, carl)
+    # each connected to a node that is not their home; the group lives on owner's node (c)
+    ow, an, be, ca = cl[c].client(owner), cl[c].client(anna), cl[a].client(bert), cl[b].client(carl)
+    gid = ow.group_create("club", [anna, bert])
+    assert cl.map.home(gid) == c
+    ow.send(None, "m1", id="m1", group=gid)   # ✓: every member's home fsynced its copy
+    ow.group_remove(gid, [bert])
+    ow.send(None, "m2", id="m2", group=gid)
+    ow.group_add(gid, [carl])
+    ow.group_rename(gid, "the club")
+    an.send(None, "m3", id="m3", group=gid)   # from a member connected elsewhere than the group's home
+
+    def story(frames):
+        return [f["id"] if f["type"] == "msg" else f["event"] for f in frames]
+    assert story(take(an, 6, ("msg", "group_event"))) == ["created", "m1", "removed", "m2", "added", "renamed"]
+    assert story(take(be, 3, ("msg", "group_event"))) == ["created", "m1", "removed"]
+    assert story(take(ca, 3, ("msg", "group_event"))) == ["added", "renamed", "m3"]
+    info = ca.group_info(gid)   # asked on b, answered by the group's home
+    assert (info["name"], sorted(info["members"])) == ("the club", sorted([owner, anna, carl]))
+    with pytest.raises(ServerError, match="not_member"):
+        be.send(None, "let me in", group=gid)
+    for client in (ow, an, be, ca):
+        client.close()

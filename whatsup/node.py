@@ -66,6 +66,7 @@ from .runtime.supervisor import NORMAL, Child, SupSpec, Supervisor, adopt, termi
 from .runtime.ticker import Ticker
 from .runtime.timers import Timers
 from .c2s.session import Session
+from .shell.helpers import Helpers
 from .shell.server import Backdoor
 from .routing.sm import SessionManager
 from .store.tables import TableStore
@@ -187,7 +188,9 @@ class Node:
         self.registration = Registration(cfg["accounts.registration"], cfg["accounts.invite_days"],
                                          self.lifecycle.is_retired, cfg["accounts.user_invites"])
         if self.homes is not None:
-            self.homes.wire(self.router, self.presence, self.blocks)
+            self.homes.wire(self.router, self.presence, self.blocks, self.groups)
+            self.link.services.update({"summary": self.summary,
+                                       "shell": lambda verb, args: Helpers(self).serve(verb, args)})
         self.registry = ShardRegistry()
         self.registry.add(self.accounts.industry)
         self.registry.add(self.offd.industry)
@@ -217,6 +220,12 @@ class Node:
     @property
     def address(self):
         return self.server.address if self.server is not None else None
+
+    def summary(self):
+        """What nodes() shows of this node."""
+        return {"connections": self.sm.connections(), "online": len(self.sm),
+                "mailboxes": sum(len(p.mailbox) for p in self.table.processes()),
+                "outbox": len(self.link.out) if self.link is not None else None}
 
     def where(self, kind, entity):
         """Which shard, worker and pid handle ``entity``: kinds offd, accounts and session."""

@@ -316,7 +316,11 @@ class Session:
     def _msg(proc, st, f):
         st.check_body(f)
         if "group" in f:
-            st.node.groups.message(st.user, proc.pid, f)
+            homes = st.node.homes
+            if homes is not None and not homes.here(f["group"]):  # the group's home fans it out
+                homes.forward(f["group"], proc.pid, f["ref"], "group_msg", st.user, f)
+            else:
+                st.node.groups.message(st.user, proc.pid, f)
         else:
             st.node.router.message(st.user, proc.pid, f["ref"], f["id"], f["to"], f["body"])
         st.awaiting_answer(f["ref"])
@@ -333,7 +337,7 @@ class Session:
 
     @staticmethod
     def _read(proc, st, f):
-        if "group" in f:
+        if "group" in f and (st.node.homes is None or st.node.homes.here(f["group"])):
             st.node.groups.members_of(st.user, f["group"], f["ref"])
         st.node.router.read(st.user, proc.pid, f["ref"], f["to"], f["ids"], f.get("group"))
         st.awaiting_answer(f["ref"])

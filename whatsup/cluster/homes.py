@@ -26,7 +26,7 @@ import gevent
 from gevent.event import AsyncResult
 
 from .link import NodeDown, RemoteError
-from ..protocol import ProtocolError
+from ..protocol import ProtocolError, Template
 from ..runtime import ProcessDead
 from ..store.accounts import UserTaken
 
@@ -34,13 +34,15 @@ log = logging.getLogger("whatsup.cluster")
 #: Frames served by the home of the user they name (the key of the frame; None: the sender's own):
 #: presence lives where the user's sessions are registered, a block list where its owner is homed.
 ROUTED = {"typing": "to", "presence_sub": "user", "presence_unsub": "user", "privacy": None,
-          "block": None, "unblock": None, "block_list": None}
+          "block": None, "unblock": None, "block_list": None, "group_add": "group", "group_remove": "group",
+          "group_leave": "group", "group_admin": "group", "group_rename": "group", "group_info": "group"}
 
 
 class Homes:
     def __init__(self, link, sm, offd, accounts, window, budget):
         self.link, self.sm, self.offd, self.accounts = link, sm, offd, accounts
-        self.router = self.presence = self.blocks = None  # set by wire()
+        self.router = self.presence = self.blocks = self.groups = None  # set by wire()
+        self.spools = {}  # node -> RemoteSpool: what a fan-out here queues for users homed there
         self.subscribed = set()  # our sessions that subscribed to presence on other nodes
         self.window, self.budget = window, budget
         self.remote = {}      # pid on another node -> (user homed here, device) it serves
@@ -58,10 +60,14 @@ class Homes:
     def __repr__(self):
         return f"<Homes remote_sessions={len(self.remote)} due={len(self.due)}>"
 
-    def wire(self, router, presence, blocks):
+    def wire(self, router, presence, blocks, groups):
         """The services a home runs for sessions on other nodes (Router.remote forwards them)."""
-        self.router, self.presence, self.blocks = router, presence, blocks
+        self.router, self.presence, self.blocks, self.groups = router, presence, blocks, groups
         blocks.shared = self._share_blocks
+        groups.placed = self.here
+        self.link.services.update({"put_group": self._put_group,
+                                   "group_msg": self._group_msg})
+        self.link.blocking |= {"group_msg", "route", "attach"}
         self.link.services.update({
             "message": lambda pid, ref, sender, cid, to, body, device: router.message(
                 sender, pid, ref, cid, to, body, device),
@@ -94,9 +100,9 @@ class Homes:
     def elsewhere(self, ftype, user, pid, f, owner, method):
         """Forward frame ``f`` of session ``pid`` to the home it concerns (see ROUTED); True when
         it went (its answer comes back as a reply), False when it is served here."""
-        if ftype not in ROUTED or (ftype == "typing" and "group" in f):
+        if ftype not in ROUTED:
             return False
-        key = ROUTED[ftype]
+        key = "group" if ftype == "typing" and "group" in f else ROUTED[ftype]
         entity = user if key is None else f.get(key)
         if not isinstance(entity, str) or self.here(entity):
             return False
@@ -116,6 +122,14 @@ class Homes:
             for node in self.link.live:
                 if node != self.link.node:
                     self.link.cast(node, "gone", pid)
+
+    def spool_of(self, user):
+        """What a group fan-out (Router.partition) puts ``user``'s copy through: their home's."""
+        node = self.home(user)
+        spool = self.spools.get(node)
+        if spool is None:
+            spool = self.spools[node] = RemoteSpool(self, node)
+        return spool
 
     def put(self, user, kind, frame, on_durable, force):
         """Queue ``frame`` for ``user`` in their home's offd; ``on_durable(err)`` once it is
@@ -177,11 +191,18 @@ class Homes:
         """A frame forwarded by the session's node (elsewhere): served as that node would, the
         answer (or the refusal) sent back to the session."""
         try:
-            answer = getattr({"presence": self.presence, "blocks": self.blocks}[owner], method)(user, pid, f)
+            answer = getattr({"presence": self.presence, "blocks": self.blocks, "groups": self.groups}[owner],
+                             method)(user, pid, f)
         except ProtocolError as exc:
             answer = exc.frame()
         if answer is not None:
             self.router.reply(pid, answer)
+
+    def _group_msg(self, pid, ref, user, f):
+        try:
+            self.groups.message(user, pid, f)
+        except ProtocolError as exc:
+            self.router.reply(pid, exc.frame())
 
     def _gone(self, pid):
         self.presence.gone(pid)
@@ -206,6 +227,31 @@ class Homes:
         self.offd.spool(user).put(user, kind, frame, on_durable=done.set, force=force)
         err = done.get()
         return None if err is None else f"{type(err).__name__}: {err}"
+
+    def _put_group(self, users, gid, sender, cid, head):
+        """A group copy for ``users`` (homed here), one G record per local shard; answered once
+        every one is fsynced. Done again after a crash of the group's home: members' devices
+        drop a copy they showed (by group, sender and id)."""
+        template = Template.__new__(Template)
+        template.head = head
+        parts, lost = self.router.partition(users)
+        if lost:
+            return f"ShardDown: {lost[0][1]}"
+        done = AsyncResult()
+        pending = [len(parts)]
+        errors = []
+
+        def stored(err):
+            if err is not None:
+                errors.append(err)
+            pending[0] -= 1
+            if not pending[0]:
+                done.set(None)
+        for spool, members in parts.items():
+            spool.put_group(members, gid, sender, cid, template, stored)
+        if parts:
+            done.get()
+        return f"{type(errors[0]).__name__}: {errors[0]}" if errors else None
 
     def _account(self, user):
         return self.accounts.stored(user)
@@ -280,3 +326,22 @@ class Homes:
                 self._blocked(user, others)
         except (NodeDown, RemoteError) as exc:
             log.warning("cluster: the users of %s not learnt (%s)", node, exc)
+
+
+class RemoteSpool:
+    """The offd of another node as a group fan-out sees it (Router.copies, Groups._event): a
+    copy for its users goes there in one request per fan-out, an event per member."""
+
+    def __init__(self, homes, node):
+        self.homes, self.node = homes, node
+
+    def __repr__(self):
+        return f"<RemoteSpool {self.node}>"
+
+    def put_group(self, users, gid, sender, cid, template, on_durable):
+        def done(ok, value):
+            on_durable(None if ok and value is None else RemoteError(value if ok else str(value)))
+        self.homes.link.request(self.node, "put_group", (users, gid, sender, cid, template.head), done)
+
+    def put(self, user, kind, frame, on_durable=None, force=False, **_):
+        self.homes.put(user, kind, frame, on_durable or (lambda err: None), force)

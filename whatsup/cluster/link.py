@@ -84,6 +84,8 @@ class Link:
         self.watchers = []     # callables(node, epoch, up): a node went down (up False) or came up
         self.pokes = None      # callable(pid) -> True when a poke for that remote pid is handled here
         self.reconnected = []  # callables(): Redis answers again after failing (it may have lost a tail)
+        self.blocking = set()  # services that may wait: run in order per session, off the inbox reader
+        self._serials = {}     # key -> deque of (name, args, pid, ref) waiting for its worker
         self.out = OutQueue(table)
         self.counters = collections.Counter()
         self.rtt = latency.REDIS
@@ -237,9 +239,9 @@ class Link:
             else:
                 self.due[(pid, ref)] = (eid, time.monotonic())
                 ack = False
-                self._run(name, (pid, ref, *args), pid, ref)
+                self._dispatch(pid, name, (pid, ref, *args), pid, ref)
         elif kind == "cast":
-            self._run(msg[1], msg[2])
+            self._dispatch(msg[1], msg[1], msg[2])
         elif kind == "call":
             gevent.spawn(self._serve_call, *msg[1:])
         elif kind == "answer":
@@ -263,6 +265,25 @@ class Link:
         except MailboxFull:  # as the router does: a session that stuck is closed, its items are in offd
             self.counters[Code.OVERLOADED] += 1
             self.table.kill(pid, ("closed", Code.OVERLOADED))
+
+    def _dispatch(self, key, name, args, pid=None, ref=None):
+        """Run a service now, or, if it may wait (``blocking``: a group operation waits for its
+        turn and its fsync), in a worker of ``key`` (the session it serves) that keeps their
+        order: the inbox reader never waits, so the answers it brings cannot deadlock."""
+        if name not in self.blocking:
+            return self._run(name, args, pid, ref)
+        queue = self._serials.get(key)
+        if queue is None:
+            queue = self._serials[key] = collections.deque()
+            gevent.spawn(self._serially, key, queue)
+        queue.append((name, args, pid, ref))
+
+    def _serially(self, key, queue):
+        try:
+            while queue:
+                self._run(*queue.popleft())
+        finally:
+            del self._serials[key]
 
     def _run(self, name, args, pid=None, ref=None):
         try:

@@ -281,6 +281,9 @@ class Router:
         parts, lost, waited = {}, [], False
         for n, user in enumerate(users, 1):
             try:
+                if self.remote is not None and not self.remote.here(user):  # one part per home node
+                    parts.setdefault(self.remote.spool_of(user), []).append(user)
+                    continue
                 spool = self.offd.current(user) if waited else self.offd.spool(user)
                 if spool is None:
                     raise ShardDown(f"the offd shard of {user} is restarting")
