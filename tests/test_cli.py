@@ -191,6 +191,21 @@ def test_a_bad_config_is_refused_in_one_line(tmp_path):
     assert "offd.shards must be at least 0" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_whatsupd_takes_any_setting_from_set_and_the_environment(make_server):
+    server = make_server(command=[sys.executable, "-m", "whatsup.cli.whatsupd", "--set", "protocol.max_body=1000"],
+                         env={"WHATSUP_PROTOCOL__IDLE_TIMEOUT": "42"})
+    with server.client() as c:
+        assert (c.hello["max_body"], c.hello["idle_timeout"]) == (1000, 42.0)
+
+
+def test_a_misspelt_setting_stops_whatsupd_in_one_line_naming_the_nearest(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "whatsup.cli.whatsupd", "--set", "session.windw=5"],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode != 0
+    assert proc.stderr == ("Error: --set session.windw=5: unknown setting 'session.windw'; "
+                           "did you mean session.window?\n")
+
+
 def test_the_shipped_config_is_the_generated_one():
     with open(os.path.join(ROOT, "etc", "whatsupd.toml")) as f:
         assert f.read() == config.render_toml(), "regenerate: python3 -m whatsup.config > etc/whatsupd.toml"

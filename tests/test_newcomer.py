@@ -84,8 +84,8 @@ def test_a_log_level_outside_the_choices_is_one_line(tmp_path):
     cfg.write_text('[server]\nlog_level = "verbose"\n')
     out = run(sys.executable, "-m", "whatsup.cli.whatsupd", "--config", str(cfg))
     assert out.returncode != 0 and "Traceback" not in out.stderr
-    assert out.stderr.strip() == ("Error: server.log_level must be one of debug, info, warning, error, "
-                                  "got 'verbose'")
+    assert out.stderr.strip() == (f"Error: {cfg}: server.log_level must be one of debug, info, warning, "
+                                  "error, got 'verbose'")
 
 
 @pytest.mark.parametrize("listen, warned", [("0.0.0.0:7222", True), ("[::]:7222", True),

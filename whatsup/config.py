@@ -4,6 +4,7 @@
 fails when etc/whatsupd.toml drifts from it.
 """
 import dataclasses
+import difflib
 import os
 import sys
 import tomllib
@@ -30,7 +31,7 @@ SETTINGS = (
             "$XDG_DATA_HOME/whatsup (~/.local/share/whatsup)"),
     Setting("server.log_level", str, "info", "how much whatsupd logs", choices=("debug", "info", "warning", "error")),
     Setting("server.log_format", str, "text", "text (for people) or json (one object per line: time, "
-            "level, logger, node, pid, message, and user when a session logged it)"),
+            "level, logger, node, pid, message, and user when a session logged it)", choices=("text", "json")),
     Setting("server.node", str, "whatsup@localhost", "this node's name; pids carry it"),
     Setting("server.max_connections", int, 50_000, "open client connections at most (all listeners); "
             "when full the node stops accepting until one ends", 1),
@@ -130,7 +131,7 @@ SETTINGS = (
             "needs whatsup-reshard", 0),
     Setting("accounts.registration", str, "open", "who may register: open (anyone), invite (with a "
             "token from `whatsupctl invites create`) or closed (only the operator, `whatsupctl users "
-            "register`)"),
+            "register`)", choices=("open", "invite", "closed")),
     Setting("accounts.invite_days", float, 7.0, "days an invite stays valid unless `invites create "
             "--days` says otherwise", 0.0),
     Setting("accounts.user_invites", int, 0, "valid invites one user may hold at once, made with the "
@@ -197,36 +198,79 @@ class ConfigError(Exception):
     """A configuration the node refuses to start with; the message is one line."""
 
 
+def _section_classes():
+    """One frozen dataclass per [section], a typed field per setting: ``cfg.session.window``."""
+    fields = {}
+    for s in SETTINGS:
+        section, key = s.name.split(".", 1)
+        fields.setdefault(section, []).append((key, s.type))
+    classes = {}
+    for section, keys in fields.items():
+        cls = classes[section] = dataclasses.make_dataclass(f"{section.capitalize()}Settings", keys, frozen=True)
+        cls.__module__ = __name__
+    return classes
+
+
+SECTIONS = _section_classes()
+
+
 class Config:
-    """Resolved settings; read as ``cfg.offd.max_queue`` or ``cfg["offd.max_queue"]``."""
+    """Resolved and validated settings, read as ``cfg.offd.max_queue``: each [section] is a frozen
+    dataclass generated from SETTINGS, so a misspelt name is an AttributeError where it is
+    written, not a KeyError when it is first read."""
 
     def __init__(self, values):
-        self._values = dict(values)
-
-    def __getitem__(self, name):
-        return self._values[name]
-
-    def __getattr__(self, section):
-        prefix = section + "."
-        found = {k[len(prefix):]: v for k, v in self._values.items() if k.startswith(prefix)}
-        if not found:
-            raise AttributeError(section)
-        return _Section(found)
+        for section, cls in SECTIONS.items():
+            setattr(self, section, cls(**{f.name: values[f"{section}.{f.name}"]
+                                          for f in dataclasses.fields(cls)}))
 
     def __repr__(self):
-        return f"<Config {self._values!r}>"
+        return f"<Config {self.as_dict()!r}>"
 
     def as_dict(self):
-        return dict(self._values)
+        """``{"section.key": value}`` of every setting."""
+        return {f"{section}.{key}": value for section in SECTIONS
+                for key, value in vars(getattr(self, section)).items()}
 
     @property
     def data_dir(self):
-        return self["server.data_dir"] or _default_data_dir()
+        return self.server.data_dir or _default_data_dir()
 
 
-class _Section:
-    def __init__(self, values):
-        self.__dict__.update(values)
+ENV_PREFIX = "WHATSUP_"
+
+
+def env_name(name):
+    """The environment variable of setting ``name``: server.data_dir is WHATSUP_SERVER__DATA_DIR."""
+    section, key = name.split(".", 1)
+    return f"{ENV_PREFIX}{section.upper()}__{key.upper()}"
+
+
+def _setting(name, where):
+    """The Setting called ``name``; an unknown one is refused in one line naming the nearest."""
+    try:
+        return BY_NAME[name]
+    except KeyError:
+        nearest = difflib.get_close_matches(name, BY_NAME, n=1, cutoff=0.0)
+        raise ConfigError(f"{where}: unknown setting {name!r}; did you mean {nearest[0]}?") from None
+
+
+def parse(setting, text):
+    """``text`` (from the command line or the environment) as a value of ``setting``'s type."""
+    if setting.type is str:
+        return text
+    if setting.type is bool:
+        word = text.strip().lower()
+        if word in ("true", "yes", "on", "1"):
+            return True
+        if word in ("false", "no", "off", "0"):
+            return False
+    else:
+        try:
+            return setting.type(text)
+        except ValueError:
+            pass
+    raise ConfigError(f"{setting.name} must be {setting.type.__name__}, got {text!r}")
 
 
 def _coerce(setting, value):
@@ -241,26 +285,63 @@ def _coerce(setting, value):
     return value
 
 
-def load(path=None, overrides=None):
-    """Defaults, then the TOML file at ``path``, then ``overrides`` (name -> value, None skipped)."""
+def _from_file(path):
+    """``[(where, name, value)]`` of the TOML file at ``path``."""
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from None
+    found = []
+    for section, table in doc.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: top-level key {section!r} must be a [section]")
+        found += [(path, f"{section}.{key}", value) for key, value in table.items()]
+    return found
+
+
+def _from_env(env):
+    """``[(where, name, text)]`` of the ``WHATSUP_SECTION__KEY`` variables in ``env`` (the
+    client's own variables, like WHATSUP_SERVER, have no double underscore)."""
+    found = []
+    for var, text in sorted(env.items()):
+        if var.startswith(ENV_PREFIX) and "__" in var:
+            section, _, key = var[len(ENV_PREFIX):].lower().partition("__")
+            found.append((f"environment {var}", f"{section}.{key}", text))
+    return found
+
+
+def _from_sets(sets):
+    """``[(where, name, text)]`` of ``--set section.key=value`` options."""
+    found = []
+    for item in sets:
+        name, eq, text = item.partition("=")
+        if not eq:
+            raise ConfigError(f"--set {item}: expected section.key=value")
+        found.append((f"--set {item}", name.strip(), text))
+    return found
+
+
+def load(path=None, overrides=None, env=None, sets=()):
+    """Defaults, then the TOML file at ``path``, then the ``WHATSUP_SECTION__KEY`` variables of
+    ``env``, then ``sets`` (``section.key=value`` texts), then ``overrides`` (name -> value,
+    None skipped): each later source wins. Raises ConfigError (one line) on anything wrong."""
     values = {s.name: s.default for s in SETTINGS}
-    if path:
+    found = [(where, name, value, False) for where, name, value in (_from_file(path) if path else ())]
+    found += [(where, name, text, True) for where, name, text in _from_env(env or {}) + _from_sets(sets)]
+    found += [("", name, value, False) for name, value in (overrides or {}).items() if value is not None]
+    for where, name, value, text in found:
+        setting = _setting(name, where)
         try:
-            with open(path, "rb") as f:
-                doc = tomllib.load(f)
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"cannot read config {path}: {exc}") from None
-        for section, table in doc.items():
-            if not isinstance(table, dict):
-                raise ConfigError(f"{path}: top-level key {section!r} must be a [section]")
-            for key, value in table.items():
-                name = f"{section}.{key}"
-                if name not in BY_NAME:
-                    raise ConfigError(f"{path}: unknown setting {name}")
-                values[name] = _coerce(BY_NAME[name], value)
-    for name, value in (overrides or {}).items():
-        if value is not None:
-            values[name] = _coerce(BY_NAME[name], value)
+            values[name] = _coerce(setting, parse(setting, value) if text else value)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}" if where else str(exc)) from None
+    _check_together(values)
+    return Config(values)
+
+
+def _check_together(values):
+    """The rules that tie settings to each other."""
     if values["protocol.max_body"] > values["protocol.max_frame"] - 512:
         raise ConfigError("protocol.max_body must be at least 512 bytes below protocol.max_frame")
     if values["session.max_outbound"] < 4 * values["protocol.max_frame"]:
@@ -269,21 +350,18 @@ def load(path=None, overrides=None):
         raise ConfigError("accounts.max_password must be at least accounts.min_password")
     if values["mailbox.session"] < values["session.max_inflight"] + 64:
         raise ConfigError("mailbox.session must exceed session.max_inflight by 64 at least")
-    if values["server.log_format"] not in ("text", "json"):
-        raise ConfigError("server.log_format must be text or json")
-    if values["accounts.registration"] not in ("open", "invite", "closed"):
-        raise ConfigError("accounts.registration must be open, invite or closed")
     if values["cluster.block"] >= values["cluster.timeout"]:
         raise ConfigError("cluster.block must be below cluster.timeout (a longer BLOCK is a timeout)")
     if bool(values["tls.listen"]) != bool(values["tls.certfile"] and values["tls.keyfile"]):
         raise ConfigError("tls.listen, tls.certfile and tls.keyfile go together")
-    return Config(values)
 
 
 def render_toml():
     """The commented default configuration, as shipped in etc/whatsupd.toml."""
     lines = ["# whatsupd configuration. Every setting is shown with its default.",
-             "# Generated by `python -m whatsup.config`; edit a copy and pass it with --config."]
+             "# Generated by `python -m whatsup.config`; edit a copy and pass it with --config.",
+             "# Any setting can also be given as WHATSUP_SECTION__KEY=value in the environment",
+             "# (WHATSUP_SESSION__WINDOW=500) or as --set section.key=value (that wins)."]
     section = None
     for s in SETTINGS:
         sec, key = s.name.split(".", 1)

@@ -102,11 +102,11 @@ class Listener:
     def init(proc, node):
         servers = []
         try:
-            node.server = Listener._listen(node, node.cfg["server.listen"], node.server)
+            node.server = Listener._listen(node, node.cfg.server.listen, node.server)
             servers.append(node.server)
-            if node.cfg["tls.listen"]:
-                tls = server_context(node.cfg["tls.certfile"], node.cfg["tls.keyfile"])
-                node.tls_server = Listener._listen(node, node.cfg["tls.listen"], node.tls_server, tls)
+            if node.cfg.tls.listen:
+                tls = server_context(node.cfg.tls.certfile, node.cfg.tls.keyfile)
+                node.tls_server = Listener._listen(node, node.cfg.tls.listen, node.tls_server, tls)
                 servers.append(node.tls_server)
         except StartFailed:
             for server in servers:
@@ -120,7 +120,7 @@ class Listener:
         if previous is not None:  # a restart keeps the port an ephemeral ":0" got the first time
             host, port = previous.address[:2]
         server = GatedServer((host, port), node._connection, node.pool, node.gate, node.counters, tls,
-                             node.cfg["protocol.login_timeout"])
+                             node.cfg.protocol.login_timeout)
         try:
             server.start()
         except OSError as exc:
@@ -144,49 +144,49 @@ class Node:
         self.server_name = f"whatsup/{__version__}"
         self.node_id = None  # the data dir's identity, read at start
         self.data_dir = os.path.abspath(cfg.data_dir)
-        self.table = ProcessTable(cfg["server.node"])
+        self.table = ProcessTable(cfg.server.node)
         self.timers = Timers(self.table)  # the sessions' deadlines (idle, login, send timeouts)
         self.sm = SessionManager()
         self.counters = collections.Counter()
-        wait = cfg["runtime.restart_wait"]
+        wait = cfg.runtime.restart_wait
         accounts_dir, offd_dir = (os.path.join(self.data_dir, store) for store in ("accounts", "offd"))
         self.accounts = AccountStore(
-            self.table, accounts_dir, shard_count(accounts_dir, cfg["accounts.shards"]),
-            cfg["accounts.scrypt_n"], cfg["accounts.hash_threads"], wait,
-            Admission(cfg["accounts.hash_threads"], cfg["auth.max_waiting"], cfg["auth.checks_per_ip"],
-                      cfg["auth.checks_per_prefix"], Code.BUSY),
-            KnownLogins(cfg["auth.known_logins"], cfg["auth.known_ttl"]),
-            KeyedLimiter(cfg["auth.ip_registrations"], cfg["auth.failure_window"]), cfg["accounts.hash_nice"])
-        self.offd = Offd(self.table, offd_dir, shard_count(offd_dir, cfg["offd.shards"]),
-                         cfg["offd.segment_bytes"], cfg["offd.max_queue"], cfg["offd.expiry_days"], wait,
-                         cfg["session.dedup_window"],  # the router's callbacks (it is made next):
+            self.table, accounts_dir, shard_count(accounts_dir, cfg.accounts.shards),
+            cfg.accounts.scrypt_n, cfg.accounts.hash_threads, wait,
+            Admission(cfg.accounts.hash_threads, cfg.auth.max_waiting, cfg.auth.checks_per_ip,
+                      cfg.auth.checks_per_prefix, Code.BUSY),
+            KnownLogins(cfg.auth.known_logins, cfg.auth.known_ttl),
+            KeyedLimiter(cfg.auth.ip_registrations, cfg.auth.failure_window), cfg.accounts.hash_nice)
+        self.offd = Offd(self.table, offd_dir, shard_count(offd_dir, cfg.offd.shards),
+                         cfg.offd.segment_bytes, cfg.offd.max_queue, cfg.offd.expiry_days, wait,
+                         cfg.session.dedup_window,  # the router's callbacks (it is made next):
                          devices=self.accounts.devices, on_ready=lambda user: self.router.poke(user),
                          carry=lambda sender, first, last: self.router.dedup.entries(sender, first, last),
                          on_up=lambda spool, restarted: self.router.shard_up(spool, restarted))
         self.blocks = Blocks(self.accounts)
         self.push = Push(cfg, self.sm, self.offd, self.timers)
         self.link = self.homes = None  # a cluster's (cluster.map): whatsup/cluster/
-        if cfg["cluster.map"]:
-            self.link = Link(self.table, cluster_map.load(cfg["cluster.map"]), cfg["server.node"],
+        if cfg.cluster.map:
+            self.link = Link(self.table, cluster_map.load(cfg.cluster.map), cfg.server.node,
                              ClusterOptions.from_config(cfg))
-            self.homes = Homes(self.link, self.sm, self.offd, self.accounts, cfg["session.window"],
-                               cfg["session.max_outbound"] // 2)
+            self.homes = Homes(self.link, self.sm, self.offd, self.accounts, cfg.session.window,
+                               cfg.session.max_outbound // 2)
             self.accounts.away = self.homes
         self.router = Router(self.table, self.sm, self.offd, self.accounts, self.blocks,
-                             cfg["session.dedup_window"], offline=self.push.queued, remote=self.homes)
-        self.groups = Groups(self.router, self.offd, self.accounts, cfg["groups.max_members"],
-                             cfg["groups.fanout_chunk"], cfg["groups.sender_budget"],
-                             Pacer(cfg["groups.sender_copies"], cfg["session.rate_burst"]))
+                             cfg.session.dedup_window, offline=self.push.queued, remote=self.homes)
+        self.groups = Groups(self.router, self.offd, self.accounts, cfg.groups.max_members,
+                             cfg.groups.fanout_chunk, cfg.groups.sender_budget,
+                             Pacer(cfg.groups.sender_copies, cfg.session.rate_burst))
         self.presence = Presence(self.sm, self.accounts, self.blocks, self.groups)
         self.failed_logins = Guesses({  # "user" / "ip" / "prefix" -> limiter of failed password checks
-            "user": KeyedLimiter(cfg["auth.user_failures"], cfg["auth.failure_window"]),
-            "ip": KeyedLimiter(cfg["auth.ip_failures"], cfg["auth.failure_window"]),
-            "prefix": KeyedLimiter(cfg["auth.prefix_failures"], cfg["auth.failure_window"])})
+            "user": KeyedLimiter(cfg.auth.user_failures, cfg.auth.failure_window),
+            "ip": KeyedLimiter(cfg.auth.ip_failures, cfg.auth.failure_window),
+            "prefix": KeyedLimiter(cfg.auth.prefix_failures, cfg.auth.failure_window)})
         self.lifecycle = Lifecycle(self.sm, self.router, self.accounts, self.offd, self.groups, self.blocks,
-                                   self.presence, vars(cfg.accounts), cfg["accounts.name_reuse_days"],
+                                   self.presence, vars(cfg.accounts), cfg.accounts.name_reuse_days,
                                    self.failed_logins)
-        self.registration = Registration(cfg["accounts.registration"], cfg["accounts.invite_days"],
-                                         self.lifecycle.is_retired, cfg["accounts.user_invites"])
+        self.registration = Registration(cfg.accounts.registration, cfg.accounts.invite_days,
+                                         self.lifecycle.is_retired, cfg.accounts.user_invites)
         if self.homes is not None:
             self.homes.wire(self.router, self.presence, self.blocks, self.groups)
             self.link.services.update({"summary": self.summary,
@@ -194,15 +194,15 @@ class Node:
         self.registry = ShardRegistry()
         self.registry.add(self.accounts.industry)
         self.registry.add(self.offd.industry)
-        self.backdoor = Backdoor(self, cfg["shell.listen"])
-        self.pool = Pool(connection_cap(cfg["server.max_connections"]))
-        self.gate = ConnectionGate(cfg["server.max_connections_per_ip"], cfg["server.unauthenticated_per_ip"],
-                                   cfg["server.unauthenticated_per_prefix"], {
-                                       "ip": KeyedLimiter(cfg["server.flood_closes"], FLOOD_WINDOW),
-                                       "prefix": KeyedLimiter(10 * cfg["server.flood_closes"], FLOOD_WINDOW)})
+        self.backdoor = Backdoor(self, cfg.shell.listen)
+        self.pool = Pool(connection_cap(cfg.server.max_connections))
+        self.gate = ConnectionGate(cfg.server.max_connections_per_ip, cfg.server.unauthenticated_per_ip,
+                                   cfg.server.unauthenticated_per_prefix, {
+                                       "ip": KeyedLimiter(cfg.server.flood_closes, FLOOD_WINDOW),
+                                       "prefix": KeyedLimiter(10 * cfg.server.flood_closes, FLOOD_WINDOW)})
         self.server = self.tls_server = None
         self.root = None
-        self.metrics = metrics.Exporter(self, cfg["metrics.listen"])
+        self.metrics = metrics.Exporter(self, cfg.metrics.listen)
         self.started = None
         self.exit_code = 0
         self.stopped = Event()
@@ -281,7 +281,7 @@ class Node:
 
     def _tree(self):
         cfg = self.cfg
-        intensity = dict(max_restarts=cfg["runtime.max_restarts"], period=cfg["runtime.restart_period"])
+        intensity = dict(max_restarts=cfg.runtime.max_restarts, period=cfg.runtime.restart_period)
 
         def supervisor(name, strategy, children):
             return Child(name, lambda: self.table.start(Supervisor, SupSpec(strategy, tuple(children),
@@ -293,7 +293,7 @@ class Node:
             supervisor("accounts", "one_for_one", self.accounts.children()),
             supervisor("offd", "one_for_one", self.offd.children()),
             Child("social", self._social),
-            ticker("maintenance", cfg["offd.maintenance_interval"], self._maintain),
+            ticker("maintenance", cfg.offd.maintenance_interval, self._maintain),
             *([supervisor("cluster", "one_for_one", self.link.children())] if self.link is not None else []),
             supervisor("sessions", "one_for_one", ()),
             ticker("sweeper", SWEEP, self._sweep),
@@ -305,10 +305,10 @@ class Node:
         """The control socket's server (whatsupctl) and the push sender, last: a crash restarts
         them alone."""
         children = []
-        path = control_path(self.cfg["control.socket"], self.data_dir)
+        path = control_path(self.cfg.control.socket, self.data_dir)
         if path is not None:
             children.append(Child("control", lambda: self.table.start(ControlServer, self, path, name="control")))
-        if self.cfg["push.url"]:
+        if self.cfg.push.url:
             children.append(Child("push", lambda: self.table.start(PushWorker, self.push, name="push")))
         interval = sdnotify.watchdog_interval()
         if interval is not None:  # systemd's WatchdogSec: pings from the hub (a frozen hub stops them)
@@ -352,7 +352,7 @@ class Node:
     def _connection(self, sock, addr):
         """StreamServer handler: this connection's greenlet becomes its session process."""
         proc = Process(self.table, Session, (self, sock, addr), entity=f"{addr[0]}:{addr[1]}",
-                       mailbox_max=self.cfg["mailbox." + Session.kind])
+                       mailbox_max=getattr(self.cfg.mailbox, Session.kind))
         logformat.mark(proc)  # its log lines can name its user (server.log_format = "json")
         try:
             adopt(self.table, "sessions", proc)

@@ -40,10 +40,10 @@ class Limits(NamedTuple):
 @functools.lru_cache(maxsize=4)
 def limits(cfg):
     """The Limits of ``cfg``: one object shared by every connection."""
-    return Limits(cfg["protocol.max_frame"], cfg["protocol.max_body"], cfg["protocol.login_timeout"],
-                  cfg["protocol.idle_timeout"], cfg["protocol.send_timeout"], cfg["session.max_inflight"],
-                  cfg["session.max_outbound"], cfg["session.window"], cfg["session.rate_burst"],
-                  cfg["session.rate_strikes"], vars(cfg.ratelimit))
+    return Limits(cfg.protocol.max_frame, cfg.protocol.max_body, cfg.protocol.login_timeout,
+                  cfg.protocol.idle_timeout, cfg.protocol.send_timeout, cfg.session.max_inflight,
+                  cfg.session.max_outbound, cfg.session.window, cfg.session.rate_burst,
+                  cfg.session.rate_strikes, vars(cfg.ratelimit))
 
 
 class Close(Exception):

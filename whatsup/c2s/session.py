@@ -375,7 +375,7 @@ class Session:
         keys = (("user", user), ("ip", ip), ("prefix", prefix(ip)))
         try:
             verified = node.failed_logins.attempt(keys, lambda: (
-                len(f["password"]) <= node.cfg["accounts.max_password"]  # no hash of a longer one
+                len(f["password"]) <= node.cfg.accounts.max_password  # no hash of a longer one
                 and node.accounts.verify(user, f["password"], ip)))
         except Refused as exc:
             raise ProtocolError(exc.code, str(exc), ref, exc.retry_after) from None

@@ -34,10 +34,10 @@ def main(config_path, data_dir, offd_shards, accounts_shards):
     directory = os.path.abspath(cfg.data_dir)
     if not os.path.isdir(directory):
         raise click.ClickException(f"no data dir at {directory}")
-    wanted = {"offd": cfg["offd.shards"], "accounts": cfg["accounts.shards"]}
+    wanted = {"offd": cfg.offd.shards, "accounts": cfg.accounts.shards}
     if not any(wanted.values()):
         raise click.ClickException("give the new counts: --offd-shards N and/or --accounts-shards N")
-    options = (cfg["offd.segment_bytes"], cfg["offd.max_queue"], cfg["offd.expiry_days"])
+    options = (cfg.offd.segment_bytes, cfg.offd.max_queue, cfg.offd.expiry_days)
     progress = Progress()
     try:
         reshard(directory, wanted["offd"], wanted["accounts"], options, say=click.echo,

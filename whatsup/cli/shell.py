@@ -47,7 +47,7 @@ def _address(socket_path, data_dir, config_path):
         return "unix", socket_path
     cfg = load_config(config_path, {"server.data_dir": data_dir})
     try:
-        kind, address = parse_listen(cfg["shell.listen"], cfg.data_dir)
+        kind, address = parse_listen(cfg.shell.listen, cfg.data_dir)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     if kind == "off":

@@ -83,7 +83,7 @@ def main(ctx, socket, data_dir, config_path, as_json, timeout):
     """Administer a running whatsup node: users, sessions, queues, groups, invites, stats."""
     if socket is None:
         cfg = load_config(config_path, {"server.data_dir": data_dir})
-        socket = socket_path(cfg["control.socket"], cfg.data_dir)
+        socket = socket_path(cfg.control.socket, cfg.data_dir)
         if socket is None:
             raise click.ClickException('the control socket is off in this configuration (control.socket = "off")')
     ctx.obj = Ctl(socket, timeout, as_json)

@@ -10,7 +10,7 @@ from .. import config
 from ..observe import logs
 from ..address import is_loopback, split
 from ..node import Node, StartError
-from . import load_config, setting_option, version_option
+from . import load_config, set_option, setting_option, version_option
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -19,12 +19,16 @@ from . import load_config, setting_option, version_option
 @setting_option("--listen", "server.listen")
 @setting_option("--data-dir", "server.data_dir")
 @setting_option("--log-level", "server.log_level")
+@set_option()
 @version_option("whatsupd")
-def main(config_path, listen, data_dir, log_level):
-    """Run a whatsup node until SIGTERM or SIGINT (exit status 1 if its supervision tree gave up)."""
+def main(config_path, listen, data_dir, log_level, sets):
+    """Run a whatsup node until SIGTERM or SIGINT (exit status 1 if its supervision tree gave up).
+
+    Settings come from the defaults, then --config, then WHATSUP_SECTION__KEY variables, then
+    --set, then the options below; a misspelt setting name stops it with the nearest name."""
     cfg = load_config(config_path, {"server.listen": listen, "server.data_dir": data_dir,
-                                    "server.log_level": log_level})
-    logs.setup(cfg["server.log_level"].upper(), fmt=cfg["server.log_format"], node=cfg["server.node"])
+                                    "server.log_level": log_level}, sets)
+    logs.setup(cfg.server.log_level.upper(), fmt=cfg.server.log_format, node=cfg.server.node)
     warn_plaintext(cfg)
     raise_nofile()
     try:
@@ -52,11 +56,11 @@ def raise_nofile():
 
 def warn_plaintext(cfg):
     """One line when clients would send passwords and messages in clear over a network."""
-    host = split(cfg["server.listen"], default_host="")[0]
+    host = split(cfg.server.listen, default_host="")[0]
     if not is_loopback(host):
         logging.getLogger("whatsup").warning(
             "clients on %s talk plain TCP, unencrypted (passwords too): keep server.listen on loopback "
-            "and give other hosts tls.listen", cfg["server.listen"])
+            "and give other hosts tls.listen", cfg.server.listen)
 
 
 def tune_gc():

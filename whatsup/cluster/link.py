@@ -56,7 +56,7 @@ class Options(NamedTuple):
 
     @classmethod
     def from_config(cls, cfg):
-        return cls(*(cfg[f"cluster.{name}"] for name in cls._fields))
+        return cls(*(getattr(cfg.cluster, name) for name in cls._fields))
 
 
 class NodeDown(ShardDown):

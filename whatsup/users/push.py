@@ -123,10 +123,10 @@ class Push:
     """The node's push service: devices' tokens (a durable Table), the schedule, the counters."""
 
     def __init__(self, cfg, sm, offd, timers, clock=time.monotonic):
-        self.url, self.include_content, self.timeout = cfg["push.url"], cfg["push.include_content"], cfg["push.timeout"]
+        self.url, self.include_content, self.timeout = cfg.push.url, cfg.push.include_content, cfg.push.timeout
         self.sm, self.offd, self.timers, self.clock = sm, offd, timers, clock
-        self.schedule = Schedule(cfg["push.delay"], cfg["push.backoff"], cfg["push.backoff_max"],
-                                 cfg["push.retries"], cfg["push.breaker_failures"], cfg["push.breaker_cooldown"])
+        self.schedule = Schedule(cfg.push.delay, cfg.push.backoff, cfg.push.backoff_max,
+                                 cfg.push.retries, cfg.push.breaker_failures, cfg.push.breaker_cooldown)
         self.devices = {}   # user -> {"kind", "token"}
         self.table = None
         self.pid = None     # the PushWorker, while it runs
