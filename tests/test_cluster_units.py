@@ -1,5 +1,6 @@
 """The cluster package against a real redis-server: the map, the engine's timeouts, the
 directory's epochs and leases, the inboxes (whatsup/cluster/)."""
+import os
 import time
 
 import gevent
@@ -12,6 +13,7 @@ from whatsup.cluster.link import Link, Options
 from whatsup.runtime import ProcessTable
 from whatsup.runtime.process import Pid
 from whatsup.runtime.supervisor import SupSpec, Supervisor
+from whatsup.testing import Recorder
 
 FAST = Options(timeout=1.0, block=0.2, lease=0.6, retry_for=3.0, request_timeout=3.0, batch=64)
 
@@ -40,6 +42,8 @@ def test_the_map_places_every_shard_once_and_refuses_gaps_and_overlaps(tmp_path)
     path.write_text(cmap.render("redis://127.0.0.1:1/0", 6, {n: {"shards": s, "listen": "127.0.0.1:1"}
                                                              for n, s in cmap.spread(["a", "b", "c"], 6).items()}))
     assert cmap.load(path).fingerprint() == m.fingerprint()
+    shipped = cmap.load(os.path.join(os.path.dirname(__file__), "..", "etc", "cluster.toml"))
+    assert sorted(shipped.owner) == sorted(shipped.nodes) * (shipped.shards // len(shipped.nodes))
 
 
 def test_a_block_longer_than_the_timeout_fails_at_once_and_never_blocks_the_hub(redis_server):
@@ -97,20 +101,6 @@ def test_a_placement_of_a_lapsed_or_older_boot_is_absent_and_reaped(redis_server
     assert r.hget("whatsup:where", "bob") is None
 
 
-class Echo:
-    """A process that records what it receives."""
-    kind = "echo"
-
-    @staticmethod
-    def init(proc, got):
-        return got
-
-    @staticmethod
-    def handle_info(proc, msg, got):
-        got.append(msg)
-        return got
-
-
 @pytest.fixture
 def node(redis_server):
     """``node(name)``: a node's process table with its link running (inbox, outbox, lease) in
@@ -135,7 +125,7 @@ def test_a_send_to_a_pid_on_another_node_lands_in_its_mailbox(node):
     ta, a, _ = node("a")
     tb, b, _ = node("b")
     got = []
-    pid = tb.spawn(Echo, got)
+    pid = tb.spawn(Recorder, got)
     wait_for(lambda: "b" in a.live)
     ta.send(pid, ("reply", {"type": "ok", "ref": 1}))
     ta.notify(pid, ("poke",))
@@ -150,7 +140,7 @@ def test_a_served_request_stays_pending_until_answered_and_a_restarted_node_serv
     tb, b, rootb = node("b")
     wait_for(lambda: "b" in a.live and "a" in b.live)
     got, served = [], []
-    session = ta.spawn(Echo, got)
+    session = ta.spawn(Recorder, got)
     b.services["message"] = lambda pid, ref, body: served.append((pid, ref, body))
     a.forward("b", session, 1, "message", "hi")
     wait_for(lambda: served)
@@ -174,7 +164,7 @@ def test_a_request_to_a_node_whose_lease_lapses_fails_retryable_and_a_late_answe
     tb, b, rootb = node("b")
     wait_for(lambda: "b" in a.live)
     got = []
-    session = ta.spawn(Echo, got)
+    session = ta.spawn(Recorder, got)
     b.services["message"] = lambda pid, ref, body: None  # never answers
     tb.stop(rootb)  # b's lease is no longer renewed
     a.forward("b", session, 7, "message", "hi")
@@ -191,7 +181,7 @@ def test_traffic_pauses_while_redis_restarts_and_nothing_acknowledged_is_lost(no
     tb, b, _ = node("b")
     wait_for(lambda: "b" in a.live)
     got = []
-    pid = tb.spawn(Echo, got)
+    pid = tb.spawn(Recorder, got)
     for i in range(50):
         ta.send(pid, ("n", i))
     wait_for(lambda: len(got) == 50)

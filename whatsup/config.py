@@ -285,13 +285,18 @@ def _coerce(setting, value):
     return value
 
 
-def _from_file(path):
-    """``[(where, name, value)]`` of the TOML file at ``path``."""
+def read_toml(path, what="config"):
+    """The TOML document at ``path``; ConfigError (one line) if it cannot be read."""
     try:
         with open(path, "rb") as f:
-            doc = tomllib.load(f)
+            return tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read config {path}: {exc}") from None
+        raise ConfigError(f"cannot read {what} {path}: {exc}") from None
+
+
+def _from_file(path):
+    """``[(where, name, value)]`` of the TOML file at ``path``."""
+    doc = read_toml(path)
     found = []
     for section, table in doc.items():
         if not isinstance(table, dict):

@@ -60,6 +60,19 @@ class FakeClock:
         return self.now
 
 
+class Recorder:
+    """A process behaviour that keeps every message it receives in the list it was started with."""
+
+    @staticmethod
+    def init(proc, seen):
+        return seen
+
+    @staticmethod
+    def handle_info(proc, msg, seen):
+        seen.append(msg)
+        return seen
+
+
 def render(settings):
     """A TOML document from ``{"section.key": value}``."""
     sections = {}

@@ -55,7 +55,7 @@ class Homes:
             "attach": self._attach, "detach": self._detach, "acked": self._acked, "put": self._put,
             "account": self._account, "account_put": self._account_put, "users": self._users,
             "user": self._user, "route": self._route, "gone": self._gone, "blocks_of": self._blocks_of,
-            "blocked": self._blocked})
+            "blocked": self._blocked, "reattach": self._reattach})
 
     def __repr__(self):
         return f"<Homes remote_sessions={len(self.remote)} due={len(self.due)}>"
@@ -310,13 +310,19 @@ class Homes:
                 if pid.node == node:
                     self.presence.gone(pid)
             return
-        # the node is back (or new): sessions here whose user it homes register with it again
+        # the node is back (or new): sessions here whose user it homes register with it again, and
+        # it is asked to do the same for ours (it may have thought us down: a stalled hub, a partition)
+        self._reattach(node)
+        if node != self.link.node:
+            self.link.cast(node, "reattach", self.link.node)
+            gevent.spawn(self._learn_users, node)
+
+    def _reattach(self, node):
+        """Register with ``node`` every session here of a user it homes."""
         mine = [(user, device, pid) for user, devices in self.sm.sessions.items() if self.home(user) == node
                 for device, pid in devices.items() if pid.node == self.link.node]
         for user, device, pid in mine:
             self.link.cast(node, "attach", user, device, pid)
-        if node != self.link.node:
-            gevent.spawn(self._learn_users, node)
 
     def _learn_users(self, node):
         """What every node holds in RAM of the users ``node`` homes: their names, their block lists."""

@@ -17,10 +17,9 @@ at start (whatsup/cluster/directory.py): a node whose view differs refuses to st
     shards = [0, 1, 2, 3]
 """
 import json
-import tomllib
 import urllib.parse
 
-from ..config import ConfigError
+from ..config import ConfigError, read_toml
 from ..runtime.factory import shard_of
 
 
@@ -69,11 +68,7 @@ class ClusterMap:
 
 
 def load(path):
-    try:
-        with open(path, "rb") as f:
-            doc = tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise MapError(f"cannot read cluster map {path}: {exc}") from None
+    doc = read_toml(path, "cluster map")
     try:
         return ClusterMap(doc["redis"], int(doc["shards"]), doc["nodes"], doc.get("prefix", "whatsup"))
     except (KeyError, TypeError, ValueError) as exc:
