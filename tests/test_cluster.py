@@ -120,6 +120,8 @@ def test_the_shell_of_any_node_finds_a_session_and_looks_into_other_nodes(make_c
             assert ask(sh, f"{alice!r} in rpc({c!r}, 'i', {pid!r})")  # its state, as text
             assert ask(sh, "[(r['node'], r['up']) for r in nodes()]") == [(n, True) for n in sorted(cl.names)]
             assert ask(sh, f"[r['connections'] for r in nodes() if r['node'] == {c!r}]") == [1]
+            assert ask(sh, "stats(0.1)['metrics']['cluster_nodes_live']") == 3
+            assert ask(sh, "stats(0.1)['metrics']['cluster_events_total']['received']") > 0
 
 
 def test_a_group_with_members_homed_on_every_node_keeps_messages_and_changes_in_order(make_cluster):

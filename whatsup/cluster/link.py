@@ -358,7 +358,7 @@ class Link:
         for watcher in list(self.watchers):
             watcher(node, epoch, False)
         try:
-            self.directory.reap(node, epoch)
+            self.counters["reaped"] += self.directory.reap(node, epoch)
         except UNREACHABLE:
             pass  # its next start reaps it
 
