@@ -80,7 +80,7 @@ def spool_and_router(directory, options, window):
     sp.remember = window
     sp.open()
     inert = _Inert(sp)
-    routers.append(Router(inert, inert, inert, inert, inert, window))
+    routers.append(Router(inert, inert, inert, inert, inert, window, inert))
     routers[0].shard_up(sp, False)
     return sp, routers[0]
 

@@ -60,7 +60,7 @@ def test_send_to_a_full_mailbox_raises_and_queues_nothing():
 def test_the_router_closes_a_session_whose_mailbox_is_full_and_says_so_once(caplog):
     table, pid, gate, seen = spawn(mailbox_max=2, kind="session")
     proc = table.lookup(pid)
-    router = Router(table, None, None, None, None, 16)
+    router = Router(table, None, None, None, None, 16, None)
     table.send(pid, ("reply", 0))
     gevent.sleep(0)  # taken: the process now waits at the gate
     for i in range(1, 10):

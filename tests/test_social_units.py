@@ -76,7 +76,7 @@ class _Offd:
 
 def test_a_fan_out_waits_for_a_down_offd_shard_once_and_reports_its_members_lost():
     offd = _Offd(down={"b", "d"})
-    router = Router(None, None, offd, None, None, dedup_window=16)
+    router = Router(None, None, offd, None, None, dedup_window=16, timers=None)
     parts, lost = router.partition(["a", "b", "c", "d", "e"])
     assert parts == {"spool-of-a": ["a"], "spool-of-c": ["c"], "spool-of-e": ["e"]}
     assert [user for user, _ in lost] == ["b", "d"] and offd.waits == 1

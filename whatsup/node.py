@@ -7,6 +7,10 @@
     ├── offd       supervisor (one_for_one): offd shards 0..M-1
     ├── social     the groups, blocks, privacy, bans, retired names and invites tables
     │              (whatsup/store/tables.py)
+    ├── services   supervisor (one_for_one): the processes owning the router, presence,
+    │              blocks and the groups' membership (called directly by the sessions,
+    │              whatsup/runtime/service.py), and ``groups``: a supervisor adopting
+    │              one process per active group (whatsup/social/groups.py)
     ├── maintenance  ticker: offd compaction and expiry, cast to every shard
     ├── sessions   supervisor: every connection's session, adopted as a temporary child
     ├── sweeper    ticker: forgets forgiven failed logins, logs due log summaries
@@ -45,22 +49,25 @@ from . import __version__
 from .observe import logformat, logs, metrics, sdnotify, watchdog
 from .store.accounts import AccountStore
 from .c2s.admission import Admission, KnownLogins
+from .c2s.core import limits
+from .c2s.services import Services
 from .address import split as split_address
-from .social.blocking import Blocks
+from .social.blocking import Blocks, BlocksProcess
 from .config import ConfigError
 from .ctl.server import ControlServer, socket_path as control_path
 from .store.datadir import DataDirBusy, InsecureDataDir, ShardMismatch, identity, lock, secure, shard_count
-from .social.groups import Groups
+from .social.groups import SUPERVISOR as GROUP_SUPERVISOR, Groups, GroupsProcess
 from .users.lifecycle import Lifecycle
 from .c2s.listener import FD_RESERVE, ConnectionGate, GatedServer, connection_cap, server_context
 from .store.offd import Offd
 from .protocol import Code
-from .social.presence import Presence
+from .social.presence import Presence, PresenceProcess
 from .users.push import Push, PushWorker
 from .runtime.ratelimit import Guesses, KeyedLimiter, Pacer
 from .users.registration import Registration
-from .routing.router import Router
+from .routing.router import Router, RouterProcess
 from .runtime import Process, ProcessDead, ProcessTable, StartFailed
+from .runtime.process import strays
 from .runtime.industry import ShardRegistry, UnknownKind
 from .runtime.supervisor import NORMAL, Child, SupSpec, Supervisor, adopt, terminate_child
 from .runtime.ticker import Ticker
@@ -163,7 +170,7 @@ class Node:
                          devices=self.accounts.devices, on_ready=lambda user: self.router.poke(user),
                          carry=lambda sender, first, last: self.router.dedup.entries(sender, first, last),
                          on_up=lambda spool, restarted: self.router.shard_up(spool, restarted))
-        self.blocks = Blocks(self.accounts)
+        self.blocks = Blocks(self.accounts, lambda pid, ok: self.router.ok_when_durable(pid, ok))
         self.push = Push(cfg, self.sm, self.offd, self.timers)
         self.link = self.homes = None  # a cluster's (cluster.map): whatsup/cluster/
         if cfg.cluster.map:
@@ -173,11 +180,11 @@ class Node:
                                cfg.session.max_outbound // 2)
             self.accounts.away = self.homes
         self.router = Router(self.table, self.sm, self.offd, self.accounts, self.blocks,
-                             cfg.session.dedup_window, offline=self.push.queued, remote=self.homes)
-        self.groups = Groups(self.router, self.offd, self.accounts, cfg.groups.max_members,
-                             cfg.groups.fanout_chunk, cfg.groups.sender_budget,
+                             cfg.session.dedup_window, self.timers, offline=self.push.queued, remote=self.homes)
+        self.groups = Groups(self.table, self.timers, self.router, self.offd, self.accounts,
+                             cfg.groups.max_members, cfg.groups.fanout_chunk, cfg.groups.sender_budget,
                              Pacer(cfg.groups.sender_copies, cfg.session.rate_burst))
-        self.presence = Presence(self.sm, self.accounts, self.blocks, self.groups)
+        self.presence = Presence(self.sm, self.accounts, self.blocks, self.groups, self.router)
         self.failed_logins = Guesses({  # "user" / "ip" / "prefix" -> limiter of failed password checks
             "user": KeyedLimiter(cfg.auth.user_failures, cfg.auth.failure_window),
             "ip": KeyedLimiter(cfg.auth.ip_failures, cfg.auth.failure_window),
@@ -201,6 +208,7 @@ class Node:
                                        "ip": KeyedLimiter(cfg.server.flood_closes, FLOOD_WINDOW),
                                        "prefix": KeyedLimiter(10 * cfg.server.flood_closes, FLOOD_WINDOW)})
         self.server = self.tls_server = None
+        self.services = None  # what sessions use (c2s.services), made at start once node_id is known
         self.root = None
         self.metrics = metrics.Exporter(self, cfg.metrics.listen)
         self.started = None
@@ -245,6 +253,7 @@ class Node:
         try:
             self._lock = lock(self.data_dir)
             self.node_id = identity(self.data_dir)
+            self.services = self._services()
             self.backdoor.start()  # before recovery: the operator can look into a slow one
             self.metrics.start()
             self.accounts.check()
@@ -279,6 +288,15 @@ class Node:
         except UNREACHABLE as exc:
             raise StartError(f"cannot reach Redis at {self.link.map.redis} (cluster.map): {exc}") from None
 
+    def _services(self):
+        """The one Services every session gets (whatsup/c2s/services.py)."""
+        return Services(
+            limits=limits(self.cfg), account_rules=vars(self.cfg.accounts), server_name=self.server_name,
+            node_id=self.node_id, counters=self.counters, timers=self.timers, gate=self.gate,
+            failed_logins=self.failed_logins, sm=self.sm, accounts=self.accounts,
+            registration=self.registration, lifecycle=self.lifecycle, offd=self.offd, router=self.router,
+            groups=self.groups, presence=self.presence, blocks=self.blocks, push=self.push, homes=self.homes)
+
     def _tree(self):
         cfg = self.cfg
         intensity = dict(max_restarts=cfg.runtime.max_restarts, period=cfg.runtime.restart_period)
@@ -289,10 +307,17 @@ class Node:
 
         def ticker(name, interval, fn):
             return Child(name, lambda: self.table.start(Ticker, interval, fn, name=name, kind=name))
+
+        def service(name, behaviour, obj):
+            return Child(name, lambda: self.table.start(behaviour, obj, name=name))
         return SupSpec("rest_for_one", (
             supervisor("accounts", "one_for_one", self.accounts.children()),
             supervisor("offd", "one_for_one", self.offd.children()),
             Child("social", self._social),
+            supervisor("services", "one_for_one", (
+                service("router", RouterProcess, self.router), service("presence", PresenceProcess, self.presence),
+                service("blocks", BlocksProcess, self.blocks), service("membership", GroupsProcess, self.groups),
+                supervisor(GROUP_SUPERVISOR, "one_for_one", ()))),
             ticker("maintenance", cfg.offd.maintenance_interval, self._maintain),
             *([supervisor("cluster", "one_for_one", self.link.children())] if self.link is not None else []),
             supervisor("sessions", "one_for_one", ()),
@@ -318,8 +343,7 @@ class Node:
 
     def _social(self):
         """The process owning the groups, blocks and privacy tables; each (re)start reloads them."""
-        loaders = {"blocks": lambda t: self.blocks.open(t, self.router), "groups": self.groups.open,
-                   "privacy": lambda t: self.presence.open(t, self.router),
+        loaders = {"blocks": self.blocks.open, "groups": self.groups.open, "privacy": self.presence.open,
                    "bans": lambda t: self.lifecycle.open("bans", t),
                    "retired": lambda t: self.lifecycle.open("retired", t),
                    "invites": self.registration.open, "push": self.push.open}
@@ -351,7 +375,7 @@ class Node:
 
     def _connection(self, sock, addr):
         """StreamServer handler: this connection's greenlet becomes its session process."""
-        proc = Process(self.table, Session, (self, sock, addr), entity=f"{addr[0]}:{addr[1]}",
+        proc = Process(self.table, Session, (self.services, sock, addr), entity=f"{addr[0]}:{addr[1]}",
                        mailbox_max=getattr(self.cfg.mailbox, Session.kind))
         logformat.mark(proc)  # its log lines can name its user (server.log_format = "json")
         try:
@@ -406,6 +430,10 @@ class Node:
         self.table.stop(self.root, "shutdown", timeout=60.0)
         self.timers.stop()
         self._release()
+        left = strays(self.table)
+        if left:
+            log.error("greenlets left running after stop, outside every process: %s",
+                      ", ".join(repr(g) for g in left))
         log.info("stopped")
         self.stopped.set()
 

@@ -13,7 +13,6 @@ Tests drive it with a fake clock (tests/test_c2s.py); the end-to-end tests
 prove the adapter.
 """
 import collections
-import functools
 from typing import NamedTuple
 
 from .. import protocol
@@ -37,9 +36,8 @@ class Limits(NamedTuple):
     rates: dict  # {frame type: frames per second} of the [ratelimit] table
 
 
-@functools.lru_cache(maxsize=4)
 def limits(cfg):
-    """The Limits of ``cfg``: one object shared by every connection."""
+    """The Limits of ``cfg`` (the node makes one, shared by every connection: c2s.services)."""
     return Limits(cfg.protocol.max_frame, cfg.protocol.max_body, cfg.protocol.login_timeout,
                   cfg.protocol.idle_timeout, cfg.protocol.send_timeout, cfg.session.max_inflight,
                   cfg.session.max_outbound, cfg.session.window, cfg.session.rate_burst,

@@ -2,7 +2,8 @@
 
 The rules of a connection (order of frames, deadlines, flow control, rate
 limits) are the I/O-free core in whatsup/c2s/core.py; this is its adapter: the
-socket, the process, and the calls into the router, offd and accounts.
+socket, the process, and the calls into the router, offd and accounts — the
+services of whatsup/c2s/services.py, which are all a session can reach.
 
 The connection's greenlet *is* the process. The socket does not get a reader
 greenlet of its own: a libev read watcher hands each chunk of bytes to the
@@ -22,7 +23,7 @@ Mailbox messages::
     ("items", [body, ...])              queued items pushed by the user's home node (a cluster)
     ("replaced",)                       the user logged in elsewhere
     ("close", code, message)            the operator or the account closes it (banned, kicked...)
-    ("tick",)                           a deadline of this session may be due (node.timers, coalesced)
+    ("tick",)                           a deadline of this session may be due (services.timers, coalesced)
     ("shutdown",)                       the node is stopping
 
 Outgoing frames are gathered in one buffer while the mailbox has more to do
@@ -61,16 +62,16 @@ log = logging.getLogger("whatsup.session")
 #: What a non-blocking socket (plain or TLS) raises when it has nothing to give or take now.
 WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 READ_SIZE = 65536
-TICK = ("tick",)  # one tuple for every deadline entry in node.timers
+TICK = ("tick",)  # one tuple for every deadline entry in services.timers
 
 
 class SessionState(c2s.Conn):
     """Everything a session knows: the connection's core state (c2s.Conn) and its socket; kept
     apart from the code so a reload can swap the code."""
 
-    def __init__(self, node, sock, addr):
-        super().__init__(c2s.limits(node.cfg), time.monotonic)
-        self.node = node
+    def __init__(self, services, sock, addr):
+        super().__init__(services.limits, time.monotonic)
+        self.services = services
         self.sock = sock
         self.addr = addr
         self.fd = sock.fileno()
@@ -89,15 +90,15 @@ class Session:
     vsn = 1
 
     @staticmethod
-    def init(proc, node, sock, addr):
-        st = SessionState(node, sock, addr)
+    def init(proc, services, sock, addr):
+        st = SessionState(services, sock, addr)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         sock.settimeout(0.0)
         st.watcher = gevent.get_hub().loop.io(st.fd, 1)  # the write watcher only once one is needed
         Session._read_on(proc, st)
         Session._arm(proc, st)
-        node.counters["connections"] += 1
+        services.counters["connections"] += 1
         return st
 
     @staticmethod
@@ -150,18 +151,18 @@ class Session:
             Session._write(proc, st)
         except OSError:
             pass
-        st.node.presence.gone(proc.pid)
-        homes = st.node.homes
+        st.services.presence.gone(proc.pid)
+        homes = st.services.homes
         if homes is not None:
             homes.gone(proc.pid)
         remote = st.user is not None and homes is not None and not homes.here(st.user)
-        if st.user is not None and st.node.sm.unregister(st.user, st.device, proc.pid) and not remote:
-            st.node.presence.offline(st.user)
+        if st.user is not None and st.services.sm.unregister(st.user, st.device, proc.pid) and not remote:
+            st.services.presence.offline(st.user)
         if remote:  # the user's home keeps their presence
             homes.detach(st.user, st.device, proc.pid)
-        st.node.counters["disconnections"] += 1
-        st.node.counters["frames_in"] += st.frames_in  # whatsup.observe.metrics adds the live sessions' own
-        st.node.counters["frames_out"] += st.frames_out
+        st.services.counters["disconnections"] += 1
+        st.services.counters["frames_in"] += st.frames_in  # whatsup.observe.metrics adds the live sessions' own
+        st.services.counters["frames_out"] += st.frames_out
         log.debug("session %r (%s) ended: %s", proc.pid, st.user, reason)
         st.sock.close()
 
@@ -227,10 +228,10 @@ class Session:
 
     @staticmethod
     def _arm(proc, st):
-        """Have node.timers wake this session by its earliest deadline (c2s.Conn.arm)."""
+        """Have services.timers wake this session by its earliest deadline (c2s.Conn.arm)."""
         when = st.arm()
         if when is not None:
-            st.node.timers.notify_at(when, proc.pid, TICK)
+            st.services.timers.notify_at(when, proc.pid, TICK)
 
     @staticmethod
     def _answered(proc, st, frame):
@@ -260,7 +261,7 @@ class Session:
                 Session._handle(proc, st, frame)
             except Close as close:
                 if close.code == Code.FLOODING:
-                    st.node.gate.flooded(st.addr)
+                    st.services.gate.flooded(st.addr)
                 Session._close(proc, st, close.code, close.message)
         if not st.paused:
             Session._read_on(proc, st)
@@ -286,7 +287,7 @@ class Session:
     def _refuse(proc, st, exc):
         """Answer a refused frame; log the connection's first refusal only (the node's counters
         count them all): a log record costs ~40 µs, more than the refusal itself."""
-        st.node.counters["error:" + exc.code] += 1
+        st.services.counters["error:" + exc.code] += 1
         if not st.refused:
             log.info("session %r (%s, %s): refused frame: %s: %s (later ones are counted, not logged)",
                      proc.pid, st.user, st.addr, exc.code, exc.message)
@@ -302,13 +303,10 @@ class Session:
             return Session._hello(st, f)
         if ftype in ("register", "login"):
             return (Session._register if ftype == "register" else Session._login)(proc, st, f)
-        owner, method = ROUTES[ftype]
-        if owner is None:
-            return getattr(Session, method)(proc, st, f)
-        homes = st.node.homes
-        if homes is not None and homes.elsewhere(ftype, st.user, proc.pid, f, owner, method):
+        homes = st.services.homes
+        if homes is not None and homes.elsewhere(ftype, st.user, proc.pid, f):
             return  # served by the home of whom it concerns; the answer comes as a reply
-        answer = getattr(getattr(st.node, owner), method)(st.user, proc.pid, f)
+        answer = ROUTES[ftype](proc, st, f)
         if answer is not None:
             st.send(answer)
 
@@ -316,47 +314,47 @@ class Session:
     def _msg(proc, st, f):
         st.check_body(f)
         if "group" in f:
-            homes = st.node.homes
+            homes = st.services.homes
             if homes is not None and not homes.here(f["group"]):  # the group's home fans it out
                 homes.forward(f["group"], proc.pid, f["ref"], "group_msg", st.user, f)
             else:
-                st.node.groups.message(st.user, proc.pid, f)
+                st.services.groups.message(st.user, proc.pid, f)
         else:
-            st.node.router.message(st.user, proc.pid, f["ref"], f["id"], f["to"], f["body"])
+            st.services.router.message(st.user, proc.pid, f["ref"], f["id"], f["to"], f["body"])
         st.awaiting_answer(f["ref"])
 
     @staticmethod
     def _ack(proc, st, f):
-        if st.node.homes is not None and not st.node.homes.here(st.user):
-            return st.node.homes.ack(st.user, st.device, proc.pid, f["seq"])
-        spool = st.node.offd.current(st.user)
+        if st.services.homes is not None and not st.services.homes.here(st.user):
+            return st.services.homes.ack(st.user, st.device, proc.pid, f["seq"])
+        spool = st.services.offd.current(st.user)
         # While the shard restarts the ack is dropped: the items come again and are acked again.
-        if spool is not None and st.node.sm.lookup(st.user, st.device) == proc.pid:
-            st.node.router.acked(st.user, st.device, spool, f["seq"])
+        if spool is not None and st.services.sm.lookup(st.user, st.device) == proc.pid:
+            st.services.router.acked(st.user, st.device, spool, f["seq"])
             Session._push(proc, st)
 
     @staticmethod
     def _read(proc, st, f):
-        if "group" in f and (st.node.homes is None or st.node.homes.here(f["group"])):
-            st.node.groups.members_of(st.user, f["group"], f["ref"])
-        st.node.router.read(st.user, proc.pid, f["ref"], f["to"], f["ids"], f.get("group"))
+        if "group" in f and (st.services.homes is None or st.services.homes.here(f["group"])):
+            st.services.groups.members_of(st.user, f["group"], f["ref"])
+        st.services.router.read(st.user, proc.pid, f["ref"], f["to"], f["ids"], f.get("group"))
         st.awaiting_answer(f["ref"])
 
     @staticmethod
     def _hello(st, f):
         st.hello(f)
         lim = st.limits
-        st.send({"type": "hello", "ref": f["ref"], "version": st.version, "server": st.node.server_name,
-                 "node_id": st.node.node_id, "max_frame": lim.max_frame, "max_body": lim.max_body,
+        st.send({"type": "hello", "ref": f["ref"], "version": st.version, "server": st.services.server_name,
+                 "node_id": st.services.node_id, "max_frame": lim.max_frame, "max_body": lim.max_body,
                  "idle_timeout": lim.idle_timeout})
 
     @staticmethod
     def _register(proc, st, f):
         user, ref = f["user"], f["ref"]
-        protocol.check_account(user, f["password"], vars(st.node.cfg.accounts), ref)
+        protocol.check_account(user, f["password"], st.services.account_rules, ref)
         try:
-            with st.node.registration.admit(user, f.get("invite"), ref):  # open, invite or closed
-                st.node.accounts.register(user, f["password"], st.addr[0])
+            with st.services.registration.admit(user, f.get("invite"), ref):  # open, invite or closed
+                st.services.accounts.register(user, f["password"], st.addr[0])
         except UserTaken:
             raise ProtocolError(Code.USER_TAKEN, f"{user!r} is taken", ref) from None
         except Refused as exc:
@@ -371,12 +369,12 @@ class Session:
     def _login(proc, st, f):
         started = time.monotonic()
         user, ref = f["user"], f["ref"]
-        node, ip = st.node, st.addr[0]
+        sv, ip = st.services, st.addr[0]
         keys = (("user", user), ("ip", ip), ("prefix", prefix(ip)))
         try:
-            verified = node.failed_logins.attempt(keys, lambda: (
-                len(f["password"]) <= node.cfg.accounts.max_password  # no hash of a longer one
-                and node.accounts.verify(user, f["password"], ip)))
+            verified = sv.failed_logins.attempt(keys, lambda: (
+                len(f["password"]) <= sv.account_rules["max_password"]  # no hash of a longer one
+                and sv.accounts.verify(user, f["password"], ip)))
         except Refused as exc:
             raise ProtocolError(exc.code, str(exc), ref, exc.retry_after) from None
         if verified is None:
@@ -385,25 +383,25 @@ class Session:
         if not verified:
             log.info("failed login for %r from %s", user, st.addr)
             raise ProtocolError(Code.AUTH_FAILED, "wrong user name or password", ref)
-        ban = node.lifecycle.banned(user)
+        ban = sv.lifecycle.banned(user)
         if ban is not None:
             raise ProtocolError(Code.BANNED, f"this account is banned: {ban['reason']}", ref)
-        if node.homes is not None and not node.homes.here(user):
+        if sv.homes is not None and not sv.homes.here(user):
             # the user's home holds their queue: it replaces an older session and pushes the items
-            spool, queued = None, node.homes.attach(user, st.device, proc.pid)
+            spool, queued = None, sv.homes.attach(user, st.device, proc.pid)
         else:
-            spool = node.offd.spool(user)
+            spool = sv.offd.spool(user)
         st.user = proc.entity = user
-        node.gate.authenticated(st.addr)
-        online = node.sm.lookup(user) is not None
-        old = node.sm.register(user, st.device, proc.pid)
+        sv.gate.authenticated(st.addr)
+        online = sv.sm.lookup(user) is not None
+        old = sv.sm.register(user, st.device, proc.pid)
         if old is not None:
-            node.router.tell(old, ("replaced",))
+            sv.router.tell(old, ("replaced",))
         elif not online and spool is not None:  # (for a user homed elsewhere, the home says it)
-            node.presence.online(user)
+            sv.presence.online(user)
         if spool is not None:
             queued = spool.login(user, st.device)  # what it was sent and did not ack goes again
-        node.counters["logins"] += 1
+        sv.counters["logins"] += 1
         st.send({"type": "ok", "ref": ref, "user": user, "queued": queued})
         latency.LOGIN.observe(time.monotonic() - started)
         Session._push(proc, st)
@@ -411,12 +409,12 @@ class Session:
     @staticmethod
     def _push(proc, st):
         """Send queued items up to the flow-control window (only the user's current session)."""
-        node = st.node
-        if st.user is None or node.sm.lookup(st.user, st.device) != proc.pid:
+        sv = st.services
+        if st.user is None or sv.sm.lookup(st.user, st.device) != proc.pid:
             return
-        if node.homes is not None and not node.homes.here(st.user):
+        if sv.homes is not None and not sv.homes.here(st.user):
             return  # the user's home pushes (the "items" message)
-        spool = node.offd.current(st.user)
+        spool = sv.offd.current(st.user)
         if spool is None:  # the shard restarts, and pokes when it is back
             return
         room, budget = st.push_room(spool.unacked(st.user, st.device))
@@ -426,31 +424,37 @@ class Session:
                 st.frames_out += 1
 
 
-#: What a logged-in session does with each frame type: (node attribute, method) for the
-#: features that live in their own module, each called as method(user, pid, frame) and
-#: returning an immediate answer or None; (None, name) for Session's own handlers.
+def _feature(method):
+    """A route to a feature's method, found through the session's services at each call (so a
+    hot reload of the feature is seen): ``method(services)(user, pid, frame)`` returns an
+    immediate answer or None."""
+    return lambda proc, st, f: method(st.services)(st.user, proc.pid, f)
+
+
+#: What a logged-in session does with each frame type: ``handler(proc, st, frame)``, returning an
+#: immediate answer or None; Session's own handlers, or a feature's method (``_feature``).
 ROUTES = {
-    "msg": (None, "_msg"),
-    "ack": (None, "_ack"),
-    "read": (None, "_read"),
-    "group_create": ("groups", "create"),
-    "group_add": ("groups", "add"),
-    "group_remove": ("groups", "remove"),
-    "group_leave": ("groups", "leave"),
-    "group_admin": ("groups", "set_admin"),
-    "group_rename": ("groups", "rename"),
-    "group_info": ("groups", "info"),
-    "group_list": ("groups", "list"),
-    "presence_sub": ("presence", "subscribe"),
-    "presence_unsub": ("presence", "unsubscribe"),
-    "privacy": ("presence", "privacy"),
-    "typing": ("presence", "typing"),
-    "block": ("blocks", "block"),
-    "unblock": ("blocks", "unblock"),
-    "block_list": ("blocks", "list"),
-    "passwd": ("lifecycle", "passwd"),
-    "delete_account": ("lifecycle", "delete_account"),
-    "invite_create": ("registration", "invite_create"),
-    "push_register": ("push", "register"),
-    "push_unregister": ("push", "unregister"),
+    "msg": Session._msg,
+    "ack": Session._ack,
+    "read": Session._read,
+    "group_create": _feature(lambda s: s.groups.create),
+    "group_add": _feature(lambda s: s.groups.add),
+    "group_remove": _feature(lambda s: s.groups.remove),
+    "group_leave": _feature(lambda s: s.groups.leave),
+    "group_admin": _feature(lambda s: s.groups.set_admin),
+    "group_rename": _feature(lambda s: s.groups.rename),
+    "group_info": _feature(lambda s: s.groups.info),
+    "group_list": _feature(lambda s: s.groups.list),
+    "presence_sub": _feature(lambda s: s.presence.subscribe),
+    "presence_unsub": _feature(lambda s: s.presence.unsubscribe),
+    "privacy": _feature(lambda s: s.presence.privacy),
+    "typing": _feature(lambda s: s.presence.typing),
+    "block": _feature(lambda s: s.blocks.block),
+    "unblock": _feature(lambda s: s.blocks.unblock),
+    "block_list": _feature(lambda s: s.blocks.list),
+    "passwd": _feature(lambda s: s.lifecycle.passwd),
+    "delete_account": _feature(lambda s: s.lifecycle.delete_account),
+    "invite_create": _feature(lambda s: s.registration.invite_create),
+    "push_register": _feature(lambda s: s.push.register),
+    "push_unregister": _feature(lambda s: s.push.unregister),
 }

@@ -31,11 +31,16 @@ from ..runtime import ProcessDead
 from ..store.accounts import UserTaken
 
 log = logging.getLogger("whatsup.cluster")
-#: Frames served by the home of the user they name (the key of the frame; None: the sender's own):
-#: presence lives where the user's sessions are registered, a block list where its owner is homed.
-ROUTED = {"typing": "to", "presence_sub": "user", "presence_unsub": "user", "privacy": None,
-          "block": None, "unblock": None, "block_list": None, "group_add": "group", "group_remove": "group",
-          "group_leave": "group", "group_admin": "group", "group_rename": "group", "group_info": "group"}
+#: Frames served by the home of what they name: frame type -> (the key naming it, None for the
+#: sender's own; the feature and method serving it there). Presence lives where the user's sessions
+#: are registered, a block list where its owner is homed, a group where it was created.
+ROUTED = {"typing": ("to", "presence", "typing"), "presence_sub": ("user", "presence", "subscribe"),
+          "presence_unsub": ("user", "presence", "unsubscribe"), "privacy": (None, "presence", "privacy"),
+          "block": (None, "blocks", "block"), "unblock": (None, "blocks", "unblock"),
+          "block_list": (None, "blocks", "list"), "group_add": ("group", "groups", "add"),
+          "group_remove": ("group", "groups", "remove"), "group_leave": ("group", "groups", "leave"),
+          "group_admin": ("group", "groups", "set_admin"), "group_rename": ("group", "groups", "rename"),
+          "group_info": ("group", "groups", "info")}
 
 
 class Homes:
@@ -97,12 +102,12 @@ class Homes:
         """The request ``name`` of session ``pid`` is served by ``owner``'s home."""
         self.link.forward(self.home(owner), pid, ref, name, *args)
 
-    def elsewhere(self, ftype, user, pid, f, owner, method):
+    def elsewhere(self, ftype, user, pid, f):
         """Forward frame ``f`` of session ``pid`` to the home it concerns (see ROUTED); True when
         it went (its answer comes back as a reply), False when it is served here."""
         if ftype not in ROUTED:
             return False
-        key = "group" if ftype == "typing" and "group" in f else ROUTED[ftype]
+        key = "group" if ftype == "typing" and "group" in f else ROUTED[ftype][0]
         entity = user if key is None else f.get(key)
         if not isinstance(entity, str) or self.here(entity):
             return False
@@ -110,9 +115,9 @@ class Homes:
             self.subscribed.add(pid)
         ref = f.get("ref")
         if ref is None:
-            self.link.cast(self.home(entity), "route", pid, None, owner, method, user, f)
+            self.link.cast(self.home(entity), "route", pid, None, ftype, user, f)
         else:
-            self.forward(entity, pid, ref, "route", owner, method, user, f)
+            self.forward(entity, pid, ref, "route", ftype, user, f)
         return True
 
     def gone(self, pid):
@@ -187,9 +192,10 @@ class Homes:
             self.router.acked(user, device, spool, seq)
         self.poke(pid)
 
-    def _route(self, pid, ref, owner, method, user, f):
+    def _route(self, pid, ref, ftype, user, f):
         """A frame forwarded by the session's node (elsewhere): served as that node would, the
         answer (or the refusal) sent back to the session."""
+        _, owner, method = ROUTED[ftype]
         try:
             answer = getattr({"presence": self.presence, "blocks": self.blocks, "groups": self.groups}[owner],
                              method)(user, pid, f)

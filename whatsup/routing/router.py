@@ -30,9 +30,16 @@ Implements the delivery rules of docs/PROTOCOL.md ("Messages and ticks"):
 
 Replies travel as ``("reply", frame)`` messages to the asking session's
 mailbox, because the ✓ comes later, from the commit, not from the call.
+
+The sessions call the router directly, in their own greenlets (the hot path;
+see whatsup/runtime/service.py and docs/ARCHITECTURE.md for the figure). The
+router's process (:class:`RouterProcess`) owns its code and its timed work: a
+✓✓ receipt the spool refused waits in the router's heap and is retried by the
+process, every RETRY seconds, instead of a timer greenlet of its own.
 """
 import collections
 import functools
+import itertools
 import logging
 import time
 
@@ -44,9 +51,12 @@ from ..store.offd import QueueFull, ShardDown
 from ..store.offd.spool import SLICE
 from ..protocol import PRIMARY, Code, Template, error_frame, unpack
 from ..runtime import MailboxFull, ProcessDead
+from ..runtime.service import Service
+from ..runtime.timers import DeadlineHeap
 
 log = logging.getLogger("whatsup.router")
 RETRY = 1.0  # seconds between attempts to store a ✓✓ receipt the spool refused
+RETRY_TICK = ("retry",)
 
 
 def group_frame(gid, sender, cid, body):
@@ -88,21 +98,51 @@ class _Pending:
         self.to, self.ts, self.waiters, self.anchor = to, ts, [], None  # anchor: (spool, Item)
 
 
+class RouterProcess(Service):
+    """The router's process (whatsup/runtime/service.py): retries ✓✓ receipts; a reload of this
+    module swaps the router's code."""
+    kind = "router"
+
+
 class Router:
-    def __init__(self, table, sm, offd, accounts, blocks, dedup_window, offline=None, remote=None):
+    def __init__(self, table, sm, offd, accounts, blocks, dedup_window, timers, offline=None, remote=None):
         self.table, self.sm, self.offd, self.accounts = table, sm, offd, accounts
         self.offline = offline  # callable(user): an item was queued for a user with no session (push)
         # In a cluster (whatsup/cluster/homes.py): a request about a user homed on another node is
         # served there, and an item for them is queued there.
         self.remote = remote
         self.blocks = blocks
+        self.timers = timers
         self.dedup = Dedup(dedup_window)  # the ids whose ✓ was sent (durable)
         self.pending = {}                 # (sender, cid) -> _Pending: ids whose ✓ waits for a write
+        self.retries = DeadlineHeap()     # (when, n, receipt) of ✓✓ receipts to store again
         self.counters = collections.Counter()
+        self.pid = None                   # the router's process, while it runs
         self._starting = []               # shards up at node start, until all of them are
+        self._order = itertools.count()
 
     def __repr__(self):
-        return f"<Router senders={len(self.dedup)} pending={len(self.pending)} {dict(self.counters)}>"
+        return (f"<Router senders={len(self.dedup)} pending={len(self.pending)} retries={len(self.retries)} "
+                f"{dict(self.counters)}>")
+
+    def started(self, proc):
+        """The router's process (re)started: it retries the receipts still waiting."""
+        self.pid = proc.pid
+        if len(self.retries):
+            self.timers.notify_at(self.retries.earliest(), self.pid, RETRY_TICK)
+
+    def describe(self):
+        return {"senders": len(self.dedup), "pending": len(self.pending), "retries": len(self.retries),
+                **self.counters}
+
+    def handle_info(self, msg):
+        """In the router's process: store again the ✓✓ receipts whose retry is due."""
+        if msg != RETRY_TICK:
+            raise ValueError(f"router: unexpected message {msg!r}")
+        for _, _, receipt in self.retries.pop_due(time.monotonic()):
+            self._delivered(*receipt)
+        if len(self.retries):
+            self.timers.notify_at(self.retries.earliest(), self.pid, RETRY_TICK)
 
     def shard_up(self, spool, restarted):
         """An offd shard opened. Its items are served at once: the shard pokes a user's session
@@ -199,17 +239,15 @@ class Router:
         frame = {"type": "msg", "from": sender, "id": cid, "body": body}
         done = AllDurable(lambda err: self.durable(sender, cid, pending, err))
         try:
-            spool = self.offd.spool(to)
+            spool = self.offd.spool(to)  # may wait for a restarting shard: retransmissions join ``pending``
             item = spool.put(to, "msg", frame, sender=sender, cid=cid, on_durable=done.expect())
         except ShardDown as exc:
-            self.pending.pop((sender, cid), None)
             self.counters["shard_down"] += 1
-            return self.reply(pid, error_frame(Code.STORE_FAILED, f"{exc}", ref))
+            return self._refuse(sender, cid, pending, Code.STORE_FAILED, f"{exc}")
         except QueueFull:
-            self.pending.pop((sender, cid), None)
             self.counters["queue_full"] += 1
             log.warning("queue of %s is full: refused message %s from %s", to, cid, sender)
-            return self.reply(pid, error_frame(Code.QUEUE_FULL, f"{to}'s queue is full", ref))
+            return self._refuse(sender, cid, pending, Code.QUEUE_FULL, f"{to}'s queue is full")
         pending.ts, pending.anchor = item.ts, (spool, item)
         self.synced(sender, device, {"type": "msg", "from": sender, "to": to, "id": cid, "body": body}, done)
         done.release()
@@ -255,22 +293,30 @@ class Router:
     def durable(self, sender, cid, pending, err):
         """The message is stored (err None) or failed: answer everyone waiting for its ✓. A stored
         id enters the dedup window, anchored in the segment of the record that holds it."""
+        if err is not None:
+            return self._refuse(sender, cid, pending, Code.STORE_FAILED,
+                                "the spool could not store the message; retry later")
         if self.pending.get((sender, cid)) is pending:
             del self.pending[(sender, cid)]
-        if err is None:
-            latency.SENT.observe(max(0.0, time.time() - pending.ts / 1000.0))
-            spool, item = pending.anchor or (None, None)
-            seq = item.seq if item is not None and item.kind == "msg" else 0  # a group copy's seq is its shard's
-            k = self.dedup.add(sender, digest(pending.to, cid), pending.ts, seq)
-            if item is not None and item.seg is not None:
-                spool.anchor(item.seg, sender, k)
-            frames = [(pid, self._sent(ref, cid, pending.ts)) for pid, ref in pending.waiters]
-        else:
-            frames = [(pid, error_frame(Code.STORE_FAILED, "the spool could not store the message; "
-                                        "retry later", ref)) for pid, ref in pending.waiters]
-        pending.waiters = []
-        for pid, frame in frames:
-            self.reply(pid, frame)
+        latency.SENT.observe(max(0.0, time.time() - pending.ts / 1000.0))
+        spool, item = pending.anchor or (None, None)
+        seq = item.seq if item is not None and item.kind == "msg" else 0  # a group copy's seq is its shard's
+        k = self.dedup.add(sender, digest(pending.to, cid), pending.ts, seq)
+        if item is not None and item.seg is not None:
+            spool.anchor(item.seg, sender, k)
+        waiters, pending.waiters = pending.waiters, []
+        for pid, ref in waiters:
+            self.reply(pid, self._sent(ref, cid, pending.ts))
+
+    def _refuse(self, sender, cid, pending, code, text):
+        """``pending`` will not be stored: every waiter hears ``code`` (the first sender and each
+        retransmission that joined it meanwhile, from any session: each has a request in
+        flight), and the id is forgotten, so the next retransmission tries again."""
+        if self.pending.get((sender, cid)) is pending:
+            del self.pending[(sender, cid)]
+        waiters, pending.waiters = pending.waiters, []
+        for pid, ref in waiters:
+            self.reply(pid, error_frame(code, text, ref))
 
     # --- groups: a durable fan-out -----------------------------------------------------
 
@@ -371,11 +417,15 @@ class Router:
             self._delivered(user, sender, ids, group, stored)
 
     def _delivered(self, user, sender, ids, group, stored):
-        """Store one ✓✓ receipt; a full disk or a restarting shard only delays it."""
+        """Store one ✓✓ receipt; a full disk or a restarting shard only delays it (the router's
+        process tries again in RETRY seconds: :meth:`handle_info`)."""
         def retry(why):
             self.counters["receipt_retries"] += 1
             log.warning("delivered receipt of %s for %s not stored (%s): retrying in %ss", ids, sender, why, RETRY)
-            gevent.spawn_later(RETRY, self._delivered, user, sender, ids, group, stored)
+            when = time.monotonic() + RETRY
+            self.retries.push((when, next(self._order), (user, sender, ids, group, stored)))
+            if self.pid is not None:
+                self.timers.notify_at(when, self.pid, RETRY_TICK)
 
         def durable(err):
             if err is None:

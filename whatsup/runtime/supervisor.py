@@ -32,12 +32,11 @@ from typing import Callable
 
 import gevent
 
-from .process import StartFailed
+from .process import NORMAL, StartFailed
 
 log = logging.getLogger("whatsup.supervisor")
 STRATEGIES = ("one_for_one", "rest_for_one", "one_for_all")
 RESTARTS = ("permanent", "transient", "temporary")
-NORMAL = ("normal", "shutdown")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,10 +1,13 @@
 """A process that runs a function every ``interval`` seconds (sweepers, maintenance passes).
 
-The timer greenlet only puts ``("tick",)`` in the mailbox; the function runs in
-the process, so an exception crashes the process and its supervisor restarts
-it (with the intensity rule) instead of a loop dying silently.
+A libev timer on the hub only puts ``("tick",)`` in the mailbox (no greenlet of
+its own: the process is the only thing that lives); the function runs in the
+process, so an exception crashes the process and its supervisor restarts it
+(with the intensity rule) instead of a loop dying silently.
 """
 import gevent
+
+TICK = ("tick",)
 
 
 class Ticker:
@@ -13,12 +16,10 @@ class Ticker:
 
     @staticmethod
     def init(proc, interval, fn):
-        def timer():
-            while True:
-                gevent.sleep(interval)
-                if not len(proc.mailbox):  # a slow pass skips ticks instead of queueing them
-                    proc.mailbox.put(("tick",))
-        return {"interval": interval, "fn": fn, "timer": gevent.spawn(timer)}
+        timer = gevent.get_hub().loop.timer(interval, interval)
+        mailbox = proc.mailbox
+        timer.start(lambda: len(mailbox) or mailbox.put(TICK))  # a slow pass skips ticks, never queues them
+        return {"interval": interval, "fn": fn, "timer": timer}
 
     @staticmethod
     def describe(st):
@@ -33,4 +34,4 @@ class Ticker:
 
     @staticmethod
     def terminate(proc, reason, st):
-        st["timer"].kill(block=False)
+        st["timer"].close()

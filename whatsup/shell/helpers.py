@@ -26,7 +26,7 @@ from .. import __version__
 from ..observe import metrics
 from ..observe.logs import redact
 from ..runtime import CallTimeout, Pid, Process, ProcessDead
-from ..runtime.process import CALL, SYS
+from ..runtime.process import CALL, SYS, strays
 from . import ERROR_MARK, Table, drain as draining, reload as reloading
 
 log = logging.getLogger("whatsup.shell")
@@ -121,9 +121,9 @@ class Helpers:
     """The shell's verbs, bound to one node; :meth:`namespace` is what a shell session sees."""
 
     VERBS = ("h", "ps", "top", "i", "state", "mailbox", "update", "suspend", "resume", "drain",
-             "kill", "where", "stats", "reload", "nodes", "rpc")
+             "kill", "where", "stats", "reload", "strays", "nodes", "rpc")
     #: What rpc() may run on another node (answers that travel: the text of tables, plain data).
-    REMOTE = ("ps", "top", "i", "mailbox", "where", "stats", "reload", "nodes")
+    REMOTE = ("ps", "top", "i", "mailbox", "where", "stats", "reload", "strays", "nodes")
 
     def __init__(self, node):
         self.node = node
@@ -192,6 +192,10 @@ class Helpers:
         if self._elsewhere(pid):
             return self.rpc(self._pid(pid).node, "mailbox", self._pid(pid), n)
         return [brief(m) for m in itertools.islice(self.proc(pid).mailbox.queue, n)]
+
+    def strays(self):
+        """Greenlets of the node that are no process (none should be: what outlives a call is a process)."""
+        return [repr(g) for g in strays(self.node.table)]
 
     def where(self, kind, entity):
         """Which node, pid and worker serve ``entity``: "user"/"session", or a shard kind ("offd", "accounts").

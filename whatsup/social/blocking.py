@@ -8,22 +8,33 @@ seen, their typing is dropped. The blocker, who knows, gets ``blocked`` when
 writing, typing to or subscribing to the user they blocked.
 """
 from ..protocol import Code, ProtocolError
+from ..runtime.service import Service
+
+
+class BlocksProcess(Service):
+    """The process owning the block relation (whatsup/runtime/service.py)."""
+    kind = "blocks"
 
 
 class Blocks:
-    def __init__(self, accounts):
+    def __init__(self, accounts, ok_when_durable):
+        """``ok_when_durable(pid, ok)``: the durability callback answering a change (the router's,
+        which is made after this object, since it consults it)."""
         self.accounts = accounts
+        self.ok_when_durable = ok_when_durable
         self.blocked = {}  # blocker -> set of users they blocked
         self.table = None
-        self.router = None  # set by open(): the router needs this object first
         self.shared = None  # in a cluster: callable(user, others) copying a change to the other nodes
 
     def __repr__(self):
         return f"<Blocks blockers={len(self.blocked)}>"
 
-    def open(self, table, router):
-        """Load the relation from ``table`` (a whatsup.store.tables.Table); answers go through ``router``."""
-        self.table, self.router = table, router
+    def describe(self):
+        return {"blockers": len(self.blocked)}
+
+    def open(self, table):
+        """Load the relation from ``table`` (a whatsup.store.tables.Table)."""
+        self.table = table
         self.blocked = {user: set(others) for user, others in table.load().items()}
         return self
 
@@ -63,7 +74,7 @@ class Blocks:
         if self.shared is not None:
             self.shared(user, others or ())
         self.table.put(user, sorted(others) if others else None,
-                       self.router.ok_when_durable(pid, {"type": "ok", "ref": ref}))
+                       self.ok_when_durable(pid, {"type": "ok", "ref": ref}))
 
     def forget(self, user):
         """``user``'s account is deleted: drop their blocks and every block of them (durably;

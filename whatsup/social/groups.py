@@ -14,7 +14,7 @@ Group events (created, added, removed, left, admin, renamed) are system items
 (``group_event``) queued for every member through offd the same way.
 
 Every operation on one group goes through that group's queue of operations,
-run in arrival order by one worker greenlet, so messages and events enter every
+run in arrival order by the group's process, so messages and events enter every
 member's queue in one order: a member removed before a message does not get it,
 one added after it does not get it. Messages waiting next to each other in that
 queue (a sender pipelining, or several members writing at once) are fanned out
@@ -22,9 +22,18 @@ together: each member's session is then woken once for the whole batch, sends it
 ✓✓ receipt per member for all of it — the per-copy wake-ups, sends, acks and
 receipts were most of a fan-out's cost (ops.bench fanout). A fan-out yields to
 the hub every ``fanout_chunk`` members it wakes, so a 1024-member group does not
-stall the other sessions; the worker is a greenlet of its own (a session
-waits for its group changes; its messages are queued without waiting), so
-killing a session cannot cut a fan-out in half.
+stall the other sessions.
+
+Groups are an industry of processes keyed by group id: a group with operations
+to run has a :class:`GroupProcess` (kind ``group``, its id as entity, a
+temporary child of the ``groups`` supervisor, in ``ps()``), started by the
+first operation and stopped once the group was quiet for IDLE seconds. A
+session waits for its group changes (at most OP_TIMEOUT; a process that dies
+answers every change it held, so none waits forever); its messages are queued
+without waiting, so killing a session cannot cut a fan-out in half. The
+:class:`Groups` object (membership and the queues) belongs to the
+:class:`GroupsProcess` and is called directly by the sessions
+(whatsup/runtime/service.py).
 
 Membership lives in RAM and in a :class:`whatsup.store.tables.Table` (``load``/``put``;
 today social.sqlite), so it can move into the account shards without this
@@ -33,6 +42,7 @@ module changing.
 import collections
 import functools
 import logging
+import time
 import uuid
 
 import gevent
@@ -40,7 +50,10 @@ from gevent.event import AsyncResult, Event
 
 from ..store.offd import ShardDown
 from ..protocol import Code, ProtocolError
+from ..runtime import Process, ProcessDead
 from ..runtime.ratelimit import Pacer
+from ..runtime.service import Service
+from ..runtime.supervisor import adopt
 from ..routing.router import AllDurable, group_frame
 
 log = logging.getLogger("whatsup.groups")
@@ -48,6 +61,62 @@ log = logging.getLogger("whatsup.groups")
 
 #: group messages fanned out together at most: the senders of a batch wait for all of it
 BATCH = 64
+#: seconds a group's process waits for more operations before it stops (a group that talks keeps
+#: one process; a quiet one costs none)
+IDLE = 10.0
+#: seconds a session waits for a change of a group (behind the group's earlier operations)
+OP_TIMEOUT = 60.0
+SUPERVISOR = "groups"  # the supervisor that adopts the group processes
+WORK, TICK = ("work",), ("tick",)
+
+
+class GroupsProcess(Service):
+    """The process owning the groups' membership (whatsup/runtime/service.py): a reload of this
+    module swaps the code of :class:`Groups` too."""
+    kind = "groups"
+
+
+class GroupProcess:
+    """One active group's process (gen_server callbacks): it runs the group's queue of
+    operations in order, and stops when the group was quiet for IDLE seconds."""
+    kind = "group"
+    vsn = 1
+
+    @staticmethod
+    def init(proc, groups, group):
+        return _Worker(groups, group)
+
+    @staticmethod
+    def describe(w):
+        return {"group": w.group.gid, "members": len(w.group.members), "queued_ops": len(w.group.ops),
+                "idle": round(time.monotonic() - w.last, 3)}
+
+    @staticmethod
+    def handle_info(proc, msg, w):
+        if msg == WORK:
+            w.groups._work(w)
+            w.last = time.monotonic()
+            w.groups.timers.notify_at(w.last + IDLE, proc.pid, TICK)
+        elif msg == TICK:
+            if not w.group.ops and time.monotonic() - w.last >= IDLE:
+                proc.stop("normal")  # idle: the next operation starts a new process
+        else:
+            raise ValueError(f"group: unexpected message {msg!r}")
+        return w
+
+    @staticmethod
+    def terminate(proc, reason, w):
+        w.groups._orphaned(proc.pid, w)
+
+
+class _Worker:
+    """A group process's state: the group, and the operations in hand (answered if it dies)."""
+    __slots__ = ("groups", "group", "current", "last")
+
+    def __init__(self, groups, group):
+        self.groups, self.group = groups, group
+        self.current = ()
+        self.last = time.monotonic()
 
 
 class Group:
@@ -56,8 +125,8 @@ class Group:
     def __init__(self, gid, name, members):
         self.gid, self.name = gid, name
         self.members = members  # user -> is admin, in the order they joined
-        self.ops = collections.deque()  # (op, AsyncResult) in arrival order; op is callable or a _Message
-        self.worker = None              # the greenlet running them, while there are any
+        self.ops = collections.deque()  # (op, ref, AsyncResult) in arrival order; op is callable or a _Message
+        self.worker = None              # the pid of the group's process, while it has one
 
     def __repr__(self):
         return f"<Group {self.gid} {self.name!r} members={len(self.members)} queued_ops={len(self.ops)}>"
@@ -81,7 +150,9 @@ class _Message:
 
 
 class Groups:
-    def __init__(self, router, offd, accounts, max_members, fanout_chunk, sender_budget=1 << 16, pace=None):
+    def __init__(self, processes, timers, router, offd, accounts, max_members, fanout_chunk,
+                 sender_budget=1 << 16, pace=None):
+        self.processes, self.timers = processes, timers  # the ProcessTable the group processes run in
         self.router, self.offd, self.accounts = router, offd, accounts
         self.max_members, self.chunk, self.budget = max_members, fanout_chunk, sender_budget
         self.pace = pace or Pacer(0, 0)  # copies per second per sender (ratelimit.Pacer)
@@ -95,6 +166,10 @@ class Groups:
 
     def __repr__(self):
         return f"<Groups {len(self.groups)} groups {dict(self.counters)}>"
+
+    def describe(self):
+        return {"groups": len(self.groups), "active": sum(g.worker is not None for g in self.groups.values()),
+                **self.counters}
 
     def open(self, table):
         """Load every group from ``table`` (a whatsup.store.tables.Table)."""
@@ -216,8 +291,8 @@ class Groups:
         while self.spending.get(sender) and self.spending[sender] + m.cost > self.budget:
             self.counters["budget_waits"] += 1
             self.room.setdefault(sender, Event()).wait()
-        self.spending[sender] = self.spending.get(sender, 0) + m.cost
         self._queue(group, m, f["ref"], None)
+        self.spending[sender] = self.spending.get(sender, 0) + m.cost
 
     def _spend(self, m):
         """``m`` is answered: its copies leave its sender's budget (once)."""
@@ -330,22 +405,41 @@ class Groups:
     def _serial(self, gid, ref, op):
         """Queue ``op`` (``op(group)``, or a _Message) on the group and wait until it has run.
 
-        The group's worker greenlet runs the queue in order (see :meth:`_work`). A
+        The group's process runs the queue in order (see :meth:`_work`). A
         ProtocolError from ``op`` is handed back and re-raised here, in the session,
-        so it is answered and counted like any refused frame.
+        so it is answered and counted like any refused frame. A process that dies
+        answers what it held (:meth:`_orphaned`); OP_TIMEOUT bounds the wait anyway.
         """
         result = AsyncResult()
         self._queue(self._group(gid, ref), op, ref, result)
-        refused = result.get()
+        try:
+            refused = result.get(timeout=OP_TIMEOUT)
+        except gevent.Timeout:
+            self.counters["op_timeouts"] += 1
+            raise ProtocolError(Code.INTERNAL, f"group {gid} did not answer within {OP_TIMEOUT}s; "
+                                "the change may still be made", ref) from None
         if refused is not None:
             raise refused
 
     def _queue(self, group, op, ref, result):
-        """Append ``op`` to the group's queue; its refusal or None goes to ``result`` (an
-        AsyncResult), or, for a queued message (``result`` None), to its session as an error."""
-        group.ops.append((op, ref, result))
+        """Append ``op`` to the group's queue, for the group's process (started if it has none);
+        its refusal or None goes to ``result`` (an AsyncResult), or, for a queued message
+        (``result`` None), to its session as an error. store_failed while the groups'
+        supervisor restarts (no group runs unsupervised)."""
+        if group.worker is not None:
+            try:
+                self.processes.notify(group.worker, WORK)
+            except ProcessDead:  # killed before it ran its init, so before it could say so
+                group.worker = None
         if group.worker is None:
-            group.worker = gevent.spawn(self._work, group)
+            proc = Process(self.processes, GroupProcess, (self, group), entity=group.gid)
+            try:
+                adopt(self.processes, SUPERVISOR, proc)
+            except ProcessDead:
+                raise ProtocolError(Code.STORE_FAILED, "the groups are restarting; retry", ref) from None
+            proc.mailbox.put(WORK)
+            group.worker = proc.start()
+        group.ops.append((op, ref, result))
 
     def _answer_op(self, op, result, answer):
         if isinstance(op, _Message) and answer is not None:
@@ -356,28 +450,41 @@ class Groups:
             self.counters["refused:" + answer.code] += 1
             self.router.reply(op.pid, answer.frame())
 
-    def _work(self, group):
-        """Run the group's queued operations in order; consecutive messages (up to BATCH) as one fan-out."""
+    def _work(self, worker):
+        """In the group's process: run the queued operations in order; consecutive messages (up to
+        BATCH) as one fan-out. ``worker.current`` holds those in hand."""
+        group = worker.group
         ops = group.ops
-        try:
-            while ops:
-                if isinstance(ops[0][0], _Message):
-                    batch = []
-                    while ops and isinstance(ops[0][0], _Message) and len(batch) < BATCH:
-                        batch.append(ops.popleft())
-                    answers = self._guarded(group, batch[0][1], self._messages, [m for m, _, _ in batch])
-                    if not isinstance(answers, list):  # the whole batch failed
-                        answers = [answers] * len(batch)
-                    for (m, _, result), answer in zip(batch, answers):
-                        self._answer_op(m, result, answer)
-                else:
-                    op, ref, result = ops.popleft()
-                    self._answer_op(op, result, self._guarded(group, ref, self._one, op, ref))
-        finally:
+        while ops:
+            if isinstance(ops[0][0], _Message):
+                batch = []
+                while ops and isinstance(ops[0][0], _Message) and len(batch) < BATCH:
+                    batch.append(ops.popleft())
+                worker.current = batch
+                answers = self._guarded(group, batch[0][1], self._messages, [m for m, _, _ in batch])
+                if not isinstance(answers, list):  # the whole batch failed
+                    answers = [answers] * len(batch)
+                for (m, _, result), answer in zip(batch, answers):
+                    self._answer_op(m, result, answer)
+            else:
+                op, ref, result = entry = ops.popleft()
+                worker.current = (entry,)
+                self._answer_op(op, result, self._guarded(group, ref, self._one, op, ref))
+            worker.current = ()
+
+    def _orphaned(self, pid, worker):
+        """The group's process ``pid`` exited: the changes it held in hand and the operations still
+        queued are answered (internal), so nobody waits forever; the next operation starts a new
+        process. (Messages in hand are answered by their fan-out's durability, as ever.)"""
+        group = worker.group
+        if group.worker == pid:
             group.worker = None
-            for op, ref, result in ops:  # only if the worker was killed: nobody waits forever
-                self._answer_op(op, result, ProtocolError(Code.INTERNAL, "the group operation failed", ref))
-            ops.clear()
+        for op, ref, result in worker.current:
+            if result is not None and not result.ready():
+                result.set(ProtocolError(Code.INTERNAL, "the group operation failed", ref))
+        while group.ops:
+            op, ref, result = group.ops.popleft()
+            self._answer_op(op, result, ProtocolError(Code.INTERNAL, "the group operation failed", ref))
 
     def _one(self, group, op, ref):
         self._alive(group, ref)

@@ -13,23 +13,35 @@ offline with no last seen and gets no updates; the blocker gets ``blocked``.
 import time
 
 from ..protocol import Code, ProtocolError
+from ..runtime.service import Service
+
+
+class PresenceProcess(Service):
+    """The process owning presence (whatsup/runtime/service.py): a reload of this module swaps
+    the code of :class:`Presence`."""
+    kind = "presence"
 
 
 class Presence:
-    def __init__(self, sm, accounts, blocks, groups):
-        self.sm, self.accounts, self.blocks, self.groups = sm, accounts, blocks, groups
+    def __init__(self, sm, accounts, blocks, groups, router):
+        """Updates go out through ``router`` (its replies)."""
+        self.sm, self.accounts, self.blocks, self.groups, self.router = sm, accounts, blocks, groups, router
         self.watchers = {}       # user -> {subscriber pid: subscriber user}
         self.watching = {}       # subscriber pid -> set of users
         self.last_seen = {}      # user -> ms since the epoch, when their last session ended
         self.hidden = set()      # users whose last seen is visible to nobody
-        self.table = self.router = None
+        self.table = None
 
     def __repr__(self):
         return f"<Presence watched={len(self.watchers)} watching={len(self.watching)}>"
 
-    def open(self, table, router):
-        """Load the privacy settings from ``table``; updates go out through ``router``."""
-        self.table, self.router = table, router
+    def describe(self):
+        return {"watched": len(self.watchers), "watching": len(self.watching), "last_seen": len(self.last_seen),
+                "hidden": len(self.hidden)}
+
+    def open(self, table):
+        """Load the privacy settings from ``table`` (a whatsup.store.tables.Table)."""
+        self.table = table
         self.hidden = {user for user, prefs in table.load().items() if prefs.get("last_seen") == "nobody"}
         return self
 

@@ -18,6 +18,12 @@ per batch, as before, woke the thread through ``_Condition.notify_one`` for
 every batch: 10.6 % of the hub's CPU at 2,000 msgs/s in the realistic
 benchmark.) Finished batches come back through one async watcher, which libev
 coalesces, so a burst of batches wakes the committer's greenlet once.
+
+The committer's greenlet is a process (kind ``commit``, in ``ps()``) linked to the
+process that made the committer (the shard or table owning the file): it stops
+when its owner stops, and a crash of it kills the owner, whose supervisor restarts
+both. A committer made outside any process (the offline tools, unit tests) runs in
+a table of its own.
 """
 import collections
 import logging
@@ -28,11 +34,13 @@ import gevent
 from gevent.event import Event
 
 from ..observe import latency
+from ..runtime.process import ProcessTable, current
 
 log = logging.getLogger("whatsup.batch")
 #: Batches one writer task writes before it gives the pool's thread back, so the pool's other
 #: tasks (unlinking compacted segments, account reads) wait behind a bounded run under load.
 RUN = 16
+WAKE = ("wake",)
 
 
 class GroupCommitter:
@@ -48,11 +56,19 @@ class GroupCommitter:
         self._lock = threading.Lock()      # guards ``queued`` against ``_writing`` changing under it
         self._writing = False              # a writer task is on the pool, or handed to it
         self._added = self._finished = 0
-        self._idle, self._wake = Event(), Event()
+        self._idle = Event()
         self._idle.set()
+        self._woken = False                # a WAKE waits in the committer's mailbox
         self._written = gevent.get_hub().loop.async_()
-        self._written.start(self._wake.set)
-        self._loop = gevent.spawn(self._run)
+        self._written.start(self._wake)
+        owner = current()
+        if owner is None:
+            self._table = ProcessTable()
+            pid = self._table.spawn(Committer, self, entity=name)
+        else:
+            self._table = owner.table
+            pid = self._table.spawn_link(owner, Committer, self, entity=name)
+        self._proc = self._table.lookup(pid)
 
     def __repr__(self):
         return (f"<GroupCommitter {self.name} pending={len(self.pending)} queued={len(self.queued)} "
@@ -64,21 +80,27 @@ class GroupCommitter:
         self.pending.append((entry, waiter))
         self._added += 1
         self._idle.clear()
-        if not self._wake.is_set():
-            self._wake.set()
+        if not self._woken:
+            self._wake()
 
     def flush(self, timeout=30.0):
-        """Wait until everything added so far has been written (or failed)."""
-        return self._idle.wait(timeout)
+        """Wait until everything added so far has been written (or failed); False at once when the
+        committer's process is gone (it crashed: what it held is not written)."""
+        return self._proc.alive and self._idle.wait(timeout)
 
     def stop(self):
         self.flush()
-        self._loop.kill()
+        self._table.stop(self._proc.pid)
         self._written.stop()
+
+    def _wake(self):
+        """Have the committer's process run one pass (at most one WAKE waits in its mailbox)."""
+        self._woken = True
+        self._proc.mailbox.put(WAKE)
 
     def _drain(self):
         """On the pool's thread: write batches until nothing is queued (or RUN of them: the
-        committer's greenlet then starts another task). Never raises."""
+        committer's process then starts another task). Never raises."""
         for run in range(RUN + 1):
             with self._lock:
                 if not self.queued or run == RUN:
@@ -94,20 +116,20 @@ class GroupCommitter:
             self.done.append(([w for _, w in batch], err, time.monotonic() - started, len(entries)))
             self._written.send()
 
-    def _run(self):
-        while True:
-            self._wake.wait()
-            self._wake.clear()
-            self._finish()
-            with self._lock:
-                if self.pending:
-                    self.queued.append(self.pending)
-                    self.pending = []
-                start = self.queued and not self._writing
-                if start:
-                    self._writing = True
+    def _pass(self):
+        """In the committer's process: answer the written batches, hand the added entries to the
+        writer, and start it if it is idle."""
+        self._woken = False
+        self._finish()
+        with self._lock:
+            if self.pending:
+                self.queued.append(self.pending)
+                self.pending = []
+            start = self.queued and not self._writing
             if start:
-                self.pool.spawn(self._drain)  # may wait for the pool's thread: a greenlet, not the hub
+                self._writing = True
+        if start:
+            self.pool.spawn(self._drain)  # may wait for the pool's thread: a process, not the hub
 
     def _finish(self):
         """Count the written batches and call their waiters."""
@@ -131,6 +153,26 @@ class GroupCommitter:
             self._finished += len(waiters)
         if self._finished == self._added:
             self._idle.set()
+
+
+class Committer:
+    """The process of one GroupCommitter (gen_server callbacks): a pass per WAKE."""
+    kind = "commit"
+    vsn = 1
+
+    @staticmethod
+    def init(proc, committer):
+        return committer
+
+    @staticmethod
+    def describe(c):
+        return {"name": c.name, "pending": len(c.pending), "queued": len(c.queued), "writing": c._writing,
+                "batches": c.batches, "failures": c.failures}
+
+    @staticmethod
+    def handle_info(proc, msg, c):
+        c._pass()
+        return c
 
 
 def _attempt(write, batch):

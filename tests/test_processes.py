@@ -1,0 +1,98 @@
+"""Everything that lives in a node is a process (issue 13): in the table, supervised, stopped by
+the tree; and the router answers every waiter of a message it cannot store."""
+import time
+import zlib
+
+SUPERVISOR = "__import__('whatsup.runtime.supervisor', fromlist=['x'])"
+
+
+def bodies(client, n):
+    """The bodies of the next ``n`` messages ``client`` receives (events skipped; all acked)."""
+    got = []
+    while len(got) < n:
+        frame = client.recv(10)
+        assert frame is not None, f"{client.user} got {got}"
+        if frame["type"] == "msg":
+            got.append(frame["body"])
+    return got
+
+
+def wait_for(predicate, what, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+def test_every_greenlet_of_a_node_is_a_process_after_traffic_groups_and_a_crash_and_stop_leaves_none(
+        server, ask):
+    server.register("alice", "bob", "carol")
+    alice, bob, carol = (server.client(u) for u in ("alice", "bob", "carol"))
+    gid = alice.group_create("g", ["bob", "carol"])
+    alice.send(None, "to all", group=gid)
+    alice.send("bob", "one to one")
+    alice.subscribe("bob")
+    assert sorted(bodies(bob, 2)) == ["one to one", "to all"]  # acked: ✓✓ receipts
+    shard_of_bob = "(lambda w: (str(w['pid']), w['up']))(where('offd', 'bob'))"
+    with server.shell() as sh:
+        before, _ = ask(sh, shard_of_bob)
+        assert "killed" in ask(sh, f"kill({before!r}, 'crash test')")
+        wait_for(lambda: ask(sh, shard_of_bob)[0] != before and ask(sh, shard_of_bob)[1], "offd restart")
+        assert alice.send("bob", "after the crash")["type"] == "sent"
+        assert bodies(bob, 1) == ["after the crash"]
+        assert bodies(carol, 1) == ["to all"]
+        kinds = set(ask(sh, "[p.kind for p in table.processes()]"))
+        assert {"router", "presence", "blocks", "groups", "group", "commit", "maintenance", "sweeper"} <= kinds
+        assert ask(sh, "strays()") == []
+    for c in (alice, bob, carol):
+        c.close()
+    assert server.stop() == 0
+    log = server.log()
+    assert "stopped" in log and "left running after stop" not in log
+
+
+def test_a_group_runs_in_a_supervised_process_and_a_killed_one_is_replaced_by_the_next_operation(
+        server, ask):
+    server.register("alice", "bob")
+    alice, bob = server.client("alice"), server.client("bob")
+    gid = alice.group_create("g", ["bob"])
+    groups = f"[(str(pid), pid in {{p.pid for p in table.processes('group')}}) for _, pid, _ in " \
+             f"{SUPERVISOR}.which_children(table, 'groups')]"
+    with server.shell() as sh:
+        ((first, running),) = ask(sh, groups)
+        assert running and ask(sh, f"i({first!r})['entity']") == gid
+        assert "killed" in ask(sh, f"kill({first!r})")
+        wait_for(lambda: ask(sh, groups) == [], "the supervisor forgets a killed group process")
+        assert alice.group_rename(gid, "renamed")["type"] == "ok"
+        assert alice.send(None, "after", group=gid)["type"] == "sent"
+        ((second, running),) = ask(sh, groups)
+        assert running and second != first and ask(sh, f"i({second!r})['entity']") == gid
+    frames = [bob.recv(10) for _ in range(3)]  # created, renamed, the message
+    assert [f.get("event") or f["body"] for f in frames] == ["created", "renamed", "after"]
+
+
+def test_a_retransmission_waiting_with_the_first_send_for_a_down_shard_gets_its_answer_too(
+        make_server, ask):
+    """The first send waits in the router for bob's offd shard; the same id sent again from the
+    sender's next session joins it; when the wait ends in store_failed both are answered (the
+    second session's request no longer leaks a slot of session.max_inflight)."""
+    server = make_server({"runtime.restart_wait": 5.0, "offd.shards": 4})
+    senders = ["alice", "amy", "ann", "ada", "abe"]
+    bob_shard = zlib.crc32(b"bob") % 4
+    sender = next(u for u in senders if zlib.crc32(u.encode()) % 4 != bob_shard)
+    server.register(sender, "bob")
+    with server.shell() as sh:
+        assert ask(sh, "where('offd', 'bob')['shard']") == bob_shard
+        ask(sh, f"{SUPERVISOR}.terminate_child(table, 'offd', 'offd-{bob_shard}.0')")  # stays down
+        first = server.client(sender)
+        first.send_nowait("bob", "hi", id="same")
+        wait_for(lambda: ask(sh, "len(router.pending)") == 1, "the first send waits for the shard")
+        second = server.client(sender)  # replaces the first session
+        frame = second.send_nowait("bob", "hi", id="same")
+        answer = second._take(lambda f: f.get("ref") == frame["ref"], 15)
+        assert answer is not None, "the retransmission was never answered"
+        assert (answer["type"], answer["code"]) == ("error", "store_failed")
+        assert ask(sh, "len(router.pending)") == 0
+    first.close()
+    second.close()
+
