@@ -192,3 +192,32 @@ def test_traffic_pauses_while_redis_restarts_and_nothing_acknowledged_is_lost(no
     redis_server.start()
     wait_for(lambda: len(got) >= 100, timeout=20)
     assert sorted({m[1] for m in got}) == list(range(100))  # a retried pipeline may repeat, never lose
+
+
+def test_a_lost_request_fails_the_later_ones_of_its_session_in_order_and_none_is_served_out_of_it(node):
+    ta, a, _ = node("a")
+    tb, b, _ = node("b")
+    wait_for(lambda: "b" in a.live and "a" in b.live)
+    got, served = [], []
+    session = ta.spawn(Recorder, got)
+
+    def serve(pid, ref, body):
+        served.append(body)
+        tb.send(pid, ("reply", {"type": "sent", "ref": ref}))
+    b.services["message"] = serve
+    a.forward("b", session, 1, "message", "m1")
+    wait_for(lambda: len(got) == 1)
+    real_post = a.post
+    a.post = lambda node, msg, on_fail=None: None  # m2's entry is lost, as a Redis tail can be
+    a.forward("b", session, 2, "message", "m2")
+    a.post = real_post
+    a.forward("b", session, 3, "message", "m3")
+    a.forward("b", session, 4, "message", "m4")
+    wait_for(lambda: len(got) == 4)
+    assert served == ["m1"]  # m3 and m4 came after a gap: refused, not served out of order
+    assert [(f["ref"], f.get("code")) for _, f in got[1:]] == [(2, "store_failed"), (3, "store_failed"),
+                                                              (4, "store_failed")]
+    for ref, body in ((2, "m2"), (3, "m3"), (4, "m4")):  # the client sends them again, in order
+        a.forward("b", session, ref, "message", body)
+    wait_for(lambda: len(got) == 7)
+    assert served == ["m1", "m2", "m3", "m4"]

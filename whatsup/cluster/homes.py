@@ -121,7 +121,9 @@ class Homes:
         return True
 
     def gone(self, pid):
-        """Session ``pid`` ended: the homes it subscribed on drop its subscriptions."""
+        """Session ``pid`` ended: the homes it subscribed on drop its subscriptions, those it sent
+        requests to its lanes."""
+        self.link.ended(pid)
         if pid in self.subscribed:
             self.subscribed.discard(pid)
             for node in self.link.live:

@@ -75,11 +75,13 @@ class Link:
             raise ValueError("cluster.block must be below cluster.timeout (a longer BLOCK is a timeout)")
         self.table, self.map, self.node, self.opts = table, cmap, node, opts
         self.client = self.directory = None
-        self.services = {}     # name -> callable(*args), what other nodes may run here
+        self.services = {"lane_end": lambda pid: self.lanes_in.pop(pid, None)}  # what other nodes may run here
         self.live = {}         # node -> the boot epoch whose lease holds
         self.inflight = {}     # (pid, ref) -> (node, deadline): requests we forwarded
         self.late = {}         # (pid, ref) -> when it failed: its answer, if it comes, is dropped
         self.due = {}          # (pid, ref) -> (entry id, when): requests we serve, acked with their answer
+        self.lanes = {}        # pid -> {node: [generation, n]}: the order of a session's requests per node
+        self.lanes_in = {}     # pid (of another node) -> [generation, last n served, broken]
         self.calls = {}        # rid -> (node, done(ok, value), deadline): requests waiting for answers
         self.watchers = []     # callables(node, epoch, up): a node went down (up False) or came up
         self.pokes = None      # callable(pid) -> True when a poke for that remote pid is handled here
@@ -181,7 +183,11 @@ class Link:
             return self._fail_local(pid, ref, f"{node} is down; retry later")
         self.inflight[key] = (node, time.monotonic() + self.opts.request_timeout)
         self.counters["forwarded"] += 1
-        self.post(node, ("fwd", pid, ref, name, args),
+        lane = self.lanes.setdefault(pid, {}).get(node)
+        if lane is None:  # a new generation: above every one of this session, and of our earlier boots
+            lane = self.lanes[pid][node] = [self.epoch * 1_000_000 + next(self._rids), 0]
+        lane[1] += 1
+        self.post(node, ("fwd", pid, ref, name, args, *lane),
                   lambda exc: self._fail(key, f"the cluster could not carry it ({type(exc).__name__}); retry"))
 
     def cast(self, node, name, *args):
@@ -233,9 +239,13 @@ class Link:
             except ProcessDead:
                 pass
         elif kind == "fwd":
-            _, pid, ref, name, args = msg
-            if (pid, ref) in self.due:  # the same entry twice (a retried pipeline): served once
+            _, pid, ref, name, args, generation, n = msg
+            order = self._in_order(pid, generation, n)
+            if (pid, ref) in self.due or order is None:  # the same entry twice (a retried pipeline)
                 ack = True
+            elif not order:  # an earlier request of this session was lost (Redis lost its tail)
+                self.counters["gaps"] += 1
+                self._refuse(pid, ref)
             else:
                 self.due[(pid, ref)] = (eid, time.monotonic())
                 ack = False
@@ -251,12 +261,43 @@ class Link:
         if ack:
             self.out.ack(eid)
 
+    def _in_order(self, pid, generation, n):
+        """Whether the request ``n`` of a session's lane ``generation`` may be served here: True
+        in order, None if served already, False after a gap (an entry lost: every later one of
+        the generation is refused, and the session's node starts a new one, in order)."""
+        lane = self.lanes_in.get(pid)
+        if lane is None or generation > lane[0]:
+            lane = self.lanes_in[pid] = [generation, 0, False]
+        if generation < lane[0] or lane[2]:
+            return False
+        if n <= lane[1]:
+            return None
+        if n != lane[1] + 1:
+            lane[2] = True
+            return False
+        lane[1] = n
+        return True
+
+    def _refuse(self, pid, ref):
+        try:
+            self.send(pid, ("reply", error_frame(Code.STORE_FAILED, "an earlier request was lost; retry", ref)))
+        except ProcessDead:
+            pass
+
+    def ended(self, pid):
+        """Session ``pid`` ended: the nodes it sent requests to forget its lanes."""
+        for node in self.lanes.pop(pid, {}):
+            if node in self.live:
+                self.cast(node, "lane_end", pid)
+
     def _deliver(self, pid, msg):
         if msg[0] == "reply" and type(msg[1]) is dict and "ref" in msg[1]:
             key = (pid, msg[1]["ref"])
             if self.late.pop(key, None) is not None:
                 self.counters["late_answers"] += 1  # already answered store_failed: the retry gets its own
                 return
+            if key in self.inflight and msg[1].get("code") == Code.STORE_FAILED:
+                return self._fail(key, msg[1].get("message", "retry"))  # with the rest of its lane, in order
             self.inflight.pop(key, None)
         try:
             self.table.send(pid, msg)
@@ -305,12 +346,21 @@ class Link:
     # --- failures -----------------------------------------------------------------------------
 
     def _fail(self, key, why):
-        """A forwarded request will get no answer: tell its session store_failed (retryable)."""
-        if self.inflight.pop(key, None) is None:
+        """A forwarded request failed or will get no answer: its session hears store_failed
+        (retryable) for it and, in the order they were sent, for every later request of its lane
+        (the same session, the same node), which starts a new generation: the client sends them
+        again in their order, and none of them is served out of it."""
+        entry = self.inflight.get(key)
+        if entry is None:
             return
-        self.late[key] = time.monotonic()
-        self.counters["failed"] += 1
-        self._fail_local(*key, why)
+        pid, node = key[0], entry[0]
+        self.lanes.get(pid, {}).pop(node, None)
+        for other, (to, _) in list(self.inflight.items()):
+            if other[0] == pid and to == node:
+                del self.inflight[other]
+                self.late[other] = time.monotonic()
+                self.counters["failed"] += 1
+                self._fail_local(*other, why)
 
     def _fail_local(self, pid, ref, why):
         try:
@@ -352,6 +402,8 @@ class Link:
         for key, (to, _) in list(self.inflight.items()):
             if to == node:
                 self._fail(key, f"{node} went down; retry")
+        for pid in [p for p in self.lanes_in if p.node == node]:
+            del self.lanes_in[pid]
         for rid, (to, _, _) in list(self.calls.items()):
             if to == node:
                 self._answer(rid, False, NodeDown(f"{node} went down"))
