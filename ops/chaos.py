@@ -199,7 +199,7 @@ def audit(devices):
         t["connects"] += d.connects
         if d.crashed:
             t["device_crashes"] += 1
-            examples.append(f"device {d.user} crashed: {d.crashed}")
+            examples.insert(0, f"device {d.user} crashed: {d.crashed}")  # first: what follows may be its echo
         t["drops"] += d.drops
         for code, n in d.errors.items():
             t["error:" + code] += n
@@ -214,8 +214,12 @@ def audit(devices):
                 t["receipts_missing"] += 1
             t["receipts_duplicated"] += max(0, d.receipts[mid] - 1)
         t["receipts"] += sum(1 for m in d.receipts if d.receipts[m])
-    for ks in order.values():
-        t["out_of_order"] += sum(1 for a, b in zip(ks, ks[1:]) if b < a)
+    for (sender, recipient), ks in order.items():
+        wrong = sum(1 for a, b in zip(ks, ks[1:]) if b < a)
+        t["out_of_order"] += wrong
+        if wrong:
+            examples.append(f"out of order {sender}->{recipient}: {[b for a, b in zip(ks, ks[1:]) if b < a][:5]} "
+                            f"came after a later one ({ks[:40]})")
     t["conversations"] = len(order)
     for key in FAILURES:
         t[key] = t[key]  # printed even when zero

@@ -221,3 +221,19 @@ def test_a_lost_request_fails_the_later_ones_of_its_session_in_order_and_none_is
         a.forward("b", session, ref, "message", body)
     wait_for(lambda: len(got) == 7)
     assert served == ["m1", "m2", "m3", "m4"]
+
+
+def test_pushed_items_after_a_lost_push_are_held_back_until_the_home_pushes_again(node):
+    ta, a, _ = node("a")
+    tb, b, _ = node("b")
+    wait_for(lambda: "b" in a.live and "a" in b.live)
+    got, resyncs = [], []
+    session = ta.spawn(Recorder, got)
+    b.services["resync"] = resyncs.append
+    tb.send(session, ("items", [b"1", b"2"], 7, 0, "b"))
+    tb.send(session, ("items", [b"5"], 7, 4, "b"))  # items 2 and 3 were lost on the way
+    tb.send(session, ("items", [b"6"], 7, 5, "b"))
+    wait_for(lambda: resyncs)
+    tb.send(session, ("items", [b"3", b"4", b"5"], 8, 0, "b"))  # the home pushes again from the first unacked
+    wait_for(lambda: len(got) == 2)
+    assert [m[1] for m in got] == [[b"1", b"2"], [b"3", b"4", b"5"]] and resyncs == [session]

@@ -20,6 +20,7 @@ sessions it held (presence goes offline), and the sessions it served are
 attached again when it is back (it pushes their queues from the start: devices
 skip the seqs they have seen).
 """
+import itertools
 import logging
 
 import gevent
@@ -52,6 +53,8 @@ class Homes:
         self.window, self.budget = window, budget
         self.remote = {}      # pid on another node -> (user homed here, device) it serves
         self.due = set()      # those pids that have something to get
+        self.pushed = {}      # those pids -> [push generation, items pushed in it] (see _push_due)
+        self._generations = itertools.count(1)
         self._flush = None
         link.pokes = self.poke
         link.watchers.append(self._node_changed)
@@ -60,7 +63,7 @@ class Homes:
             "attach": self._attach, "detach": self._detach, "acked": self._acked, "put": self._put,
             "account": self._account, "account_put": self._account_put, "users": self._users,
             "user": self._user, "route": self._route, "gone": self._gone, "blocks_of": self._blocks_of,
-            "blocked": self._blocked, "reattach": self._reattach})
+            "blocked": self._blocked, "reattach": self._reattach, "resync": self._resync})
 
     def __repr__(self):
         return f"<Homes remote_sessions={len(self.remote)} due={len(self.due)}>"
@@ -178,11 +181,12 @@ class Homes:
         if pid.node != self.link.node:
             self.remote[pid] = (user, device)
         queued = spool.login(user, device)  # what it was sent and did not ack goes again
-        self.poke(pid)
+        self._restart(pid)
         return queued
 
     def _detach(self, user, device, pid):
         self.remote.pop(pid, None)
+        self.pushed.pop(pid, None)
         if self.sm.unregister(user, device, pid) and self.presence is not None:
             self.presence.offline(user)
 
@@ -294,20 +298,37 @@ class Homes:
             spool = self.offd.current(user)  # None while the shard restarts: it pokes when back
             items = spool.next_batch(user, device, self.window, self.budget) if spool is not None else ()
             if items:
+                generation = self.pushed.setdefault(pid, [self._generation(), 0])
                 try:
-                    self.link.send(pid, ("items", [item.frame for item in items]))
+                    self.link.send(pid, ("items", [item.frame for item in items], *generation, self.link.node))
                 except ProcessDead:
                     pass
+                generation[1] += len(items)
+
+    def _generation(self):
+        return self.link.epoch * 1_000_000 + next(self._generations)
+
+    def _restart(self, pid):
+        """Push to ``pid`` from its first unacked item again, as a new generation: its node passes
+        on a generation's items only without a gap (a lost push followed by a later one would
+        make the device ack, cumulatively, what it never got)."""
+        self.pushed[pid] = [self._generation(), 0]
+        self.poke(pid)
+
+    def _resync(self, pid):
+        """The node of session ``pid`` saw a gap in what we pushed: again from its first unacked."""
+        user, device = self.remote.get(pid, (None, None))
+        spool = self.offd.current(user) if user is not None else None
+        if spool is not None:
+            spool.login(user, device)
+            self._restart(pid)
 
     def _resend(self):
         """Redis came back and may have lost its last second (appendfsync everysec): what was
         pushed to remote sessions may not have arrived. Push their queues again from the start
         (devices skip the seqs they have seen)."""
-        for pid, (user, device) in list(self.remote.items()):
-            spool = self.offd.current(user)
-            if spool is not None:
-                spool.login(user, device)
-            self.poke(pid)
+        for pid in list(self.remote):
+            self._resync(pid)
 
     def _node_changed(self, node, epoch, up):
         if not up:

@@ -82,6 +82,7 @@ class Link:
         self.due = {}          # (pid, ref) -> (entry id, when): requests we serve, acked with their answer
         self.lanes = {}        # pid -> {node: [generation, n]}: the order of a session's requests per node
         self.lanes_in = {}     # pid (of another node) -> [generation, last n served, broken]
+        self.pushes_in = {}    # our session pid -> [push generation, items passed on, resync asked]
         self.calls = {}        # rid -> (node, done(ok, value), deadline): requests waiting for answers
         self.watchers = []     # callables(node, epoch, up): a node went down (up False) or came up
         self.pokes = None      # callable(pid) -> True when a poke for that remote pid is handled here
@@ -284,8 +285,26 @@ class Link:
         except ProcessDead:
             pass
 
+    def _pushed_in_order(self, pid, bodies, generation, start, origin):
+        """Whether items pushed to our session ``pid`` follow what it got: a later generation
+        starts at 0; a gap (a push Redis lost) drops them and asks ``origin`` for a new one."""
+        got = self.pushes_in.get(pid)
+        if got is None or generation > got[0]:
+            got = self.pushes_in[pid] = [generation, 0, False]
+        if generation < got[0] or start < got[1]:
+            return False  # an older generation, or a repeated entry
+        if start > got[1]:
+            self.counters["push_gaps"] += 1
+            if not got[2]:
+                got[2] = True
+                self.cast(origin, "resync", pid)
+            return False
+        got[1] += len(bodies)
+        return True
+
     def ended(self, pid):
         """Session ``pid`` ended: the nodes it sent requests to forget its lanes."""
+        self.pushes_in.pop(pid, None)
         for node in self.lanes.pop(pid, {}):
             if node in self.live:
                 self.cast(node, "lane_end", pid)
@@ -299,6 +318,8 @@ class Link:
             if key in self.inflight and msg[1].get("code") == Code.STORE_FAILED:
                 return self._fail(key, msg[1].get("message", "retry"))  # with the rest of its lane, in order
             self.inflight.pop(key, None)
+        elif msg[0] == "items" and not self._pushed_in_order(pid, *msg[1:]):
+            return
         try:
             self.table.send(pid, msg)
         except ProcessDead:
