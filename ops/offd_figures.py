@@ -5,6 +5,7 @@ sender's window, the longest hub stall during maintenance, RSS under a big-group
     python3 -m ops.offd_figures dedup   [--senders 10000 --ids 4096]
     python3 -m ops.offd_figures stall   [--users 10000 --per-user 120]
     python3 -m ops.offd_figures flood   [--members 1024 --messages 2000]
+    python3 -m ops.offd_figures devices [--devices 1 4 --users 10000 --online 500 --items 20]
 
 ``copies``, ``dedup`` and ``stall`` run the real Spool and Router in this process (real
 segment files in a temporary directory, the router's collaborators replaced by inert
@@ -257,6 +258,94 @@ def flood(args):
             server.stop()
 
 
+def devices(args):
+    """Memory per queued item and per connection with 1 and with N devices per user.
+
+    In this process: a real Spool, ``users`` offline users with ``--items`` items each, every
+    device of every user at its own place (the first half of the companions acked half).
+    Then a real whatsupd: every device of ``--online`` users connected and idle (RSS per
+    connection), then ``--items`` messages queued for each of them offline (RSS per item)."""
+    from whatsup.client import Client
+    from whatsup.testing import ServerProcess
+    for n in args.devices:
+        linked = tuple(range(n))
+        with tempfile.TemporaryDirectory(prefix="offd-devices-") as d:
+            sp = Spool(d, 64 << 20, 10 ** 7, 30.0, devices=lambda user: linked).open()
+            gc.collect()
+            before = rss_mb()
+            names = [f"user{i:05d}" for i in range(args.users)]
+            for r in range(args.items):
+                for to in names:
+                    sp.put(to, "msg", {"type": "msg", "from": "someone", "id": f"{to}-{r}", "body": "x" * args.body})
+                if not r % 10:
+                    sp.flush()
+            for to in names:
+                for device in linked[1:1 + n // 2]:
+                    sent = sp.next_batch(to, device, args.items // 2)
+                    sp.release(sp.ack(to, device, sent[-1].seq))
+            sp.flush()
+            gc.collect()
+            grown = rss_mb() - before
+            items = sp.queued()
+            print(f"devices: {n} device(s) per user, spool in process: {items} queued items for {args.users} "
+                  f"users: RSS +{grown:.1f} MB = {grown * 2 ** 20 / items:.0f} bytes per queued item "
+                  f"(body {args.body} B)")
+            sp.close()
+    for n in args.devices:
+        with tempfile.TemporaryDirectory(prefix="offd-devices-node-") as d:
+            server = ServerProcess(d, {"accounts.scrypt_n": 2, "devices.max_companions": max(args.devices),
+                                       "ratelimit.link": 0, "server.max_connections_per_ip": 100_000,
+                                       "server.unauthenticated_per_ip": 100_000}).start()
+            clients = []
+            try:
+                names = [f"on{i:05d}" for i in range(args.online)]
+                creds = {}
+                with server.client() as c:
+                    for u in names:
+                        c.register(u, f"pw-{u}")
+                for u in names:
+                    with server.client(u) as primary, Client(server.server) as new:
+                        creds[u] = [new.link(u, primary.link_code(), f"c{i}") for i in range(n - 1)]
+                time.sleep(1.0)
+                before = rss_mb(server.proc.pid)
+                for u in names:
+                    clients.append(server.client(u))
+                    for device, token in creds[u]:
+                        c = Client(server.server)
+                        c.login(u, device=device, token=token)
+                        clients.append(c)
+                time.sleep(1.0)
+                conns = rss_mb(server.proc.pid)
+                for c in clients:
+                    c.close()
+                clients = []
+                time.sleep(1.0)
+                idle = rss_mb(server.proc.pid)
+                with server.client() as c:
+                    c.register("sender", "pw-sender")
+                with server.client("sender") as c:
+                    got = 0
+                    for r in range(args.items):
+                        for u in names:
+                            c.send_nowait(u, "x" * args.body, id=f"{u}-{r}")
+                        got += sum(f["type"] == "sent" for f in c.drain(0.2))
+                    while got < args.items * args.online:
+                        f = c.recv(30)
+                        if f is None:
+                            break
+                        got += f["type"] == "sent"
+                time.sleep(1.0)
+                queued = rss_mb(server.proc.pid)
+                print(f"devices: {n} device(s) per user, real node: {len(names) * n} idle connections "
+                      f"RSS +{conns - before:.1f} MB = {(conns - before) * 1024 / (len(names) * n):.1f} KiB per "
+                      f"connection; {got} queued items for them offline: RSS +{queued - idle:.1f} MB = "
+                      f"{(queued - idle) * 2 ** 20 / max(got, 1):.0f} bytes per item (body {args.body} B)")
+            finally:
+                for c in clients:
+                    c.close()
+                server.stop()
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python3 -m ops.offd_figures", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="what", required=True)
@@ -277,9 +366,15 @@ def main(argv=None):
     c.add_argument("--members", type=int, default=1024)
     c.add_argument("--messages", type=int, default=2000)
     c.add_argument("--body", type=int, default=100)
+    c = sub.add_parser("devices", help="RSS per queued item and per connection with 1 and N devices per user")
+    c.add_argument("--devices", type=int, nargs="+", default=[1, 4], help="devices per user, one run each")
+    c.add_argument("--users", type=int, default=10000, help="users of the in-process spool")
+    c.add_argument("--items", type=int, default=20, help="items queued per user")
+    c.add_argument("--online", type=int, default=500, help="users of the real node")
+    c.add_argument("--body", type=int, default=40)
     args = p.parse_args(argv)
     resource.setrlimit(resource.RLIMIT_CPU, (1800, 1800))  # bounded, whatever happens
-    {"copies": copies, "dedup": dedup, "stall": stall, "flood": flood}[args.what](args)
+    {"copies": copies, "dedup": dedup, "stall": stall, "flood": flood, "devices": devices}[args.what](args)
 
 
 if __name__ == "__main__":

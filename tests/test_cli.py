@@ -22,8 +22,8 @@ def cli(server, tmp_path):
            "XDG_STATE_HOME": str(tmp_path / "state")}
 
     def run(*args, check=True, **kw):
-        proc = subprocess.run([os.path.join(ROOT, "bin", "whatsup"), *args], env=env,
-                              capture_output=True, text=True, timeout=60, **kw)
+        proc = subprocess.run([os.path.join(ROOT, "bin", "whatsup"), *args], **{"env": env, **kw},
+                              capture_output=True, text=True, timeout=60)
         if check:
             assert proc.returncode == 0, proc.stderr
         return proc
@@ -210,3 +210,22 @@ def test_the_shipped_config_is_the_generated_one():
     with open(os.path.join(ROOT, "etc", "whatsupd.toml")) as f:
         assert f.read() == config.render_toml(), "regenerate: python3 -m whatsup.config > etc/whatsupd.toml"
     assert config.load(os.path.join(ROOT, "etc", "whatsupd.toml")).as_dict() == config.load().as_dict()
+
+
+def test_link_a_second_machine_use_it_without_the_password_list_and_unlink_it(cli, tmp_path):
+    cli("register", "alice")
+    cli("register", "bob")
+    code = cli("link", "--as", "bob").stdout.split()[0]
+    laptop = {**cli.env, "XDG_STATE_HOME": str(tmp_path / "laptop-state")}
+    laptop.pop("WHATSUP_PASSWORD")  # the laptop never knows bob's password
+    linked = cli("link", "--code", code, "--name", "laptop", "bob", env=laptop).stdout
+    assert "device 1 (laptop) of bob" in linked
+    cli("send", "--as", "alice", "bob", "to every device")
+    got = cli("inbox", "--as", "bob", "--json", env=laptop).stdout.splitlines()
+    assert [json.loads(line)["body"] for line in got] == ["to every device"]
+    assert "to every device" in cli("inbox", "--as", "bob").stdout  # the phone still gets it
+    listed = cli("devices", "--as", "bob", env=laptop).stdout.splitlines()
+    assert [line.split()[:2] for line in listed] == [["0", "primary"], ["1", "laptop"]]
+    assert "(this one)" in listed[1]
+    cli("unlink", "--as", "bob", "1")
+    assert "auth_failed" in cli("inbox", "--as", "bob", env=laptop, check=False).stderr

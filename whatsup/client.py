@@ -111,7 +111,7 @@ class Client:
         self.last_seq = last_seq  # highest delivered seq handed to the application
         self.seen = seen if seen is not None else Seen()
         self.acked_seq = last_seq
-        self.user = None
+        self.user = self.device = None
         self.hello = self.last_login = None
         self.inbox = collections.deque()
         self._refs = itertools.count(1)
@@ -195,10 +195,31 @@ class Client:
             frame["invite"] = invite
         return self._auth(frame)
 
-    def login(self, user, password):
-        self.last_login = self._auth({"type": "login", "user": user, "password": password})
-        self.user = user
+    def login(self, user, password=None, device=None, token=None):
+        """Log in as the primary device (the password) or as companion ``device`` (its token)."""
+        frame = {"type": "login", "user": user}
+        frame.update({k: v for k, v in (("password", password), ("device", device), ("token", token))
+                      if v is not None})
+        self.last_login = self._auth(frame)
+        self.user, self.device = user, self.last_login.get("device", protocol.PRIMARY)
         return self.last_login
+
+    # --- devices (docs/PROTOCOL.md, "Devices") ------------------------------------------
+
+    def link_code(self):
+        """A one-time code (on a logged-in device) with which a new device links to this user."""
+        return self.request({"type": "link_code"})["code"]
+
+    def link(self, user, code, name):
+        """On the new device, before login: (device id, token) to log in with from then on."""
+        f = self.request({"type": "link", "user": user, "code": code, "name": name})
+        return f["device"], f["token"]
+
+    def devices(self):
+        return self.request({"type": "devices"})["devices"]
+
+    def unlink(self, device):
+        return self.request({"type": "unlink", "device": device})
 
     def passwd(self, old, new):
         """Change the password (docs/PROTOCOL.md, "Accounts"); other sessions are logged out."""
@@ -236,8 +257,13 @@ class Client:
         return frame
 
     def message_frame(self, to, body, id=None, group=None):
+        """A msg frame. A group message's id is marked seen: the copy the group sends back to a
+        user with other devices (docs/PROTOCOL.md, "Devices") is shown on those, not on this one."""
         check_body(body, self.hello)
-        return {"type": "msg", "id": id or uuid.uuid4().hex, "body": body, **_address(to, group)}
+        frame = {"type": "msg", "id": id or uuid.uuid4().hex, "body": body, **_address(to, group)}
+        if group is not None:
+            self.seen.add(message_key({"from": self.user, **frame}))
+        return frame
 
     def read(self, to, ids, group=None):
         """Tell ``to`` that its messages ``ids`` (in ``group``, if given) were read (waits until
@@ -318,7 +344,8 @@ class Client:
         """The next pushed frame (msg, receipt, sent, error...), or None after ``timeout``.
 
         An item already handed out before (seq <= last_seq, or a message whose
-        (group, from, id) is in ``seen``) is acked again and skipped.
+        (group, from, id) is in ``seen``) is acked again and skipped, and so is this
+        device's own copy of what it sent (``device`` is its own: its other devices show it).
         """
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while True:
@@ -334,6 +361,8 @@ class Client:
                         self.flush_acks()  # the last of a burst: one ack covers all of it
                     if frame["type"] == "msg" and not self.seen.add(message_key(frame)):
                         continue  # shown before under another seq: acked, not shown again
+                    if frame.get("device") == self.device and frame.get("from") == self.user:
+                        continue  # this device's own message or read, synced to its others
                 return frame
             self.flush_acks()
             left = deadline - time.monotonic()
@@ -451,9 +480,10 @@ class Connection:
     Not thread-safe: one thread uses it.
     """
 
-    def __init__(self, server, user, password, tls=False, cafile=None, state_dir=None, backoff=None,
+    def __init__(self, server, user, password, tls=False, cafile=None, state_dir=None, backoff=None, device=None,
                  on_status=None, timeout=10.0, clock=time.monotonic, sleep=time.sleep):
         self.server, self.user, self.password = server, user, password
+        self.device = device  # None: the companion linked in state_dir, if any, else the primary
         self.tls, self.cafile, self.state_dir = tls, cafile, state_dir
         self.backoff = backoff or Backoff()
         self.on_status = on_status or (lambda event, detail: None)
@@ -584,8 +614,11 @@ class Connection:
         except (OSError, ProtocolError) as exc:
             return self._retry_later(exc)
         try:
-            self._resume(client)
-            client.login(self.user, self.password)
+            credential = self._resume(client)
+            if credential is not None:
+                client.login(self.user, device=credential[0], token=credential[1])
+            else:
+                client.login(self.user, self.password)
         except ServerError as exc:
             client.close()
             if exc.code in RETRY or exc.code == "too_many_attempts":
@@ -606,15 +639,23 @@ class Connection:
 
     def _resume(self, client):
         """Carry the device's last seq and seen messages over to a new connection to the same
-        data dir; for another (or the first), the ones saved for it, if any."""
+        data dir; for another (or the first), the ones saved for it, if any. Returns the
+        companion credential (device, token) to log in with, None for the primary."""
         node = client.hello.get("node_id")
+        credential = None
+        if self.state_dir is not None and self.device != protocol.PRIMARY:
+            credential = ClientState(node, self.user, self.state_dir).credential()
+            if credential is not None and self.device not in (None, credential[0]):
+                credential = None
         if self.hello is not None and self.hello.get("node_id") == node:
             client.last_seq = client.acked_seq = self.last_seq
             client.seen = self.seen
         elif self.state_dir is not None:
-            self.state = ClientState(node, self.user, self.state_dir)
+            device = credential[0] if credential else protocol.PRIMARY
+            self.state = ClientState(node, self.user, self.state_dir, device=device)
             for frame in self.state.load(client):  # what an earlier run could not send
                 self.outbox.add(_outbox_key(frame), frame)
+        return credential
 
     def _retry_later(self, exc):
         delay = self.backoff.next()
@@ -710,8 +751,11 @@ class ClientState:
     outbox that had no answer yet (sent again, same ids, by the next run)."""
     KEEP = 2000
 
-    def __init__(self, node_id, user, directory=None):
-        self.path = os.path.join(directory or self.default_dir(), f"{user}@{node_id}.json")
+    def __init__(self, node_id, user, directory=None, device=protocol.PRIMARY):
+        directory = directory or self.default_dir()
+        device_part = f".{device}" if device != protocol.PRIMARY else ""  # the primary's keeps its old name
+        self.path = os.path.join(directory, f"{user}{device_part}@{node_id}.json")
+        self.credential_path = os.path.join(directory, f"{user}@{node_id}.device.json")
 
     @staticmethod
     def default_dir():
@@ -728,6 +772,24 @@ class ClientState:
             return [f for f in saved.get("outbox", []) if isinstance(f, dict) and f.get("type") in ("msg", "read")]
         except (OSError, ValueError, TypeError, AttributeError):
             return []
+
+    def credential(self):
+        """(device id, token) of the companion linked here for this user and server, or None."""
+        try:
+            with open(self.credential_path) as f:
+                saved = json.load(f)
+            return int(saved["device"]), str(saved["token"])
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+
+    def save_credential(self, device, token):
+        """Keep a newly linked device's id and token (0600: the token is its credential)."""
+        os.makedirs(os.path.dirname(self.credential_path), exist_ok=True)
+        tmp = self.credential_path + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"device": device, "token": token}, f)
+        os.replace(tmp, self.credential_path)
 
     def save(self, client, outbox=()):
         os.makedirs(os.path.dirname(self.path), exist_ok=True)

@@ -80,6 +80,12 @@ SETTINGS = (
             0.0),
     Setting("groups.fanout_chunk", int, 64, "group members woken (or events queued) between two yields to the hub, so "
             "a large fan-out does not stall the other sessions", 1),
+    Setting("devices.max_companions", int, 4, "companion devices one user may link besides the primary "
+            "(WhatsApp's limit); one more is refused with device_limit", 0),
+    Setting("devices.link_ttl", float, 60.0, "seconds a link code stays valid (single-use; a user holds one "
+            "at a time)", 5.0),
+    Setting("devices.inactive_after", float, 30.0, "days a companion may stay offline before it is unlinked "
+            "(checked when one of the user's devices logs in) and stops holding items; 0 means never", 0.0),
     Setting("ratelimit.msg", float, 500.0, "msg frames per second per connection; 0 means no limit", 0.0),
     Setting("ratelimit.read", float, 500.0, "read receipts per second per connection; 0 means no limit", 0.0),
     Setting("ratelimit.ack", float, 1000.0, "acks per second per connection (a device acks what it "
@@ -88,6 +94,8 @@ SETTINGS = (
             "(a device needs one per idle_timeout/3); 0 means no limit", 0.0),
     Setting("ratelimit.typing", float, 5.0, "typing frames per second per connection; 0 means no limit",
             0.0),
+    Setting("ratelimit.link", float, 1.0, "link frames per second per connection (wrong codes also count "
+            "as failed logins, auth.*); 0 means no limit", 0.0),
     Setting("ratelimit.presence_sub", float, 20.0, "presence subscriptions per second per connection; "
             "0 means no limit", 0.0),
     Setting("mailbox.session", int, 10_000, "messages queued in one session's mailbox at most; a "

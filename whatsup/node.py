@@ -57,6 +57,7 @@ from .config import ConfigError
 from .ctl.server import ControlServer, socket_path as control_path
 from .store.datadir import DataDirBusy, InsecureDataDir, ShardMismatch, identity, lock, secure, shard_count
 from .social.groups import SUPERVISOR as GROUP_SUPERVISOR, Groups, GroupsProcess
+from .users.devices import Devices
 from .users.lifecycle import Lifecycle
 from .c2s.listener import FD_RESERVE, ConnectionGate, GatedServer, connection_cap, server_context
 from .store.offd import Offd
@@ -189,6 +190,8 @@ class Node:
             "user": KeyedLimiter(cfg.auth.user_failures, cfg.auth.failure_window),
             "ip": KeyedLimiter(cfg.auth.ip_failures, cfg.auth.failure_window),
             "prefix": KeyedLimiter(cfg.auth.prefix_failures, cfg.auth.failure_window)})
+        self.devices = Devices(self.accounts, self.offd, self.sm, self.router, self.failed_logins,
+                               cfg.devices.max_companions, cfg.devices.link_ttl, cfg.devices.inactive_after * 86400)
         self.lifecycle = Lifecycle(self.sm, self.router, self.accounts, self.offd, self.groups, self.blocks,
                                    self.presence, vars(cfg.accounts), cfg.accounts.name_reuse_days,
                                    self.failed_logins)
@@ -295,7 +298,8 @@ class Node:
             node_id=self.node_id, counters=self.counters, timers=self.timers, gate=self.gate,
             failed_logins=self.failed_logins, sm=self.sm, accounts=self.accounts,
             registration=self.registration, lifecycle=self.lifecycle, offd=self.offd, router=self.router,
-            groups=self.groups, presence=self.presence, blocks=self.blocks, push=self.push, homes=self.homes)
+            groups=self.groups, presence=self.presence, blocks=self.blocks, push=self.push,
+            devices=self.devices, homes=self.homes)
 
     def _tree(self):
         cfg = self.cfg

@@ -73,13 +73,19 @@ class Code:
     KICKED = "kicked"                        # connection closed by the operator
     PASSWORD_CHANGED = "password_changed"    # connection closed: the password changed elsewhere
     ACCOUNT_DELETED = "account_deleted"      # connection closed: the account was deleted
+    # devices (docs/PROTOCOL.md, "Devices")
+    BAD_LINK_CODE = "bad_link_code"          # link refused: unknown, used or expired code
+    DEVICE_LIMIT = "device_limit"            # link refused: the user has devices.max_companions companions
+    UNKNOWN_DEVICE = "unknown_device"        # unlink names no linked device
+    PRIMARY_DEVICE = "primary_device"        # unlink refused: the primary device is the account
+    UNLINKED = "unlinked"                    # connection closed: this device was unlinked
 
 
 #: Codes after which the server closes the connection.
 CLOSING = frozenset({Code.BAD_FRAME, Code.FRAME_TOO_LARGE, Code.UNSUPPORTED_VERSION,
                      Code.REPLACED, Code.IDLE_TIMEOUT, Code.SHUTTING_DOWN, Code.FLOODING,
                      Code.SLOW_READER, Code.TOO_MANY_CONNECTIONS, Code.OVERLOADED, Code.KICKED,
-                     Code.PASSWORD_CHANGED, Code.ACCOUNT_DELETED})
+                     Code.PASSWORD_CHANGED, Code.ACCOUNT_DELETED, Code.UNLINKED})
 
 
 #: Codes of frames that are garbage, whatever the session's state: each costs a strike, like a
@@ -351,7 +357,9 @@ SCHEMAS = {
     # any string: the rules are register's (bad_username, bad_password) and login's (auth_failed)
     "register": {"ref": (True, _ref), "user": (True, _text), "password": (True, _text),
                  "invite": (False, _str(1, 64))},
-    "login": {"ref": (True, _ref), "user": (True, _text), "password": (True, _text)},
+    # the primary device logs in with the password, a companion with its device id and token
+    "login": {"ref": (True, _ref), "user": (True, _text), "password": (False, _text),
+              "device": (False, _int), "token": (False, _str(1, 128))},
     "msg": {"ref": (True, _ref), "id": (True, _str(1, MAX_ID)), "to": (False, _user),
             "group": (False, _group), "body": (True, _text)},
     "ack": {"seq": (True, _int)},
@@ -381,6 +389,11 @@ SCHEMAS = {
     "passwd": {"ref": (True, _ref), "old": (True, _text), "new": (True, _text)},
     "delete_account": {"ref": (True, _ref), "password": (True, _text)},
     "invite_create": {"ref": (True, _ref)},
+    # devices
+    "link_code": {"ref": (True, _ref)},
+    "link": {"ref": (True, _ref), "user": (True, _text), "code": (True, _str(1, 32)), "name": (True, _name)},
+    "devices": {"ref": (True, _ref)},
+    "unlink": {"ref": (True, _ref), "device": (True, _int)},
     # push notifications
     "push_register": {"ref": (True, _ref), "kind": (True, _str(1, 32)), "token": (True, _str(1, 4096))},
     "push_unregister": {"ref": (True, _ref)},

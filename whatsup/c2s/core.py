@@ -20,6 +20,10 @@ from ..protocol import PRIMARY, Code, ProtocolError
 from ..runtime.ratelimit import FrameBuckets, TokenBucket
 from ..runtime.process import FAIR_SHARE
 
+#: What a connection may send before it is logged in (after hello): make an account, link a
+#: device to one, log in.
+PRE_LOGIN = frozenset({"register", "link", "login"})
+
 
 class Limits(NamedTuple):
     """The settings a connection obeys (docs/PROTOCOL.md, "Limits"), read once per config."""
@@ -129,7 +133,7 @@ class Conn:
             return
         if ftype == "hello":
             raise ProtocolError(Code.BAD_FIELD, "hello was already sent", f["ref"])
-        if ftype in ("register", "login"):
+        if ftype in PRE_LOGIN:
             if self.user is not None:
                 raise ProtocolError(Code.ALREADY_LOGGED_IN, f"logged in as {self.user}", f["ref"])
             return

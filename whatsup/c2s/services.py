@@ -18,6 +18,7 @@ from ..social.groups import Groups
 from ..social.presence import Presence
 from ..store.accounts import AccountStore
 from ..store.offd import Offd
+from ..users.devices import Devices
 from ..users.lifecycle import Lifecycle
 from ..users.push import Push
 from ..users.registration import Registration
@@ -45,4 +46,5 @@ class Services:
     presence: Presence
     blocks: Blocks
     push: Push
+    devices: Devices
     homes: object = None            # in a cluster: what users homed on other nodes need (whatsup/cluster/homes.py)

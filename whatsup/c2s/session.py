@@ -55,7 +55,7 @@ from ..store.accounts import UserTaken
 from .admission import Refused, prefix
 from .core import Close
 from ..runtime.factory import ShardDown
-from ..protocol import Code, ProtocolError, error_frame
+from ..protocol import PRIMARY, Code, ProtocolError, error_frame
 from ..runtime.process import FAIR_SHARE
 
 log = logging.getLogger("whatsup.session")
@@ -301,8 +301,8 @@ class Session:
             return st.send({"type": "pong", **({"ref": f["ref"]} if "ref" in f else {})})
         if ftype == "hello":
             return Session._hello(st, f)
-        if ftype in ("register", "login"):
-            return (Session._register if ftype == "register" else Session._login)(proc, st, f)
+        if ftype in c2s.PRE_LOGIN:
+            return getattr(Session, "_" + ftype)(proc, st, f)
         homes = st.services.homes
         if homes is not None and homes.elsewhere(ftype, st.user, proc.pid, f):
             return  # served by the home of whom it concerns; the answer comes as a reply
@@ -320,7 +320,7 @@ class Session:
             else:
                 st.services.groups.message(st.user, proc.pid, f)
         else:
-            st.services.router.message(st.user, proc.pid, f["ref"], f["id"], f["to"], f["body"])
+            st.services.router.message(st.user, proc.pid, f["ref"], f["id"], f["to"], f["body"], st.device)
         st.awaiting_answer(f["ref"])
 
     @staticmethod
@@ -337,7 +337,7 @@ class Session:
     def _read(proc, st, f):
         if "group" in f and (st.services.homes is None or st.services.homes.here(f["group"])):
             st.services.groups.members_of(st.user, f["group"], f["ref"])
-        st.services.router.read(st.user, proc.pid, f["ref"], f["to"], f["ids"], f.get("group"))
+        st.services.router.read(st.user, proc.pid, f["ref"], f["to"], f["ids"], f.get("group"), st.device)
         st.awaiting_answer(f["ref"])
 
     @staticmethod
@@ -366,15 +366,37 @@ class Session:
         st.send({"type": "ok", "ref": ref, "user": user})
 
     @staticmethod
+    def _link(proc, st, f):
+        """A new device presents a link code (docs/PROTOCOL.md, "Devices"): it gets its id and token."""
+        user, ref, ip = f["user"], f["ref"], st.addr[0]
+        try:
+            device, token = st.services.devices.link(user, f["code"], f["name"],
+                                                     (("user", user), ("ip", ip), ("prefix", prefix(ip))), ref)
+        except Refused as exc:
+            raise ProtocolError(exc.code, str(exc), ref, exc.retry_after) from None
+        except OSError as exc:
+            log.error("linking a device to %s failed: %s", user, exc)
+            raise ProtocolError(Code.STORE_FAILED, "could not store the device; retry", ref) from None
+        st.send({"type": "linked", "ref": ref, "user": user, "device": device, "token": token})
+
+    @staticmethod
+    def _verify(sv, user, device, f, ip):
+        """The login's credential: the password for the primary device, the token for a companion
+        (the password alone is not enough to act as one)."""
+        if device == PRIMARY:
+            password = f.get("password")
+            return (password is not None and len(password) <= sv.account_rules["max_password"]  # no hash
+                    and sv.accounts.verify(user, password, ip))                               # of a longer one
+        return "token" in f and sv.accounts.verify_device(user, device, f["token"])
+
+    @staticmethod
     def _login(proc, st, f):
         started = time.monotonic()
-        user, ref = f["user"], f["ref"]
+        user, ref, device = f["user"], f["ref"], f.get("device", PRIMARY)
         sv, ip = st.services, st.addr[0]
         keys = (("user", user), ("ip", ip), ("prefix", prefix(ip)))
         try:
-            verified = sv.failed_logins.attempt(keys, lambda: (
-                len(f["password"]) <= sv.account_rules["max_password"]  # no hash of a longer one
-                and sv.accounts.verify(user, f["password"], ip)))
+            verified = sv.failed_logins.attempt(keys, lambda: Session._verify(sv, user, device, f, ip))
         except Refused as exc:
             raise ProtocolError(exc.code, str(exc), ref, exc.retry_after) from None
         if verified is None:
@@ -388,10 +410,10 @@ class Session:
             raise ProtocolError(Code.BANNED, f"this account is banned: {ban['reason']}", ref)
         if sv.homes is not None and not sv.homes.here(user):
             # the user's home holds their queue: it replaces an older session and pushes the items
-            spool, queued = None, sv.homes.attach(user, st.device, proc.pid)
+            spool, queued = None, sv.homes.attach(user, device, proc.pid)
         else:
             spool = sv.offd.spool(user)
-        st.user = proc.entity = user
+        st.user, st.device, proc.entity = user, device, user
         sv.gate.authenticated(st.addr)
         online = sv.sm.lookup(user) is not None
         old = sv.sm.register(user, st.device, proc.pid)
@@ -400,9 +422,10 @@ class Session:
         elif not online and spool is not None:  # (for a user homed elsewhere, the home says it)
             sv.presence.online(user)
         if spool is not None:
-            queued = spool.login(user, st.device)  # what it was sent and did not ack goes again
+            queued = spool.login(user, device)  # what it was sent and did not ack goes again
         sv.counters["logins"] += 1
-        st.send({"type": "ok", "ref": ref, "user": user, "queued": queued})
+        st.send({"type": "ok", "ref": ref, "user": user, "device": device, "queued": queued})
+        sv.devices.logged_in(user, device)
         latency.LOGIN.observe(time.monotonic() - started)
         Session._push(proc, st)
 
@@ -455,6 +478,9 @@ ROUTES = {
     "passwd": _feature(lambda s: s.lifecycle.passwd),
     "delete_account": _feature(lambda s: s.lifecycle.delete_account),
     "invite_create": _feature(lambda s: s.registration.invite_create),
+    "link_code": _feature(lambda s: s.devices.link_code),
+    "devices": _feature(lambda s: s.devices.list),
+    "unlink": _feature(lambda s: s.devices.unlink),
     "push_register": _feature(lambda s: s.push.register),
     "push_unregister": _feature(lambda s: s.push.unregister),
 }

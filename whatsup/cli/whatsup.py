@@ -1,6 +1,7 @@
 """``whatsup``: the command-line client (register, send, inbox, chat, groups, presence)."""
 import functools
 import json
+import socket
 import time
 
 import click
@@ -12,8 +13,10 @@ from .render import describe
 
 
 def _password_option(confirm=False):
-    return click.option("--password", envvar="WHATSUP_PASSWORD", prompt=True, hide_input=True,
-                        confirmation_prompt=confirm, help="or $WHATSUP_PASSWORD; prompted when absent")
+    """--password; prompted when absent, on a command that acts as a device only when that
+    device is the primary (a companion linked here logs in with its token)."""
+    return click.option("--password", envvar="WHATSUP_PASSWORD", prompt=confirm, hide_input=True,
+                        confirmation_prompt=confirm, help="or $WHATSUP_PASSWORD; prompted when needed")
 
 
 def _as_option(f):
@@ -21,14 +24,26 @@ def _as_option(f):
 
 
 def _connect(ctx, user=None, password=None):
+    """A client, logged in as ``user``'s device (``--device``; by default the companion linked
+    here, else the primary) when ``user`` is given."""
     server = ctx.obj["server"]
     try:
         client = Client(server, tls=ctx.obj["tls"], cafile=ctx.obj["cafile"])
         if user is not None:
-            state = ClientState(client.hello["node_id"], user)
+            node_id = client.hello["node_id"]
+            credential = ClientState(node_id, user).credential()
+            device = ctx.obj["device"] if ctx.obj["device"] is not None else credential[0] if credential else 0
+            state = ClientState(node_id, user, device=device)
             state.load(client)
             client.state = state
-            client.login(user, password)
+            if device == 0:
+                client.login(user, password if password is not None else
+                             click.prompt("Password", hide_input=True, err=True))
+            elif credential is None or credential[0] != device:
+                raise click.ClickException(f"device {device} of {user} is not linked here "
+                                           f"(whatsup link --code CODE {user})")
+            else:
+                client.login(user, device=device, token=credential[1])
         return client
     except ServerError as exc:
         raise click.ClickException(f"{exc.code}: {exc.message}") from None
@@ -54,11 +69,14 @@ class _Commands(click.Group):
 @click.option("--cafile", envvar="WHATSUP_CAFILE", type=click.Path(exists=True, dir_okay=False),
               help="PEM file of the CA (or self-signed certificate) to trust with --tls; "
                    "the system's CAs without it")
+@click.option("--device", type=int, envvar="WHATSUP_DEVICE", default=None,
+              help="act as this device of the user: 0 the primary (password), N a companion linked here "
+                   "(its token); default: the companion linked here, else the primary")
 @version_option("whatsup")
 @click.pass_context
-def main(ctx, server, tls, cafile):
+def main(ctx, server, tls, cafile, device):
     """Talk to a whatsup server."""
-    ctx.obj = {"server": server, "tls": tls or bool(cafile), "cafile": cafile}
+    ctx.obj = {"server": server, "tls": tls or bool(cafile), "cafile": cafile, "device": device}
 
 
 @main.command()
@@ -70,6 +88,57 @@ def register(ctx, user, password):
     with _connect(ctx) as client:
         _call(client.register, user, password)
     click.echo(f"registered {user}")
+
+
+@main.command()
+@click.option("--as", "as_user", metavar="USER", help="on a device of USER: print a code to link a new one")
+@_password_option()
+@click.option("--code", help="on the new device: the code another device of USER printed")
+@click.option("--name", default=lambda: socket.gethostname()[:100] or "device", show_default="this host's name",
+              help="the new device's name")
+@click.argument("user", required=False)
+@click.pass_context
+def link(ctx, as_user, password, code, name, user):
+    """Link a new device: ``--as USER`` prints a code, ``--code CODE USER`` links this machine."""
+    if (as_user is None) == (code is None):
+        raise click.UsageError("give --as USER (print a code) or --code CODE USER (link this machine)")
+    if as_user is not None:
+        with _connect(ctx, as_user, password) as client:
+            code = _call(client.link_code)
+        click.echo(f"{code}  (valid for a minute, once: on the new device run whatsup link --code {code} {as_user})")
+        return
+    if user is None:
+        raise click.UsageError("--code needs the USER to link to")
+    with _connect(ctx) as client:
+        device, token = _call(client.link, user, code, name)
+        ClientState(client.hello["node_id"], user).save_credential(device, token)
+    click.echo(f"linked this machine as device {device} ({name}) of {user}")
+
+
+@main.command()
+@_as_option
+@_password_option()
+@click.pass_context
+def devices(ctx, user, password):
+    """List USER's devices: 0 the primary, then the linked companions."""
+    with _connect(ctx, user, password) as client:
+        for d in _call(client.devices):
+            seen = time.strftime("%Y-%m-%d %H:%M", time.localtime(d["last_seen"])) if "last_seen" in d else "-"
+            here = "  (this one)" if d["device"] == client.device else ""
+            click.echo(f"{d['device']:>3}  {d['name']:<20} {'online' if d['online'] else 'offline':<8} "
+                       f"last seen {seen}{here}")
+
+
+@main.command()
+@_as_option
+@_password_option()
+@click.argument("device", type=int)
+@click.pass_context
+def unlink(ctx, user, password, device):
+    """Unlink DEVICE of USER: its token stops working and its queue is dropped."""
+    with _connect(ctx, user, password) as client:
+        _call(client.unlink, device)
+    click.echo(f"unlinked device {device} of {user}")
 
 
 def _call(fn, *args, **kw):
@@ -144,8 +213,10 @@ def chat(ctx, user, password, group, peer):
     and typing, and the group's events, are shown as they happen.
     """
     _target(peer, group)
+    if password is None and not ctx.obj["device"]:  # a companion linked here: pass --device N
+        password = click.prompt("Password", hide_input=True, err=True)
     conn = Connection(ctx.obj["server"], user, password, tls=ctx.obj["tls"], cafile=ctx.obj["cafile"],
-                      state_dir=ClientState.default_dir())
+                      state_dir=ClientState.default_dir(), device=ctx.obj["device"])
     try:
         outcome = chat_ui.run(conn, user, peer, group)
     except ServerError as exc:

@@ -106,7 +106,8 @@ def leaf(group, name, **kw):
 
 
 USER_COLUMNS = ("user", "online", "banned")
-SESSION_COLUMNS = ("user", "addr", "since", "node", "pid")
+SESSION_COLUMNS = ("user", "device", "addr", "since", "node", "pid")
+DEVICE_COLUMNS = ("device", "name", "online", "created", "last_seen")
 
 
 @main.group()
@@ -186,6 +187,26 @@ def sessions():
 def sessions_list(ctl):
     """Who is connected, from where, since when, on which node."""
     ctl.show(ctl.call("sessions.list"), SESSION_COLUMNS)
+
+
+@main.group()
+def devices():
+    """A user's devices (docs/PROTOCOL.md, "Devices")."""
+
+
+@leaf(devices, "list")
+@click.argument("user")
+def devices_list(ctl, user):
+    """USER's devices: the primary (0) and the linked companions."""
+    ctl.show(ctl.call("devices.list", user=user), DEVICE_COLUMNS)
+
+
+@leaf(devices, "unlink")
+@click.argument("user")
+@click.argument("device", type=int)
+def devices_unlink(ctl, user, device):
+    """Unlink companion DEVICE of USER: its token is revoked, its session closed, its items released."""
+    ctl.show(ctl.call("devices.unlink", user=user, device=device))
 
 
 @main.group()

@@ -10,7 +10,7 @@ import time
 
 from ..store.accounts import UserTaken
 from ..users.lifecycle import OPERATOR
-from ..protocol import ProtocolError, check_account
+from ..protocol import PRIMARY, ProtocolError, check_account
 from ..shell.helpers import Helpers
 from . import Refused
 
@@ -151,6 +151,22 @@ def sessions_list(node, who):
     rows = [_session(node, pid) for user, devices in sorted(node.sm.sessions.items())
             for _, pid in sorted(devices.items())]
     return [r for r in rows if r is not None]
+
+
+# --- devices -------------------------------------------------------------------------------
+
+@command("devices.list", user=USER)
+def devices_list(node, who, user):
+    """A user's devices: the primary and the companions linked, with their times and whether online."""
+    return node.devices.list(_user(node, user), None, {"ref": None})["devices"]
+
+
+@command("devices.unlink", changes=True, user=USER, device=(True, int))
+def devices_unlink(node, who, user, device):
+    """Unlink a companion device: its token is revoked, its session closed, its items released."""
+    if device == PRIMARY or not node.devices.unlink_device(_user(node, user), device, f"unlinked by {who}"):
+        raise Refused("unknown_device", f"{user} has no companion device {device}")
+    return {"user": user, "device": device, "unlinked": True}
 
 
 # --- queues --------------------------------------------------------------------------------

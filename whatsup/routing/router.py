@@ -433,7 +433,7 @@ class Router:
             else:
                 retry(err)
         try:
-            self._receipt(user, sender, "delivered", ids, durable, group)
+            self._receipt(user, sender, "delivered", ids, durable, group, lazy=True)
         except ShardDown as exc:
             retry(exc)
 
@@ -488,14 +488,14 @@ class Router:
             return group is not None or (seq is not None and spool is not None and spool.delivered(reader, seq))
         return [i for i in ids if not delivered(i)]
 
-    def _receipt(self, user, to, status, ids, on_durable=None, group=None, force=True):
+    def _receipt(self, user, to, status, ids, on_durable=None, group=None, force=True, lazy=False):
         frame = {"type": "receipt", "from": user, "status": status, "ids": ids}
         if group is not None:
             frame["group"] = group
         if self.remote is not None and not self.remote.here(to):
             self.remote.put(to, "receipt", frame, on_durable or (lambda err: None), force)
         else:
-            self.offd.spool(to).put(to, "receipt", frame, on_durable=on_durable, force=force)
+            self.offd.spool(to).put(to, "receipt", frame, on_durable=on_durable, force=force, lazy=lazy)
         self.counters["receipts"] += 1
 
     # --- delivery ----------------------------------------------------------------------

@@ -121,7 +121,7 @@ class Helpers:
     """The shell's verbs, bound to one node; :meth:`namespace` is what a shell session sees."""
 
     VERBS = ("h", "ps", "top", "i", "state", "mailbox", "update", "suspend", "resume", "drain",
-             "kill", "where", "stats", "reload", "strays", "nodes", "rpc")
+             "kill", "where", "stats", "reload", "strays", "unlink", "nodes", "rpc")
     #: What rpc() may run on another node (answers that travel: the text of tables, plain data).
     REMOTE = ("ps", "top", "i", "mailbox", "where", "stats", "reload", "strays", "nodes")
 
@@ -132,7 +132,7 @@ class Helpers:
     def namespace(self):
         node = self.node
         ns = {name: getattr(self, name) for name in self.VERBS}
-        ns.update(node=node, table=node.table, sm=node.sm, router=node.router, offd=node.offd,
+        ns.update(node=node, table=node.table, sm=node.sm, router=node.router, offd=node.offd, devices=node.devices,
                   cfg=node.cfg, Pid=Pid, gevent=gevent, _c=self._c, help=self.help)
         return ns
 
@@ -149,6 +149,10 @@ class Helpers:
             fn = getattr(self, name)
             doc = (fn.__doc__ or "").strip().splitlines()[0]
             print(f"  {name + str(inspect.signature(fn)):<34} {doc}")
+
+    def unlink(self, user, device):
+        """Unlink companion ``device`` of ``user``: token revoked, session closed, its items released."""
+        return self.node.devices.unlink_device(user, device, "unlinked by the operator")
 
     def help(self, thing=None):
         """``help()`` lists the helpers, as ``h()``; ``help(x)`` shows x's documentation. (pydoc's

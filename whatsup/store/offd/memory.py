@@ -62,7 +62,7 @@ class MemorySpool(Queues):
     def _segment(self):
         return 0
 
-    def _kept(self, user, item, on_durable):
+    def _kept(self, user, item, on_durable, lazy=False):
         self._later(on_durable)
 
     def _kept_group(self, users, item, on_durable):

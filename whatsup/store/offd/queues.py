@@ -151,17 +151,18 @@ class Queues:
         q = self.queues.get(user)
         return list(q.items) if q is not None else []
 
-    def put(self, user, kind, frame, sender=None, cid=None, on_durable=None, force=False):
+    def put(self, user, kind, frame, sender=None, cid=None, on_durable=None, force=False, lazy=False):
         """Queue ``frame`` (a dict, seq and ts are stamped into it; or a protocol.Template) for
         ``user``; ``on_durable(err)`` once it is kept. Returns the Item. Raises QueueFull unless
         ``force`` (receipts are forced: refusing one would lose it, and they are bounded by the
-        messages sent)."""
+        messages sent). ``lazy``: no one waits for it soon (a ✓✓ receipt: the online sender
+        is poked at once, only the acked item's delete waits), so it may ride in a later write."""
         q = self.queue(user)
         if not force and len(q.items) >= self.max_queue:
             raise QueueFull(user)
         item = self._item(kind, sender, cid, frame)
         q.items.append(item)
-        self._kept(user, item, on_durable)
+        self._kept(user, item, on_durable, lazy)
         self.counts["put"] += 1
         if self.on_ready is not None:
             self.on_ready(user)
@@ -379,8 +380,9 @@ class Queues:
         """Where a new item is kept (Item.seg)."""
         raise NotImplementedError
 
-    def _kept(self, user, item, on_durable):
-        """``item`` was queued for ``user``: keep it, then call ``on_durable(err)``."""
+    def _kept(self, user, item, on_durable, lazy=False):
+        """``item`` was queued for ``user``: keep it (soon, unless ``lazy``), then call
+        ``on_durable(err)``."""
         raise NotImplementedError
 
     def _kept_group(self, users, item, on_durable):

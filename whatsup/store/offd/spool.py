@@ -193,10 +193,10 @@ class Spool(Queues):
     def _segment(self):
         return self._active.sid
 
-    def _kept(self, user, item, on_durable):
+    def _kept(self, user, item, on_durable, lazy=False):
         self._active.live += 1
         self._append(record.put(user, item.seq, item.ts, item.kind, item.sender, item.cid, item.frame),
-                     lambda err: self._durable((user,), item, err, on_durable))
+                     lambda err: self._durable((user,), item, err, on_durable), lazy=lazy)
 
     def _kept_group(self, users, item, on_durable):
         self._active.live += len(users)
@@ -206,17 +206,17 @@ class Spool(Queues):
 
     def _cursor_moved(self, user, device, cursor, moved=False):
         cursor.seg = self._active.sid
-        self._append(record.cursor(user, device, cursor.acked), moved=moved)
+        self._append(record.cursor(user, device, cursor.acked), moved=moved, lazy=True)
 
-    def _append(self, data, waiter=None, moved=False, carried=False):
+    def _append(self, data, waiter=None, moved=False, carried=False, lazy=False):
         """Hand ``data`` to the writer for the active segment, which rolls once it holds
         segment_bytes of *new* records. What compaction moves into it (``moved``: live
         items, carried ids) does not count: otherwise more live data than segment_bytes
         would roll the segment it was moved to, and the next pass would move it again,
         rewriting all of it on every maintenance pass, forever. ``carried`` (ids) also
-        counts as moved."""
+        counts as moved. ``lazy``: a record no one waits for (GroupCommitter.add)."""
         seg = self._active
-        self._log.add((seg.sid, data), waiter)
+        self._log.add((seg.sid, data), waiter, lazy)
         seg.size += len(data)
         if carried:
             seg.carried += len(data)
@@ -239,7 +239,7 @@ class Spool(Queues):
         self._forget(items)
         upto = items[-1].seq
         self.wm[user] = max(self.wm.get(user, 0), upto)
-        self._append(record.delete(user, upto))
+        self._append(record.delete(user, upto), lazy=True)
 
     def _live(self, user, item):
         """Whether ``user``'s reference to ``item`` must be kept (not deleted)."""

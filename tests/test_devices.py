@@ -1,0 +1,158 @@
+"""Several devices per user against a real whatsupd (docs/PROTOCOL.md, "Devices")."""
+import time
+
+import pytest
+
+from whatsup.client import Client, Closed, ServerError
+from whatsup.testing import closed_with
+
+
+def link(server, user, name):
+    """Link a new companion to ``user`` with a code from their logged-in primary; (id, token)."""
+    with server.client(user) as primary, Client(server.server) as new:
+        return new.link(user, primary.link_code(), name)
+
+
+def companion(server, user, device, token, **opts):
+    c = Client(server.server, **opts)
+    c.login(user, device=device, token=token)
+    return c
+
+
+def msgs(frames):
+    return [f for f in frames if f["type"] == "msg"]
+
+
+def test_every_device_gets_every_message_once_in_order_ticks_and_reads_sync(server):
+    server.register("alice", "bob")
+    laptop, laptop_token = link(server, "bob", "laptop")
+    tablet, tablet_token = link(server, "bob", "tablet")
+    assert (laptop, tablet) == (1, 2)
+    alice = server.client("alice")
+    phone = server.client("bob")
+    lap = companion(server, "bob", laptop, laptop_token)  # the tablet stays offline
+    ids = [f"m{i}" for i in range(20)]
+    for i in ids:
+        alice.send_nowait("bob", f"body {i}", id=i)
+    on_phone = msgs(phone.drain(1.0))
+    on_laptop = msgs(lap.drain(0.5))
+    assert [m["id"] for m in on_phone] == ids and [m["id"] for m in on_laptop] == ids
+    frames = alice.drain(0.5)
+    assert sorted(f["id"] for f in frames if f["type"] == "sent") == sorted(ids)
+    delivered = [i for f in frames if f["type"] == "receipt" and f["status"] == "delivered" for i in f["ids"]]
+    assert sorted(delivered) == sorted(ids)  # ✓✓ once, at the first device's ack
+    tab = companion(server, "bob", tablet, tablet_token)
+    assert tab.last_login["queued"] == 20 and tab.last_login["device"] == tablet
+    assert [m["id"] for m in msgs(tab.drain(0.5))] == ids
+    assert not any(f["type"] == "receipt" for f in alice.drain(0.3))  # no second ✓✓
+
+    # what bob sends from the laptop reaches alice and bob's other devices, not the laptop again
+    lap.send("alice", "from my laptop", id="r1")
+    assert [m["id"] for m in msgs(alice.drain(0.5))] == ["r1"]
+    for device in (phone, tab):
+        synced = msgs(device.drain(0.5))
+        assert [(m["id"], m["from"], m["to"], m["device"]) for m in synced] == [("r1", "bob", "alice", laptop)]
+    assert msgs(lap.drain(0.3)) == []
+
+    # read on the tablet reaches alice and bob's phone and laptop
+    tab.read("alice", ids[:3])
+    assert [(f["status"], f["ids"]) for f in alice.drain(0.5) if f["type"] == "receipt"] == [("read", ids[:3])]
+    for device in (phone, lap):
+        got = [f for f in device.drain(0.5) if f["type"] == "receipt"]
+        assert [(f["status"], f["ids"], f["to"], f["device"]) for f in got] == [("read", ids[:3], "alice", tablet)]
+    for c in (alice, phone, lap, tab):
+        c.close()
+
+
+def test_a_second_login_of_one_device_replaces_only_that_device(server):
+    server.register("bob")
+    laptop, token = link(server, "bob", "laptop")
+    phone = server.client("bob")
+    first = companion(server, "bob", laptop, token)
+    second = companion(server, "bob", laptop, token)
+    assert closed_with(first) == "replaced"
+    assert phone.ping()["type"] == "pong" and second.ping()["type"] == "pong"
+    listed = {d["device"]: d for d in phone.devices()}
+    assert listed[0]["online"] and listed[laptop]["online"] and listed[laptop]["name"] == "laptop"
+    phone.close()
+    second.close()
+
+
+def test_the_password_alone_cannot_act_as_a_companion(server):
+    server.register("bob")
+    laptop, token = link(server, "bob", "laptop")
+    with Client(server.server) as c:
+        with pytest.raises(ServerError, match="auth_failed"):
+            c.login("bob", password="pw-bob", device=laptop)
+        with pytest.raises(ServerError, match="auth_failed"):
+            c.login("bob", device=laptop, token=token[::-1])
+        with pytest.raises(ServerError, match="auth_failed"):
+            c.login("bob", device=0, token=token)  # the primary's credential is the password
+
+
+def test_a_link_code_works_once_and_a_wrong_one_costs_a_guess(make_server):
+    server = make_server({"auth.user_failures": 3, "ratelimit.link": 0})
+    server.register("bob")
+    with server.client("bob") as phone, Client(server.server) as new:
+        code = phone.link_code()
+        assert new.link("bob", code, "laptop")[0] == 1
+        with pytest.raises(ServerError, match="bad_link_code"):
+            new.link("bob", code, "tablet")                       # used up
+        for guess in ("WRONGCODE", "ANOTHER1"):
+            with pytest.raises(ServerError, match="bad_link_code"):
+                new.link("bob", guess, "tablet")
+        with pytest.raises(ServerError, match="too_many_attempts"):
+            new.link("bob", phone.link_code(), "tablet")          # bob's name is out of guesses now
+
+
+def test_a_link_code_expires(make_server):
+    server = make_server({"devices.link_ttl": 5.0})
+    server.register("bob")
+    with server.client("bob") as phone, Client(server.server, timeout=15) as new:
+        code = phone.link_code()
+        time.sleep(5.2)
+        with pytest.raises(ServerError, match="bad_link_code"):
+            new.link("bob", code, "laptop")
+
+
+def test_the_fifth_companion_is_refused_with_device_limit(server):
+    server.register("bob")
+    assert [link(server, "bob", f"d{i}")[0] for i in range(4)] == [1, 2, 3, 4]
+    with pytest.raises(ServerError, match="device_limit"):
+        link(server, "bob", "one too many")
+
+
+def test_an_unlinked_device_is_closed_cannot_log_in_and_holds_nothing(server):
+    server.register("alice", "bob")
+    laptop, token = link(server, "bob", "laptop")
+    lap = companion(server, "bob", laptop, token)
+    lap.close()
+    with server.client("alice") as alice:
+        for i in range(5):
+            alice.send("bob", f"m{i}")
+    with server.client("bob") as phone:
+        assert len(msgs(phone.drain(0.5))) == 5
+        lap = companion(server, "bob", laptop, token, auto_ack=False)
+        with pytest.raises(ServerError, match="primary_device"):
+            phone.unlink(0)
+        phone.unlink(laptop)
+        assert closed_with(lap) == "unlinked"
+        with pytest.raises(ServerError, match="unknown_device"):
+            phone.unlink(laptop)
+        assert [d["device"] for d in phone.devices()] == [0]
+    with Client(server.server) as c, pytest.raises(ServerError, match="auth_failed"):
+        c.login("bob", device=laptop, token=token)
+    with server.shell() as sh:
+        assert sh.run("len(offd.items('bob'))")[0].strip() == "0"  # the laptop held them: gone
+
+
+def test_the_operator_lists_and_unlinks_devices(server):
+    server.register("bob")
+    laptop, token = link(server, "bob", "laptop")
+    lap = companion(server, "bob", laptop, token)
+    with server.shell() as sh:
+        assert "1:" in sh.run("where('user', 'bob')['devices']")[0]
+        assert sh.run("unlink('bob', 1)")[0].strip() == "True"
+    assert closed_with(lap) == "unlinked"
+    with pytest.raises(Closed):
+        lap.ping()
