@@ -31,7 +31,7 @@ LISTENING = re.compile(r"listening on ([0-9.]+):(\d+)")
 FAST = {"accounts.scrypt_n": 1024, "auth.ip_registrations": 0}
 MONITOR = {"GEVENT_MONITOR_THREAD_ENABLE": "1", "GEVENT_MAX_BLOCKING_TIME": "0.1"}
 #: Cluster nodes under test notice a dead peer within about a second (production: cluster.lease).
-CLUSTER_FAST = {"cluster.lease": 1.0, "cluster.block": 0.2, "cluster.timeout": 1.0, "cluster.retry_for": 3.0,
+CLUSTER_FAST = {"cluster.lease": 1.0, "cluster.block": 0.2, "cluster.timeout": 1.0, "cluster.retry_for": 10.0,
                 "cluster.request_timeout": 5.0}
 BLOCKED = "appears to be blocked"  # how gevent's monitor thread words its report
 #: What a server may send: frame types of docs/PROTOCOL.md and the error codes of protocol.Code.

@@ -13,15 +13,20 @@ Three kinds of work cross nodes:
   when it restarts. Here, no answer within ``cluster.request_timeout``, or the
   serving node's lease lapsing, answers ``store_failed`` (retry; the serving
   node's dedup window keeps the retry from being queued twice), and an answer
-  that comes after that is dropped.
+  that comes after that is dropped. A session's requests to one node keep their
+  order: they are numbered in a *lane* (a generation and a count); the serving
+  node serves a lane only without a gap, and on a gap (Redis lost an entry) the
+  session's node sends the lane's unanswered requests again as a new generation;
+  a failure fails the later requests of the lane too, in order; and requests to a
+  node that is down wait for it (up to the timeout) instead of failing at once.
 * ``cast(node, name, *args)`` runs a service there (acks, attach/detach...).
 * ``call(node, name, *args)`` waits for the service's return value (accounts).
 
 Each node holds a lease (``cluster.lease`` seconds, renewed every third of it)
 tagged with its boot epoch (whatsup/cluster/directory.py). The lease ticker reads
 every lease: a node whose lease lapsed or whose epoch changed is *down* for the
-boot we knew (its pending requests fail, its placements are reaped, what waits
-for it is told ``noconnection``) and *up* again with its new epoch.
+boot we knew (its pending requests fail, its placements are reaped) and *up*
+again with its new epoch.
 """
 import collections
 import itertools
@@ -82,6 +87,7 @@ class Link:
         self.due = {}          # (pid, ref) -> (entry id, when): requests we serve, acked with their answer
         self.lanes = {}        # pid -> {node: [generation, n]}: the order of a session's requests per node
         self.lanes_in = {}     # pid (of another node) -> [generation, last n served, broken]
+        self.held = {}         # node (down) -> keys of inflight requests waiting for it to come up
         self.pushes_in = {}    # our session pid -> [push generation, items passed on, resync asked]
         self.calls = {}        # rid -> (node, done(ok, value), deadline): requests waiting for answers
         self.watchers = []     # callables(node, epoch, up): a node went down (up False) or came up
@@ -178,18 +184,39 @@ class Link:
             self.out.ack(due[0])
 
     def forward(self, node, pid, ref, name, *args):
-        """Have ``node`` serve a request of the session ``pid`` (see the module docstring)."""
+        """Have ``node`` serve a request of the session ``pid`` (see the module docstring). While
+        ``node`` is down the request waits for it (until cluster.request_timeout), so a session's
+        requests reach it in their order across its restart."""
         key = (pid, ref)
-        if node not in self.live:
-            return self._fail_local(pid, ref, f"{node} is down; retry later")
-        self.inflight[key] = (node, time.monotonic() + self.opts.request_timeout)
+        self.inflight[key] = (node, time.monotonic() + self.opts.request_timeout, name, args)
         self.counters["forwarded"] += 1
+        if node in self.live:
+            self._post_request(key)
+        else:
+            self.held.setdefault(node, []).append(key)
+
+    def _post_request(self, key):
+        pid = key[0]
+        node, _, name, args = self.inflight[key]
         lane = self.lanes.setdefault(pid, {}).get(node)
         if lane is None:  # a new generation: above every one of this session, and of our earlier boots
             lane = self.lanes[pid][node] = [self.epoch * 1_000_000 + next(self._rids), 0]
         lane[1] += 1
-        self.post(node, ("fwd", pid, ref, name, args, *lane),
+        self.post(node, ("fwd", pid, key[1], name, args, *lane),
                   lambda exc: self._fail(key, f"the cluster could not carry it ({type(exc).__name__}); retry"))
+
+    def _resend_lane(self, pid, node, generation):
+        """``node`` refused our lane ``generation`` of session ``pid`` after a gap (Redis lost an
+        entry): send its requests that wait for an answer again, in order, as a new generation
+        (those it served already are answered again from its dedup window)."""
+        lane = self.lanes.get(pid, {}).get(node)
+        if lane is None or lane[0] != generation:
+            return  # resent already
+        del self.lanes[pid][node]
+        self.counters["lanes_resent"] += 1
+        for key, entry in list(self.inflight.items()):
+            if key[0] == pid and entry[0] == node:
+                self._post_request(key)
 
     def cast(self, node, name, *args):
         if node == self.node:
@@ -246,7 +273,8 @@ class Link:
                 ack = True
             elif not order:  # an earlier request of this session was lost (Redis lost its tail)
                 self.counters["gaps"] += 1
-                self._refuse(pid, ref)
+                if pid.node in self.live:
+                    self.post(pid.node, ("gap", pid, self.node, generation))
             else:
                 self.due[(pid, ref)] = (eid, time.monotonic())
                 ack = False
@@ -257,6 +285,8 @@ class Link:
             gevent.spawn(self._serve_call, *msg[1:])
         elif kind == "answer":
             self._answer(*msg[1:])
+        elif kind == "gap":
+            self._resend_lane(*msg[1:])
         else:
             log.warning("cluster: unexpected inbox entry %.200r", msg)
         if ack:
@@ -267,7 +297,9 @@ class Link:
         in order, None if served already, False after a gap (an entry lost: every later one of
         the generation is refused, and the session's node starts a new one, in order)."""
         lane = self.lanes_in.get(pid)
-        if lane is None or generation > lane[0]:
+        if lane is None:  # its earlier requests are unknown here (this node restarted): from here on
+            lane = self.lanes_in[pid] = [generation, n - 1, False]
+        elif generation > lane[0]:
             lane = self.lanes_in[pid] = [generation, 0, False]
         if generation < lane[0] or lane[2]:
             return False
@@ -278,12 +310,6 @@ class Link:
             return False
         lane[1] = n
         return True
-
-    def _refuse(self, pid, ref):
-        try:
-            self.send(pid, ("reply", error_frame(Code.STORE_FAILED, "an earlier request was lost; retry", ref)))
-        except ProcessDead:
-            pass
 
     def _pushed_in_order(self, pid, bodies, generation, start, origin):
         """Whether items pushed to our session ``pid`` follow what it got: a later generation
@@ -376,7 +402,7 @@ class Link:
             return
         pid, node = key[0], entry[0]
         self.lanes.get(pid, {}).pop(node, None)
-        for other, (to, _) in list(self.inflight.items()):
+        for other, (to, *_) in list(self.inflight.items()):
             if other[0] == pid and to == node:
                 del self.inflight[other]
                 self.late[other] = time.monotonic()
@@ -413,6 +439,9 @@ class Link:
             if node != self.node and node not in self.live:
                 self.live[node] = epoch
                 log.info("cluster: %s is up (boot %d)", node, epoch)
+                for key in self.held.pop(node, ()):
+                    if key in self.inflight:  # not failed meanwhile (cluster.request_timeout)
+                        self._post_request(key)
                 for watcher in list(self.watchers):
                     watcher(node, epoch, True)
 
@@ -420,7 +449,7 @@ class Link:
         del self.live[node]
         log.warning("cluster: %s (boot %d) is down: its lease lapsed or it restarted", node, epoch)
         self.counters["nodes_down"] += 1
-        for key, (to, _) in list(self.inflight.items()):
+        for key, (to, *_) in list(self.inflight.items()):
             if to == node:
                 self._fail(key, f"{node} went down; retry")
         for pid in [p for p in self.lanes_in if p.node == node]:
@@ -437,7 +466,7 @@ class Link:
 
     def _expire(self):
         now = time.monotonic()
-        for key, (_, deadline) in list(self.inflight.items()):
+        for key, (_, deadline, *_) in list(self.inflight.items()):
             if deadline < now:
                 self._fail(key, "no answer from the node serving it in time; retry")
         for rid, (node, _, deadline) in list(self.calls.items()):
@@ -447,6 +476,8 @@ class Link:
             if since + self.opts.request_timeout < now:  # its answer never went: done with it anyway
                 del self.due[key]
                 self.out.ack(eid)
+        for node, keys in list(self.held.items()):
+            self.held[node] = [key for key in keys if key in self.inflight]
         for key, since in list(self.late.items()):
             if since + 4 * self.opts.request_timeout < now:
                 del self.late[key]
