@@ -377,6 +377,7 @@ def run_chaos(directory, users, duration, kills, rate, drop_rate, inflight, seed
     tally, examples = audit(devices)
     for line in examples[:20]:
         echo(line)
+    tally["examples"] = examples[:10]
     tally["kills"] = killed
     tally["redis_kills"] = getattr(target, "redis_kills", 0)
     tally["seconds"] = round(time.monotonic() - started, 1)
@@ -422,7 +423,7 @@ def main(users, devices_per_user, away, duration, kills, rate, drop_rate, inflig
     if as_json:
         click.echo(json.dumps(dict(sorted(tally.items()))))
     else:
-        for key in sorted(tally):
+        for key in sorted(k for k in tally if k != "examples"):  # the examples were echoed above
             click.echo(f"{key:>24} {tally[key]}")
     if tally["server_tracebacks"]:
         echo(f"the node logged {tally['server_tracebacks']} traceback(s); see the whatsupd.log files in {directory}")

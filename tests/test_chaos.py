@@ -33,7 +33,7 @@ def test_across_three_nodes_every_acked_message_survives_kill_9_of_nodes_and_of_
     bad = {k: v for k, v in tally.items() if v and k in (
         "lost", "duplicates", "out_of_order", "receipts_missing", "corrupted", "unacked", "delivered_without_ack",
         "device_crashes", "server_tracebacks")}
-    assert run.returncode == 0, (bad, run.stderr[-3000:])
+    assert run.returncode == 0, (bad, tally["examples"], run.stderr[-3000:])
     assert tally["kills"] == 4 and tally["redis_kills"] == 2
     assert tally["acked"] == tally["sent"] > 50
     assert tally["lost"] == tally["duplicates"] == tally["out_of_order"] == tally["receipts_missing"] == 0
