@@ -19,6 +19,7 @@ import argparse
 import gc
 import os
 import resource
+import subprocess
 import sys
 import tempfile
 import threading
@@ -267,6 +268,12 @@ def devices(args):
     connection), then ``--items`` messages queued for each of them offline (RSS per item)."""
     from whatsup.client import Client
     from whatsup.testing import ServerProcess
+    if len(args.devices) > 1:  # one process per count: RSS freed by one run would hide the next one's
+        for n in args.devices:
+            subprocess.run([sys.executable, "-m", "ops.offd_figures", "devices", "--devices", str(n), "--users",
+                            str(args.users), "--items", str(args.items), "--online", str(args.online),
+                            "--body", str(args.body)], check=True)
+        return
     for n in args.devices:
         linked = tuple(range(n))
         with tempfile.TemporaryDirectory(prefix="offd-devices-") as d:
@@ -294,7 +301,8 @@ def devices(args):
     for n in args.devices:
         with tempfile.TemporaryDirectory(prefix="offd-devices-node-") as d:
             server = ServerProcess(d, {"accounts.scrypt_n": 2, "devices.max_companions": max(args.devices),
-                                       "ratelimit.link": 0, "server.max_connections_per_ip": 100_000,
+                                       "ratelimit.link": 0, "ratelimit.msg": 0,
+                                       "server.max_connections_per_ip": 100_000,
                                        "server.unauthenticated_per_ip": 100_000}).start()
             clients = []
             try:

@@ -212,7 +212,7 @@ def test_the_shipped_config_is_the_generated_one():
     assert config.load(os.path.join(ROOT, "etc", "whatsupd.toml")).as_dict() == config.load().as_dict()
 
 
-def test_link_a_second_machine_use_it_without_the_password_list_and_unlink_it(cli, tmp_path):
+def test_link_a_second_machine_use_it_without_the_password_give_it_history_list_and_unlink_it(cli, tmp_path):
     cli("register", "alice")
     cli("register", "bob")
     code = cli("link", "--as", "bob").stdout.split()[0]
@@ -227,5 +227,7 @@ def test_link_a_second_machine_use_it_without_the_password_list_and_unlink_it(cl
     listed = cli("devices", "--as", "bob", env=laptop).stdout.splitlines()
     assert [line.split()[:2] for line in listed] == [["0", "primary"], ["1", "laptop"]]
     assert "(this one)" in listed[1]
+    assert "sent 1 messages of history to device 1" in cli("history", "--as", "bob", "1").stdout
+    assert "history from device 0: 1 messages" in cli("inbox", "--as", "bob", env=laptop).stdout
     cli("unlink", "--as", "bob", "1")
     assert "auth_failed" in cli("inbox", "--as", "bob", env=laptop, check=False).stderr

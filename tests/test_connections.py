@@ -1,12 +1,12 @@
-"""Slowloris and connection abuse: the login deadline, the idle timeout, the per-address cap and
-the connection bound (docs/PROTOCOL.md, "Limits"). Deadlines are set to their minimum; the
-tests wait for the server's verdict, they never time it."""
+"""Slowloris and connection abuse: the login deadline, the per-address cap and the connection
+bound (docs/PROTOCOL.md, "Limits"), end to end. Deadlines are set to their minimum; the tests
+wait for the server's verdict, they never time it. The deadline rules themselves (idle, login,
+send) are unit tests of the connection core (tests/test_c2s.py)."""
 import time
 
 import pytest
 
 from rawwire import RawConnection
-from whatsup.client import Closed
 
 
 def test_a_connection_that_never_logs_in_is_closed_even_if_it_trickles_bytes(make_server):
@@ -23,25 +23,6 @@ def test_a_connection_that_never_logs_in_is_closed_even_if_it_trickles_bytes(mak
                     frames.append(frame)
         assert [f["code"] for f in frames] == ["idle_timeout"]
         assert "login" in frames[0]["message"]
-
-
-def test_a_logged_in_client_that_sends_nothing_is_closed_at_the_idle_timeout(make_server):
-    server = make_server({"protocol.idle_timeout": 1.0})
-    server.register("idler")
-    with server.client("idler") as c:
-        frame = c.recv(30)
-        assert (frame["type"], frame["code"]) == ("error", "idle_timeout")
-        with pytest.raises(Closed):
-            c.recv(30)
-
-
-def test_pings_keep_a_quiet_client_connected_past_the_idle_timeout(make_server):
-    server = make_server({"protocol.idle_timeout": 1.0})
-    server.register("pinger")
-    with server.client("pinger") as c:
-        for _ in range(6):  # 3 s of pings every 0.5 s
-            time.sleep(0.5)
-            assert c.ping()["type"] == "pong"
 
 
 def test_connections_over_the_per_address_cap_are_refused_and_other_addresses_are_not(make_server):

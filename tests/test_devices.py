@@ -156,3 +156,68 @@ def test_the_operator_lists_and_unlinks_devices(server):
     assert closed_with(lap) == "unlinked"
     with pytest.raises(Closed):
         lap.ping()
+
+
+def test_a_group_message_from_one_device_reaches_the_senders_other_devices(server):
+    server.register("alice", "bob")
+    laptop, token = link(server, "bob", "laptop")
+    with server.client("alice") as alice, server.client("bob") as phone:
+        gid = phone.group_create("climbing", ["alice"])
+        lap = companion(server, "bob", laptop, token)
+        lap.drain(0.3)
+        phone.drain(0.3)
+        phone.send(None, "belay at 6?", group=gid, id="g1")
+        assert [(m["from"], m["id"]) for m in msgs(alice.drain(0.5))] == [("bob", "g1")]
+        assert [(m["from"], m["group"], m["id"]) for m in msgs(lap.drain(0.5))] == [("bob", gid, "g1")]
+        assert msgs(phone.drain(0.5)) == []  # its own, acked and not shown again
+        lap.close()
+
+
+def test_a_history_bundle_reaches_only_the_device_it_is_for_once(server):
+    server.register("alice", "bob")
+    laptop, laptop_token = link(server, "bob", "laptop")
+    tablet, tablet_token = link(server, "bob", "tablet")
+    bundle = bytes(range(256)) * 100  # opaque to the server
+    with server.client("bob") as phone:
+        with pytest.raises(ServerError, match="unknown_device"):
+            phone.send_history(7, bundle)
+        assert phone.send_history(laptop, bundle)["type"] == "ok"
+        with server.client("alice") as alice:
+            alice.send("bob", "after the bundle", id="a1")
+        assert [m["id"] for m in msgs(phone.drain(0.5))] == ["a1"]
+    with companion(server, "bob", tablet, tablet_token) as tab:
+        assert [f["type"] for f in tab.drain(0.5)] == ["msg"]
+    with companion(server, "bob", laptop, laptop_token) as lap:
+        got = lap.drain(0.5)
+        assert [f["type"] for f in got] == ["history", "msg"]
+        assert got[0]["bundle"] == bundle and got[0]["device"] == 0
+        lap.ping()
+    with server.shell() as sh:
+        assert sh.run("len(offd.items('bob'))")[0].strip() == "0"  # every device acked what it was for
+
+
+def test_presence_is_online_while_any_device_is_and_last_seen_is_the_last_to_leave(server):
+    server.register("alice", "bob")
+    laptop, token = link(server, "bob", "laptop")
+    with server.client("alice") as alice:
+        assert alice.subscribe("bob")["online"] is False
+        phone = server.client("bob")
+        assert alice.notice(5)["online"] is True
+        lap = companion(server, "bob", laptop, token)
+        phone.close()
+        assert alice.notice(1.0) is None            # the laptop is still online
+        lap.close()
+        gone = alice.notice(5)
+        assert gone["online"] is False and "last_seen" in gone
+
+
+def test_a_companion_offline_past_inactive_after_is_unlinked_at_the_next_login(make_server):
+    server = make_server({"devices.inactive_after": 2 / 86400})  # two seconds
+    server.register("bob")
+    laptop, token = link(server, "bob", "laptop")
+    companion(server, "bob", laptop, token).close()
+    time.sleep(2.5)
+    with server.client("bob") as phone:
+        assert [d["device"] for d in phone.devices()] == [0]
+    with Client(server.server) as c, pytest.raises(ServerError, match="auth_failed"):
+        c.login("bob", device=laptop, token=token)

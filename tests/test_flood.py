@@ -1,5 +1,6 @@
 """Floods: per-connection token buckets per frame type, rate_limited, then flooding
-(docs/PROTOCOL.md, "Limits")."""
+(docs/PROTOCOL.md, "Limits"), through the socket adapter; the rules of each bucket and of
+strikes are unit tests of the connection core (tests/test_c2s.py)."""
 from rawwire import RawConnection
 from whatsup import protocol
 from whatsup.client import ServerError
@@ -46,18 +47,6 @@ def test_a_flooding_client_gets_rate_limited_then_is_closed_and_others_are_serve
     bob.close(), carol.close()
 
 
-def test_read_receipts_have_their_own_bucket(make_server):
-    server = make_server({"ratelimit.read": 1.0, "session.rate_burst": 2.0, "ratelimit.msg": 0.0})
-    server.register("alice", "bob")
-    with server.client("alice") as alice:
-        with server.client("bob") as bob:
-            bob.send("alice", "one", id="m1")
-        assert alice.recv(5)["id"] == "m1"  # delivered and acked: alice may say she read it
-        codes = read_codes(alice, "bob", 4)
-        assert codes[:2] == ["ok", "ok"] and "rate_limited" in codes[2:]
-        assert alice.send("bob", "msgs are not limited here")["type"] == "sent"
-
-
 def test_read_receipts_cannot_grow_an_offline_users_queue_beyond_max_queue(make_server):
     server = make_server({"offd.max_queue": 5, "ratelimit.read": 0.0})
     server.register("alice", "bob")
@@ -68,47 +57,6 @@ def test_read_receipts_cannot_grow_an_offline_users_queue_beyond_max_queue(make_
             bob.drain(1.0)  # bob's ✓✓ receipt, acked: his queue is empty when he leaves
         codes = read_codes(alice, "bob", 8)
         assert codes == ["ok"] * 5 + ["queue_full"] * 3
-
-
-def flood_of(server, frame, n):
-    """``n`` copies of ``frame`` from a logged-in connection in one write; the frames answered."""
-    with RawConnection(server) as flood:
-        flood.login("flood")
-        try:
-            flood.sock.sendall(protocol.encode(frame) * n)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        return flood.until_closed()
-
-
-def test_a_ping_flood_is_rate_limited_then_closed_and_others_are_served(make_server):
-    server = make_server({"ratelimit.ping": 1.0, "session.rate_burst": 3.0, "session.rate_strikes": 5})
-    server.register("flood", "bob", "carol")
-    frames = flood_of(server, {"type": "ping", "ref": 7}, 500)
-    assert 3 <= sum(f["type"] == "pong" for f in frames) < 20
-    errors = [f["code"] for f in frames if f["type"] == "error"]
-    assert errors[-1] == "flooding" and set(errors[:-1]) == {"rate_limited"}
-    with server.client("bob") as bob, server.client("carol") as carol:
-        assert carol.send("bob", "still served")["type"] == "sent"
-        assert bob.recv(5)["body"] == "still served"
-
-
-def test_pings_before_login_are_rated_too(make_server):
-    server = make_server({"ratelimit.ping": 1.0, "session.rate_burst": 2.0, "session.rate_strikes": 3})
-    with RawConnection(server) as anon:
-        anon.sock.sendall(protocol.encode({"type": "ping"}) * 100)
-        frames = anon.until_closed()
-    assert [f.get("code", f["type"]) for f in frames][-1] == "flooding"
-    assert sum(f["type"] == "pong" for f in frames) < 10
-
-
-def test_an_ack_flood_is_rate_limited_then_closed(make_server):
-    server = make_server({"ratelimit.ack": 10.0, "session.rate_burst": 1.0, "session.rate_strikes": 5})
-    server.register("flood")
-    frames = flood_of(server, {"type": "ack", "seq": 1}, 5000)
-    errors = [f["code"] for f in frames if f["type"] == "error"]
-    assert errors[-1] == "flooding" and set(errors[:-1]) == {"rate_limited"}
-    assert "Traceback" not in server.log()
 
 
 def test_an_address_closed_for_flooding_too_often_gets_no_new_connection_for_a_while(make_server):

@@ -10,9 +10,11 @@ import pytest
 from whatsup.routing.dedup import digest
 from whatsup.store.offd import Offd, ShardMismatch, Spool
 from whatsup.store.offd import record
+from whatsup.store.offd.memory import MemorySpool
 from whatsup.store.offd.spool import PACE, SEGMENT, SLICE, Pace
 from whatsup.protocol import PRIMARY, Template, pack
 from whatsup.runtime import ProcessTable
+from whatsup.testing import FakeClock
 
 
 def spool(path, **kw):
@@ -78,6 +80,17 @@ def test_a_device_that_acked_past_the_others_keeps_its_place_through_compaction_
     sp.close()
 
 
+def test_a_direct_item_keeps_its_device_through_a_reopen(tmp_path):
+    devices = (lambda user: (PRIMARY, 1))
+    sp = spool(tmp_path, devices=devices)
+    bundle = sp.put("bob", "direct", {"type": "history", "bundle": b"x"}, sender="bob", cid=1)
+    sp.close()
+    sp = spool(tmp_path, devices=devices)
+    assert sp.next_batch("bob", PRIMARY, 10) == [] and [i.seq for i in sp.next_batch("bob", 1, 10)] == [bundle.seq]
+    assert sp.take_recovered() == {}  # not a message id: the dedup window does not hold it
+    sp.close()
+
+
 def test_a_torn_last_record_is_cut_and_everything_before_it_kept(tmp_path):
     sp = spool(tmp_path)
     put(sp, "bob", 3)
@@ -131,6 +144,33 @@ def test_expired_items_are_dropped(tmp_path):
     sp.maintain()
     assert sp.items("bob") == [] and sp.stats()["expired"] == 3
     sp.close()
+
+
+def test_recovered_items_expire_too(tmp_path):
+    first = spool(tmp_path)
+    put(first, "bob", 2)
+    first.close()
+    time.sleep(0.1)
+    sp = spool(tmp_path, expiry_days=0.03 / 86400)  # 30 ms: recovery queues them again, stamped
+    sp.maintain()                                     # 100 ms ago: due, though recovered just now
+    assert sp.items("bob") == [] and sp.stats()["expired"] == 2
+    sp.close()
+
+
+def test_an_expiry_pass_visits_only_the_queues_whose_front_is_due():
+    clock = FakeClock(now=1_000_000.0)
+    sp = MemorySpool(1000, clock=clock)
+    sp.put("old", "msg", {"type": "msg", "body": "old"})
+    clock.now += 3600
+    for i in range(500):
+        sp.put(f"u{i}", "msg", {"type": "msg", "body": "new"})
+    sp.put("old", "msg", {"type": "msg", "body": "newer"})
+    cutoff = (clock.now - 60) * 1000
+    assert [(user, len(gone)) for user, gone in sp.expire(cutoff)] == [("old", 1)]
+    assert [i.seq for i in sp.items("old")] == [502]
+    assert list(sp.expire(cutoff)) == []  # nothing due: nothing visited
+    clock.now += 3600
+    assert len(list(sp.expire((clock.now - 60) * 1000))) == 501 and sp.queued() == 0
 
 
 def test_offd_refuses_a_data_dir_written_with_another_shard_count(tmp_path):

@@ -163,3 +163,14 @@ def test_a_purge_drops_everything_and_a_later_ack_acks_nothing(spool):
     acked = spool.ack("bob", PRIMARY, items[-1].seq)
     spool.release(acked)
     assert not acked.items and spool.items("bob") == [] and spool.stats()["purged"] == 3
+
+
+def test_a_direct_item_goes_to_its_device_alone_and_does_not_hold_the_others(spool):
+    spool.linked["bob"] = (PRIMARY, LAPTOP)
+    bundle = spool.put("bob", "direct", {"type": "history", "bundle": b"x"}, sender="bob", cid=LAPTOP)
+    after = put(spool, "bob", 1)[0]
+    assert seqs(spool.next_batch("bob", PRIMARY, 10)) == [after.seq]
+    spool.release(spool.ack("bob", PRIMARY, after.seq))
+    assert seqs(spool.next_batch("bob", LAPTOP, 10)) == [bundle.seq, after.seq]
+    spool.release(spool.ack("bob", LAPTOP, after.seq))
+    assert spool.items("bob") == []

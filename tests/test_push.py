@@ -35,6 +35,19 @@ def test_a_burst_coalesces_failures_back_off_and_the_breaker_opens_then_probes()
     assert not s.blocked(17.6) and s.pending == {"dave": [18.6, 0, False]}
 
 
+def test_a_wake_takes_what_is_due_in_time_order_and_it_stays_due_until_sent():
+    s = Schedule(delay=1.0, backoff=2.0, backoff_max=5.0, retries=3, breaker_failures=100, breaker_cooldown=10.0)
+    for i in range(10_000):
+        s.queued(f"u{i}", 10.0 + i)  # due one a second from 11 s on
+    s.queued("early", 0.0)
+    assert s.due(1.0) == ["early"] and s.next_wake() == 1.0
+    assert s.due(1.5) == ["early"]  # not sent (the breaker opened on the way, say): still due
+    s.take("early")
+    s.sent("early", 1.6)
+    assert s.due(1.7) == [] and s.next_wake() == 11.0
+    assert s.due(13.0) == ["u0", "u1", "u2"]
+
+
 class Gateway:
     """A real HTTP receiver on loopback: records every POST; ``fail`` first answers 500 that many
     times; ``hang`` makes every request wait until ``release``."""

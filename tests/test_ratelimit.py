@@ -92,3 +92,69 @@ def test_a_pacer_lets_a_burst_through_then_makes_the_caller_wait_in_proportion_t
     pace.prune()
     assert "ann" not in pace.due and pace.delay("ann", 2000) == 0.0
     assert Pacer(0, 1.0, clock).delay("ann", 10 ** 9) == 0.0  # rate 0: no limit
+
+
+def test_failed_password_checks_lock_a_user_name_from_everywhere_and_no_other_name():
+    from whatsup.runtime.ratelimit import Guesses
+    clock = FakeClock()
+    guesses = Guesses({"user": KeyedLimiter(3, 60.0, clock), "ip": KeyedLimiter(100, 60.0, clock)})
+
+    def keys(user, ip):
+        return (("user", user), ("ip", ip))
+    assert [guesses.attempt(keys("victim", "10.0.0.1"), lambda: False) for _ in range(3)] == [False] * 3
+    assert guesses.attempt(keys("victim", "10.0.0.2"), lambda: True) is None  # not checked, even right
+    assert guesses.attempt(keys("other", "10.0.0.1"), lambda: True) is True
+    clock.now += 20.0  # one failure's worth forgiven (3 per 60 s)
+    assert guesses.attempt(keys("victim", "10.0.0.1"), lambda: True) is True
+    assert guesses.attempt(keys("victim", "10.0.0.1"), lambda: True) is True  # a success is no guess
+
+
+def test_password_checks_in_flight_count_against_the_limit_before_they_answer():
+    from whatsup.runtime.ratelimit import Guesses
+    guesses = Guesses({"user": KeyedLimiter(2, 60.0, FakeClock())})
+    keys, answers = (("user", "victim"),), []
+
+    def check(depth):
+        """A wrong guess that, while it is being checked, starts the next one."""
+        if depth < 3:
+            answers.append(guesses.attempt(keys, lambda: check(depth + 1)))
+        return False
+    check(0)
+    assert answers == [None, False, False]  # innermost first: the third began with two in flight
+
+
+def test_a_prune_drops_keys_in_the_order_of_their_last_charge():
+    clock = FakeClock(now=0.0)
+    limiter = KeyedLimiter(count=2, window=60.0, clock=clock)  # a charge refills in 30 s
+    limiter.charge("early")
+    clock.now = 30.0
+    limiter.charge("late")     # full again at 60
+    clock.now = 31.0
+    limiter.charge("early")    # charged again: full at 61, and now the last charged
+    clock.now = 60.5
+    limiter.prune()
+    assert list(limiter.buckets) == ["early"]
+    clock.now = 61.0
+    limiter.prune()
+    assert not limiter.buckets
+
+
+def test_a_pacer_forgets_keys_in_the_order_of_their_last_work():
+    from whatsup.runtime.ratelimit import Pacer
+    clock = FakeClock(now=0.0)
+    pace = Pacer(10, 1.0, clock)
+    pace.delay("a", 10), pace.delay("b", 20)  # a is done at 1 s, b at 2 s
+    clock.now = 0.5
+    pace.delay("a", 20)                       # a: now done at 3 s, behind b
+    clock.now = 2.5
+    pace.prune()
+    assert list(pace.due) == ["a"]
+
+
+def test_a_prune_looks_no_further_than_the_first_key_not_done():
+    import collections
+    from whatsup.runtime.ratelimit import _prune
+    table = collections.OrderedDict([("a", 1), ("b", 2), ("c", 9), *((f"k{i}", 1) for i in range(10_000))])
+    looked = []
+    _prune(table, lambda v: looked.append(v) or v < 5)
+    assert looked == [1, 2, 9] and next(iter(table)) == "c" and len(table) == 10_001

@@ -131,15 +131,15 @@ def test_callers_of_a_killed_offd_shard_get_shard_down_or_wait_for_its_restart(t
     sup = table.start(Supervisor, SupSpec("one_for_one", tuple(offd.children())))
     durable = AsyncResult()
     offd.spool("bob").put("bob", "msg", {"type": "msg", "body": "hi"}, on_durable=durable.set)
-    old = offd.where("bob")["pid"]
+    old = offd.industry.where("bob")["pid"]
     table.kill(old)
     gevent.sleep(0)  # the shard runs its terminate up to the final flush
     with pytest.raises(ShardDown, match="restarting"):
         offd.spool("bob")
     assert durable.get(timeout=10) is None  # the pending ✓ was made durable, not dropped
-    offd.restart_wait = 10.0
+    offd.industry.wait = 10.0
     spool = offd.spool("bob")  # waits for the new incarnation
-    assert offd.where("bob")["pid"] != old and len(spool.items("bob")) == 1
+    assert offd.industry.where("bob")["pid"] != old and len(spool.items("bob")) == 1
     table.stop(sup)
 
 

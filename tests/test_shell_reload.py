@@ -32,17 +32,19 @@ def run(*args):
 
 
 class Chatter(threading.Thread):
-    """alice keeps sending to bob (each send waits for its ✓) until told to stop."""
+    """alice keeps sending to bob (or to ``group``; each send waits for its ✓) until told to stop."""
 
-    def __init__(self, alice):
+    def __init__(self, alice, group=None):
         super().__init__(daemon=True)
-        self.alice, self.ids, self.error = alice, [], None
+        self.alice, self.group, self.ids, self.error = alice, group, [], None
         self.stop, self.progress = threading.Event(), threading.Condition()
 
     def run(self):
+        to = "bob" if self.group is None else None
         try:
             while not self.stop.is_set() and len(self.ids) < 2000:
-                self.ids.append(self.alice.send("bob", f"n{len(self.ids)}", id=f"n{len(self.ids)}")["id"])
+                n = f"n{len(self.ids)}"
+                self.ids.append(self.alice.send(to, n, id=n, group=self.group)["id"])
                 with self.progress:
                     self.progress.notify_all()
         except Exception as exc:  # reported by the test, not swallowed
@@ -196,3 +198,65 @@ def test_a_reloaded_shard_behaviour_survives_a_kill_the_supervisor_restarts_it_o
     assert alice.send("bob", "after the restart", id="r1")["type"] == "sent"
     assert bob.recv(10)["id"] == "r1"
     assert "operator test" in server.log()
+
+
+def upgrade_services(copy):
+    """Router, groups and presence v2: their service processes say vsn 2, and what they answer
+    says so too (a ✓, a group_info, a presence subscription)."""
+    for module, marks in [("routing/router.py", [('    kind = "router"\n', '    kind = "router"\n    vsn = 2\n'),
+                                                 ('"type": "sent", "ref": ref,', '"type": "sent", "vsn": 2, "ref": ref,')]),
+                          ("social/groups.py", [('    kind = "groups"\n', '    kind = "groups"\n    vsn = 2\n'),
+                                                ('"type": "group_info", "ref"', '"type": "group_info", "vsn": 2, "ref"')]),
+                          ("social/presence.py", [('    kind = "presence"\n', '    kind = "presence"\n    vsn = 2\n'),
+                                                  ('**self.state(target, user), "ref": ref}', '**self.state(target, user), "ref": ref, "vsn": 2}')])]:
+        path = copy / "whatsup" / module
+        src = path.read_text()
+        for old, new in marks:
+            assert src.count(old) == 1, (module, old)
+            src = src.replace(old, new)
+        path.write_text(src)
+
+
+def test_reloading_the_router_groups_and_presence_swaps_their_live_code_under_traffic_without_a_disconnect(
+        make_server, copy, ask):
+    server = make_server(env={"PYTHONPATH": str(copy), "PYTHONSAFEPATH": "1"})
+    server.register("alice", "bob", "carol", "dave")
+    alice, bob, carol, dave = (server.client(u) for u in ("alice", "bob", "carol", "dave"))
+    gid = carol.group_create("g", ["bob", "dave"])
+    assert "vsn" not in dave.group_info(gid) and "vsn" not in dave.subscribe("alice")
+    modules = ("whatsup.routing.router", "whatsup.social.groups", "whatsup.social.presence")
+    live = "[type(o) is getattr(__import__('sys').modules[m], type(o).__name__) for m, o in " \
+           "zip(%r, (router, node.groups, node.presence))]" % (modules,)
+    with server.shell() as sh:
+        gone = ask(sh, "node.counters['disconnections']")
+        old = ask(sh, "[id(type(o)) for o in (router, node.groups, node.presence)]")
+        chatters = [Chatter(alice), Chatter(carol, group=gid)]
+        for chatter in chatters:
+            chatter.start()
+            chatter.wait_for(20)
+        upgrade_services(copy)
+        for module in modules:
+            out, ok = sh.run(f"reload({module!r})")
+            assert ok and f"reloaded {module}" in out and "0 kept the old code" in out, out
+        for chatter in chatters:
+            chatter.wait_for(len(chatter.ids) + 20)  # the same connections go on, on the new code
+            chatter.stop.set()
+            chatter.join(30)
+            assert chatter.error is None
+        assert ask(sh, live) == [True] * 3  # the live objects run their module's new class
+        assert not set(ask(sh, "[id(type(o)) for o in (router, node.groups, node.presence)]")) & set(old)
+        assert {k: v for k, v in ask(sh, "[(p.kind, i(p.pid)['vsn']) for p in table.processes()]")
+                if k in ("router", "groups", "presence")} == {"router": 2, "groups": 2, "presence": 2}
+        assert ask(sh, "node.counters['disconnections']") == gone
+        out, ok = sh.run("reload('whatsup.routing.sm')")
+        assert not ok and out.strip().splitlines()[0].startswith("whatsup.routing.sm cannot be reloaded")
+    assert alice.send("bob", "after")["vsn"] == 2                # the router's new code
+    assert dave.group_info(gid)["vsn"] == 2                      # the groups' new code
+    assert dave.subscribe("alice")["vsn"] == 2                   # presence's new code
+    got = {"alice": [], "carol": []}
+    while len(got["alice"]) < len(chatters[0].ids) + 1 or len(got["carol"]) < len(chatters[1].ids):
+        frame = bob.recv(10)
+        assert frame is not None, {k: len(v) for k, v in got.items()}
+        if frame["type"] == "msg":
+            got[frame["from"]].append(frame["id"])
+    assert got["alice"][:-1] == chatters[0].ids and got["carol"] == chatters[1].ids

@@ -30,7 +30,7 @@ from .address import split as split_address
 from .protocol import FrameDecoder, ProtocolError
 
 DEFAULT_SERVER = "127.0.0.1:7222"
-PUSHED = ("msg", "receipt", "group_event")  # the spooled kinds: they carry seq and are acked
+PUSHED = ("msg", "receipt", "group_event", "history")  # the spooled kinds: they carry seq and are acked
 
 
 class Seen:
@@ -217,6 +217,10 @@ class Client:
 
     def devices(self):
         return self.request({"type": "devices"})["devices"]
+
+    def send_history(self, device, bundle):
+        """Send ``device`` of this user an opaque history bundle (bytes or str, up to max_body)."""
+        return self.request({"type": "history", "device": device, "bundle": bundle})
 
     def unlink(self, device):
         return self.request({"type": "unlink", "device": device})
@@ -747,15 +751,18 @@ def _why(exc):
 
 class ClientState:
     """What a device keeps between CLI runs for one user of one data dir: the last
-    delivered seq, the keys of the messages it has shown, and the requests of its
-    outbox that had no answer yet (sent again, same ids, by the next run)."""
+    delivered seq, the keys of the messages it has shown, the requests of its
+    outbox that had no answer yet (sent again, same ids, by the next run), and its
+    message history (what it can give a new device, docs/PROTOCOL.md "Devices")."""
     KEEP = 2000
+    FIELDS = ("ts", "from", "to", "group", "id", "body")  # of a message in the history
 
     def __init__(self, node_id, user, directory=None, device=protocol.PRIMARY):
         directory = directory or self.default_dir()
         device_part = f".{device}" if device != protocol.PRIMARY else ""  # the primary's keeps its old name
         self.path = os.path.join(directory, f"{user}{device_part}@{node_id}.json")
         self.credential_path = os.path.join(directory, f"{user}@{node_id}.device.json")
+        self.history = []  # messages shown or sent, oldest first (dicts of FIELDS)
 
     @staticmethod
     def default_dir():
@@ -769,9 +776,35 @@ class ClientState:
                 saved = json.load(f)
             client.last_seq = client.acked_seq = int(saved.get("last_seq", 0))
             client.seen = Seen(saved.get("seen", []))
+            self.history = [m for m in saved.get("history", []) if isinstance(m, dict)]
             return [f for f in saved.get("outbox", []) if isinstance(f, dict) and f.get("type") in ("msg", "read")]
         except (OSError, ValueError, TypeError, AttributeError):
             return []
+
+    def remember(self, message):
+        """Add a message (a msg frame, or one this device sent) to the history."""
+        self.history.append({k: message[k] for k in self.FIELDS if k in message})
+
+    def bundles(self, size):
+        """The history as bundles of at most ``size`` bytes each (JSON arrays of messages)."""
+        out, part = [], []
+        for message in self.history[-self.KEEP:]:
+            if part and len(json.dumps(part + [message]).encode()) > size:
+                out.append(json.dumps(part).encode())
+                part = []
+            part.append(message)
+        return out + ([json.dumps(part).encode()] if part else [])
+
+    def merge(self, bundle):
+        """Take a history bundle from another device; returns how many messages it held."""
+        try:
+            messages = [m for m in json.loads(bundle) if isinstance(m, dict)]
+        except (ValueError, TypeError):
+            return 0
+        known = {(m.get("from"), m.get("id")) for m in self.history}
+        self.history = sorted(self.history + [m for m in messages if (m.get("from"), m.get("id")) not in known],
+                              key=lambda m: m.get("ts", 0))
+        return len(messages)
 
     def credential(self):
         """(device id, token) of the companion linked here for this user and server, or None."""
@@ -796,5 +829,5 @@ class ClientState:
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:
             json.dump({"last_seq": client.last_seq, "seen": list(client.seen)[-self.KEEP:],
-                       "outbox": list(outbox)}, f)
+                       "outbox": list(outbox), "history": self.history[-self.KEEP:]}, f)
         os.replace(tmp, self.path)

@@ -42,6 +42,12 @@ SETTINGS = (
     Setting("server.flood_closes", int, 3, "connections of one client address closed with flooding "
             "per minute (10 × this per /24 or /56 network) before its new connections are refused "
             "with too_many_connections until the count refills; 0 means no limit", 0),
+    Setting("server.flood_window", float, 60.0, "seconds over which server.flood_closes are counted "
+            "(the count refills over this)", 1.0),
+    Setting("server.stop_sessions", float, 10.0, "seconds a graceful stop (SIGTERM) gives the sessions "
+            "to say shutting_down and end, before the stores stop", 0.0),
+    Setting("server.stop_timeout", float, 60.0, "seconds the supervision tree then has to stop (offd "
+            "flushed, stores closed); a process that takes longer is killed", 1.0),
     Setting("server.unauthenticated_per_prefix", int, 256, "connections from one client network "
             "(/24 IPv4, /56 IPv6) not yet logged in, at most; more are refused like the above", 1),
     Setting("tls.listen", str, "", "second address for TLS clients (host:port); empty means no TLS "
@@ -80,6 +86,11 @@ SETTINGS = (
             0.0),
     Setting("groups.fanout_chunk", int, 64, "group members woken (or events queued) between two yields to the hub, so "
             "a large fan-out does not stall the other sessions", 1),
+    Setting("groups.process_idle", float, 10.0, "seconds a group's process waits for more operations "
+            "before it stops (the next operation starts another): a quiet group costs no process", 0.1),
+    Setting("groups.op_timeout", float, 60.0, "seconds a session waits for a change of a group, behind "
+            "the group's earlier operations, before its device gets internal (the change may still "
+            "be made)", 0.1),
     Setting("devices.max_companions", int, 4, "companion devices one user may link besides the primary "
             "(WhatsApp's limit); one more is refused with device_limit", 0),
     Setting("devices.link_ttl", float, 60.0, "seconds a link code stays valid (single-use; a user holds one "
@@ -118,6 +129,10 @@ SETTINGS = (
     Setting("auth.checks_per_prefix", int, 16, "logins and registrations of one client network (/24 "
             "IPv4, /56 IPv6) being hashed or waiting at once, at most; more get busy. Waiting ones "
             "are served round-robin by network", 1),
+    Setting("auth.wait_timeout", float, 30.0, "seconds an admitted login or registration may wait for a "
+            "hasher before it gets busy (the queue is bounded, so this means something is stuck)", 0.1),
+    Setting("auth.hash_timeout", float, 30.0, "seconds one password hash may take before the client gets "
+            "busy (a hasher stuck or restarting)", 0.1),
     Setting("auth.known_logins", int, 10_000, "users whose last good password is remembered (an "
             "HMAC under a per-start key, in RAM only) so their next login needs no scrypt and "
             "no admission; 0 turns this off (see docs/RELIABILITY.md)", 0),
@@ -158,6 +173,8 @@ SETTINGS = (
             "one more and it gives up and its own supervisor decides (the root's giving up stops the "
             "node)", 0),
     Setting("runtime.restart_period", float, 10.0, "the window, in seconds, of runtime.max_restarts", 0.1),
+    Setting("runtime.retry_interval", float, 1.0, "seconds between two attempts to store a ✓✓ "
+            "receipt that a restarting shard or a failing disk refused (it is never dropped)", 0.01),
     Setting("runtime.restart_wait", float, 5.0, "seconds a caller waits for a restarting shard before "
             "getting store_failed (retry)", 0.0),
     Setting("shell.listen", str, "unix:", "the operator shell, a Python REPL inside the node (arbitrary "
@@ -211,6 +228,8 @@ def _section_classes():
     fields = {}
     for s in SETTINGS:
         section, key = s.name.split(".", 1)
+        if section in fields and section != next(reversed(fields)):  # a second [section] in the TOML
+            raise ValueError(f"{s.name}: the settings of [{section}] must stand together in SETTINGS")
         fields.setdefault(section, []).append((key, s.type))
     classes = {}
     for section, keys in fields.items():

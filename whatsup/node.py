@@ -85,7 +85,6 @@ from .cluster.homes import Homes
 from .cluster.link import Link, Options as ClusterOptions
 
 log = logging.getLogger("whatsup.node")
-FLOOD_WINDOW = 60.0  # seconds over which flooding closes count against an address (server.flood_closes)
 SWEEP = 1.0  # seconds between two sweeps (failed logins, log summaries): work on neither grows with sessions
 
 
@@ -164,7 +163,8 @@ class Node:
             Admission(cfg.accounts.hash_threads, cfg.auth.max_waiting, cfg.auth.checks_per_ip,
                       cfg.auth.checks_per_prefix, Code.BUSY),
             KnownLogins(cfg.auth.known_logins, cfg.auth.known_ttl),
-            KeyedLimiter(cfg.auth.ip_registrations, cfg.auth.failure_window), cfg.accounts.hash_nice)
+            KeyedLimiter(cfg.auth.ip_registrations, cfg.auth.failure_window), cfg.accounts.hash_nice,
+            (cfg.auth.wait_timeout, cfg.auth.hash_timeout))
         self.offd = Offd(self.table, offd_dir, shard_count(offd_dir, cfg.offd.shards),
                          cfg.offd.segment_bytes, cfg.offd.max_queue, cfg.offd.expiry_days, wait,
                          cfg.session.dedup_window,  # the router's callbacks (it is made next):
@@ -181,10 +181,12 @@ class Node:
                                cfg.session.max_outbound // 2)
             self.accounts.away = self.homes
         self.router = Router(self.table, self.sm, self.offd, self.accounts, self.blocks,
-                             cfg.session.dedup_window, self.timers, offline=self.push.queued, remote=self.homes)
+                             cfg.session.dedup_window, self.timers, offline=self.push.queued,
+                             retry=cfg.runtime.retry_interval, remote=self.homes)
         self.groups = Groups(self.table, self.timers, self.router, self.offd, self.accounts,
                              cfg.groups.max_members, cfg.groups.fanout_chunk, cfg.groups.sender_budget,
-                             Pacer(cfg.groups.sender_copies, cfg.session.rate_burst))
+                             Pacer(cfg.groups.sender_copies, cfg.session.rate_burst),
+                             cfg.groups.process_idle, cfg.groups.op_timeout)
         self.presence = Presence(self.sm, self.accounts, self.blocks, self.groups, self.router)
         self.failed_logins = Guesses({  # "user" / "ip" / "prefix" -> limiter of failed password checks
             "user": KeyedLimiter(cfg.auth.user_failures, cfg.auth.failure_window),
@@ -208,8 +210,9 @@ class Node:
         self.pool = Pool(connection_cap(cfg.server.max_connections))
         self.gate = ConnectionGate(cfg.server.max_connections_per_ip, cfg.server.unauthenticated_per_ip,
                                    cfg.server.unauthenticated_per_prefix, {
-                                       "ip": KeyedLimiter(cfg.server.flood_closes, FLOOD_WINDOW),
-                                       "prefix": KeyedLimiter(10 * cfg.server.flood_closes, FLOOD_WINDOW)})
+                                       "ip": KeyedLimiter(cfg.server.flood_closes, cfg.server.flood_window),
+                                       "prefix": KeyedLimiter(10 * cfg.server.flood_closes,
+                                                                     cfg.server.flood_window)})
         self.server = self.tls_server = None
         self.services = None  # what sessions use (c2s.services), made at start once node_id is known
         self.root = None
@@ -414,9 +417,10 @@ class Node:
 
     # --- stop ---------------------------------------------------------------------------
 
-    def stop(self, timeout=10.0):
-        """Graceful stop: no new connections, sessions told and closed, then the tree in reverse
-        (offd flushed, stores closed)."""
+    def stop(self):
+        """Graceful stop: no new connections, sessions told and closed (within
+        server.stop_sessions), then the tree in reverse (offd flushed, stores closed, within
+        server.stop_timeout)."""
         if self._stopping:
             self.stopped.wait()
             return
@@ -430,8 +434,8 @@ class Node:
         sessions = self.table.processes("session")
         for proc in sessions:
             proc.mailbox.put(("shutdown",))
-        gevent.joinall([p.greenlet for p in sessions], timeout=timeout)
-        self.table.stop(self.root, "shutdown", timeout=60.0)
+        gevent.joinall([p.greenlet for p in sessions], timeout=self.cfg.server.stop_sessions)
+        self.table.stop(self.root, "shutdown", timeout=self.cfg.server.stop_timeout)
         self.timers.stop()
         self._release()
         left = strays(self.table)

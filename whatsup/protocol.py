@@ -346,6 +346,12 @@ def _users(lo):
     return check
 
 
+def _bundle(v):
+    return isinstance(v, (bytes, str)) and len(v) > 0
+
+
+_bundle.doc = "a non-empty binary or string (opaque to the server)"
+
 _ref = _int
 _group = _str(1, 64)
 _name = _str(1, 100)
@@ -394,6 +400,7 @@ SCHEMAS = {
     "link": {"ref": (True, _ref), "user": (True, _text), "code": (True, _str(1, 32)), "name": (True, _name)},
     "devices": {"ref": (True, _ref)},
     "unlink": {"ref": (True, _ref), "device": (True, _int)},
+    "history": {"ref": (True, _ref), "device": (True, _int), "bundle": (True, _bundle)},
     # push notifications
     "push_register": {"ref": (True, _ref), "kind": (True, _str(1, 32)), "token": (True, _str(1, 4096))},
     "push_unregister": {"ref": (True, _ref)},

@@ -1,7 +1,8 @@
 """The client connection's core: the rules of one connection, without a socket or a clock.
 
 Implements, for whatsup/c2s/session.py, the per-connection parts of docs/PROTOCOL.md:
-"Connection" (hello first, then register/login; the login and idle deadlines)
+"Connection" (hello first, then register/login; the login's verdict; the login and idle
+deadlines)
 and "Limits" (the inflight bound, the outbound buffer and the slow reader,
 rate limits and strikes). A :class:`Conn` is fed bytes and answers, reads
 the time from the clock it is given, and says what follows: frames to handle (``next_frame``), a
@@ -37,6 +38,7 @@ class Limits(NamedTuple):
     window: int
     rate_burst: float
     rate_strikes: int
+    max_password: int  # accounts.max_password: a longer password fails unhashed
     rates: dict  # {frame type: frames per second} of the [ratelimit] table
 
 
@@ -45,7 +47,7 @@ def limits(cfg):
     return Limits(cfg.protocol.max_frame, cfg.protocol.max_body, cfg.protocol.login_timeout,
                   cfg.protocol.idle_timeout, cfg.protocol.send_timeout, cfg.session.max_inflight,
                   cfg.session.max_outbound, cfg.session.window, cfg.session.rate_burst,
-                  cfg.session.rate_strikes, vars(cfg.ratelimit))
+                  cfg.session.rate_strikes, cfg.accounts.max_password, vars(cfg.ratelimit))
 
 
 class Close(Exception):
@@ -148,6 +150,27 @@ class Conn:
                                 f"server speaks versions {list(protocol.VERSIONS)}", f["ref"])
         self.version = max(common)
 
+    def worth_hashing(self, password):
+        """False for a password longer than accounts.max_password: it fails without a scrypt, so
+        a megabyte password costs the node no more than a wrong one."""
+        return len(password) <= self.limits.max_password
+
+    def check_login(self, ref, verified, ban=None):
+        """Raise the refusal of a login whose password check answered ``verified`` (True, False,
+        or None: too many failed logins lately, not checked) for a user whose ban record is
+        ``ban``; the connection stays, logged out, its login deadline running."""
+        if verified is None:
+            raise ProtocolError(Code.TOO_MANY_ATTEMPTS, "too many failed logins; wait and retry", ref)
+        if not verified:
+            raise ProtocolError(Code.AUTH_FAILED, "wrong user name or password", ref)
+        if ban is not None:
+            raise ProtocolError(Code.BANNED, f"this account is banned: {ban['reason']}", ref)
+
+    def logged_in(self, user, device=PRIMARY):
+        """The connection is ``user``'s ``device`` from now on: its login deadline is over, and
+        frames other than hello, register and login are admitted."""
+        self.user, self.device = user, device
+
     def check_body(self, f):
         body = f["body"]
         if not body:
@@ -208,6 +231,15 @@ class Conn:
         """(items, bytes) that may go out now, with ``unacked`` items sent and not yet acked:
         within the window, and only in the first half of the buffer (the rest is for answers)."""
         return self.limits.window - unacked, self.limits.max_outbound // 2 - len(self.out)
+
+    def push(self, spool):
+        """Put what waits for this device in ``spool`` (an offd api.Store) into ``out``, as far
+        as :meth:`push_room` allows; an ack (or bytes taken) makes room for more."""
+        room, budget = self.push_room(spool.unacked(self.user, self.device))
+        if room > 0 and budget > 0:
+            for item in spool.next_batch(self.user, self.device, self.limits.window, budget):
+                self.out += protocol.frame_bytes(item.frame)
+                self.frames_out += 1
 
     # --- deadlines ---------------------------------------------------------------
 

@@ -302,7 +302,7 @@ class Session:
         if ftype == "hello":
             return Session._hello(st, f)
         if ftype in c2s.PRE_LOGIN:
-            return getattr(Session, "_" + ftype)(proc, st, f)
+            return ACCOUNT_ROUTES[ftype](proc, st, f)
         homes = st.services.homes
         if homes is not None and homes.elsewhere(ftype, st.user, proc.pid, f):
             return  # served by the home of whom it concerns; the answer comes as a reply
@@ -338,6 +338,16 @@ class Session:
         if "group" in f and (st.services.homes is None or st.services.homes.here(f["group"])):
             st.services.groups.members_of(st.user, f["group"], f["ref"])
         st.services.router.read(st.user, proc.pid, f["ref"], f["to"], f["ids"], f.get("group"), st.device)
+        st.awaiting_answer(f["ref"])
+
+    @staticmethod
+    def _history(proc, st, f):
+        bundle = f["bundle"]
+        size = len(bundle if type(bundle) is bytes else bundle.encode())
+        if size > st.limits.max_body:
+            raise ProtocolError(Code.BODY_TOO_LARGE, f"bundle of {size} bytes exceeds max_body "
+                                f"{st.limits.max_body}", f["ref"])
+        st.services.router.history(st.user, st.device, proc.pid, f["ref"], f["device"], f["bundle"])
         st.awaiting_answer(f["ref"])
 
     @staticmethod
@@ -380,14 +390,14 @@ class Session:
         st.send({"type": "linked", "ref": ref, "user": user, "device": device, "token": token})
 
     @staticmethod
-    def _verify(sv, user, device, f, ip):
+    def _verify(st, user, device, f, ip):
         """The login's credential: the password for the primary device, the token for a companion
         (the password alone is not enough to act as one)."""
+        accounts = st.services.accounts
         if device == PRIMARY:
             password = f.get("password")
-            return (password is not None and len(password) <= sv.account_rules["max_password"]  # no hash
-                    and sv.accounts.verify(user, password, ip))                               # of a longer one
-        return "token" in f and sv.accounts.verify_device(user, device, f["token"])
+            return password is not None and st.worth_hashing(password) and accounts.verify(user, password, ip)
+        return "token" in f and accounts.verify_device(user, device, f["token"])
 
     @staticmethod
     def _login(proc, st, f):
@@ -396,24 +406,20 @@ class Session:
         sv, ip = st.services, st.addr[0]
         keys = (("user", user), ("ip", ip), ("prefix", prefix(ip)))
         try:
-            verified = sv.failed_logins.attempt(keys, lambda: Session._verify(sv, user, device, f, ip))
+            verified = sv.failed_logins.attempt(keys, lambda: Session._verify(st, user, device, f, ip))
+            st.check_login(ref, verified, sv.lifecycle.banned(user) if verified else None)
         except Refused as exc:
             raise ProtocolError(exc.code, str(exc), ref, exc.retry_after) from None
-        if verified is None:
-            log.warning("login for %r from %s refused: %s", user, st.addr, Code.TOO_MANY_ATTEMPTS)
-            raise ProtocolError(Code.TOO_MANY_ATTEMPTS, "too many failed logins; wait and retry", ref)
-        if not verified:
-            log.info("failed login for %r from %s", user, st.addr)
-            raise ProtocolError(Code.AUTH_FAILED, "wrong user name or password", ref)
-        ban = sv.lifecycle.banned(user)
-        if ban is not None:
-            raise ProtocolError(Code.BANNED, f"this account is banned: {ban['reason']}", ref)
+        except ProtocolError as exc:
+            log.info("login for %r from %s refused: %s", user, st.addr, exc.code)
+            raise
         if sv.homes is not None and not sv.homes.here(user):
             # the user's home holds their queue: it replaces an older session and pushes the items
             spool, queued = None, sv.homes.attach(user, device, proc.pid)
         else:
             spool = sv.offd.spool(user)
-        st.user, st.device, proc.entity = user, device, user
+        st.logged_in(user, device)
+        proc.entity = user
         sv.gate.authenticated(st.addr)
         online = sv.sm.lookup(user) is not None
         old = sv.sm.register(user, st.device, proc.pid)
@@ -438,13 +444,8 @@ class Session:
         if sv.homes is not None and not sv.homes.here(st.user):
             return  # the user's home pushes (the "items" message)
         spool = sv.offd.current(st.user)
-        if spool is None:  # the shard restarts, and pokes when it is back
-            return
-        room, budget = st.push_room(spool.unacked(st.user, st.device))
-        if room > 0 and budget > 0:
-            for item in spool.next_batch(st.user, st.device, st.limits.window, budget):
-                st.out += protocol.frame_bytes(item.frame)
-                st.frames_out += 1
+        if spool is not None:  # None: the shard restarts, and pokes when it is back
+            st.push(spool)
 
 
 def _feature(method):
@@ -453,6 +454,9 @@ def _feature(method):
     immediate answer or None."""
     return lambda proc, st, f: method(st.services)(st.user, proc.pid, f)
 
+
+#: The frames that log a connection in (c2s.PRE_LOGIN), each handled by Session itself.
+ACCOUNT_ROUTES = {"register": Session._register, "link": Session._link, "login": Session._login}
 
 #: What a logged-in session does with each frame type: ``handler(proc, st, frame)``, returning an
 #: immediate answer or None; Session's own handlers, or a feature's method (``_feature``).
@@ -478,6 +482,7 @@ ROUTES = {
     "passwd": _feature(lambda s: s.lifecycle.passwd),
     "delete_account": _feature(lambda s: s.lifecycle.delete_account),
     "invite_create": _feature(lambda s: s.registration.invite_create),
+    "history": Session._history,
     "link_code": _feature(lambda s: s.devices.link_code),
     "devices": _feature(lambda s: s.devices.list),
     "unlink": _feature(lambda s: s.devices.unlink),

@@ -129,11 +129,22 @@ def devices(ctx, user, password):
                        f"last seen {seen}{here}")
 
 
-@main.command()
-@_as_option
-@_password_option()
-@click.argument("device", type=int)
-@click.pass_context
+def _about_a_device(f):
+    """A command of ``--as USER`` about one of their devices (the DEVICE argument)."""
+    return main.command()(_as_option(_password_option()(click.argument("device", type=int)(click.pass_context(f)))))
+
+
+@_about_a_device
+def history(ctx, user, password, device):
+    """Send DEVICE of USER this device's message history (as WhatsApp gives a new device)."""
+    with _connect(ctx, user, password) as client:
+        bundles = client.state.bundles(client.hello["max_body"])
+        for bundle in bundles:
+            _call(client.send_history, device, bundle)
+    click.echo(f"sent {sum(len(json.loads(b)) for b in bundles)} messages of history to device {device}")
+
+
+@_about_a_device
 def unlink(ctx, user, password, device):
     """Unlink DEVICE of USER: its token stops working and its queue is dropped."""
     with _connect(ctx, user, password) as client:
@@ -171,6 +182,9 @@ def send(ctx, user, password, group, words):
             answer = _call(client.send, peer, text, group=group)
         except BodyTooLarge as exc:
             raise click.ClickException(f"not sent: {exc}") from None
+        client.state.remember({"ts": answer["ts"], "from": user, "to": peer, "group": group, "id": answer["id"],
+                               "body": text})
+        client.state.save(client)
     click.echo(answer["id"])
 
 
@@ -192,7 +206,15 @@ def inbox(ctx, user, password, as_json, wait):
             if frame["type"] not in PUSHED:
                 continue
             seen += 1
-            click.echo(json.dumps(frame, ensure_ascii=False) if as_json else describe(frame, user))
+            if frame["type"] == "history":  # another device's bundle: into this one's history
+                frame = {"type": "history", "from": frame["from"], "device": frame["device"],
+                         "messages": client.state.merge(frame["bundle"])}
+                line = f"history from device {frame['device']}: {frame['messages']} messages"
+            else:
+                if frame["type"] == "msg":
+                    client.state.remember(frame)
+                line = describe(frame, user)
+            click.echo(json.dumps(frame, ensure_ascii=False) if as_json else line)
         if not seen and not as_json:
             click.echo("no new messages")
         client.flush_acks()
@@ -296,22 +318,20 @@ def group_create(client, name, members):
     click.echo(_call(client.group_create, name, members))
 
 
-@_group_command
-@click.argument("group_id", metavar="GROUP")
-@click.argument("members", nargs=-1, required=True)
-def group_add(client, group_id, members):
-    """Add MEMBERS to GROUP (admins only)."""
-    _call(client.group_add, group_id, members)
-    click.echo(f"added {', '.join(members)} to {group_id} (those already in it stay as they were)")
+def _membership(change, doc, said):
+    """``group add`` and ``group remove``: MEMBERS into or out of GROUP, then ``said``."""
+    def command(client, group_id, members):
+        _call(getattr(client, f"group_{change}"), group_id, members)
+        click.echo(said.format(members=", ".join(members), group=group_id))
+    command.__name__, command.__doc__ = f"group_{change}", doc
+    members = click.argument("members", nargs=-1, required=True)(command)
+    return _group_command(click.argument("group_id", metavar="GROUP")(members))
 
 
-@_group_command
-@click.argument("group_id", metavar="GROUP")
-@click.argument("members", nargs=-1, required=True)
-def group_remove(client, group_id, members):
-    """Remove MEMBERS from GROUP (admins only)."""
-    _call(client.group_remove, group_id, members)
-    click.echo(f"removed {', '.join(members)} from {group_id} (if they were in it)")
+group_add = _membership("add", "Add MEMBERS to GROUP (admins only).",
+                        "added {members} to {group} (those already in it stay as they were)")
+group_remove = _membership("remove", "Remove MEMBERS from GROUP (admins only).",
+                           "removed {members} from {group} (if they were in it)")
 
 
 @_group_command

@@ -105,6 +105,26 @@ def leaf(group, name, **kw):
     return wrap
 
 
+def relay(group, name, doc, *params, columns=None, confirm=None):
+    """``whatsupctl GROUP NAME ...``: send the arguments to the node's command of that name and
+    show its answer (a table of ``columns`` for rows); most commands are no more than that.
+    With ``confirm`` (a question, formatted with the arguments) it asks first unless --yes."""
+    cmd = name if group is main else f"{group.name}.{name}"
+
+    def run(ctl, yes=False, **args):
+        if confirm and not yes:
+            click.confirm(confirm.format(**args), abort=True)
+        ctl.show(ctl.call(cmd, **args), columns)
+    run.__doc__ = doc
+    if confirm:
+        params += (YES,)
+    for param in reversed(params):
+        run = param(run)
+    leaf(group, name)(run)
+
+
+USER = click.argument("user")
+YES = click.option("--yes", is_flag=True, help="do not ask for confirmation")
 USER_COLUMNS = ("user", "online", "banned")
 SESSION_COLUMNS = ("user", "device", "addr", "since", "node", "pid")
 DEVICE_COLUMNS = ("device", "name", "online", "created", "last_seen")
@@ -115,67 +135,22 @@ def users():
     """Accounts: list, show, register, unregister, ban, unban, set-password, kick."""
 
 
-@leaf(users, "list")
-@click.option("--online", is_flag=True, help="only users with a session now")
-def users_list(ctl, online):
-    """Every account, with online and banned flags."""
-    ctl.show(ctl.call("users.list", online=online), USER_COLUMNS)
+relay(users, "list", "Every account, with online and banned flags.",
+      click.option("--online", is_flag=True, help="only users with a session now"), columns=USER_COLUMNS)
+relay(users, "show", "One account: session, queue, groups, blocks, ban, hash cost.", USER)
+relay(users, "register", "Register USER (whatever accounts.registration says).",
+      USER, _password("Password for the new user"))
 
 
-@leaf(users, "show")
-@click.argument("user")
-def users_show(ctl, user):
-    """One account: session, queue, groups, blocks, ban, hash cost."""
-    ctl.show(ctl.call("users.show", user=user))
-
-
-@leaf(users, "register")
-@click.argument("user")
-@_password("Password for the new user")
-def users_register(ctl, user, password):
-    """Register USER (whatever accounts.registration says)."""
-    ctl.show(ctl.call("users.register", user=user, password=password))
-
-
-@leaf(users, "unregister")
-@click.argument("user")
-@click.option("--yes", is_flag=True, help="do not ask for confirmation")
-def users_unregister(ctl, user, yes):
-    """Delete USER everywhere: sessions, queue, groups, blocks (the name is retired)."""
-    if not yes:
-        click.confirm(f"Delete the account {user!r} and everything queued for it?", abort=True)
-    ctl.show(ctl.call("users.unregister", user=user))
-
-
-@leaf(users, "ban")
-@click.argument("user")
-@click.option("--reason", default="banned by the operator", show_default=True)
-def users_ban(ctl, user, reason):
-    """Refuse USER's logins and close their session."""
-    ctl.show(ctl.call("users.ban", user=user, reason=reason))
-
-
-@leaf(users, "unban")
-@click.argument("user")
-def users_unban(ctl, user):
-    """Let USER log in again."""
-    ctl.show(ctl.call("users.unban", user=user))
-
-
-@leaf(users, "set-password")
-@click.argument("user")
-@_password("New password")
-def users_set_password(ctl, user, password):
-    """Set USER's password; their session is closed with password_changed."""
-    ctl.show(ctl.call("users.set-password", user=user, password=password))
-
-
-@leaf(users, "kick")
-@click.argument("user")
-@click.option("--reason", default="disconnected by the operator", show_default=True)
-def users_kick(ctl, user, reason):
-    """Close USER's session (they may log in again)."""
-    ctl.show(ctl.call("users.kick", user=user, reason=reason))
+relay(users, "unregister", "Delete USER everywhere: sessions, queue, groups, blocks (the name is retired).",
+      USER, confirm="Delete the account {user!r} and everything queued for it?")
+relay(users, "ban", "Refuse USER's logins and close their session.",
+      USER, click.option("--reason", default="banned by the operator", show_default=True))
+relay(users, "unban", "Let USER log in again.", USER)
+relay(users, "set-password", "Set USER's password; their session is closed with password_changed.",
+      USER, _password("New password"))
+relay(users, "kick", "Close USER's session (they may log in again).",
+      USER, click.option("--reason", default="disconnected by the operator", show_default=True))
 
 
 @main.group()
@@ -183,10 +158,7 @@ def sessions():
     """Who is connected."""
 
 
-@leaf(sessions, "list")
-def sessions_list(ctl):
-    """Who is connected, from where, since when, on which node."""
-    ctl.show(ctl.call("sessions.list"), SESSION_COLUMNS)
+relay(sessions, "list", "Who is connected, from where, since when, on which node.", columns=SESSION_COLUMNS)
 
 
 @main.group()
@@ -229,7 +201,7 @@ def queue_show(ctl, user, limit):
 
 @leaf(queue, "purge")
 @click.argument("user")
-@click.option("--yes", is_flag=True, help="do not ask for confirmation")
+@YES
 def queue_purge(ctl, user, yes):
     """Drop everything queued for USER (asks first unless --yes)."""
     if not yes:
@@ -243,10 +215,7 @@ def groups():
     """Groups: list, show, delete."""
 
 
-@leaf(groups, "list")
-def groups_list(ctl):
-    """Every group with its name and size."""
-    ctl.show(ctl.call("groups.list"), ("group", "name", "members", "admins"))
+relay(groups, "list", "Every group with its name and size.", columns=("group", "name", "members", "admins"))
 
 
 @leaf(groups, "show")
@@ -260,14 +229,8 @@ def groups_show(ctl, group):
     ctl.show(result["members"], ("user", "admin"))
 
 
-@leaf(groups, "delete")
-@click.argument("group")
-@click.option("--yes", is_flag=True, help="do not ask for confirmation")
-def groups_delete(ctl, group, yes):
-    """Dissolve GROUP; its members get a dissolved group event."""
-    if not yes:
-        click.confirm(f"Dissolve group {group!r}?", abort=True)
-    ctl.show(ctl.call("groups.delete", group=group))
+relay(groups, "delete", "Dissolve GROUP; its members get a dissolved group event.",
+      click.argument("group"), confirm="Dissolve group {group!r}?")
 
 
 @main.group()
@@ -291,31 +254,13 @@ def invites_create(ctl, uses, days):
         click.echo(f"note: accounts.registration is {result['mode']!r}, not 'invite'", err=True)
 
 
-@leaf(invites, "list")
-def invites_list(ctl):
-    """Every invite, with its uses and expiry."""
-    ctl.show(ctl.call("invites.list"), INVITE_COLUMNS)
-
-
-@leaf(invites, "revoke")
-@click.argument("token")
-def invites_revoke(ctl, token):
-    """Forget TOKEN."""
-    ctl.show(ctl.call("invites.revoke", token=token))
-
-
-@leaf(main, "stats")
-@click.option("--interval", type=float, default=1.0, show_default=True, help="seconds the rates are measured over")
-def stats(ctl, interval):
-    """Connections, message rates, queues, mailboxes, memory and every metric."""
-    ctl.show(ctl.call("stats", interval=interval))
-
-
-@leaf(main, "reload")
-@click.argument("module")
-def reload(ctl, module):
-    """Hot-load MODULE's new code into the node (e.g. whatsup.c2s.session)."""
-    ctl.show(ctl.call("reload", module=module))
+relay(invites, "list", "Every invite, with its uses and expiry.", columns=INVITE_COLUMNS)
+relay(invites, "revoke", "Forget TOKEN.", click.argument("token"))
+relay(main, "stats", "Connections, message rates, queues, mailboxes, memory and every metric.",
+      click.option("--interval", type=float, default=1.0, show_default=True,
+                   help="seconds the rates are measured over"))
+relay(main, "reload", "Hot-load MODULE's new code into the node (e.g. whatsup.c2s.session).",
+      click.argument("module"))
 
 
 @leaf(main, "status")

@@ -1,28 +1,22 @@
 """The client side of the control socket: plain blocking sockets, no gevent (docs/ADMIN.md)."""
 import itertools
 
-from ..shell.client import NotListening, connect
+from ..shell.client import Connection, NotListening
 from . import MAX_LINE, Refused, decode, encode
 
 __all__ = ["ControlClient", "NotListening"]
 
 
-class ControlClient:
+class ControlClient(Connection):
     def __init__(self, path, timeout=60.0):
+        super().__init__("unix", path, timeout, "control")
         self.path = path
-        self.sock = connect("unix", path, timeout, "control")
         self._reader = self.sock.makefile("rb")
         self._ids = itertools.count(1)
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
     def close(self):
         self._reader.close()
-        self.sock.close()
+        super().close()
 
     def call(self, cmd, **args):
         """Run ``cmd`` in the node; its result, or Refused(code, message)."""

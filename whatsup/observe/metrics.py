@@ -18,7 +18,7 @@ from gevent.pywsgi import WSGIServer
 
 from .. import address
 from . import latency
-from ..config import ConfigError
+from ..runtime.endpoint import Endpoint
 
 log = logging.getLogger("whatsup.metrics")
 
@@ -156,38 +156,21 @@ def _escape(value):
     return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-class Exporter:
-    """``GET /metrics`` for one node on ``metrics.listen``; ``start`` raises ConfigError, ``stop`` is
-    idempotent (the operator shell's Backdoor has the same contract)."""
+class Exporter(Endpoint):
+    """``GET /metrics`` for one node on ``metrics.listen`` (an Endpoint, as the operator shell is)."""
+    what = "metrics"
 
-    def __init__(self, node, listen):
-        self.node, self.listen = node, listen
-        self.server = None
-
-    def __repr__(self):
-        where = "%s:%d" % self.address[:2] if self.address else "off"
-        return f"<metrics.Exporter {where}>"
-
-    @property
-    def address(self):
-        return self.server.address if self.server is not None else None
+    def _server(self):
+        if not self.listen:
+            return None
+        where = address.loopback(self.listen, "metrics.listen", "metrics name users' activity")
+        return WSGIServer(where, self._app, log=None, error_log=log)
 
     def start(self):
-        if not self.listen:
-            return self
-        try:
-            server = WSGIServer(address.loopback(self.listen, "metrics.listen", "metrics name users' activity"), self._app, log=None, error_log=log)
-            server.start()
-        except (ValueError, OSError) as exc:
-            raise ConfigError(f"cannot serve metrics: {getattr(exc, 'strerror', None) or exc}") from None
-        self.server = server
-        log.info("metrics on http://%s:%d/metrics", *self.server.address[:2])
-        return self
-
-    def stop(self):
+        super().start()
         if self.server is not None:
-            self.server.stop(timeout=1)
-            self.server = None
+            log.info("metrics on http://%s:%d/metrics", *self.server.address[:2])
+        return self
 
     def _app(self, environ, start_response):
         if environ.get("PATH_INFO") != "/metrics" or environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):

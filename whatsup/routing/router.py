@@ -35,7 +35,7 @@ The sessions call the router directly, in their own greenlets (the hot path;
 see whatsup/runtime/service.py and docs/ARCHITECTURE.md for the figure). The
 router's process (:class:`RouterProcess`) owns its code and its timed work: a
 ✓✓ receipt the spool refused waits in the router's heap and is retried by the
-process, every RETRY seconds, instead of a timer greenlet of its own.
+process, every runtime.retry_interval seconds, instead of a timer greenlet of its own.
 """
 import collections
 import functools
@@ -55,7 +55,6 @@ from ..runtime.service import Service
 from ..runtime.timers import DeadlineHeap
 
 log = logging.getLogger("whatsup.router")
-RETRY = 1.0  # seconds between attempts to store a ✓✓ receipt the spool refused
 RETRY_TICK = ("retry",)
 
 
@@ -105,8 +104,10 @@ class RouterProcess(Service):
 
 
 class Router:
-    def __init__(self, table, sm, offd, accounts, blocks, dedup_window, timers, offline=None, remote=None):
+    def __init__(self, table, sm, offd, accounts, blocks, dedup_window, timers, offline=None, retry=1.0,
+                 remote=None):
         self.table, self.sm, self.offd, self.accounts = table, sm, offd, accounts
+        self.retry = retry  # seconds between attempts to store a ✓✓ receipt (runtime.retry_interval)
         self.offline = offline  # callable(user): an item was queued for a user with no session (push)
         # In a cluster (whatsup/cluster/homes.py): a request about a user homed on another node is
         # served there, and an item for them is queued there.
@@ -389,7 +390,7 @@ class Router:
         Group copies (kind ``gmsg``) give one receipt per (sender, group), carrying ``group``.
         offd forgets the acked items only once those receipts are durable (a
         receipt that cannot be stored, or whose shard is restarting, is retried
-        every RETRY seconds), so no crash or disk fault between the two can
+        every runtime.retry_interval seconds), so no crash or disk fault between the two can
         lose a ✓✓. If ``user``'s own shard dies meanwhile, its new incarnation
         recovers the items (no delete record was written) and delivers them
         again with the same seqs: the device skips them and acks again.
@@ -418,11 +419,12 @@ class Router:
 
     def _delivered(self, user, sender, ids, group, stored):
         """Store one ✓✓ receipt; a full disk or a restarting shard only delays it (the router's
-        process tries again in RETRY seconds: :meth:`handle_info`)."""
+        process tries again in runtime.retry_interval seconds: :meth:`handle_info`)."""
         def retry(why):
             self.counters["receipt_retries"] += 1
-            log.warning("delivered receipt of %s for %s not stored (%s): retrying in %ss", ids, sender, why, RETRY)
-            when = time.monotonic() + RETRY
+            log.warning("delivered receipt of %s for %s not stored (%s): retrying in %ss", ids, sender, why,
+                        self.retry)
+            when = time.monotonic() + self.retry
             self.retries.push((when, next(self._order), (user, sender, ids, group, stored)))
             if self.pid is not None:
                 self.timers.notify_at(when, self.pid, RETRY_TICK)
@@ -465,6 +467,22 @@ class Router:
                 frame["group"] = group
             self.synced(user, device, frame, done)
             done.release()
+
+    def history(self, user, device, pid, ref, to_device, bundle):
+        """A history bundle from ``device`` of ``user`` for their device ``to_device``
+        (docs/PROTOCOL.md, "Devices"): queued for that device alone (a ``direct`` item, whose
+        cid names it), never parsed; ``ok`` once durable."""
+        if to_device == device or to_device not in self.accounts.devices(user):
+            return self.reply(pid, error_frame(Code.UNKNOWN_DEVICE, f"no other linked device {to_device}", ref))
+        frame = {"type": "history", "from": user, "device": device, "bundle": bundle}
+        try:
+            self.offd.spool(user).put(user, "direct", frame, sender=user, cid=to_device,
+                                      on_durable=self.ok_when_durable(pid, {"type": "ok", "ref": ref}))
+        except ShardDown as exc:
+            self.reply(pid, error_frame(Code.STORE_FAILED, f"{exc}", ref))
+        except QueueFull:
+            self.counters["queue_full"] += 1
+            self.reply(pid, error_frame(Code.QUEUE_FULL, f"{user}'s queue is full", ref))
 
     def undelivered(self, reader, sender, ids, group=None):
         """The ids among ``ids`` that ``reader`` may not call read: a read names only messages

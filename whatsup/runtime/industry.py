@@ -19,10 +19,13 @@ class UnknownKind(LookupError):
 
 
 class Industry:
-    def __init__(self, table, kind, shards, behaviour, args=(), workers=1, paths=None):
+    """``kind``'s shards; ``wait`` is how long :meth:`resource` waits for a restarting one
+    (runtime.restart_wait)."""
+
+    def __init__(self, table, kind, shards, behaviour, args=(), workers=1, paths=None, wait=5.0):
         if shards < 1:
             raise ValueError(f"{kind}: needs at least one shard, got {shards}")
-        self.kind, self.node = kind, table.node
+        self.kind, self.node, self.wait = kind, table.node, wait
         self.paths = paths or [None] * shards
         self.factories = [Factory(table, kind, behaviour, workers, args, "hash", shard)
                           for shard in range(shards)]
@@ -42,6 +45,15 @@ class Industry:
 
     def slot(self, entity):
         return self.factories[self.shard_of(entity)].pick(entity)
+
+    def resource(self, entity):
+        """What the shard of ``entity`` serves (a Spool, an AccountShard); waits for a restarting
+        shard up to ``wait`` seconds, then raises ShardDown."""
+        return self.slot(entity).resource(self.wait)
+
+    def current(self, entity):
+        """What the shard of ``entity`` serves, or None while it restarts (never waits)."""
+        return self.slot(entity).current
 
     def slots(self):
         return [s for f in self.factories for s in f.slots]

@@ -7,6 +7,7 @@ own token bucket. The session holds one bucket per rated frame type (the
 refusals have become persistent abuse; the node holds :class:`KeyedLimiter`
 instances for failed logins per user and per IP.
 """
+import collections
 import time
 
 
@@ -93,12 +94,15 @@ class KeyedLimiter:
 
     Used for failed logins per user and per IP (``count == 0``: no limit).
     Buckets that refilled are dropped by :meth:`prune`, so the table holds only
-    keys seen failing lately.
+    keys seen failing lately. The table is kept in the order of the last charge and a
+    bucket is full at most ``window`` after it, so a prune stops at the first bucket
+    still refilling: it costs what it drops, not what the table holds (one address per
+    key of an attack can be millions of keys, and the sweeper prunes every second).
     """
 
     def __init__(self, count, window, clock=time.monotonic):
         self.count, self.window, self.clock = count, window, clock
-        self.buckets = {}
+        self.buckets = collections.OrderedDict()
 
     def __repr__(self):
         return f"<KeyedLimiter {self.count}/{self.window:g}s keys={len(self.buckets)}>"
@@ -112,6 +116,8 @@ class KeyedLimiter:
         bucket = self.buckets.get(key)
         if bucket is None:
             bucket = self.buckets[key] = TokenBucket(self.count / self.window, self.count, self.clock)
+        else:
+            self.buckets.move_to_end(key)  # the order of last charges
         bucket.take()
 
     def refund(self, key):
@@ -121,8 +127,14 @@ class KeyedLimiter:
             bucket.give()
 
     def prune(self):
-        for key in [k for k, b in self.buckets.items() if b.full()]:
-            del self.buckets[key]
+        _prune(self.buckets, TokenBucket.full)
+
+
+def _prune(table, done):
+    """Drop the entries of ``table`` (an OrderedDict, least lately touched first) while
+    ``done(value)``: the first one not done stops it, since those after it were touched later."""
+    while table and done(next(iter(table.values()))):
+        table.popitem(last=False)
 
 
 class Pacer:
@@ -131,12 +143,14 @@ class Pacer:
 
     :meth:`delay` says how long a caller should wait before doing ``n`` more units; the caller
     waits (backpressure) rather than being refused, so nothing is dropped. ``rate == 0``: no
-    limit. Only keys ahead of the clock are kept (:meth:`prune`).
+    limit. Only keys ahead of the clock are kept (:meth:`prune`), in the order of their last
+    work: a key is due at most ``burst`` plus one call's work after it, so a prune stops at
+    the first key still ahead (as :class:`KeyedLimiter`'s does).
     """
 
     def __init__(self, rate, burst, clock=time.monotonic):
         self.rate, self.burst, self.clock = float(rate), float(burst), clock
-        self.due = {}  # key -> when its work so far is done at the rate
+        self.due = collections.OrderedDict()  # key -> when its work so far is done at the rate
 
     def __repr__(self):
         return f"<Pacer {self.rate:g}/s burst {self.burst:g}s keys={len(self.due)}>"
@@ -146,14 +160,13 @@ class Pacer:
         if not self.rate:
             return 0.0
         now = self.clock()
-        due = max(self.due.get(key, now), now) + n / self.rate
+        due = max(self.due.pop(key, now), now) + n / self.rate
         self.due[key] = due
         return max(0.0, due - now - self.burst)
 
     def prune(self):
         now = self.clock()
-        for key in [k for k, due in self.due.items() if due <= now]:
-            del self.due[key]
+        _prune(self.due, lambda due: due <= now)
 
 
 class Guesses:

@@ -37,12 +37,12 @@ def connect(kind, address, timeout, what="shell"):
     return sock
 
 
-class ShellClient:
-    def __init__(self, kind, address, timeout=60.0):
-        self.sock = connect(kind, address, timeout)
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._buf = ""
-        self.banner, self.prompt = self.read_answer()
+class Connection:
+    """A blocking connection to one of the node's operator sockets (the shell's, the control
+    socket's); ``with`` closes it."""
+
+    def __init__(self, kind, address, timeout, what):
+        self.sock = connect(kind, address, timeout, what)
 
     def __enter__(self):
         return self
@@ -52,6 +52,14 @@ class ShellClient:
 
     def close(self):
         self.sock.close()
+
+
+class ShellClient(Connection):
+    def __init__(self, kind, address, timeout=60.0):
+        super().__init__(kind, address, timeout, "shell")
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._buf = ""
+        self.banner, self.prompt = self.read_answer()
 
     def read_answer(self):
         """Everything up to the next prompt: (text, prompt); prompt is None if the node hung up."""

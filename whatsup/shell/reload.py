@@ -19,8 +19,12 @@ Prosody's order, so a bad module never half-replaces a good one:
    whose migration raises keeps its old code and state (reported). Processes
    keep their sockets: nothing is reconnected.
 
-Objects that are not processes (the router, the stores) keep the class they
-were built with; reload is for behaviours and the functions they call.
+The objects the sessions call directly (the router, presence, blocks, the
+groups) are the states of service processes (whatsup/runtime/service.py),
+whose ``code_change`` gives the live object its module's new class: every
+caller runs the new code from its next call. Objects built once at start that
+no process owns would keep the class they were built with, so reloading their
+module is refused (``FIXED``) instead of accepted for nothing.
 Exception classes keep their identity (see :func:`_keep_exceptions`).
 """
 import importlib.util
@@ -38,6 +42,17 @@ PACKAGE = "whatsup"
 #: swaps started at once kept every session waiting ~260 ms (ops.bench reload)
 SWAPS = 64
 MACHINERY = ("whatsup.runtime.process", "whatsup.shell")  # live Process objects and consoles run this code
+#: Modules whose live objects are built once at start, are no process's state and so keep their
+#: class: a reload would change nothing they do. Why, in the words of the refusal.
+FIXED = {
+    "whatsup.routing.sm": "the session manager (who is where) is one object the node built at start",
+    "whatsup.routing.dedup": "the router's dedup window is built at start and keeps its class "
+                             "(reload whatsup.routing.router for the routing rules)",
+    "whatsup.runtime.timers": "the node's deadline heap is one object built at start",
+    "whatsup.c2s.services": "the sessions' Services are built once at start",
+    "whatsup.users.lifecycle": "the account lifecycle is one object the node built at start",
+    "whatsup.users.registration": "registration is one object the node built at start",
+}
 
 
 class ReloadError(Exception):
@@ -68,6 +83,8 @@ def reload(table, name, timeout=10.0, starters=()):
     if any(name == m or name.startswith(m + ".") for m in MACHINERY):
         raise ReloadError(f"{name} is the machinery doing the reload (processes, mailboxes, this shell): "
                           f"restart the node to change it")
+    if name in FIXED:
+        raise ReloadError(f"{name} cannot be reloaded: {FIXED[name]}; restart the node to change it")
     new = _load(name, old)
     renamed = _publish(name, old, new)
     for starter in starters:

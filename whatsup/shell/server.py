@@ -23,6 +23,7 @@ from gevent import socket
 from gevent.backdoor import BackdoorServer
 
 from ..config import ConfigError
+from ..runtime.endpoint import Endpoint
 from . import MORE, PROMPT, parse_listen
 from .helpers import Helpers
 
@@ -75,51 +76,37 @@ class _Server(BackdoorServer):
             pass
 
 
-class Backdoor:
-    """The node's operator shell server; ``start`` raises ConfigError, ``stop`` is idempotent."""
+class Backdoor(Endpoint):
+    """The node's operator shell server (an Endpoint, as the metrics scrape is)."""
+    what = "the operator shell"
 
     def __init__(self, node, listen):
-        self.node = node
-        self.listen = listen
-        self.server = None
+        super().__init__(node, listen)
         self.path = None
-
-    def __repr__(self):
-        return f"<Backdoor {self.address or 'off'}>"
 
     @property
     def address(self):
         """Where the shell listens, as shell.listen spells it; None when off or stopped."""
-        if self.path is not None:
-            return f"unix:{self.path}"
-        if self.server is not None:
-            host, port = self.server.address[:2]
-            return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        return None
+        return f"unix:{self.path}" if self.path is not None else super().address
 
-    def start(self):
-        try:
-            kind, address = parse_listen(self.listen, self.node.data_dir)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+    def _server(self):
+        kind, address = parse_listen(self.listen, self.node.data_dir)
         if kind == "off":
-            return self
-        try:
-            listener = self._unix(address) if kind == "unix" else self._tcp(address)
-        except OSError as exc:
-            raise ConfigError(f"cannot serve the operator shell on {self.listen!r}: "
-                             f"{exc.strerror or exc}") from None
+            return None
+        listener = self._unix(address) if kind == "unix" else self._tcp(address)
         sys.ps1, sys.ps2 = PROMPT, MORE  # the backdoor's console prompts (process-wide, and ours)
         helpers = Helpers(self.node)
-        self.server = _Server(listener, locals=helpers.namespace(), banner=helpers.banner())
-        self.server.start()
-        log.info("operator shell on %s (whatsup-shell attaches; it is arbitrary code execution)", self.address)
+        return _Server(listener, locals=helpers.namespace(), banner=helpers.banner())
+
+    def start(self):
+        super().start()
+        if self.server is not None:
+            log.info("operator shell on %s (whatsup-shell attaches; it is arbitrary code execution)",
+                     self.address)
         return self
 
     def stop(self):
-        if self.server is not None:
-            self.server.stop(timeout=1)
-            self.server = None
+        super().stop()
         if self.path is not None:
             try:
                 os.unlink(self.path)

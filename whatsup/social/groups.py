@@ -27,8 +27,8 @@ stall the other sessions.
 Groups are an industry of processes keyed by group id: a group with operations
 to run has a :class:`GroupProcess` (kind ``group``, its id as entity, a
 temporary child of the ``groups`` supervisor, in ``ps()``), started by the
-first operation and stopped once the group was quiet for IDLE seconds. A
-session waits for its group changes (at most OP_TIMEOUT; a process that dies
+first operation and stopped once the group was quiet for ``groups.process_idle``
+seconds. A session waits for its group changes (at most ``groups.op_timeout``; a process that dies
 answers every change it held, so none waits forever); its messages are queued
 without waiting, so killing a session cannot cut a fan-out in half. The
 :class:`Groups` object (membership and the queues) belongs to the
@@ -61,11 +61,6 @@ log = logging.getLogger("whatsup.groups")
 
 #: group messages fanned out together at most: the senders of a batch wait for all of it
 BATCH = 64
-#: seconds a group's process waits for more operations before it stops (a group that talks keeps
-#: one process; a quiet one costs none)
-IDLE = 10.0
-#: seconds a session waits for a change of a group (behind the group's earlier operations)
-OP_TIMEOUT = 60.0
 SUPERVISOR = "groups"  # the supervisor that adopts the group processes
 WORK, TICK = ("work",), ("tick",)
 
@@ -78,7 +73,7 @@ class GroupsProcess(Service):
 
 class GroupProcess:
     """One active group's process (gen_server callbacks): it runs the group's queue of
-    operations in order, and stops when the group was quiet for IDLE seconds."""
+    operations in order, and stops when the group was quiet for ``Groups.idle`` seconds."""
     kind = "group"
     vsn = 1
 
@@ -96,9 +91,9 @@ class GroupProcess:
         if msg == WORK:
             w.groups._work(w)
             w.last = time.monotonic()
-            w.groups.timers.notify_at(w.last + IDLE, proc.pid, TICK)
+            w.groups.timers.notify_at(w.last + w.groups.idle, proc.pid, TICK)
         elif msg == TICK:
-            if not w.group.ops and time.monotonic() - w.last >= IDLE:
+            if not w.group.ops and time.monotonic() - w.last >= w.groups.idle:
                 proc.stop("normal")  # idle: the next operation starts a new process
         else:
             raise ValueError(f"group: unexpected message {msg!r}")
@@ -149,10 +144,20 @@ class _Message:
         self.cost = cost
 
 
+def _is_message(op):
+    """A queued operation is a _Message or a change (a callable). Not isinstance: a hot reload
+    makes a new _Message class while messages made by the old one wait in the queues."""
+    return not callable(op)
+
+
 class Groups:
     def __init__(self, processes, timers, router, offd, accounts, max_members, fanout_chunk,
-                 sender_budget=1 << 16, pace=None):
+                 sender_budget=1 << 16, pace=None, idle=10.0, op_timeout=60.0):
         self.processes, self.timers = processes, timers  # the ProcessTable the group processes run in
+        # seconds a group's process waits for more work before it stops (groups.process_idle: a
+        # group that talks keeps one process, a quiet one costs none), and a session for a change
+        # behind the group's earlier operations (groups.op_timeout)
+        self.idle, self.op_timeout = idle, op_timeout
         self.router, self.offd, self.accounts = router, offd, accounts
         self.max_members, self.chunk, self.budget = max_members, fanout_chunk, sender_budget
         self.pace = pace or Pacer(0, 0)  # copies per second per sender (ratelimit.Pacer)
@@ -408,15 +413,15 @@ class Groups:
         The group's process runs the queue in order (see :meth:`_work`). A
         ProtocolError from ``op`` is handed back and re-raised here, in the session,
         so it is answered and counted like any refused frame. A process that dies
-        answers what it held (:meth:`_orphaned`); OP_TIMEOUT bounds the wait anyway.
+        answers what it held (:meth:`_orphaned`); ``op_timeout`` bounds the wait anyway.
         """
         result = AsyncResult()
         self._queue(self._group(gid, ref), op, ref, result)
         try:
-            refused = result.get(timeout=OP_TIMEOUT)
+            refused = result.get(timeout=self.op_timeout)
         except gevent.Timeout:
             self.counters["op_timeouts"] += 1
-            raise ProtocolError(Code.INTERNAL, f"group {gid} did not answer within {OP_TIMEOUT}s; "
+            raise ProtocolError(Code.INTERNAL, f"group {gid} did not answer within {self.op_timeout}s; "
                                 "the change may still be made", ref) from None
         if refused is not None:
             raise refused
@@ -442,7 +447,7 @@ class Groups:
         group.ops.append((op, ref, result))
 
     def _answer_op(self, op, result, answer):
-        if isinstance(op, _Message) and answer is not None:
+        if _is_message(op) and answer is not None:
             self._spend(op)
         if result is not None:
             result.set(answer)
@@ -456,9 +461,9 @@ class Groups:
         group = worker.group
         ops = group.ops
         while ops:
-            if isinstance(ops[0][0], _Message):
+            if _is_message(ops[0][0]):
                 batch = []
-                while ops and isinstance(ops[0][0], _Message) and len(batch) < BATCH:
+                while ops and _is_message(ops[0][0]) and len(batch) < BATCH:
                     batch.append(ops.popleft())
                 worker.current = batch
                 answers = self._guarded(group, batch[0][1], self._messages, [m for m, _, _ in batch])

@@ -35,18 +35,17 @@ import secrets
 import threading
 import time
 
-from gevent.event import AsyncResult, Event
+from gevent.event import Event
 from gevent.threadpool import ThreadPool
 
 from ..c2s.admission import Admission, KnownLogins, Refused
-from .batch import GroupCommitter
 from .datadir import check_shards
 from ..observe.logs import Secret
 from ..protocol import PRIMARY, Code
 from ..runtime import CallTimeout, ProcessDead
 from ..runtime.factory import Factory
 from ..runtime.industry import Industry
-from .tables import open_table
+from .tables import SqliteTable, durably, open_table
 
 log = logging.getLogger("whatsup.accounts")
 SCRYPT_R, SCRYPT_P = 8, 1
@@ -110,23 +109,18 @@ def open_db(path):
     return open_table(path, "accounts")
 
 
-class AccountShard:
-    """One sqlite file with its writer thread and group committer."""
+class AccountShard(SqliteTable):
+    """One shard file's accounts table (a SqliteTable) on a writer thread of its own; :meth:`store`
+    returns once the write is durable (a registration is answered only then)."""
+    label = "accounts"
 
     def __init__(self, path):
-        self.path = path
-        self._db = None
-        self._pool = ThreadPool(1)
-        self._commits = None
-
-    def __repr__(self):
-        return f"<AccountShard {self.path} {self._commits!r}>"
+        super().__init__(path, "accounts", ThreadPool(1))
 
     def open(self):
         """Open the file; returns (the user names it holds, {user: their companions' row})."""
-        self._db = self._pool.apply(open_db, (self.path,))
-        self._commits = GroupCommitter(self._pool, self._write, f"accounts {self.path}")
-        return self._pool.apply(self._load)
+        super().open()
+        return self.pool.apply(self._load)
 
     def _load(self):
         users, devices = set(), {}
@@ -138,30 +132,15 @@ class AccountShard:
         return users, devices
 
     def close(self):
-        if self._commits is not None:
-            self._commits.stop()
-        if self._db is not None:
-            self._pool.apply(self._db.close)
-        self._pool.kill()
+        super().close()
+        self.pool.kill()
 
-    def put(self, user, record):
+    def store(self, user, record):
         """Store ``record`` (None deletes) for ``user``; returns once it is committed (raises what failed it)."""
-        done = AsyncResult()
-        self._commits.add((user, record), done.set)
-        err = done.get()
-        if err is not None:
-            raise err
+        durably(self, user, record)
 
     def get(self, user):
-        return self._pool.apply(self._db.get, (user,))
-
-    def _write(self, batch):
-        for user, record in batch:
-            if record is None:
-                self._db.pop(user, None)
-            else:
-                self._db[user] = record
-        self._db.commit()
+        return self.pool.apply(self._db.get, (user,))
 
 
 class AccountShardProc:
@@ -226,22 +205,21 @@ class AccountStore:
     Every scrypt goes through ``admission`` (whatsup/c2s/admission.py): a login or registration
     that cannot be admitted now raises Refused at once instead of queueing; ``known`` lets a
     user who logged in lately with the same password in without hashing; ``registrations``
-    limits registrations per address (a KeyedLimiter; None: no limit)."""
-
-    HASH_TIMEOUT = 30.0  # admission keeps each hasher's mailbox about one deep: this is a stuck hasher
-    WAIT_TIMEOUT = 30.0  # a bounded queue drains in seconds; past this something is stuck
+    limits registrations per address (a KeyedLimiter; None: no limit). ``timeouts`` are
+    (auth.wait_timeout, auth.hash_timeout): admission keeps each hasher's mailbox about one
+    deep and the queue bounded, so either one running out means something is stuck."""
 
     def __init__(self, table, directory, shards=1, scrypt_n=2 ** 15, hash_threads=2, restart_wait=5.0,
-                 admission=None, known=None, registrations=None, hash_nice=0):
+                 admission=None, known=None, registrations=None, hash_nice=0, timeouts=(30.0, 30.0)):
         self.dir = directory
         self.scrypt_n = scrypt_n
-        self.restart_wait = restart_wait
+        self.wait_timeout, self.hash_timeout = timeouts
         self.users = set()
         self._reserved = set()
         self._devices = {}  # user -> companions' row {"next": id, "devices": {str(id): {...}}}: linked ones
         self._ids = {}      # user -> (PRIMARY, companion ids...): offd's callback, one lookup
         self.industry = Industry(table, "accounts", shards, AccountShardProc, (self,),
-                                 paths=[shard_path(directory, i) for i in range(shards)])
+                                 paths=[shard_path(directory, i) for i in range(shards)], wait=restart_wait)
         self.hashers = Factory(table, "hasher", Hasher, hash_threads, (hash_nice,), policy="least_loaded")
         self.admission = admission if admission is not None else Admission(hash_threads, 64, 16, 64)
         self.known = known if known is not None else KnownLogins(0, 0.0)  # has a len: test for None
@@ -261,10 +239,7 @@ class AccountStore:
 
     def shard(self, user):
         """The AccountShard holding ``user``; waits for a restarting shard, else ShardDown."""
-        return self.industry.slot(user).resource(self.restart_wait)
-
-    def where(self, user):
-        return self.industry.where(user)
+        return self.industry.resource(user)
 
     def exists(self, user):
         return user in self.users
@@ -334,7 +309,7 @@ class AccountStore:
             self.forget(user)
             self._put(user, None)
             if user in self._devices:
-                self.shard(user).put(DEVICES + user, None)
+                self.shard(user).store(DEVICES + user, None)
                 self.companions(user, None)
 
     # --- devices -------------------------------------------------------------------
@@ -363,7 +338,7 @@ class AccountStore:
             "name": name, "token": token_hash(token), "created": now, "last_seen": now}}}
         self._reserved.add(user)
         try:
-            self.shard(user).put(DEVICES + user, new)
+            self.shard(user).store(DEVICES + user, new)
         finally:
             self._reserved.discard(user)
         self.companions(user, new)
@@ -377,7 +352,7 @@ class AccountStore:
         left = {d: v for d, v in row["devices"].items() if d != str(device)}
         new = {"next": row["next"], "devices": left}
         self.companions(user, new)  # first: from here on its token is refused
-        self.shard(user).put(DEVICES + user, new)
+        self.shard(user).store(DEVICES + user, new)
         return True
 
     def verify_device(self, user, device, token):
@@ -386,14 +361,16 @@ class AccountStore:
         entry = row["devices"].get(str(device)) if row is not None else None
         return entry is not None and hmac.compare_digest(entry["token"], token_hash(token))
 
-    def seen(self, user, device):
-        """Companion ``device`` of ``user`` logged in now: its last_seen (durable)."""
+    def seen(self, user, device, stale=0.0):
+        """Companion ``device`` of ``user`` logged in now: its last_seen, stored (durably) when
+        the stored one is over ``stale`` seconds old."""
         row = self._devices.get(user)
         entry = row["devices"].get(str(device)) if row is not None else None
-        if entry is not None:  # a new row: the writer thread may be encoding the old one
+        if entry is not None and time.time() - entry["last_seen"] > stale:
+            # a new row: the writer thread may be encoding the old one
             row = {**row, "devices": {**row["devices"], str(device): {**entry, "last_seen": round(time.time(), 3)}}}
             self.companions(user, row)
-            self.shard(user).put(DEVICES + user, row)
+            self.shard(user).store(DEVICES + user, row)
 
     def inactive(self, user, before):
         """The companions of ``user`` not seen since ``before`` (a time)."""
@@ -437,7 +414,7 @@ class AccountStore:
         name exists. In a cluster every other node learns the name (or its end)."""
         if new and user in self.users and self.away is not None and self.away.here(user):
             raise UserTaken(user)
-        self.shard(user).put(user, record)
+        self.shard(user).store(user, record)
         if self.away is not None:
             (self.users.add if record is not None else self.users.discard)(user)
             self.away.announce(user, record is not None)
@@ -452,13 +429,13 @@ class AccountStore:
         try:
             if not ticket.running:
                 ticket.wake = Event()
-                if not ticket.wake.wait(self.WAIT_TIMEOUT):
+                if not ticket.wake.wait(self.wait_timeout):
                     raise Refused(Code.BUSY, "no password check within its time", self.admission.retry_after())
-            return self.hashers.call(None, (op, Secret((password, arg))), self.HASH_TIMEOUT)
+            return self.hashers.call(None, (op, Secret((password, arg))), self.hash_timeout)
         except (CallTimeout, ProcessDead) as exc:  # a hasher that failed costs a retry, not a session
             log.warning("password %s not done: %s", op, exc)
             raise Refused(Code.BUSY, f"no password check now ({type(exc).__name__})",
-                          self.restart_wait) from None
+                          self.industry.wait) from None
         finally:
             following = self.admission.leave(ticket)
             if following is not None:

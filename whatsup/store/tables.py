@@ -16,6 +16,7 @@ import json
 import os
 from typing import Callable, Optional, Protocol
 
+from gevent.event import AsyncResult
 from gevent.threadpool import ThreadPool
 from sqlitedict import SqliteDict
 
@@ -41,8 +42,18 @@ class Table(Protocol):
         """Store ``value`` (JSON-able; None deletes) under ``key``; ``on_durable(err)`` on the hub later."""
 
 
+def durably(table, key, value):
+    """``table.put`` and wait (this greenlet, not the hub) until it is durable; raises what failed it."""
+    done = AsyncResult()
+    table.put(key, value, done.set)
+    err = done.get()
+    if err is not None:
+        raise err
+
+
 class SqliteTable:
     """A Table in ``path`` named ``name``; every sqlite call runs on ``pool`` (one native thread)."""
+    label = "table"  # the store label of its commit metrics (whatsup/observe/latency.py)
 
     def __init__(self, path, name, pool):
         self.path, self.name, self.pool = path, name, pool
@@ -50,11 +61,11 @@ class SqliteTable:
         self._commits = None
 
     def __repr__(self):
-        return f"<SqliteTable {self.path}:{self.name} {self._commits!r}>"
+        return f"<{type(self).__name__} {self.path}:{self.name} {self._commits!r}>"
 
     def open(self):
         self.pool.apply(self._open)
-        self._commits = GroupCommitter(self.pool, self._write, f"table {self.name}")
+        self._commits = GroupCommitter(self.pool, self._write, f"{self.label} {self.path}:{self.name}")
         return self
 
     def _open(self):

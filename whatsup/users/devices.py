@@ -23,6 +23,8 @@ from ..store.accounts import DeviceLimit
 log = logging.getLogger("whatsup.devices")
 ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I/L: read aloud or typed from a screen
 CODE_LENGTH = 8                                  # 31^8: 8.5e11 codes against ~10 guesses a minute
+SEEN_EVERY = 3600.0  # seconds a companion's stored last_seen may lag: a phone that reconnects all
+                     # day costs no commit per login (inactivity is counted in days)
 
 
 class LinkCodes:
@@ -136,7 +138,7 @@ class Devices:
         that cannot write now costs a warning, not the login)."""
         try:
             if device != PRIMARY:
-                self.accounts.seen(user, device)
+                self.accounts.seen(user, device, min(SEEN_EVERY, self.inactive_after / 2 or SEEN_EVERY))
             self.expire(user)
         except (OSError, ShardDown) as exc:
             log.warning("devices of %s not updated at login: %s", user, exc)

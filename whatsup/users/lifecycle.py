@@ -16,11 +16,10 @@ import contextlib
 import logging
 import time
 
-from gevent.event import AsyncResult
-
 from .. import protocol
 from ..c2s.admission import Refused
 from ..protocol import Code, ProtocolError
+from ..store.tables import durably
 
 log = logging.getLogger("whatsup.lifecycle")
 OPERATOR = "operator"  # the admission key (whatsup/c2s/admission.py) of the operator's password hashes
@@ -29,15 +28,6 @@ OPERATOR = "operator"  # the admission key (whatsup/c2s/admission.py) of the ope
 def _source(user):
     """The admission key of a logged-in user's own password checks: their name, not an address."""
     return f"user:{user}"
-
-
-def durably(table, key, value):
-    """``table.put`` and wait (this greenlet, not the hub) until it is durable; raises what failed it."""
-    done = AsyncResult()
-    table.put(key, value, done.set)
-    err = done.get()
-    if err is not None:
-        raise err
 
 
 class Lifecycle:

@@ -35,21 +35,27 @@ import time
 import urllib3
 from gevent.threadpool import ThreadPool
 
-from .lifecycle import durably
+from ..store.tables import durably
 from ..store.offd import ShardDown
 from ..protocol import unpack
+from ..runtime.timers import DeadlineHeap
 
 log = logging.getLogger("whatsup.push")
 MESSAGES = ("msg", "gmsg")  # the item kinds a push counts (receipts and events wake nobody)
 
 
 class Schedule:
-    """When to notify which device: pending entries, backoff and the breaker (no I/O)."""
+    """When to notify which device: pending entries, backoff and the breaker (no I/O).
+
+    Each entry's due time is also in a heap (an entry whose time changed leaves a stale one
+    there, skipped when it comes up), so a wake-up costs what is due: with the gateway down,
+    every offline user who got a message waits here, and each wake walked all of them."""
 
     def __init__(self, delay, backoff, backoff_max, retries, breaker_failures, breaker_cooldown):
         self.delay, self.backoff, self.backoff_max, self.retries = delay, backoff, backoff_max, retries
         self.breaker_failures, self.breaker_cooldown = breaker_failures, breaker_cooldown
         self.pending = {}        # user -> [when due, attempts made, items queued since it was taken]
+        self.wakes = DeadlineHeap()  # (when due, user), stale ones included
         self.failures = 0        # in a row, all devices together (the gateway's health)
         self.open_until = None   # the breaker is open (nothing is sent) until then
 
@@ -63,17 +69,21 @@ class Schedule:
         if entry is not None:
             entry[2] = True  # coalesced into the one waiting (or told again if it is being sent)
             return False
-        self.pending[user] = [now + self.delay, 0, False]
+        self._wait(user, [now + self.delay, 0, False])
         return True
 
     def due(self, now):
-        """The devices to notify now (none while the breaker is open; one to probe after it)."""
-        if self.open_until is not None:
-            if self.blocked(now):
-                return []
-            ready = [u for u, entry in self.pending.items() if entry[0] <= now]
-            return ready[:1]  # half-open: one attempt decides
-        return [u for u, entry in self.pending.items() if entry[0] <= now]
+        """The devices to notify now (none while the breaker is open; one to probe after it).
+        They stay due until ``sent``, ``failed`` or ``dropped`` says otherwise."""
+        if self.blocked(now):
+            return []
+        ready = []
+        for when, user in self.wakes.pop_due(now):
+            entry = self.pending.get(user)
+            if entry is not None and entry[0] == when and user not in ready[-1:]:
+                ready.append(user)
+                self.wakes.push((when, user))
+        return ready[:1] if self.open_until is not None else ready  # half-open: one attempt decides
 
     def take(self, user):
         """``user``'s notification is being sent: what is queued from now on needs another one."""
@@ -88,7 +98,7 @@ class Schedule:
         self.failures, self.open_until = 0, None
         entry = self.pending.pop(user, None)
         if entry is not None and entry[2]:
-            self.pending[user] = [now + self.delay, 0, False]
+            self._wait(user, [now + self.delay, 0, False])
             return True
         return False
 
@@ -109,14 +119,19 @@ class Schedule:
             del self.pending[user]
             return False
         entry[0] = now + min(self.backoff * 2 ** (entry[1] - 1), self.backoff_max)
+        self.wakes.push((entry[0], user))
         return True
 
     def next_wake(self):
-        """When something may be due next (None: nothing pending)."""
-        if not self.pending:
+        """When something may be due next (None: nothing pending; a stale entry may wake early)."""
+        earliest = self.wakes.earliest() if self.pending else None
+        if earliest is None:
             return None
-        earliest = min(entry[0] for entry in self.pending.values())
         return max(earliest, self.open_until) if self.open_until is not None else earliest
+
+    def _wait(self, user, entry):
+        self.pending[user] = entry
+        self.wakes.push((entry[0], user))
 
 
 class Push:

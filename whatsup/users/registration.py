@@ -18,7 +18,7 @@ import logging
 import secrets
 import time
 
-from .lifecycle import durably
+from ..store.tables import durably
 from ..protocol import Code, ProtocolError
 
 log = logging.getLogger("whatsup.registration")

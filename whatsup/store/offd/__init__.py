@@ -47,10 +47,9 @@ class Offd:
         self.dir = directory
         self.options = (segment_bytes, max_queue, expiry_days)
         self.callbacks = {"on_ready": on_ready, "devices": devices, "carry": carry}
-        self.restart_wait = restart_wait
         self.dedup_window = dedup_window
         self.industry = Industry(table, "offd", shards, OffdShard, (self,),
-                                 paths=[shard_dir(directory, i) for i in range(shards)])
+                                 paths=[shard_dir(directory, i) for i in range(shards)], wait=restart_wait)
         self.on_up = on_up
 
     def __repr__(self):
@@ -70,14 +69,11 @@ class Offd:
 
     def spool(self, user):
         """The Spool holding ``user``'s queue; waits for a restarting shard, else ShardDown."""
-        return self.industry.slot(user).resource(self.restart_wait)
-
-    def where(self, user):
-        return self.industry.where(user)
+        return self.industry.resource(user)
 
     def current(self, user):
         """``user``'s Spool, or None while its shard restarts (never waits)."""
-        return self.industry.slot(user).current
+        return self.industry.current(user)
 
     def queued(self):
         return sum(s.queued() for s in self.spools if s is not None)

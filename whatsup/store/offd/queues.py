@@ -16,6 +16,7 @@ are durable (:meth:`Queues.release`); a device linked later starts past every it
 queued before it (:meth:`Queues.link`).
 """
 import collections
+import heapq
 import itertools
 import logging
 import time
@@ -29,6 +30,12 @@ _PRIMARY_ONLY = (PRIMARY,)
 def primary_only(user):
     """The device set of a node that knows of no companions: the primary alone."""
     return _PRIMARY_ONLY
+
+
+def for_device(item, device):
+    """Whether ``item`` goes to ``device``: every item does, but a ``direct`` one (a history
+    bundle, docs/PROTOCOL.md "Devices"), whose ``cid`` is the one device it is for."""
+    return item.kind != "direct" or item.cid == device
 
 
 class QueueFull(Exception):
@@ -130,6 +137,10 @@ class Queues:
         self.counts = collections.Counter()
         self.counter = 0                         # the last seq stamped
         self.unfinished = {}  # (sender, cid) -> {"F"/"G": Item}: kept until its fan-out is done
+        # Expiry's due-heap: (ms, user), no later than the front of the user's queue, one entry
+        # per user who had a queue lately (~100 bytes each), so a pass visits what is due only.
+        self.fronts = []
+        self._fronted = set()
 
     # --- items ---------------------------------------------------------------------
 
@@ -137,7 +148,31 @@ class Queues:
         q = self.queues.get(user)
         if q is None:
             q = self.queues[user] = UserQueue()
+        if user not in self._fronted:  # what comes next is stamped no earlier than now
+            self._fronted.add(user)
+            heapq.heappush(self.fronts, (int(self.clock() * 1000), user))
         return q
+
+    def refront(self):
+        """Rebuild ``fronts`` from the queues as they are (after a recovery filled them)."""
+        self.fronts = [(q.items[0].ts if q.items else 0, user) for user, q in self.queues.items()]
+        heapq.heapify(self.fronts)
+        self._fronted = set(self.queues)
+
+    def expire(self, cutoff):
+        """Drop the items stamped before ``cutoff`` (ms), yielding ``(user, items dropped)`` per
+        user whose front may be that old: the work is what is due, not what is queued."""
+        fronts = self.fronts
+        while fronts and fronts[0][0] < cutoff:
+            user = heapq.heappop(fronts)[1]
+            q = self.queues.get(user)
+            gone = self._expire_front(user, q, cutoff) if q is not None else ()
+            q = self.queues.get(user)
+            if q is None:
+                self._fronted.discard(user)
+            else:  # an emptied queue held for its receipts: its next item is stamped from now on
+                heapq.heappush(fronts, (q.items[0].ts if q.items else int(self.clock() * 1000), user))
+            yield user, gone
 
     def queued(self):
         return sum(len(q) for q in self.queues.values())
@@ -231,19 +266,28 @@ class Queues:
     def next_batch(self, user, device, window, budget=None):
         """The items to send ``device`` now, marked sent: those after what it was sent, while it
         has fewer than ``window`` unacked and (with ``budget``) while the frames before the last
-        one hold fewer than ``budget`` bytes."""
+        one hold fewer than ``budget`` bytes. Items for another device (``direct``) count as sent
+        but are not returned; at the front of what the device has to ack they count as acked."""
         q = self.queues.get(user)
         if q is None:
             return []
         c = q.cursor(device)
-        items, out = q.items, []
+        items, out, passed = q.items, [], c.pos
+        while not c.sent and c.pos < len(items) and not for_device(items[c.pos], device):
+            c.pos += 1
+            c.acked = items[c.pos - 1].seq
+        if c.pos != passed:
+            self._collect(user, q, (device,))
+            if self.queues.get(user) is not q:
+                return []
         i, stop = c.pos + c.sent, min(len(items), c.pos + window)
         while i < stop and (budget is None or budget > 0):
             item = items[i]
-            out.append(item)
             i += 1
-            if budget is not None:
-                budget -= len(item.frame) + 4
+            if for_device(item, device):
+                out.append(item)
+                if budget is not None:
+                    budget -= len(item.frame) + 4
         c.sent = i - c.pos
         return out
 
@@ -266,7 +310,7 @@ class Queues:
         if c is None:
             return Acked(user, device)
         items, start = q.items, c.pos
-        while c.sent and c.pos < len(items) and items[c.pos].seq <= upto:
+        while c.sent and c.pos < len(items) and (items[c.pos].seq <= upto or not for_device(items[c.pos], device)):
             c.pos += 1
             c.sent -= 1
         if c.pos == start:

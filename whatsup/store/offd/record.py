@@ -7,7 +7,8 @@ A segment file is a sequence of records::
     crc32  uint32 BE     of body
     body   msgpack array, one of
            ["B", counter]                              sequence base, first in every segment
-           ["P", user, seq, ts, kind, sender, cid, frame]  an item queued for ``user``
+           ["P", user, seq, ts, kind, sender, cid, frame]  an item queued for ``user`` (kind "direct":
+                                                       for one device of the user, ``cid`` its id)
            ["D", user, upto]                           items of ``user`` with seq <= upto are gone
            ["A", user, device, upto]                   ``device`` of ``user`` acked up to upto (a
                                                        cursor past the front of the user's queue:

@@ -36,7 +36,8 @@ rewrites the live records of the non-active segments into the active one
 (walking each queue only as far as items stamped before the active segment)
 and the dedup window entries anchored in them (ranges of ``Dedup`` entry
 numbers per sender, see :meth:`anchor`), then unlinks them once that rewrite
-is fsynced; expiry walks the queues in slices.
+is fsynced; expiry visits only the queues whose front is due (a heap of the
+queues' fronts, :meth:`Queues.expire`), in slices.
 """
 import collections
 import gc
@@ -47,9 +48,9 @@ import time
 
 import gevent
 import msgpack
-from gevent.threadpool import ThreadPool
 
 from ..batch import GroupCommitter
+from ..worker import Worker
 from ..datadir import fsync_dir
 from ...routing.dedup import ENTRY, digest, unpack_entries
 from . import record
@@ -115,7 +116,7 @@ class Spool(Queues):
         self.carry = carry
         self.segments = collections.OrderedDict()  # sid -> Segment, oldest first
         self.recovered = {}          # sender -> [(ts, digest, sid, seq)] oldest first, for the dedup window
-        self._pool = ThreadPool(1)   # this spool's writer: a native thread owning the fds
+        self._pool = Worker(f"offd {directory}")  # this spool's writer: a native thread owning the fds
         self._fds = {}
         self._log = None
 
@@ -141,6 +142,7 @@ class Spool(Queues):
     def open(self):
         os.makedirs(self.dir, exist_ok=True)
         self._pool.apply(self._recover)
+        self.refront()
         self._log = GroupCommitter(self._pool, self._write, f"offd {self.dir}")
         self._start_segment()
         return self
@@ -367,10 +369,10 @@ class Spool(Queues):
         elif op == "P":
             _, user, seq, ts, kind, sender, cid, frame = rec
             self.counter = max(self.counter, seq)
-            if cid is not None and kind != "gmsg":
-                ids.setdefault(sender, []).append((ts, digest(user, cid), sid, seq))
-            elif cid is not None:  # an older node's group copy: the window knows it by group
+            if kind == "gmsg" and cid is not None:  # an older node's group copy: the window knows it by group
                 ids.setdefault(sender, []).append((ts, digest(msgpack.unpackb(frame)["group"], cid), sid, 0))
+            elif cid is not None and kind != "direct":  # a direct item's cid is the device it is for
+                ids.setdefault(sender, []).append((ts, digest(user, cid), sid, seq))
             if seq > wm.get(user, 0):
                 found.setdefault(user, {}).setdefault(seq, Item(seq, ts, kind, sender, cid, frame, sid))
         elif op == "G":
@@ -453,17 +455,13 @@ class Spool(Queues):
     def _expire(self):
         if self.expiry <= 0:
             return
-        cutoff = (time.time() - self.expiry) * 1000
         pace = Pace()
-        for user in list(self.queues):
+        for user, gone in self.expire((self.clock() - self.expiry) * 1000):
             pace.step()
-            q = self.queues.get(user)
-            if q is None or not q.items or q.items[0].ts >= cutoff:
-                continue
-            gone = self._expire_front(user, q, cutoff)
-            self.counts["expired"] += len(gone)
-            log.warning("offd: expired %d undelivered item(s) for %s (older than %.0f days)",
-                        len(gone), user, self.expiry / 86400)
+            if gone:
+                self.counts["expired"] += len(gone)
+                log.warning("offd: expired %d undelivered item(s) for %s (older than %.0f days)",
+                            len(gone), user, self.expiry / 86400)
 
     def _old_items(self, bound, pace):
         """(user, item) for every reference stamped up to seq ``bound`` (those that may be in a
