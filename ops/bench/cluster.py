@@ -1,17 +1,18 @@
 """``python3 -m ops.bench cluster --nodes 2``: what a message costs when it crosses nodes.
 
-The same users and the same offered rates, twice: on one plain node (no Redis,
-every message same-node), then on ``--nodes`` nodes joined through a
-redis-server, each user connected to their home node and half of the
-conversations pairing users homed on different nodes (``--cross``). One load
-generator process per node. Per step: delivered msgs/s, ✓ and end-to-end
+The same users twice: on ``--nodes`` nodes joined through a redis-server, each
+user connected to their home node and half of the conversations pairing users
+homed on different nodes (``--cross``), at each offered rate R; and on one plain
+node (no Redis, every message same-node) at R / nodes, the load each node of the
+cluster carries (CPU per message falls as a node's rate rises: compared at equal
+load per node). One load generator process per node. Per step: delivered msgs/s, ✓ and end-to-end
 p50/p99, and the CPU seconds each node and Redis spent, per delivered message
 (CPU time is the figure that extrapolates: on this 2-core machine nodes, Redis
 and the load generators share the cores, unpinned). From those:
 
 * a cross-node message's CPU = (CPU per message of the cluster run - (1 - cross)
-  x the single node's) / cross, summed over the nodes and Redis, and its ratio to
-  a same-node message;
+  x the single node's at the same load per node) / cross, summed over the nodes and
+  Redis, and its ratio to a same-node message;
 * how many nodes at their peak one Redis core serves: 1 s of Redis CPU over
   (Redis CPU per cross-node message x cross-node msgs/s of one node at its peak).
 """
@@ -83,11 +84,7 @@ def run_target(label, servers, redis_pid, assignment, rates, seconds, progress):
 def derive(single, multi, cross, nodes):
     """Per rate: a cross-node message's CPU and its ratio to a same-node one; Redis per cross msg."""
     out = []
-    by_rate = {r["rate"]: r for r in single}
-    for row in multi:
-        one = by_rate.get(row["rate"])
-        if one is None:
-            continue
+    for one, row in zip(single, multi):  # the single node at rate / nodes: the same load per node
         same = one["cpu_us_per_msg_total"]
         crossing = (row["cpu_us_per_msg_total"] - (1 - cross) * same) / cross
         redis_per_cross = row["cpu_us_per_msg"].get("redis", 0.0) / cross
@@ -101,7 +98,8 @@ def derive(single, multi, cross, nodes):
 @click.command("cluster", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--nodes", default=2, show_default=True, type=click.IntRange(2), help="nodes of the cluster run")
 @click.option("--users", default=400, show_default=True, help="users (and connections) in all")
-@click.option("--rates", default="500,1000,2000", show_default=True, help="offered msgs/s in all, comma-separated")
+@click.option("--rates", default="1000,2000,3000,4000", show_default=True,
+              help="offered msgs/s to the cluster in all, comma-separated (the single node gets rate / nodes)")
 @click.option("--seconds", default=8.0, show_default=True, help="seconds per step")
 @click.option("--cross", default=0.5, show_default=True, help="share of the conversations that cross nodes")
 @click.option("--out", default="bench-cluster.json", show_default=True, help="where the JSON record goes")
@@ -123,7 +121,8 @@ def cluster(nodes, users, rates, seconds, cross, out):
         single.start()
         try:
             flat = [p for n in names for p in assignment[n]]
-            rows1 = run_target("1 node", {"single": single}, None, {"single": flat}, rates, seconds, progress)
+            rows1 = run_target("1 node", {"single": single}, None, {"single": flat},
+                               [r // nodes for r in rates], seconds, progress)
         finally:
             single.stop()
         cl.start()
