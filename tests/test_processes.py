@@ -3,7 +3,17 @@ the tree; and the router answers every waiter of a message it cannot store."""
 import time
 import zlib
 
-SUPERVISOR = "__import__('whatsup.runtime.supervisor', fromlist=['x'])"
+import gevent
+import pytest
+from gevent.event import Event
+
+from whatsup.protocol import Code, ProtocolError
+from whatsup.runtime import ProcessTable
+from whatsup.runtime.supervisor import SupSpec, Supervisor
+from whatsup.runtime.timers import Timers
+from whatsup.social.groups import SUPERVISOR as GROUPS, Group, Groups
+
+SUPERVISION = "__import__('whatsup.runtime.supervisor', fromlist=['x'])"  # in the node's shell
 
 
 def bodies(client, n):
@@ -57,7 +67,7 @@ def test_a_group_runs_in_a_supervised_process_and_a_killed_one_is_replaced_by_th
     alice, bob = server.client("alice"), server.client("bob")
     gid = alice.group_create("g", ["bob"])
     groups = f"[(str(pid), pid in {{p.pid for p in table.processes('group')}}) for _, pid, _ in " \
-             f"{SUPERVISOR}.which_children(table, 'groups')]"
+             f"{SUPERVISION}.which_children(table, 'groups')]"
     with server.shell() as sh:
         ((first, running),) = ask(sh, groups)
         assert running and ask(sh, f"i({first!r})['entity']") == gid
@@ -83,7 +93,7 @@ def test_a_retransmission_waiting_with_the_first_send_for_a_down_shard_gets_its_
     server.register(sender, "bob")
     with server.shell() as sh:
         assert ask(sh, "where('offd', 'bob')['shard']") == bob_shard
-        ask(sh, f"{SUPERVISOR}.terminate_child(table, 'offd', 'offd-{bob_shard}.0')")  # stays down
+        ask(sh, f"{SUPERVISION}.terminate_child(table, 'offd', 'offd-{bob_shard}.0')")  # stays down
         first = server.client(sender)
         first.send_nowait("bob", "hi", id="same")
         wait_for(lambda: ask(sh, "len(router.pending)") == 1, "the first send waits for the shard")
@@ -96,3 +106,25 @@ def test_a_retransmission_waiting_with_the_first_send_for_a_down_shard_gets_its_
     first.close()
     second.close()
 
+
+
+def test_a_change_waiting_on_a_group_whose_process_dies_is_answered_and_the_next_one_gets_a_new_process():
+    """In-process, for the exact interleaving: the group's process is killed while it runs a change
+    a session waits for; the session gets internal (no wait forever), and the group goes on."""
+    table = ProcessTable()
+    sup = table.start(Supervisor, SupSpec("one_for_one", ()), name=GROUPS)
+    groups = Groups(table, Timers(table), None, None, None, max_members=8, fanout_chunk=8)
+    groups.groups["g1"] = Group("g1", "g", {"alice": True})
+    stuck, ran = Event(), []
+    waiting = gevent.spawn(groups._serial, "g1", 7, lambda group: stuck.wait())
+    gevent.sleep(0.05)  # the group's process runs the change, stuck
+    (first,) = table.processes("group")
+    table.kill(first.pid)
+    with pytest.raises(ProtocolError) as refused:
+        waiting.get(timeout=5)
+    assert refused.value.code == Code.INTERNAL and refused.value.ref == 7
+    groups._serial("g1", 8, ran.append)
+    (second,) = table.processes("group")
+    assert ran == [groups.groups["g1"]] and second.pid != first.pid and second.entity == "g1"
+    table.stop(sup)
+    assert table.processes("group") == []

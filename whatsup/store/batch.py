@@ -115,8 +115,9 @@ class GroupCommitter:
 
     def _wake(self):
         """Have the committer's process run one pass (at most one WAKE waits in its mailbox)."""
-        self._woken = True
-        self._proc.mailbox.put(WAKE)
+        if not self._woken:  # the writer's finished batches may call for one while one waits
+            self._woken = True
+            self._proc.mailbox.put(WAKE)
 
     def _drain(self):
         """On the pool's thread: write batches until nothing is queued (or RUN of them: the
