@@ -319,7 +319,7 @@ class Node:
         loaders = {"blocks": self.blocks.open, "groups": self.groups.open, "privacy": self.presence.open,
                    "bans": lambda t: self.lifecycle.open("bans", t),
                    "retired": lambda t: self.lifecycle.open("retired", t),
-                   "invites": self.registration.open, "push": self.push.open}
+                   "invites": self.registration.open, "push": self.push.devices.open}
         return self.table.start(TableStore, os.path.join(self.data_dir, "social.sqlite"), loaders,
                                 name="social")
 
