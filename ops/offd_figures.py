@@ -393,7 +393,7 @@ def receipts(args):
                             got[f["status"]] += len(f["ids"])
                             got["receipt frames"] += 1
                 scanned = segment_records(server.data_dir, record)
-                infos = collections.Counter(s for i in ids for s in alice.info("bob", i).values())
+                infos = collections.Counter(d["delivered"] for i in ids for d in alice.info("bob", i))
                 after = segment_records(server.data_dir, record)
             finally:
                 for c in clients:
@@ -403,7 +403,7 @@ def receipts(args):
             print(f"receipts: {n} device(s): {m} messages: {got['delivered']} ids ✓✓ in {got['receipt frames']} "
                   f"receipt frames; offd records per message: "
                   + ", ".join(f"{k} {v / m:.2f}" for k, v in sorted(scanned.items()))
-                  + f"; then {m} info requests ({dict(infos)}): {sum(after.values()) - sum(scanned.values())} "
+                  + f"; then {m} info requests (devices delivered: {dict(infos)}): {sum(after.values()) - sum(scanned.values())} "
                   f"records more")
 
 

@@ -232,8 +232,8 @@ def test_link_a_second_machine_use_it_without_the_password_give_it_history_list_
     assert cli("info", "--as", "alice", "bob", mid).stdout.splitlines() == [
         "bob device 0 (primary): pending", "bob device 1: delivered"]  # message info: the laptop has it
     assert "to every device" in cli("inbox", "--as", "bob").stdout  # the phone still gets it
-    assert json.loads(cli("info", "--as", "alice", "--json", "bob", mid).stdout)["devices"] == {
-        "0": "delivered", "1": "delivered"}
+    assert json.loads(cli("info", "--as", "alice", "--json", "bob", mid).stdout)["devices"] == [
+        {"device": 0, "delivered": True}, {"device": 1, "delivered": True}]
     assert "unknown_message" in cli("info", "--as", "alice", "bob", "nope", check=False).stderr
     with _chat(laptop, "--as", "bob", "alice") as (chat, lines):  # as the laptop: no password asked
         _wait_for(lines, "chatting with alice")

@@ -19,6 +19,11 @@ def companion(server, user, device, token, **opts):
     return c
 
 
+def info(client, to, cid):
+    """Message info as {device: delivered}."""
+    return {d["device"]: d["delivered"] for d in client.info(to, cid)}
+
+
 def msgs(frames):
     return [f for f in frames if f["type"] == "msg"]
 
@@ -71,9 +76,16 @@ def test_every_device_gets_every_message_once_in_order_ticks_and_reads_sync(serv
                      len([i for f in receipts(fs, "delivered") for i in f["ids"]]) >= 20)
     delivered = [i for f in receipts(frames, "delivered") for i in f["ids"]]
     assert sorted(delivered) == sorted(ids)  # ✓✓ once, at the first device's ack
+    phone.ping(), lap.ping()  # their acks are in
+    assert alice.info("bob", "m0") == [{"device": 0, "delivered": True}, {"device": laptop, "delivered": True},
+                                       {"device": tablet, "delivered": False}]  # message info
+    with pytest.raises(ServerError, match="unknown_message"):
+        alice.info("bob", "never-sent")
     tab = companion(server, "bob", tablet, tablet_token)
     assert tab.last_login["queued"] == 20 and tab.last_login["device"] == tablet
     assert [m["id"] for m in msgs(collect(tab, n_msgs(20)))] == ids
+    tab.ping()
+    assert all(d["delivered"] for d in alice.info("bob", "m19"))
     assert not any(f["type"] == "receipt" for f in alice.drain(0.3))  # no second ✓✓
 
     # what bob sends from the laptop reaches alice and bob's other devices, not the laptop again
@@ -260,24 +272,26 @@ def test_message_info_tells_the_sender_which_devices_have_a_message(server):
     alice.send("bob", "hello", id="m1")
     phone.drain(0.5)
     assert [f["ids"] for f in alice.drain(0.5) if f["type"] == "receipt"] == [["m1"]]  # ✓✓, once
-    assert alice.info("bob", "m1") == {0: "delivered", laptop: "pending", tablet: "pending"}
+    assert info(alice, "bob", "m1") == {0: True, laptop: False, tablet: False}
     lap = companion(server, "bob", laptop, laptop_token)
     assert [m["id"] for m in msgs(lap.drain(0.5))] == ["m1"]
-    assert alice.info("bob", "m1") == {0: "delivered", laptop: "delivered", tablet: "pending"}
+    assert info(alice, "bob", "m1") == {0: True, laptop: True, tablet: False}
     assert not any(f["type"] == "receipt" for f in alice.drain(0.3))  # details are asked for, not pushed
     tab = companion(server, "bob", tablet, tablet_token)
     tab.drain(0.5)
-    assert alice.info("bob", "m1") == dict.fromkeys((0, laptop, tablet), "delivered")  # and gone from offd
+    assert info(alice, "bob", "m1") == dict.fromkeys((0, laptop, tablet), True)  # and gone from offd
 
     with Client(server.server) as desktop:
         new, _ = desktop.link("bob", phone.link_code(), "desktop")  # linked after m1: not listed for it
-    assert set(alice.info("bob", "m1")) == {0, laptop, tablet}
+    assert set(info(alice, "bob", "m1")) == {0, laptop, tablet}
     with server.client("carol") as carol:
         for to, cid in (("bob", "m1"), ("alice", "m1"), ("bob", "nope")):  # only the sender, only to bob
             with pytest.raises(ServerError, match="unknown_message"):
                 carol.info(to, cid)
+        with pytest.raises(ServerError, match="unknown_user"):
+            carol.info("nobody", "m1")
         phone.block("carol")
         carol.send("bob", "hi", id="c1")
-        assert carol.info("bob", "c1") == dict.fromkeys((0, laptop, tablet, new), "pending")  # blocked looks unread
+        assert info(carol, "bob", "c1") == dict.fromkeys((0, laptop, tablet, new), False)  # blocked looks undelivered
     for c in (alice, phone, lap, tab):
         c.close()

@@ -119,23 +119,10 @@ def test_devices_move_independently_and_the_front_goes_with_the_slowest(spool):
         spool.next_batch("bob", device, 10)
         spool.release(spool.ack("bob", device, items[upto].seq))
     assert seqs(spool.items("bob")) == seqs(items[2:])
+    assert [spool.acked_by("bob", d, items[2].seq) for d in (PRIMARY, LAPTOP, TABLET)] == [True, False, True]
+    assert spool.acked_by("bob", LAPTOP, items[1].seq)  # gone: every device had it
     assert spool.login("bob", LAPTOP) == 2 and seqs(spool.next_batch("bob", LAPTOP, 10)) == seqs(items[2:])
     assert spool.login("bob", TABLET) == 1 and seqs(spool.next_batch("bob", TABLET, 10)) == seqs(items[3:])
-
-
-def test_reached_tells_which_devices_have_an_item_until_it_is_gone(spool):
-    spool.linked["bob"] = (PRIMARY, LAPTOP, TABLET)
-    items = put(spool, "bob", 2)
-    assert spool.reached("bob", items[0].seq) == {PRIMARY: False, LAPTOP: False, TABLET: False}
-    spool.next_batch("bob", LAPTOP, 10)
-    spool.release(spool.ack("bob", LAPTOP, items[0].seq))
-    assert spool.reached("bob", items[0].seq) == {PRIMARY: False, LAPTOP: True, TABLET: False}
-    assert spool.reached("bob", items[1].seq) == {PRIMARY: False, LAPTOP: False, TABLET: False}
-    for device in (PRIMARY, TABLET):
-        spool.next_batch("bob", device, 10)
-        spool.release(spool.ack("bob", device, items[0].seq))
-    assert seqs(spool.items("bob")) == seqs(items[1:])  # the first is gone: it reached them all
-    assert spool.reached("bob", items[0].seq) == {PRIMARY: True, LAPTOP: True, TABLET: True}
 
 
 def test_an_unlinked_device_stops_holding_items(spool):

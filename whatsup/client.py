@@ -218,11 +218,9 @@ class Client:
     def devices(self):
         return self.request({"type": "devices"})["devices"]
 
-    def info(self, to, cid):
-        """Message info: ``{device: "delivered" | "pending"}`` for each of ``to``'s devices that
-        was linked when my message ``cid`` was sent (docs/PROTOCOL.md, "Devices")."""
-        f = self.request({"type": "info", "to": to, "id": cid})
-        return {d["device"]: d["status"] for d in f["devices"]}
+    def info(self, to, id):
+        """Message info: which of ``to``'s devices have message ``id`` (✓✓ came with the first)."""
+        return self.request({"type": "info", "to": to, "id": id})["devices"]
 
     def send_history(self, device, bundle):
         """Send ``device`` of this user an opaque history bundle (bytes or str, up to max_body)."""

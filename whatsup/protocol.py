@@ -79,7 +79,7 @@ class Code:
     UNKNOWN_DEVICE = "unknown_device"        # unlink names no linked device
     PRIMARY_DEVICE = "primary_device"        # unlink refused: the primary device is the account
     UNLINKED = "unlinked"                    # connection closed: this device was unlinked
-    UNKNOWN_MESSAGE = "unknown_message"      # info names no recent message of the sender to that user
+    UNKNOWN_MESSAGE = "unknown_message"      # info names no recent message of yours to that user
 
 
 #: Codes after which the server closes the connection.

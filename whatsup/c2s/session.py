@@ -483,10 +483,10 @@ ROUTES = {
     "delete_account": _feature(lambda s: s.lifecycle.delete_account),
     "invite_create": _feature(lambda s: s.registration.invite_create),
     "history": Session._history,
+    "info": _feature(lambda s: s.router.info),
     "link_code": _feature(lambda s: s.devices.link_code),
     "devices": _feature(lambda s: s.devices.list),
     "unlink": _feature(lambda s: s.devices.unlink),
-    "info": _feature(lambda s: s.router.info),
     "push_register": _feature(lambda s: s.push.register),
     "push_unregister": _feature(lambda s: s.push.unregister),
 }

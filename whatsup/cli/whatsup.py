@@ -172,8 +172,9 @@ def info(ctx, user, password, as_json, peer, message_id):
         devices = _call(client.info, peer, message_id)
     if as_json:
         return click.echo(json.dumps({"to": peer, "id": message_id, "devices": devices}))
-    for device, status in sorted(devices.items()):
-        click.echo(f"{peer} device {device}{' (primary)' if device == 0 else ''}: {status}")
+    for d in devices:
+        click.echo(f"{peer} device {d['device']}{' (primary)' if d['device'] == 0 else ''}: "
+                   f"{'delivered' if d['delivered'] else 'pending'}")
 
 
 def _call(fn, *args, **kw):

@@ -484,29 +484,6 @@ class Router:
             self.counters["queue_full"] += 1
             self.reply(pid, error_frame(Code.QUEUE_FULL, f"{user}'s queue is full", ref))
 
-    def info(self, user, pid, f):
-        """``info``: which of ``to``'s devices have message ``id`` of ``user`` (docs/PROTOCOL.md,
-        "Devices"). Answered from what the server still holds (the sender's dedup window and
-        the recipient's cursors): nothing is stored per device or per message for it. A message
-        never queued (the recipient blocked the sender) reads as reaching no device."""
-        to, cid = f["to"], f["id"]
-        p = self.pending.get((user, cid))
-        if p is not None and p.to == to:
-            ts, seq = p.ts, p.anchor[1].seq if p.anchor is not None else 0
-        else:
-            found = self.dedup.find(user, digest(to, cid)) if self.accounts.exists(to) else None  # not a group
-            if found is None:
-                raise ProtocolError(Code.UNKNOWN_MESSAGE, f"no recent message {cid!r} of yours to {to}", f["ref"])
-            ts, seq = found
-        spool = self.offd.current(to)
-        if spool is None:
-            raise ProtocolError(Code.STORE_FAILED, f"the offd shard of {to} is restarting; retry", f["ref"])
-        reached = spool.reached(to, seq) if seq else dict.fromkeys(self.accounts.devices(to), False)
-        linked_at = {d["device"]: d.get("created", 0) * 1000 for d in self.accounts.device_list(to)}
-        devices = [{"device": d, "status": "delivered" if got else "pending"}
-                   for d, got in reached.items() if linked_at.get(d, 0) <= ts]  # linked later: never had it
-        return {"type": "info", "ref": f["ref"], "to": to, "id": cid, "devices": devices}
-
     def undelivered(self, reader, sender, ids, group=None):
         """The ids among ``ids`` that ``reader`` may not call read: a read names only messages
         ``sender`` sent among its last session.dedup_window ids (the window's digests cover
@@ -518,16 +495,43 @@ class Router:
         dest = reader if group is None else group
 
         def delivered(cid):
-            p = self.pending.get((sender, cid))
-            if p is not None and p.to == dest:
-                seq = p.anchor[1].seq if p.anchor is not None else None
-            else:
-                found = self.dedup.find(sender, digest(dest, cid))
-                if found is None:
-                    return False
-                seq = found[1]
+            sent = self._sent(sender, dest, cid)
+            if sent is None:
+                return False
+            seq = sent[1]
             return group is not None or (seq is not None and spool is not None and spool.delivered(reader, seq))
         return [i for i in ids if not delivered(i)]
+
+    def _sent(self, sender, dest, cid):
+        """``(ts, seq)`` of message ``cid`` from ``sender`` to ``dest`` (seq in its recipient's
+        queue; 0: a group copy's or never queued, None: not stored yet), or None when ``sender``
+        sent no such id to ``dest`` among its last session.dedup_window ids."""
+        p = self.pending.get((sender, cid))
+        if p is not None and p.to == dest:
+            return p.ts, p.anchor[1].seq if p.anchor is not None else None
+        return self.dedup.find(sender, digest(dest, cid))
+
+    def info(self, user, pid, f):
+        """Message info: which devices of ``to`` have message ``id`` from ``user`` (✓✓ is the
+        first of them; docs/PROTOCOL.md, "Devices, message info"). Answered from what the server
+        holds anyway (the sender's dedup window, the recipient's cursors): nothing is stored per
+        device or per message for it. Devices linked after the message are not listed; a message
+        never queued (the recipient blocks the sender) reads as reaching none."""
+        to, cid, ref = f["to"], f["id"], f["ref"]
+        if not self.accounts.exists(to):
+            raise ProtocolError(Code.UNKNOWN_USER, f"no such user {to!r}", ref)
+        sent = self._sent(user, to, cid)
+        if sent is None:
+            raise ProtocolError(Code.UNKNOWN_MESSAGE, f"no stored message {cid!r} from you to {to} among your "
+                                f"last session.dedup_window", ref)
+        spool = self.offd.current(to)
+        if spool is None:
+            raise ProtocolError(Code.STORE_FAILED, f"the offd shard of {to} is restarting; retry", ref)
+        ts, seq = sent
+        linked_at = {d["device"]: d.get("created", 0) * 1000 for d in self.accounts.device_list(to)}
+        return {"type": "info", "ref": ref, "to": to, "id": cid,
+                "devices": [{"device": d, "delivered": bool(seq) and spool.acked_by(to, d, seq)}
+                            for d in self.accounts.devices(to) if linked_at.get(d, 0) <= ts]}
 
     def _receipt(self, user, to, status, ids, on_durable=None, group=None, force=True, lazy=False):
         frame = {"type": "receipt", "from": user, "status": status, "ids": ids}

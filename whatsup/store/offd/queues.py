@@ -240,15 +240,14 @@ class Queues:
         q = self.queues.get(user)
         return q is None or seq <= q.delivered or not q.items or seq < q.items[0].seq
 
-    def reached(self, user, seq):
-        """``{device: bool}`` for each device of ``user`` linked now: whether the item ``seq``
-        (one that was queued for them) is past that device's cursor, or no longer queued.
-        What the server still knows, for the sender's ``info`` (docs/PROTOCOL.md, "Devices")."""
+    def acked_by(self, user, device, seq):
+        """Whether ``device`` of ``user`` has acked the item ``seq`` (one that was queued), or
+        needs it no more (it went, or the device was linked after it)."""
         q = self.queues.get(user)
         if q is None or not q.items or seq < q.items[0].seq:
-            return dict.fromkeys(self.devices(user), True)
-        cursors = q.cursors
-        return {d: d in cursors and cursors[d].acked >= seq for d in self.devices(user)}
+            return True
+        c = q.cursors.get(device)
+        return c is not None and seq <= c.acked
 
     def purge(self, user):
         """Drop every item queued for ``user`` (an operator's purge, a deleted account); returns
