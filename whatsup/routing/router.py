@@ -495,14 +495,14 @@ class Router:
         dest = reader if group is None else group
 
         def delivered(cid):
-            sent = self._sent(sender, dest, cid)
+            sent = self._entry(sender, dest, cid)
             if sent is None:
                 return False
             seq = sent[1]
             return group is not None or (seq is not None and spool is not None and spool.delivered(reader, seq))
         return [i for i in ids if not delivered(i)]
 
-    def _sent(self, sender, dest, cid):
+    def _entry(self, sender, dest, cid):
         """``(ts, seq)`` of message ``cid`` from ``sender`` to ``dest`` (seq in its recipient's
         queue; 0: a group copy's or never queued, None: not stored yet), or None when ``sender``
         sent no such id to ``dest`` among its last session.dedup_window ids."""
@@ -520,7 +520,7 @@ class Router:
         to, cid, ref = f["to"], f["id"], f["ref"]
         if not self.accounts.exists(to):
             raise ProtocolError(Code.UNKNOWN_USER, f"no such user {to!r}", ref)
-        sent = self._sent(user, to, cid)
+        sent = self._entry(user, to, cid)
         if sent is None:
             raise ProtocolError(Code.UNKNOWN_MESSAGE, f"no stored message {cid!r} from you to {to} among your "
                                 f"last session.dedup_window", ref)
