@@ -215,7 +215,9 @@ def test_the_shipped_config_is_the_generated_one():
 def test_link_a_second_machine_use_it_without_the_password_give_it_history_list_and_unlink_it(cli, tmp_path):
     cli("register", "alice")
     cli("register", "bob")
-    code = cli("link", "--as", "bob").stdout.split()[0]
+    shown = cli("link", "--as", "bob").stdout
+    code = shown.split()[0]
+    assert "valid for 60 s, once" in shown  # devices.link_ttl
     laptop = {**cli.env, "XDG_STATE_HOME": str(tmp_path / "laptop-state")}
     laptop.pop("WHATSUP_PASSWORD")  # the laptop never knows bob's password
     linked = cli("link", "--code", code, "--name", "laptop", "bob", env=laptop).stdout

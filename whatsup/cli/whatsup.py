@@ -104,8 +104,10 @@ def link(ctx, as_user, password, code, name, user):
         raise click.UsageError("give --as USER (print a code) or --code CODE USER (link this machine)")
     if as_user is not None:
         with _connect(ctx, as_user, password) as client:
-            code = _call(client.link_code)
-        click.echo(f"{code}  (valid for a minute, once: on the new device run whatsup link --code {code} {as_user})")
+            answer = _call(client.request, {"type": "link_code"})
+        code = answer["code"]
+        click.echo(f"{code}  (valid for {answer['expires_in']:g} s, once: on the new device run "
+                   f"whatsup link --code {code} {as_user})")
         return
     if user is None:
         raise click.UsageError("--code needs the USER to link to")
