@@ -27,7 +27,14 @@ The ledger then checks, for every message that got ✓:
 It prints the tallies and exits 1 on any violation, 2 when the node logged an
 unhandled exception. ``tests/test_chaos.py`` runs a short version.
 
+With ``--nodes N`` (N > 1) the same ledger runs across a cluster of N nodes joined
+through a redis-server of its own (whatsup/cluster/): every (re)connect picks a
+random node, and each kill takes a random node, except every ``--redis-every``-th,
+which takes Redis itself (``kill -9``: it loses what its append-only file had not
+written yet).
+
     python3 ops/chaos.py --users 20 --duration 180 --kills 25 [--devices 3]
+    python3 ops/chaos.py --nodes 3 --users 12 --duration 60 --kills 10
 """
 import collections
 import json
@@ -43,7 +50,7 @@ import click
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from whatsup.client import Client, Closed, Seen, ServerError  # noqa: E402
-from whatsup.testing import ServerProcess  # noqa: E402
+from whatsup.testing import LocalCluster, RedisServer, ServerProcess  # noqa: E402
 
 NETWORK_ERRORS = (OSError, Closed, TimeoutError, ServerError)
 RETRYABLE = {"store_failed", "queue_full", "shutting_down", "internal"}
@@ -53,12 +60,12 @@ class Device(threading.Thread):
     """One device of a user: sends, receives, acks, reconnects, and writes down what it saw.
     ``credential`` is (device id, token) for a companion, None for the primary."""
 
-    def __init__(self, user, peers, server, rate, drop_rate, inflight, seed, stop, quiet, credential=None,
+    def __init__(self, user, peers, servers, rate, drop_rate, inflight, seed, stop, quiet, credential=None,
                  away=0.0):
         self.dev = credential[0] if credential else 0
         self.name_ = f"{user}.{self.dev}"
         super().__init__(name=f"device-{self.name_}", daemon=True)
-        self.user, self.peers, self.server = user, peers, server
+        self.user, self.peers, self.servers = user, peers, servers  # a random one at each connect
         self.credential, self.away, self.back = credential, away, 0.0
         self.rate, self.drop_rate, self.inflight = rate, drop_rate, inflight
         self.rng = random.Random(seed)
@@ -86,7 +93,7 @@ class Device(threading.Thread):
                 time.sleep(0.05)  # this device is away (offline) for now
                 continue
             try:
-                c = Client(self.server, timeout=3.0, last_seq=self.last_seq, seen=self.seen)
+                c = Client(self.rng.choice(self.servers), timeout=3.0, last_seq=self.last_seq, seen=self.seen)
                 if self.credential:
                     c.login(self.user, device=self.credential[0], token=self.credential[1])
                 else:
@@ -223,7 +230,7 @@ def audit(devices):
         t["connects"] += d.connects
         if d.crashed:
             t["device_crashes"] += 1
-            examples.append(f"device {d.name_} crashed: {d.crashed}")
+            examples.insert(0, f"device {d.name_} crashed: {d.crashed}")  # first: what follows may be its echo
         t["drops"] += d.drops
         for code, n in d.errors.items():
             t["error:" + code] += n
@@ -239,8 +246,12 @@ def audit(devices):
                 t["receipts_missing"] += 1
             t["receipts_duplicated"] += max(0, d.receipts[mid] - 1)
         t["receipts"] += sum(1 for m in d.receipts if d.receipts[m])
-    for ks in order.values():
-        t["out_of_order"] += sum(1 for a, b in zip(ks, ks[1:]) if b < a)
+    for conversation, ks in order.items():
+        wrong = sum(1 for a, b in zip(ks, ks[1:]) if b < a)
+        t["out_of_order"] += wrong
+        if wrong:
+            examples.append(f"out of order {conversation}: {[b for a, b in zip(ks, ks[1:]) if b < a][:5]} "
+                            f"came after a later one ({ks[:40]})")
     t["conversations"] = len(order)
     for key in FAILURES:
         t[key] = t[key]  # printed even when zero
@@ -267,17 +278,67 @@ FAILURES = ("lost", "duplicates", "out_of_order", "receipts_missing", "corrupted
             "delivered_without_ack", "device_crashes")
 
 
+class Single:
+    """One node: each kill takes it."""
+
+    def __init__(self, directory, settings):
+        os.makedirs(directory, exist_ok=True)
+        self.srv = ServerProcess(directory, settings).start()
+        self.servers = [self.srv.server]
+
+    def kill(self, rng):
+        self.srv.kill()
+        return self.srv.start
+
+    def stop(self):
+        self.srv.stop()
+        return self.srv.log()
+
+
+class Cluster:
+    """``nodes`` nodes and a redis-server: each kill takes a random node, every ``redis_every``-th Redis."""
+
+    def __init__(self, directory, settings, nodes, redis_every):
+        self.redis_every, self.kills, self.redis_kills = redis_every, 0, 0
+        self.redis = RedisServer(os.path.join(directory, "redis")).start()
+        names = [f"n{i}@localhost" for i in range(nodes)]
+        self.cluster = LocalCluster(directory, self.redis, names, 12, settings)
+        try:
+            self.cluster.start()
+        except BaseException:  # nothing left running
+            self.cluster.stop()
+            self.redis.kill()
+            raise
+        self.srv = self.cluster[names[0]]
+        self.servers = [s.server for s in self.cluster.nodes.values()]
+
+    def kill(self, rng):
+        self.kills += 1
+        if self.redis_every and not self.kills % self.redis_every:
+            victim = self.redis
+            self.redis_kills += 1
+        else:
+            victim = rng.choice(list(self.cluster.nodes.values()))
+        victim.kill()
+        return victim.start
+
+    def stop(self):
+        logs = "".join(s.log() for s in self.cluster.nodes.values())
+        for s in self.cluster.nodes.values():
+            s.stop()
+        self.redis.stop()
+        return logs
+
+
 def run_chaos(directory, users, duration, kills, rate, drop_rate, inflight, seed, settle, settings, echo,
-              devices_per_user=1, away=2.0):
+              devices_per_user=1, away=2.0, nodes=1, redis_every=2):
     rng = random.Random(seed)
-    srv = ServerProcess(directory, settings)
-    os.makedirs(directory, exist_ok=True)
-    srv.start()
+    target = Single(directory, settings) if nodes <= 1 else Cluster(directory, settings, nodes, redis_every)
     names = [f"u{i:02d}" for i in range(users)]
-    srv.register(*names)
-    linked = link_companions(srv, names, devices_per_user - 1)
+    target.srv.register(*names)
+    linked = link_companions(target.srv, names, devices_per_user - 1)
     stop, quiet = threading.Event(), threading.Event()
-    devices = [Device(u, [p for p in names if p != u] or [u], srv.server, rate / devices_per_user, drop_rate,
+    devices = [Device(u, [p for p in names if p != u] or [u], target.servers, rate / devices_per_user, drop_rate,
                       inflight, rng.random(), stop, quiet, credential, away)
                for u in names for credential in [None] + linked[u]]
     by_user = collections.defaultdict(list)
@@ -292,11 +353,11 @@ def run_chaos(directory, users, duration, kills, rate, drop_rate, inflight, seed
         gap = duration / (kills + 1)
         for _ in range(kills):
             time.sleep(rng.uniform(0.3 * gap, 1.7 * gap) if gap > 0 else 0)
-            srv.kill()
+            restart = target.kill(rng)
             killed += 1
             time.sleep(rng.uniform(0, 0.3))
-            srv.start()
-            echo(f"kill {killed}/{kills} at {time.monotonic() - started:.1f}s, restarted")
+            restart()
+            echo(f"kill {killed}/{kills} of {restart.__self__!r} at {time.monotonic() - started:.1f}s, restarted")
         time.sleep(max(0.0, duration - (time.monotonic() - started)))
         quiet.set()
         time.sleep(0.2)  # a device may be creating its last message
@@ -312,13 +373,14 @@ def run_chaos(directory, users, duration, kills, rate, drop_rate, inflight, seed
         stop.set()
         for d in devices:
             d.join(10)
-        srv.stop()
+        log = target.stop()
     tally, examples = audit(devices)
     for line in examples[:20]:
         echo(line)
+    tally["examples"] = examples[:10]
     tally["kills"] = killed
+    tally["redis_kills"] = getattr(target, "redis_kills", 0)
     tally["seconds"] = round(time.monotonic() - started, 1)
-    log = srv.log()
     tally["server_tracebacks"] = log.count("Traceback")
     return tally, log
 
@@ -339,10 +401,14 @@ def run_chaos(directory, users, duration, kills, rate, drop_rate, inflight, seed
 @click.option("--shards", default=2, show_default=True, help="offd.shards of the node")
 @click.option("--segment-bytes", default=65536, show_default=True,
               help="offd.segment_bytes (small, so compaction runs during the chaos)")
+@click.option("--nodes", default=1, show_default=True, help="nodes; more than one makes a cluster through a "
+              "redis-server of its own, and kills take Redis too")
+@click.option("--redis-every", default=2, show_default=True, help="with --nodes: every Nth kill takes Redis "
+              "(0: never)")
 @click.option("--dir", "directory", default=None, help="work dir (a temporary one by default; kept on failure)")
 @click.option("--json", "as_json", is_flag=True, help="print the tallies as one JSON object")
 def main(users, devices_per_user, away, duration, kills, rate, drop_rate, inflight, seed, settle, shards,
-         segment_bytes, directory, as_json):
+         segment_bytes, nodes, redis_every, directory, as_json):
     """Chat under kill -9 and dropped connections, then audit the delivery ledger."""
     seed = random.randrange(2 ** 32) if seed is None else seed
     directory = directory or tempfile.mkdtemp(prefix="whatsup-chaos-")
@@ -351,16 +417,16 @@ def main(users, devices_per_user, away, duration, kills, rate, drop_rate, inflig
     echo = (lambda s: None) if as_json else (lambda s: click.echo(s, err=True))
     echo(f"chaos: seed={seed} dir={directory}")
     tally, log = run_chaos(directory, users, duration, kills, rate, drop_rate, inflight, seed,
-                           settle, settings, echo, devices_per_user, away)
+                           settle, settings, echo, devices_per_user, away, nodes, redis_every)
     tally["seed"] = seed
     bad = {k: tally[k] for k in FAILURES if tally[k]}
     if as_json:
         click.echo(json.dumps(dict(sorted(tally.items()))))
     else:
-        for key in sorted(tally):
+        for key in sorted(k for k in tally if k != "examples"):  # the examples were echoed above
             click.echo(f"{key:>24} {tally[key]}")
     if tally["server_tracebacks"]:
-        echo(f"the node logged {tally['server_tracebacks']} traceback(s); see {directory}/whatsupd.log")
+        echo(f"the node logged {tally['server_tracebacks']} traceback(s); see the whatsupd.log files in {directory}")
         sys.exit(2)
     if bad:
         echo(f"FAILED: {bad}; data and log kept in {directory}")

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from whatsup.testing import ServerProcess
+from whatsup.testing import LocalCluster, RedisServer, ServerProcess
 
 
 #: Every password the suite uses starts with "pw-" (``f"pw-{user}"``, the attack's, the crash tests').
@@ -56,3 +56,20 @@ def ask():
         assert ok, out
         return ast.literal_eval(out.strip()) if out.strip() else None
     return ask
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A real redis-server of this test's own, on a free loopback port; killed when the test ends."""
+    srv = RedisServer(tmp_path / "redis").start()
+    yield srv
+    srv.kill()
+
+
+@pytest.fixture
+def make_cluster(tmp_path, make_server, redis_server):
+    """``make_cluster(names=..., settings=...)``: real nodes joined through this test's redis-server
+    (started through make_server: killed at the end, and the hub-blocked gate covers them)."""
+    def make(names=("a@localhost", "b@localhost", "c@localhost"), settings=None, shards=12):
+        return LocalCluster(tmp_path / "cluster", redis_server, names, shards, settings, make_server).start()
+    return make

@@ -20,3 +20,20 @@ def test_every_acked_message_reaches_every_device_once_in_order_with_its_receipt
     assert tally["acked"] == tally["sent"] > 100
     assert tally["delivered"] >= 5 * tally["acked"]  # 3 devices of the recipient, 2 others of the sender
     assert tally["lost"] == tally["duplicates"] == tally["out_of_order"] == tally["receipts_missing"] == 0
+
+
+def test_across_three_nodes_every_acked_message_survives_kill_9_of_nodes_and_of_redis(tmp_path):
+    """ops/chaos.py --nodes 3: clients on random nodes, kill -9 of random nodes and of Redis."""
+    run = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "ops", "chaos.py"), "--nodes", "3", "--users", "6", "--duration", "12",
+         "--kills", "4", "--rate", "10", "--drop-rate", "0.5", "--settle", "40", "--seed", "11",
+         "--dir", str(tmp_path / "chaos"), "--json"],
+        capture_output=True, text=True, timeout=110)
+    tally = json.loads(run.stdout.strip().splitlines()[-1])
+    bad = {k: v for k, v in tally.items() if v and k in (
+        "lost", "duplicates", "out_of_order", "receipts_missing", "corrupted", "unacked", "delivered_without_ack",
+        "device_crashes", "server_tracebacks")}
+    assert run.returncode == 0, (bad, tally["examples"], run.stderr[-3000:])
+    assert tally["kills"] == 4 and tally["redis_kills"] == 2
+    assert tally["acked"] == tally["sent"] > 50
+    assert tally["lost"] == tally["duplicates"] == tally["out_of_order"] == tally["receipts_missing"] == 0

@@ -23,6 +23,36 @@ def msgs(frames):
     return [f for f in frames if f["type"] == "msg"]
 
 
+def collect(client, done, timeout=15.0):
+    """Frames from ``client`` until ``done(frames)`` holds; fails after ``timeout`` seconds."""
+    frames, deadline = [], time.monotonic() + timeout
+    while not done(frames):
+        frame = client.recv(max(0.0, deadline - time.monotonic()))
+        assert frame is not None, f"{client.user}: not there yet after {timeout}s: {frames[-3:]}"
+        frames.append(frame)
+    return frames
+
+
+def queued(server, user, timeout=10.0):
+    """How many items offd holds for ``user`` once the deletes the last acks cause are written
+    (they ride in a later commit): polled until 0 or ``timeout``."""
+    deadline = time.monotonic() + timeout
+    with server.shell() as sh:
+        while True:
+            n = int(sh.run(f"len(offd.items({user!r}))")[0].strip())
+            if n == 0 or time.monotonic() > deadline:
+                return n
+            time.sleep(0.1)
+
+
+def n_msgs(n):
+    return lambda frames: len(msgs(frames)) >= n
+
+
+def receipts(frames, status):
+    return [f for f in frames if f["type"] == "receipt" and f["status"] == status]
+
+
 def test_every_device_gets_every_message_once_in_order_ticks_and_reads_sync(server):
     server.register("alice", "bob")
     laptop, laptop_token = link(server, "bob", "laptop")
@@ -34,31 +64,31 @@ def test_every_device_gets_every_message_once_in_order_ticks_and_reads_sync(serv
     ids = [f"m{i}" for i in range(20)]
     for i in ids:
         alice.send_nowait("bob", f"body {i}", id=i)
-    on_phone = msgs(phone.drain(1.0))
-    on_laptop = msgs(lap.drain(0.5))
+    on_phone = msgs(collect(phone, n_msgs(20)))
+    on_laptop = msgs(collect(lap, n_msgs(20)))
     assert [m["id"] for m in on_phone] == ids and [m["id"] for m in on_laptop] == ids
-    frames = alice.drain(0.5)
-    assert sorted(f["id"] for f in frames if f["type"] == "sent") == sorted(ids)
-    delivered = [i for f in frames if f["type"] == "receipt" and f["status"] == "delivered" for i in f["ids"]]
+    frames = collect(alice, lambda fs: len([f for f in fs if f["type"] == "sent"]) == 20 and
+                     len([i for f in receipts(fs, "delivered") for i in f["ids"]]) >= 20)
+    delivered = [i for f in receipts(frames, "delivered") for i in f["ids"]]
     assert sorted(delivered) == sorted(ids)  # ✓✓ once, at the first device's ack
     tab = companion(server, "bob", tablet, tablet_token)
     assert tab.last_login["queued"] == 20 and tab.last_login["device"] == tablet
-    assert [m["id"] for m in msgs(tab.drain(0.5))] == ids
+    assert [m["id"] for m in msgs(collect(tab, n_msgs(20)))] == ids
     assert not any(f["type"] == "receipt" for f in alice.drain(0.3))  # no second ✓✓
 
     # what bob sends from the laptop reaches alice and bob's other devices, not the laptop again
     lap.send("alice", "from my laptop", id="r1")
-    assert [m["id"] for m in msgs(alice.drain(0.5))] == ["r1"]
+    assert [m["id"] for m in msgs(collect(alice, n_msgs(1)))] == ["r1"]
     for device in (phone, tab):
-        synced = msgs(device.drain(0.5))
+        synced = msgs(collect(device, n_msgs(1)))
         assert [(m["id"], m["from"], m["to"], m["device"]) for m in synced] == [("r1", "bob", "alice", laptop)]
     assert msgs(lap.drain(0.3)) == []
 
     # read on the tablet reaches alice and bob's phone and laptop
     tab.read("alice", ids[:3])
-    assert [(f["status"], f["ids"]) for f in alice.drain(0.5) if f["type"] == "receipt"] == [("read", ids[:3])]
+    assert [f["ids"] for f in receipts(collect(alice, lambda fs: receipts(fs, "read")), "read")] == [ids[:3]]
     for device in (phone, lap):
-        got = [f for f in device.drain(0.5) if f["type"] == "receipt"]
+        got = receipts(collect(device, lambda fs: receipts(fs, "read")), "read")
         assert [(f["status"], f["ids"], f["to"], f["device"]) for f in got] == [("read", ids[:3], "alice", tablet)]
     for c in (alice, phone, lap, tab):
         c.close()
@@ -131,7 +161,7 @@ def test_an_unlinked_device_is_closed_cannot_log_in_and_holds_nothing(server):
         for i in range(5):
             alice.send("bob", f"m{i}")
     with server.client("bob") as phone:
-        assert len(msgs(phone.drain(0.5))) == 5
+        collect(phone, n_msgs(5))
         lap = companion(server, "bob", laptop, token, auto_ack=False)
         with pytest.raises(ServerError, match="primary_device"):
             phone.unlink(0)
@@ -142,8 +172,7 @@ def test_an_unlinked_device_is_closed_cannot_log_in_and_holds_nothing(server):
         assert [d["device"] for d in phone.devices()] == [0]
     with Client(server.server) as c, pytest.raises(ServerError, match="auth_failed"):
         c.login("bob", device=laptop, token=token)
-    with server.shell() as sh:
-        assert sh.run("len(offd.items('bob'))")[0].strip() == "0"  # the laptop held them: gone
+    assert queued(server, "bob") == 0  # the laptop held them: gone
 
 
 def test_the_operator_lists_and_unlinks_devices(server):
@@ -168,8 +197,8 @@ def test_a_group_message_from_one_device_reaches_the_senders_other_devices(serve
         lap.drain(0.3)
         phone.drain(0.3)
         phone.send(None, "belay at 6?", group=gid, id="g1")
-        assert [(m["from"], m["id"]) for m in msgs(alice.drain(0.5))] == [("bob", "g1")]
-        assert [(m["from"], m["group"], m["id"]) for m in msgs(lap.drain(0.5))] == [("bob", gid, "g1")]
+        assert [(m["from"], m["id"]) for m in msgs(collect(alice, n_msgs(1)))] == [("bob", "g1")]
+        assert [(m["from"], m["group"], m["id"]) for m in msgs(collect(lap, n_msgs(1)))] == [("bob", gid, "g1")]
         assert msgs(phone.drain(0.5)) == []  # its own, acked and not shown again
         lap.close()
 
@@ -185,16 +214,15 @@ def test_a_history_bundle_reaches_only_the_device_it_is_for_once(server):
         assert phone.send_history(laptop, bundle)["type"] == "ok"
         with server.client("alice") as alice:
             alice.send("bob", "after the bundle", id="a1")
-        assert [m["id"] for m in msgs(phone.drain(0.5))] == ["a1"]
+        assert [m["id"] for m in msgs(collect(phone, n_msgs(1)))] == ["a1"]
     with companion(server, "bob", tablet, tablet_token) as tab:
-        assert [f["type"] for f in tab.drain(0.5)] == ["msg"]
+        assert [f["type"] for f in collect(tab, n_msgs(1))] == ["msg"]
     with companion(server, "bob", laptop, laptop_token) as lap:
-        got = lap.drain(0.5)
+        got = collect(lap, n_msgs(1))
         assert [f["type"] for f in got] == ["history", "msg"]
         assert got[0]["bundle"] == bundle and got[0]["device"] == 0
         lap.ping()
-    with server.shell() as sh:
-        assert sh.run("len(offd.items('bob'))")[0].strip() == "0"  # every device acked what it was for
+    assert queued(server, "bob") == 0  # every device acked what it was for
 
 
 def test_presence_is_online_while_any_device_is_and_last_seen_is_the_last_to_leave(server):

@@ -74,3 +74,13 @@ def test_json_logs_are_one_object_per_line_with_node_pid_and_user(make_server):
     assert {r["node"] for r in lines} == {"chat@east"} and {r["pid"] for r in lines} == {srv.proc.pid}
     assert any(r["logger"] == "whatsup.node" and "listening on" in r["message"] for r in lines)
     assert any(r.get("user") == "alice" for r in lines)
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed here")
+def test_the_cluster_template_unit_passes_systemd_analyze_verify(tmp_path):
+    template = tmp_path / "whatsupd@.service"  # verified as an instance of the template beside it
+    template.write_text(open(os.path.join(ROOT, "ops", "whatsupd@.service")).read())
+    proc = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "whatsupd@a.service")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "whatsupd@" not in proc.stderr, proc.stderr
+    assert "--config /etc/whatsup/%i.toml" in template.read_text()

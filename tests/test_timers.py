@@ -3,6 +3,7 @@ import gevent
 
 from whatsup.runtime import ProcessTable
 from whatsup.runtime.timers import DeadlineHeap, Timers
+from whatsup.testing import Recorder
 
 
 def test_only_the_due_entries_are_popped_in_time_order():
@@ -13,17 +14,6 @@ def test_only_the_due_entries_are_popped_in_time_order():
     assert heap.pop_due(5.0) == []
     assert heap.pop_due(20.0) == [(10.0, "a"), (10.0, "a2"), (20.0, "b")]
     assert len(heap) == 1 and heap.earliest() == 30.0
-
-
-class Recorder:
-    @staticmethod
-    def init(proc, seen):
-        return seen
-
-    @staticmethod
-    def handle_info(proc, msg, seen):
-        seen.append(msg)
-        return seen
 
 
 def test_a_process_is_notified_once_its_deadline_passed_and_a_dead_one_is_skipped():

@@ -191,3 +191,14 @@ def test_every_command_is_documented():
         doc = f.read()
     for name in COMMANDS:
         assert f"| `{name}` |" in doc, f"{name} is not in docs/ADMIN.md"
+
+
+def test_devices_list_and_unlink(ctl, server):
+    server.register("bob")
+    with server.client("bob") as phone, server.client() as new:
+        device, token = new.link("bob", phone.link_code(), "laptop")
+        listed = ctl.json("devices", "list", "bob")
+        assert [(d["device"], d["name"], d["online"]) for d in listed] == [(0, "primary", True), (device, "laptop", False)]
+        assert ctl.json("devices", "unlink", "bob", str(device))["unlinked"] is True
+        assert "unknown_device" in ctl("devices", "unlink", "bob", str(device), code=1).stderr
+        assert [d["device"] for d in phone.devices()] == [0]

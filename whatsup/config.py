@@ -200,6 +200,21 @@ SETTINGS = (
     Setting("metrics.listen", str, "", "loopback host:port serving Prometheus metrics at /metrics "
             "(127.0.0.0/8 or ::1, as for shell.listen; port 0 picks a free one); empty turns them off; "
             "other hosts, and host names, are refused"),
+    Setting("cluster.map", str, "", "the cluster map (see etc/cluster.toml): the nodes, the Redis URL and which "
+            "node owns which shard of users and groups; server.node names this node in it. Empty means a "
+            "single node, which needs no Redis"),
+    Setting("cluster.timeout", float, 2.0, "seconds one Redis command (connecting included) may take; redis-py's "
+            "own retries are off, the callers retry what is safe to", 0.1),
+    Setting("cluster.block", float, 0.5, "seconds one read of this node's inbox stream waits for entries; must "
+            "stay below cluster.timeout", 0.01),
+    Setting("cluster.lease", float, 3.0, "seconds this node's lease lives in Redis (renewed every third of it): "
+            "a node that has not renewed it for this long is down for the others", 0.3),
+    Setting("cluster.retry_for", float, 5.0, "seconds a write to Redis is retried while Redis is unreachable, "
+            "before the requests it carries fail with store_failed (retry)", 0.0),
+    Setting("cluster.request_timeout", float, 10.0, "seconds a request served by another node may wait for "
+            "its answer before its client gets store_failed (retry)", 0.1),
+    Setting("cluster.batch", int, 256, "inbox entries one read takes, and entries one pipeline writes, at most",
+            1)
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -297,13 +312,18 @@ def _coerce(setting, value):
     return value
 
 
-def _from_file(path):
-    """``[(where, name, value)]`` of the TOML file at ``path``."""
+def read_toml(path, what="config"):
+    """The TOML document at ``path``; ConfigError (one line) if it cannot be read."""
     try:
         with open(path, "rb") as f:
-            doc = tomllib.load(f)
+            return tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read config {path}: {exc}") from None
+        raise ConfigError(f"cannot read {what} {path}: {exc}") from None
+
+
+def _from_file(path):
+    """``[(where, name, value)]`` of the TOML file at ``path``."""
+    doc = read_toml(path)
     found = []
     for section, table in doc.items():
         if not isinstance(table, dict):
@@ -362,6 +382,8 @@ def _check_together(values):
         raise ConfigError("accounts.max_password must be at least accounts.min_password")
     if values["mailbox.session"] < values["session.max_inflight"] + 64:
         raise ConfigError("mailbox.session must exceed session.max_inflight by 64 at least")
+    if values["cluster.block"] >= values["cluster.timeout"]:
+        raise ConfigError("cluster.block must be below cluster.timeout (a longer BLOCK is a timeout)")
     if bool(values["tls.listen"]) != bool(values["tls.certfile"] and values["tls.keyfile"]):
         raise ConfigError("tls.listen, tls.certfile and tls.keyfile go together")
 

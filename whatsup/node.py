@@ -74,9 +74,15 @@ from .runtime.supervisor import NORMAL, Child, SupSpec, Supervisor, adopt, termi
 from .runtime.ticker import Ticker
 from .runtime.timers import Timers
 from .c2s.session import Session
+from .shell.helpers import Helpers
 from .shell.server import Backdoor
 from .routing.sm import SessionManager
 from .store.tables import TableStore
+from .cluster import map as cluster_map
+from .cluster.directory import MapMismatch
+from .cluster.engine import UNREACHABLE
+from .cluster.homes import Homes
+from .cluster.link import Link, Options as ClusterOptions
 
 log = logging.getLogger("whatsup.node")
 SWEEP = 1.0  # seconds between two sweeps (failed logins, log summaries): work on neither grows with sessions
@@ -167,9 +173,16 @@ class Node:
                          on_up=lambda spool, restarted: self.router.shard_up(spool, restarted))
         self.blocks = Blocks(self.accounts, lambda pid, ok: self.router.ok_when_durable(pid, ok))
         self.push = Push(cfg, self.sm, self.offd, self.timers)
+        self.link = self.homes = None  # a cluster's (cluster.map): whatsup/cluster/
+        if cfg.cluster.map:
+            self.link = Link(self.table, cluster_map.load(cfg.cluster.map), cfg.server.node,
+                             ClusterOptions.from_config(cfg))
+            self.homes = Homes(self.link, self.sm, self.offd, self.accounts, cfg.session.window,
+                               cfg.session.max_outbound // 2)
+            self.accounts.away = self.homes
         self.router = Router(self.table, self.sm, self.offd, self.accounts, self.blocks,
                              cfg.session.dedup_window, self.timers, offline=self.push.queued,
-                             retry=cfg.runtime.retry_interval)
+                             retry=cfg.runtime.retry_interval, remote=self.homes)
         self.groups = Groups(self.table, self.timers, self.router, self.offd, self.accounts,
                              cfg.groups.max_members, cfg.groups.fanout_chunk, cfg.groups.sender_budget,
                              Pacer(cfg.groups.sender_copies, cfg.session.rate_burst),
@@ -186,6 +199,10 @@ class Node:
                                    self.failed_logins)
         self.registration = Registration(cfg.accounts.registration, cfg.accounts.invite_days,
                                          self.lifecycle.is_retired, cfg.accounts.user_invites)
+        if self.homes is not None:
+            self.homes.wire(self.router, self.presence, self.blocks, self.groups)
+            self.link.services.update({"summary": self.summary,
+                                       "shell": lambda verb, args: Helpers(self).serve(verb, args)})
         self.registry = ShardRegistry()
         self.registry.add(self.accounts.industry)
         self.registry.add(self.offd.industry)
@@ -218,6 +235,12 @@ class Node:
     def address(self):
         return self.server.address if self.server is not None else None
 
+    def summary(self):
+        """What nodes() shows of this node."""
+        return {"connections": self.sm.connections(), "online": len(self.sm),
+                "mailboxes": sum(len(p.mailbox) for p in self.table.processes()),
+                "outbox": len(self.link.out) if self.link is not None else None}
+
     def where(self, kind, entity):
         """Which shard, worker and pid handle ``entity``: kinds offd, accounts and session."""
         if kind == "session":
@@ -241,8 +264,9 @@ class Node:
             self.metrics.start()
             self.accounts.check()
             self.offd.check()
+            self._join()
             self.root = self.table.start(Supervisor, self._tree(), name="root")
-        except (DataDirBusy, ShardMismatch, StartFailed, ConfigError) as exc:
+        except (DataDirBusy, ShardMismatch, StartFailed, ConfigError, MapMismatch) as exc:
             self._release()
             raise StartError(str(exc)) from None
         except OSError as exc:
@@ -261,6 +285,15 @@ class Node:
         sdnotify.notify("READY=1\nSTATUS=listening on %s:%d\nMAINPID=%d" % (*self.server.address[:2], os.getpid()))
         return self
 
+    def _join(self):
+        """In a cluster: check the map against Redis's, take a boot epoch and a lease."""
+        if self.link is None:
+            return
+        try:
+            self.link.connect()
+        except UNREACHABLE as exc:
+            raise StartError(f"cannot reach Redis at {self.link.map.redis} (cluster.map): {exc}") from None
+
     def _services(self):
         """The one Services every session gets (whatsup/c2s/services.py)."""
         return Services(
@@ -269,7 +302,7 @@ class Node:
             failed_logins=self.failed_logins, sm=self.sm, accounts=self.accounts,
             registration=self.registration, lifecycle=self.lifecycle, offd=self.offd, router=self.router,
             groups=self.groups, presence=self.presence, blocks=self.blocks, push=self.push,
-            devices=self.devices)
+            devices=self.devices, homes=self.homes)
 
     def _tree(self):
         cfg = self.cfg
@@ -293,6 +326,7 @@ class Node:
                 service("blocks", BlocksProcess, self.blocks), service("membership", GroupsProcess, self.groups),
                 supervisor(GROUP_SUPERVISOR, "one_for_one", ()))),
             ticker("maintenance", cfg.offd.maintenance_interval, self._maintain),
+            *([supervisor("cluster", "one_for_one", self.link.children())] if self.link is not None else []),
             supervisor("sessions", "one_for_one", ()),
             ticker("sweeper", SWEEP, self._sweep),
             Child("listener", lambda: self.table.start(Listener, self, name="listener")),
@@ -319,7 +353,7 @@ class Node:
         loaders = {"blocks": self.blocks.open, "groups": self.groups.open, "privacy": self.presence.open,
                    "bans": lambda t: self.lifecycle.open("bans", t),
                    "retired": lambda t: self.lifecycle.open("retired", t),
-                   "invites": self.registration.open, "push": self.push.open}
+                   "invites": self.registration.open, "push": self.push.devices.open}
         return self.table.start(TableStore, os.path.join(self.data_dir, "social.sqlite"), loaders,
                                 name="social")
 
@@ -336,6 +370,8 @@ class Node:
             raise StartError(f"data dir {self.data_dir} is not writable: {exc.strerror or exc}") from None
 
     def _release(self):
+        if self.link is not None:
+            self.link.close()
         self.backdoor.stop()
         self.metrics.stop()
         if self._lock is not None:

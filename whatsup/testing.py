@@ -3,7 +3,8 @@
 The node gets its own data dir and config file, listens on a free loopback
 port (``server.listen = 127.0.0.1:0``; the port is read from its log) and logs
 to a file, so a test can read what the server logged and ``kill -9`` it for
-real.
+real. :class:`RedisServer` runs a real ``redis-server`` the same way, and
+:class:`LocalCluster` a cluster of nodes joined through it.
 
 Every node runs with gevent's monitor thread (``MONITOR``): a callback that
 holds the hub for more than 0.1 s is reported in the log as "appears to be
@@ -29,6 +30,9 @@ LISTENING = re.compile(r"listening on ([0-9.]+):(\d+)")
 #: from one address (tests of the registration limit set it).
 FAST = {"accounts.scrypt_n": 1024, "auth.ip_registrations": 0}
 MONITOR = {"GEVENT_MONITOR_THREAD_ENABLE": "1", "GEVENT_MAX_BLOCKING_TIME": "0.1"}
+#: Cluster nodes under test notice a dead peer within about a second (production: cluster.lease).
+CLUSTER_FAST = {"cluster.lease": 1.0, "cluster.block": 0.2, "cluster.timeout": 1.0, "cluster.retry_for": 10.0,
+                "cluster.request_timeout": 5.0}
 BLOCKED = "appears to be blocked"  # how gevent's monitor thread words its report
 #: What a server may send: frame types of docs/PROTOCOL.md and the error codes of protocol.Code.
 RESPONSES = frozenset({"hello", "ok", "sent", "pong", "msg", "receipt", "error", "group_info", "groups",
@@ -54,6 +58,19 @@ class FakeClock:
 
     def __call__(self):
         return self.now
+
+
+class Recorder:
+    """A process behaviour that keeps every message it receives in the list it was started with."""
+
+    @staticmethod
+    def init(proc, seen):
+        return seen
+
+    @staticmethod
+    def handle_info(proc, msg, seen):
+        seen.append(msg)
+        return seen
 
 
 def render(settings):
@@ -174,6 +191,143 @@ class ServerProcess:
         with self.client() as c:
             for user in users:
                 c.register(user, f"pw-{user}")
+
+
+
+def free_port(host="127.0.0.1"):
+    """A TCP port nobody listens on now (the OS's choice; a race with others is retried by callers)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    """A real ``redis-server`` on a free loopback port with its own dir (append-only file,
+    ``appendfsync everysec`` as production would run it): for the cluster tests and tools.
+    ``restart()`` keeps the port and the data; ``kill()`` is ``kill -9``."""
+    BINARY = "redis-server"
+
+    def __init__(self, directory, settings=()):
+        self.dir = str(directory)
+        os.makedirs(self.dir, exist_ok=True)
+        self.port = None
+        self.proc = None
+        self.settings = list(settings)
+
+    def __repr__(self):
+        return f"<RedisServer {self.url} pid={self.proc and self.proc.pid}>"
+
+    @property
+    def url(self):
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout=15.0):
+        for _ in range(5):  # another process may take the free port between our probe and redis's bind
+            port = self.port or free_port()
+            args = [self.BINARY, "--port", str(port), "--bind", "127.0.0.1", "--dir", self.dir,
+                    "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+                    "--logfile", os.path.join(self.dir, "redis.log"), "--daemonize", "no", *self.settings]
+            self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                if self._pong(port):
+                    self.port = port
+                    return self
+                time.sleep(0.02)
+            self.kill()
+            if self.port is not None:
+                break
+        raise RuntimeError(f"redis-server did not start on 127.0.0.1:{port}: see {self.dir}/redis.log")
+
+    @staticmethod
+    def _pong(port):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def kill(self):
+        """``kill -9``: what Redis had not written to its append-only file is lost."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self, timeout=10.0):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def restart(self):
+        self.kill()
+        return self.start()
+
+
+class LocalCluster:
+    """``n`` real whatsupd nodes joined through ``redis`` (a RedisServer), each with its own
+    data dir under ``directory``: what the cluster tests, ops/cluster.py and the benchmark start.
+    ``make(settings, name=...)`` makes and starts one node (the tests' make_server)."""
+
+    def __init__(self, directory, redis, names=("a@localhost", "b@localhost", "c@localhost"), shards=12,
+                 settings=None, make=None):
+        from .cluster import map as cmap
+        self.dir, self.redis, self.names = str(directory), redis, list(names)
+        os.makedirs(self.dir, exist_ok=True)
+        self.map_path = os.path.join(self.dir, "cluster.toml")
+        placement = cmap.spread(self.names, shards)
+        with open(self.map_path, "w") as f:
+            f.write(cmap.render(redis.url, shards, {n: {"shards": s} for n, s in placement.items()}))
+        self.map = cmap.load(self.map_path)
+        self.settings = {**CLUSTER_FAST, **(settings or {})}
+        self.make = make
+        self.nodes = {}
+
+    def start(self):
+        for name in self.names:
+            settings = {**self.settings, "server.node": name, "cluster.map": self.map_path}
+            if self.make is not None:
+                self.nodes[name] = self.make(settings, name=name.split("@")[0])
+            else:
+                d = os.path.join(self.dir, name.split("@")[0])
+                os.makedirs(d, exist_ok=True)
+                self.nodes[name] = ServerProcess(d, settings).start()
+        return self.joined()
+
+    def joined(self, timeout=30.0):
+        """Wait until every node has seen every other one up (each logs "cluster: NAME is up")."""
+        deadline = time.monotonic() + timeout
+        for name, srv in self.nodes.items():
+            for other in self.nodes:
+                while other != name and f"cluster: {other} is up" not in srv.log():
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"{name} did not see {other} up within {timeout}s:\n{srv.log()[-3000:]}")
+                    time.sleep(0.05)
+        return self
+
+    def __getitem__(self, name):
+        return self.nodes[name]
+
+    def home(self, user):
+        return self.nodes[self.map.home(user)]
+
+    def homed(self, node, prefix, n=1):
+        """``n`` user names homed on ``node`` (prefix0, prefix1...)."""
+        out, i = [], 0
+        while len(out) < n:
+            name = f"{prefix}{i}"
+            if self.map.home(name) == node:
+                out.append(name)
+            i += 1
+        return out
+
+    def stop(self):
+        for srv in self.nodes.values():
+            srv.kill()
 
 
 def exchange(server, data, expect=0, timeout=10.0):

@@ -17,22 +17,11 @@ import sys
 import click
 
 from whatsup.cli.progress import Progress
-from whatsup.testing import FAST
 
 from . import report
+from .cluster import cluster
 from .scenarios import DEFAULT, PARAMS, SCENARIOS
-from .targets import Placement, Whatsup
-
-#: the whatsupd configuration benchmarked: the defaults (✓ only after the fsync) with the tests'
-#: cheaper password hashing, so that logging in 10,000 users measures the server, not scrypt; and
-#: since a few connections from 127.0.0.1 stand in for many devices, limits per address and a
-#: per-connection message rate that never binds (the token bucket still runs on every msg)
-SERVER_SETTINGS = {**FAST, "server.max_connections_per_ip": 50_000, "auth.ip_failures": 0,
-                   "server.unauthenticated_per_ip": 50_000, "server.unauthenticated_per_prefix": 50_000,
-                   "auth.checks_per_ip": 50_000, "auth.checks_per_prefix": 50_000,
-                   "auth.max_waiting": 50_000, "auth.prefix_failures": 0, "auth.ip_registrations": 0,
-                   "ratelimit.msg": 1e6, "ratelimit.ack": 1e6}
-
+from .targets import SERVER_SETTINGS, Placement, Whatsup
 
 class Steps:
     """The plan's progress through whatsup.cli.progress (a bar on a terminal, lines otherwise),
@@ -129,6 +118,8 @@ def run(quick, scenarios, users, rates, step_seconds, soak_minutes, soak_rate, o
     if problems:
         raise click.ClickException("figures are not sane:\n  " + "\n  ".join(problems))
 
+
+main.add_command(cluster)  # 1 node vs N nodes through Redis (ops/bench/cluster.py)
 
 if __name__ == "__main__":
     main()

@@ -237,17 +237,23 @@ class Fanout:
                                  "lone_sent": percentiles([lone["lat"]["sent"]])}}
 
 
-class Reload:
+class OneStep:
+    """A scenario of one step, labelled ``step`` formatted with the parameters."""
+    step = ""
+
+    @classmethod
+    def plan(cls, p):
+        return [cls.step.format(**p)]
+
+
+class Reload(OneStep):
     """A hot reload of ``whatsup.c2s.session`` through the operator shell (the node's backdoor socket)
     while ``pairs`` pairs exchange 1:1 messages and idle sessions fill the node up to
     ``reload_sessions``: the sessions that disconnected during the step, and the longest pause
     between two deliveries (any receiver) that overlaps the reload."""
     name = "reload"
+    step = "whatsup {reload_sessions:,} sessions"
     AFTER = 0.25  # seconds after the reload returned that still count as "around it"
-
-    @staticmethod
-    def plan(p):
-        return [f"whatsup {p['reload_sessions']:,} sessions"]
 
     @staticmethod
     def run(ctx):
@@ -369,16 +375,13 @@ class Random:
                 "rate": round(delivered_rate), "offered": rate, **t["lat"], "errors": t["errors"], "extra": extra}
 
 
-class Soak:
+class Soak(OneStep):
     """whatsup under the realistic shape at one steady rate for ``soak_minutes``: RSS sampled every
     ``soak_sample_seconds`` (flat once queues are steady is the goal), the longest pause between two
     deliveries (any receiver), and how often gevent's monitor saw the hub blocked for longer than
     ``soak_block_ms`` (the tests' hub-blocked gate, at a tighter threshold)."""
     name = "soak"
-
-    @staticmethod
-    def plan(p):
-        return [f"whatsup {p['soak_users']:,} users {p['soak_rate']:,}/s {p['soak_minutes']:g} min"]
+    step = "whatsup {soak_users:,} users {soak_rate:,}/s {soak_minutes:g} min"
 
     @staticmethod
     def run(ctx):

@@ -47,3 +47,4 @@ class Services:
     blocks: Blocks
     push: Push
     devices: Devices
+    homes: object = None            # in a cluster: what users homed on other nodes need (whatsup/cluster/homes.py)

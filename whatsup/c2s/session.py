@@ -20,6 +20,7 @@ Mailbox messages::
     ("writable",)                       the socket takes bytes again (write watcher)
     ("reply", frame)                    an answer from the router (sent, ok, error)
     ("poke",)                           the user's offd queue has something new (coalesced)
+    ("items", [body, ...])              queued items pushed by the user's home node (a cluster)
     ("replaced",)                       the user logged in elsewhere
     ("close", code, message)            the operator or the account closes it (banned, kicked...)
     ("tick",)                           a deadline of this session may be due (services.timers, coalesced)
@@ -115,6 +116,10 @@ class Session:
             Session._answered(proc, st, msg[1])
         elif tag in ("poke", "writable"):  # something new to send, or room to send it
             Session._push(proc, st)
+        elif tag == "items":  # from the user's home node: it keeps the window (whatsup/cluster/homes.py)
+            for body in msg[1]:
+                st.out += protocol.frame_bytes(body)
+            st.frames_out += len(msg[1])
         elif tag == "eof":
             proc.stop(("closed", msg[1]))
         elif tag == "replaced":
@@ -147,8 +152,14 @@ class Session:
         except OSError:
             pass
         st.services.presence.gone(proc.pid)
-        if st.user is not None and st.services.sm.unregister(st.user, st.device, proc.pid):
+        homes = st.services.homes
+        if homes is not None:
+            homes.gone(proc.pid)
+        remote = st.user is not None and homes is not None and not homes.here(st.user)
+        if st.user is not None and st.services.sm.unregister(st.user, st.device, proc.pid) and not remote:
             st.services.presence.offline(st.user)
+        if remote:  # the user's home keeps their presence
+            homes.detach(st.user, st.device, proc.pid)
         st.services.counters["disconnections"] += 1
         st.services.counters["frames_in"] += st.frames_in  # whatsup.observe.metrics adds the live sessions' own
         st.services.counters["frames_out"] += st.frames_out
@@ -292,6 +303,9 @@ class Session:
             return Session._hello(st, f)
         if ftype in c2s.PRE_LOGIN:
             return ACCOUNT_ROUTES[ftype](proc, st, f)
+        homes = st.services.homes
+        if homes is not None and homes.elsewhere(ftype, st.user, proc.pid, f):
+            return  # served by the home of whom it concerns; the answer comes as a reply
         answer = ROUTES[ftype](proc, st, f)
         if answer is not None:
             st.send(answer)
@@ -300,13 +314,19 @@ class Session:
     def _msg(proc, st, f):
         st.check_body(f)
         if "group" in f:
-            st.services.groups.message(st.user, proc.pid, f)
+            homes = st.services.homes
+            if homes is not None and not homes.here(f["group"]):  # the group's home fans it out
+                homes.forward(f["group"], proc.pid, f["ref"], "group_msg", st.user, f)
+            else:
+                st.services.groups.message(st.user, proc.pid, f)
         else:
             st.services.router.message(st.user, proc.pid, f["ref"], f["id"], f["to"], f["body"], st.device)
         st.awaiting_answer(f["ref"])
 
     @staticmethod
     def _ack(proc, st, f):
+        if st.services.homes is not None and not st.services.homes.here(st.user):
+            return st.services.homes.ack(st.user, st.device, proc.pid, f["seq"])
         spool = st.services.offd.current(st.user)
         # While the shard restarts the ack is dropped: the items come again and are acked again.
         if spool is not None and st.services.sm.lookup(st.user, st.device) == proc.pid:
@@ -315,7 +335,7 @@ class Session:
 
     @staticmethod
     def _read(proc, st, f):
-        if "group" in f:
+        if "group" in f and (st.services.homes is None or st.services.homes.here(f["group"])):
             st.services.groups.members_of(st.user, f["group"], f["ref"])
         st.services.router.read(st.user, proc.pid, f["ref"], f["to"], f["ids"], f.get("group"), st.device)
         st.awaiting_answer(f["ref"])
@@ -393,7 +413,11 @@ class Session:
         except ProtocolError as exc:
             log.info("login for %r from %s refused: %s", user, st.addr, exc.code)
             raise
-        spool = sv.offd.spool(user)
+        if sv.homes is not None and not sv.homes.here(user):
+            # the user's home holds their queue: it replaces an older session and pushes the items
+            spool, queued = None, sv.homes.attach(user, device, proc.pid)
+        else:
+            spool = sv.offd.spool(user)
         st.logged_in(user, device)
         proc.entity = user
         sv.gate.authenticated(st.addr)
@@ -401,9 +425,10 @@ class Session:
         old = sv.sm.register(user, st.device, proc.pid)
         if old is not None:
             sv.router.tell(old, ("replaced",))
-        elif not online:
+        elif not online and spool is not None:  # (for a user homed elsewhere, the home says it)
             sv.presence.online(user)
-        queued = spool.login(user, device)  # what it was sent and did not ack goes again
+        if spool is not None:
+            queued = spool.login(user, device)  # what it was sent and did not ack goes again
         sv.counters["logins"] += 1
         st.send({"type": "ok", "ref": ref, "user": user, "device": device, "queued": queued})
         sv.devices.logged_in(user, device)
@@ -416,6 +441,8 @@ class Session:
         sv = st.services
         if st.user is None or sv.sm.lookup(st.user, st.device) != proc.pid:
             return
+        if sv.homes is not None and not sv.homes.here(st.user):
+            return  # the user's home pushes (the "items" message)
         spool = sv.offd.current(st.user)
         if spool is not None:  # None: the shard restarts, and pokes when it is back
             st.push(spool)

@@ -31,8 +31,8 @@ def main(config_path, listen, data_dir, log_level, sets):
     logs.setup(cfg.server.log_level.upper(), fmt=cfg.server.log_format, node=cfg.server.node)
     warn_plaintext(cfg)
     raise_nofile()
-    node = Node(cfg)
     try:
+        node = Node(cfg)
         node.start()
     except (StartError, config.ConfigError) as exc:
         raise click.ClickException(str(exc)) from None

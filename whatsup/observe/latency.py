@@ -28,6 +28,8 @@ COMMIT_SIZE = Histogram("whatsup_commit_batch_entries", "entries written by one 
 LABEL = {"whatsup_commit_seconds": "store", "whatsup_commit_batch_entries": "store"}  # the labelled ones
 LOGIN = Histogram("whatsup_login_seconds", "a login frame to its answer (the password check included)",
                   buckets=FAST, registry=REGISTRY)
+REDIS = Histogram("whatsup_redis_seconds", "one pipeline of a node's outbox to Redis (its entries, directory "
+                  "writes and acknowledgements; retries included)", buckets=FAST, registry=REGISTRY)
 ProcessCollector(namespace="whatsup", registry=REGISTRY)
 
 

@@ -121,6 +121,14 @@ METRICS = (
            lambda n: len(n.push.schedule.pending)),
     Metric("push_breaker_open", "gauge", "1 while the push gateway's circuit breaker is open",
            lambda n: int(n.push.schedule.open_until is not None)),
+    Metric("cluster_events_total", "counter", "a cluster node's traffic and faults (whatsup/cluster/link.py): "
+           "entries sent/received/acked, requests forwarded/failed, write/read/lease failures, nodes down, "
+           "pending entries read again, stale and late entries dropped, placements reaped; none on a single node",
+           lambda n: dict(n.link.counters) if n.link is not None else {}, label="event"),
+    Metric("cluster_nodes_live", "gauge", "nodes whose lease holds, this one included (0: a single node)",
+           lambda n: len(n.link.live) if n.link is not None else 0),
+    Metric("cluster_waiting", "gauge", "entries waiting for this node's outbox, and requests forwarded and "
+           "not answered yet", lambda n: len(n.link.out) + len(n.link.inflight) if n.link is not None else 0),
 )
 
 

@@ -104,10 +104,14 @@ class RouterProcess(Service):
 
 
 class Router:
-    def __init__(self, table, sm, offd, accounts, blocks, dedup_window, timers, offline=None, retry=1.0):
+    def __init__(self, table, sm, offd, accounts, blocks, dedup_window, timers, offline=None, retry=1.0,
+                 remote=None):
         self.table, self.sm, self.offd, self.accounts = table, sm, offd, accounts
         self.retry = retry  # seconds between attempts to store a ✓✓ receipt (runtime.retry_interval)
         self.offline = offline  # callable(user): an item was queued for a user with no session (push)
+        # In a cluster (whatsup/cluster/homes.py): a request about a user homed on another node is
+        # served there, and an item for them is queued there.
+        self.remote = remote
         self.blocks = blocks
         self.timers = timers
         self.dedup = Dedup(dedup_window)  # the ids whose ✓ was sent (durable)
@@ -217,6 +221,8 @@ class Router:
     def message(self, sender, pid, ref, cid, to, body, device=PRIMARY):
         """Route a msg from ``device`` of ``sender`` (its session is ``pid``); the answer goes to
         ``pid``. A sender with other devices gets a ``self`` copy (see :meth:`synced`)."""
+        if self.remote is not None and not self.remote.here(to):
+            return self.remote.forward(to, pid, ref, "message", sender, cid, to, body, device)
         self.counters["msg_in"] += 1
         if self.retransmit(sender, pid, ref, cid, to):
             return
@@ -322,6 +328,9 @@ class Router:
         parts, lost, waited = {}, [], False
         for n, user in enumerate(users, 1):
             try:
+                if self.remote is not None and not self.remote.here(user):  # one part per home node
+                    parts.setdefault(self.remote.spool_of(user), []).append(user)
+                    continue
                 spool = self.offd.current(user) if waited else self.offd.spool(user)
                 if spool is None:
                     raise ShardDown(f"the offd shard of {user} is restarting")
@@ -433,7 +442,10 @@ class Router:
     def read(self, user, pid, ref, to, ids, group=None, device=PRIMARY):
         """``device`` of ``user`` has read messages ``ids`` from ``to`` (in ``group``, if given);
         answer ``ok`` once the receipt is durable, or ``queue_full`` when ``to`` has
-        offd.max_queue items waiting. The user's other devices hear it (a ``self`` receipt)."""
+        offd.max_queue items waiting. The user's other devices hear it (a ``self`` receipt).
+        In a cluster ``user``'s home answers: it holds their queue and the ids sent to them."""
+        if self.remote is not None and not self.remote.here(user):
+            return self.remote.forward(user, pid, ref, "read", user, to, ids, group, device)
         if not self.accounts.exists(to):
             return self.reply(pid, error_frame(Code.UNKNOWN_USER, f"no such user {to!r}", ref))
         undelivered = self.undelivered(user, to, ids, group)
@@ -498,7 +510,10 @@ class Router:
         frame = {"type": "receipt", "from": user, "status": status, "ids": ids}
         if group is not None:
             frame["group"] = group
-        self.offd.spool(to).put(to, "receipt", frame, on_durable=on_durable, force=force, lazy=lazy)
+        if self.remote is not None and not self.remote.here(to):
+            self.remote.put(to, "receipt", frame, on_durable or (lambda err: None), force)
+        else:
+            self.offd.spool(to).put(to, "receipt", frame, on_durable=on_durable, force=force, lazy=lazy)
         self.counters["receipts"] += 1
 
     # --- delivery ----------------------------------------------------------------------

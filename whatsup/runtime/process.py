@@ -27,8 +27,8 @@ at most one queued per tag, so a burst of 50,000 messages to one user queues
 one ``("poke",)``, not 50,000.
 
 Others hold a :class:`Pid`, never the object: ``send``, ``cast``, ``call`` and
-``kill`` take pids, and a pid names its node, so a later cross-node transport
-can serve the same calls. A ``call`` to a dead process, or one that dies before
+``kill`` take pids, and a pid names its node: ``send`` and ``notify`` to a pid
+of another node go through the cluster link (whatsup/cluster/link.py). A ``call`` to a dead process, or one that dies before
 answering, raises :class:`ProcessDead` instead of hanging (pykka's rule).
 """
 import gc
@@ -270,6 +270,7 @@ class ProcessTable:
         self.node = node
         self.procs = {}
         self.names = {}
+        self.remote = None  # the cluster link carrying sends to other nodes' pids (None: a single node)
         self._ids = itertools.count(1)
         self._refs = itertools.count(1)
 
@@ -345,7 +346,10 @@ class ProcessTable:
         return self.names.get(name)
 
     def send(self, pid, msg):
-        """Put ``msg`` in the mailbox of ``pid`` (Erlang's ``Pid ! Msg``); MailboxFull at its bound."""
+        """Put ``msg`` in the mailbox of ``pid`` (Erlang's ``Pid ! Msg``); MailboxFull at its bound.
+        A pid of another node goes through ``remote`` (whatsup/cluster/link.py), when there is one."""
+        if self.remote is not None and type(pid) is Pid and pid.node != self.node:
+            return self.remote.send(pid, msg)
         proc = self.lookup(pid)
         if proc.killed is not None:  # its mailbox will never be read again
             raise ProcessDead(f"{pid!r} is being killed: {_reason_text(proc.killed)}")
@@ -356,6 +360,8 @@ class ProcessTable:
     def notify(self, pid, msg):
         """Queue the wake-up ``msg`` unless one with its tag is already waiting (never bounded:
         there is at most one per tag)."""
+        if self.remote is not None and type(pid) is Pid and pid.node != self.node:
+            return self.remote.notify(pid, msg)
         proc = self.lookup(pid)
         tag = msg[0]
         if tag not in proc.notified:

@@ -63,6 +63,28 @@ def _shown(value):
     return repr(value)
 
 
+NODE_COLUMNS = ("node", "epoch", "lease_left", "up", "connections", "online", "mailboxes", "inbox", "outbox",
+                "error")
+
+
+class Shown(str):
+    """Text from another node (a table, a block) that prints as itself in the shell."""
+
+    def __repr__(self):
+        return str(self)
+
+
+def _plain(value):
+    """True when ``value`` crosses the wire as it is (msgpack: no objects but pids)."""
+    if isinstance(value, (str, int, float, bool, bytes, type(None), Pid)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(_plain(k) and _plain(v) for k, v in value.items())
+    return False
+
+
 class Refused:
     """What reload() returns when it changed nothing: it shows as its message (no traceback of the
     shell's own frames), is false, and makes ``whatsup-shell -c`` / ``--reload`` exit 1."""
@@ -99,7 +121,9 @@ class Helpers:
     """The shell's verbs, bound to one node; :meth:`namespace` is what a shell session sees."""
 
     VERBS = ("h", "ps", "top", "i", "state", "mailbox", "update", "suspend", "resume", "drain",
-             "kill", "where", "stats", "reload", "strays", "unlink")
+             "kill", "where", "stats", "reload", "strays", "unlink", "nodes", "rpc")
+    #: What rpc() may run on another node (answers that travel: the text of tables, plain data).
+    REMOTE = ("ps", "top", "i", "mailbox", "where", "stats", "reload", "strays", "nodes")
 
     def __init__(self, node):
         self.node = node
@@ -154,7 +178,10 @@ class Helpers:
         return self.ps(sort="-mailbox", n=n)
 
     def i(self, pid):
-        """Everything about one process: its info, state, last message and mailbox head."""
+        """Everything about one process: its info, state, last message and mailbox head (a pid of
+        another node of the cluster: asked there)."""
+        if self._elsewhere(pid):
+            return self.rpc(self._pid(pid).node, "i", self._pid(pid))
         proc = self.proc(pid)
         return Block({**proc.info(), "state": proc.state, "last_message": brief(proc.last_message),
                       "mailbox_head": self.mailbox(proc, 5), "monitors": len(proc.monitors),
@@ -166,6 +193,8 @@ class Helpers:
 
     def mailbox(self, pid, n=10):
         """Peek at the first ``n`` messages waiting in the mailbox, without taking them."""
+        if self._elsewhere(pid):
+            return self.rpc(self._pid(pid).node, "mailbox", self._pid(pid), n)
         return [brief(m) for m in itertools.islice(self.proc(pid).mailbox.queue, n)]
 
     def strays(self):
@@ -179,16 +208,54 @@ class Helpers:
         the node's ShardRegistry.
         """
         node = self.node
+        if node.link is not None and not node.link.here(entity):  # in a cluster: its home answers
+            return node.link.call(node.link.home(entity), "shell", "where", (kind, entity))
         if kind not in ("session", "user"):
             return node.registry.where(kind, entity)
         sessions = node.sm.devices(entity)
         pid = next(iter(sessions.values()), None)
-        procs = {d: node.table.procs.get(p.n) for d, p in sessions.items()}
-        return {"kind": "session", "entity": entity, "node": node.table.node, "pid": pid,
+        procs = {d: node.table.procs.get(p.n) if p.node == node.table.node else None for d, p in sessions.items()}
+        return {"kind": "session", "entity": entity, "node": pid.node if pid is not None else None,
+                "home": node.table.node, "pid": pid,
                 "online": pid is not None, "worker": repr(procs[next(iter(procs))]) if procs else None,
                 "devices": {d: {"pid": p, "worker": repr(procs[d]) if procs[d] else None}
                             for d, p in sessions.items()},
                 "offd": node.registry.where("offd", entity)}
+
+    def nodes(self):
+        """The cluster's nodes: boot epoch, seconds left of the lease, up or down, the entries in
+        its inbox stream (unread or not yet done), and each live node's connections, online
+        users, mailbox total and entries waiting in its outbox."""
+        link = self.node.link
+        if link is None:
+            return Table([{"node": self.node.table.node, "up": True, **self.node.summary()}], NODE_COLUMNS)
+        rows = []
+        for name, (epoch, left) in sorted(link.directory.leases().items()):
+            row = {"node": name, "epoch": epoch, "lease_left": left, "up": name in link.live,
+                   "inbox": link.client.xlen(link.key(name))}
+            if row["up"]:
+                try:
+                    row.update(link.call(name, "summary"))
+                except Exception as exc:  # one node's silence must not hide the others
+                    row["error"] = f"{type(exc).__name__}: {exc}"
+            rows.append(row)
+        return Table(rows, NODE_COLUMNS)
+
+    def rpc(self, node, verb, *args):
+        """Run the helper ``verb`` (one of REMOTE) with ``args`` on ``node`` of the cluster and
+        return its answer (tables as their text). ``rpc(n, "reload", "whatsup.x")`` reloads there."""
+        link = self.node.link
+        if link is None:
+            raise ValueError("this node is not part of a cluster (cluster.map)")
+        answer = link.call(node, "shell", verb, args)
+        return Shown(answer) if isinstance(answer, str) else answer
+
+    def serve(self, verb, args):
+        """What rpc() runs here for another node: a REMOTE helper; its answer as plain data."""
+        if verb not in self.REMOTE:
+            raise ValueError(f"rpc runs only {', '.join(self.REMOTE)}")
+        answer = getattr(self, verb)(*args)
+        return repr(answer) if isinstance(answer, (Table, Block, Refused)) or not _plain(answer) else answer
 
     def stats(self, interval=1.0):
         """Connections, messages/s in and out (over ``interval`` s), offd queue, mailbox depths, memory,
@@ -302,6 +369,17 @@ class Helpers:
         return report
 
     # --- plumbing ---------------------------------------------------------------
+
+    def _pid(self, pid):
+        if isinstance(pid, str):
+            match = PID_TEXT.fullmatch(pid.strip())
+            if match and match["node"]:
+                return Pid(match["node"], int(match["n"]))
+        return pid
+
+    def _elsewhere(self, pid):
+        pid = self._pid(pid)
+        return isinstance(pid, Pid) and pid.node != self.node.table.node and self.node.link is not None
 
     def proc(self, pid):
         """The live Process for any of the pid spellings in the module docstring (ProcessDead if none)."""

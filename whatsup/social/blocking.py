@@ -24,6 +24,7 @@ class Blocks:
         self.ok_when_durable = ok_when_durable
         self.blocked = {}  # blocker -> set of users they blocked
         self.table = None
+        self.shared = None  # in a cluster: callable(user, others) copying a change to the other nodes
 
     def __repr__(self):
         return f"<Blocks blockers={len(self.blocked)}>"
@@ -70,6 +71,8 @@ class Blocks:
 
     def _store(self, user, pid, ref):
         others = self.blocked.get(user)
+        if self.shared is not None:
+            self.shared(user, others or ())
         self.table.put(user, sorted(others) if others else None,
                        self.ok_when_durable(pid, {"type": "ok", "ref": ref}))
 

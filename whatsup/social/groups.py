@@ -162,6 +162,7 @@ class Groups:
         self.max_members, self.chunk, self.budget = max_members, fanout_chunk, sender_budget
         self.pace = pace or Pacer(0, 0)  # copies per second per sender (ratelimit.Pacer)
         self.spending = {}  # sender -> group copies of its messages not answered yet
+        self.placed = lambda gid: True  # in a cluster (whatsup/cluster/homes.py): gid is homed here
         self.room = {}      # sender -> Event its session waits on while over its budget
         self.groups = {}    # gid -> Group
         self.of_user = {}   # user -> set of gids
@@ -189,7 +190,10 @@ class Groups:
         wanted = [m for m in dict.fromkeys(f.get("members", ())) if m != user]
         self._check_users(wanted, ref)
         self._check_size(1 + len(wanted), ref)
-        group = Group("g" + uuid.uuid4().hex[:16], f["name"], {user: True, **dict.fromkeys(wanted, False)})
+        gid = "g" + uuid.uuid4().hex[:16]
+        while not self.placed(gid):  # in a cluster: an id this node is the home of
+            gid = "g" + uuid.uuid4().hex[:16]
+        group = Group(gid, f["name"], {user: True, **dict.fromkeys(wanted, False)})
         self._index(group)
         log.info("%s created group %s with %d members", user, group.gid, len(group.members))
 

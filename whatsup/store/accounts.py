@@ -224,6 +224,7 @@ class AccountStore:
         self.admission = admission if admission is not None else Admission(hash_threads, 64, 16, 64)
         self.known = known if known is not None else KnownLogins(0, 0.0)  # has a len: test for None
         self.registrations = registrations
+        self.away = None  # in a cluster (whatsup/cluster/homes.py): the records of users homed elsewhere
 
     def __repr__(self):
         return (f"<AccountStore {self.dir} shards={len(self.industry)} users={len(self.users)} "
@@ -257,7 +258,7 @@ class AccountStore:
             stored = self._hash(ip, "hash", password, self.scrypt_n)
             if limit is not None:
                 limit.charge(ip)
-            self.shard(user).store(user, {"password": stored})
+            self._put(user, {"password": stored}, new=True)
             self.users.add(user)
         finally:
             self._reserved.discard(user)
@@ -270,7 +271,7 @@ class AccountStore:
             # Hash anyway so timing does not tell which names exist.
             self._hash(ip, "hash", password, self.scrypt_n)
             return False
-        record = self.shard(user).get(user)
+        record = self._get(user)
         if record is None:
             return False
         verified = self._hash(ip, "check", password, record["password"])
@@ -287,7 +288,7 @@ class AccountStore:
     def record(self, user):
         """``user``'s stored record (None if unknown): what an operator may see, without the hash
         itself but with its scrypt cost."""
-        record = self.shard(user).get(user) if user in self.users else None
+        record = self._get(user) if user in self.users else None
         if record is None:
             return None
         return {**{k: v for k, v in record.items() if k != "password"}, "scrypt_n": cost(record["password"])}
@@ -295,7 +296,7 @@ class AccountStore:
     def set_password(self, user, password, ip):
         """Replace ``user``'s password (KeyError if unknown); returns once it is durable. The hash
         is admitted as ``ip``'s (Refused if it cannot be now)."""
-        record = self.shard(user).get(user) if user in self.users else None
+        record = self._get(user) if user in self.users else None
         if record is None:
             raise KeyError(user)
         self._store_password(user, password, record, ip)
@@ -306,7 +307,7 @@ class AccountStore:
         if user in self.users:
             self.users.discard(user)  # first: from here on nobody can log in or write to them
             self.forget(user)
-            self.shard(user).store(user, None)
+            self._put(user, None)
             if user in self._devices:
                 self.shard(user).store(DEVICES + user, None)
                 self.companions(user, None)
@@ -388,7 +389,39 @@ class AccountStore:
             self._ids[user] = (PRIMARY, *sorted(int(d) for d in row["devices"]))
 
     def _store_password(self, user, password, record, ip):
-        self.shard(user).store(user, {**record, "password": self._hash(ip, "hash", password, self.scrypt_n)})
+        self._put(user, {**record, "password": self._hash(ip, "hash", password, self.scrypt_n)})
+
+    # --- where a record lives: here, or (in a cluster) on the user's home node -------------
+
+    def here(self, user):
+        return self.away is None or self.away.here(user)
+
+    def _get(self, user):
+        return self.shard(user).get(user) if self.here(user) else self.away.record(user)
+
+    def _put(self, user, record, new=False):
+        if self.here(user):
+            self.store(user, record)
+        else:
+            self.away.store(user, record, new)
+
+    def stored(self, user):
+        """The record of ``user`` (homed here) with its hash, for the node a session logs in on."""
+        return self.shard(user).get(user) if user in self.users else None
+
+    def store(self, user, record, new=False):
+        """Write ``record`` (None deletes) for ``user`` (homed here); ``new``: UserTaken if the
+        name exists. In a cluster every other node learns the name (or its end)."""
+        if new and user in self.users and self.away is not None and self.away.here(user):
+            raise UserTaken(user)
+        self.shard(user).store(user, record)
+        if self.away is not None:
+            (self.users.add if record is not None else self.users.discard)(user)
+            self.away.announce(user, record is not None)
+
+    def own(self):
+        """The names of the users homed here."""
+        return [u for u in self.users if self.here(u)]
 
     def _hash(self, ip, op, password, arg):
         """One scrypt for a client at ``ip``, once admitted (Refused if not)."""

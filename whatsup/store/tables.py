@@ -51,6 +51,34 @@ def durably(table, key, value):
         raise err
 
 
+class Records(dict):
+    """One Table's records held in RAM and written through: the state of a service that loads a
+    small table at each (re)start of the table's owner (push tokens, invites)."""
+    table = None
+
+    def __repr__(self):
+        return f"<Records {len(self)}>"  # never the values: tokens are secrets
+
+    def open(self, table):
+        """Hold what ``table`` has, and write there from now on."""
+        self.clear()
+        self.update(table.load())
+        self.table = table
+        return self
+
+    def store(self, key, value):
+        """``value`` (None deletes) under ``key``, durably first; returns once it is."""
+        durably(self.table, key, value)
+        if value is None:
+            self.pop(key, None)
+        else:
+            self[key] = value
+
+    def save(self, key):
+        """Write ``key``'s value as it is now in RAM (changed in place); returns once it is durable."""
+        durably(self.table, key, self[key])
+
+
 class SqliteTable:
     """A Table in ``path`` named ``name``; every sqlite call runs on ``pool`` (one native thread)."""
     label = "table"  # the store label of its commit metrics (whatsup/observe/latency.py)

@@ -35,7 +35,7 @@ import time
 import urllib3
 from gevent.threadpool import ThreadPool
 
-from ..store.tables import durably
+from ..store.tables import Records
 from ..store.offd import ShardDown
 from ..protocol import unpack
 from ..runtime.timers import DeadlineHeap
@@ -142,19 +142,12 @@ class Push:
         self.sm, self.offd, self.timers, self.clock = sm, offd, timers, clock
         self.schedule = Schedule(cfg.push.delay, cfg.push.backoff, cfg.push.backoff_max,
                                  cfg.push.retries, cfg.push.breaker_failures, cfg.push.breaker_cooldown)
-        self.devices = {}   # user -> {"kind", "token"}
-        self.table = None
+        self.devices = Records()  # user -> {"kind", "token"}, in the social file's push table
         self.pid = None     # the PushWorker, while it runs
         self.counters = {"sent": 0, "failures": 0, "dropped": 0, "rejected": 0}
 
     def __repr__(self):
         return f"<Push {self.url or 'off'} devices={len(self.devices)} {self.schedule!r} {self.counters}>"
-
-    def open(self, table):
-        """Load the devices' tokens from ``table`` (a whatsup.store.tables.Table)."""
-        self.table = table
-        self.devices = table.load()
-        return self
 
     def queued(self, user):
         """Runs on the hub for each item queued for an offline user: never blocks."""
@@ -166,14 +159,12 @@ class Push:
     # --- frames (docs/PROTOCOL.md, "Push notifications") ---------------------------------------
 
     def register(self, user, pid, f):
-        device = {"kind": f["kind"], "token": f["token"]}
-        durably(self.table, user, device)
-        self.devices[user] = device
+        self.devices.store(user, {"kind": f["kind"], "token": f["token"]})
         return {"type": "ok", "ref": f["ref"]}
 
     def unregister(self, user, pid, f):
-        if self.devices.pop(user, None) is not None:
-            durably(self.table, user, None)
+        if user in self.devices:
+            self.devices.store(user, None)
         self.schedule.dropped(user)
         return {"type": "ok", "ref": f["ref"]}
 

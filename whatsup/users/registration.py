@@ -18,7 +18,7 @@ import logging
 import secrets
 import time
 
-from ..store.tables import durably
+from ..store.tables import Records
 from ..protocol import Code, ProtocolError
 
 log = logging.getLogger("whatsup.registration")
@@ -34,16 +34,14 @@ class Registration:
         self.user_invites = user_invites  # valid invites one user may hold at once (0: none)
         self.retired = retired  # callable(user) -> True while the name may not be registered
         self.clock = clock
-        self.invites = {}       # token -> {"uses", "used", "expires", "by", "created"}
-        self.table = None
+        self.invites = Records()  # token -> {"uses", "used", "expires", "by", "created"}
 
     def __repr__(self):
         return f"<Registration {self.mode} invites={len(self.invites)}>"
 
     def open(self, table):
         """Load the invites from ``table`` (a whatsup.store.tables.Table)."""
-        self.table = table
-        self.invites = table.load()
+        self.invites.open(table)
         return self
 
     @contextlib.contextmanager
@@ -68,7 +66,7 @@ class Registration:
         except BaseException:
             invite["used"] -= 1
             raise
-        self._store(token)
+        self.invites.save(token)
         log.info("%s registered with invite %s… (%d/%d used)", user, token[:6], invite["used"], invite["uses"])
 
     def invite_create(self, user, pid, f):
@@ -89,9 +87,8 @@ class Registration:
             raise ValueError("an invite is good for one use at least")
         now = self.clock()
         token = secrets.token_urlsafe(12)
-        self.invites[token] = {"uses": uses, "used": 0, "by": by, "created": round(now, 3),
-                               "expires": round(now + 86400.0 * (self.invite_days if days is None else days), 3)}
-        self._store(token)
+        self.invites.store(token, {"uses": uses, "used": 0, "by": by, "created": round(now, 3),
+                                   "expires": round(now + 86400.0 * (self.invite_days if days is None else days), 3)})
         return {"token": token, **self.invites[token]}
 
     def list(self):
@@ -101,10 +98,7 @@ class Registration:
 
     def revoke(self, token):
         """Forget ``token``; False if there was no such invite."""
-        if self.invites.pop(token, None) is None:
+        if token not in self.invites:
             return False
-        durably(self.table, token, None)
+        self.invites.store(token, None)
         return True
-
-    def _store(self, token):
-        durably(self.table, token, self.invites[token])
