@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import redis
 
 from social import quiet, take
 from whatsup.client import ServerError
@@ -115,6 +116,8 @@ def test_the_shell_of_any_node_finds_a_session_and_looks_into_other_nodes(make_c
         assert len(answers) == 1  # the same node and pid from every node
         (node, pid), = answers
         assert node == c and pid.startswith(f"<{c}.")
+        where = redis.Redis.from_url(cl.redis.url).hget("whatsup:where", alice).decode().split()
+        assert (where[0], f"<{where[0]}.{where[2]}>") == (c, pid)  # the directory, written by c
         with cl[a].shell() as sh:
             assert ask(sh, f"mailbox({pid!r})") == []  # a remote pid's mailbox, asked on c
             assert ask(sh, f"{alice!r} in rpc({c!r}, 'i', {pid!r})")  # its state, as text

@@ -106,6 +106,11 @@ class Directory:
         return [("HSET", self.keys["where"], user, self.value(pid)),
                 ("SADD", self.at_key(self.node, self.epoch), user)]
 
+    def leave_ops(self, user, pid):
+        """The commands that forget ``pid`` as ``user``'s session unless a newer one replaced it."""
+        return [("EVAL", _FORGET, 1, self.keys["where"], user, self.value(pid)),
+                ("SREM", self.at_key(self.node, self.epoch), user)]
+
     def place(self, user, pid):
         pipe = self.r.pipeline(transaction=False)
         pipe.hset(self.keys["where"], user, self.value(pid))

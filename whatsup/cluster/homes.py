@@ -57,6 +57,7 @@ class Homes:
         self._generations = itertools.count(1)
         self._flush = None
         link.pokes = self.poke
+        sm.placed = self._placed
         link.watchers.append(self._node_changed)
         link.reconnected.append(self._resend)
         link.services.update({
@@ -322,6 +323,14 @@ class Homes:
         if spool is not None:
             spool.login(user, device)
             self._restart(pid)
+
+    def _placed(self, user, pid, here):
+        """A session of this node logged in (or ended): the directory in Redis says so, written
+        in the outbox's next pipeline (for operators' look-ups; routing asks the homes)."""
+        if pid.node == self.link.node:
+            directory = self.link.directory
+            for command in (directory.place_ops if here else directory.leave_ops)(user, pid):
+                self.link.out.op(*command)
 
     def _resend(self):
         """Redis came back and may have lost its last second (appendfsync everysec): what was

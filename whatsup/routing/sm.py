@@ -11,6 +11,7 @@ A user is online while any of their devices is.
 class SessionManager:
     def __init__(self):
         self.sessions = {}  # user -> {device: Pid}
+        self.placed = None  # in a cluster: callable(user, pid, here) writing the directory (cluster/homes.py)
 
     def __repr__(self):
         return f"<SessionManager online={len(self.sessions)} connections={self.connections()}>"
@@ -46,6 +47,8 @@ class SessionManager:
         devices = self.sessions.setdefault(user, {})
         old = devices.get(device)
         devices[device] = pid
+        if self.placed is not None:
+            self.placed(user, pid, True)
         return old if old != pid else None
 
     def unregister(self, user, device, pid):
@@ -57,6 +60,8 @@ class SessionManager:
         if devices is None or devices.get(device) != pid:
             return False
         del devices[device]
+        if self.placed is not None:
+            self.placed(user, pid, False)
         if devices:
             return False
         del self.sessions[user]
