@@ -71,9 +71,16 @@ def test_every_device_gets_every_message_once_in_order_ticks_and_reads_sync(serv
                      len([i for f in receipts(fs, "delivered") for i in f["ids"]]) >= 20)
     delivered = [i for f in receipts(frames, "delivered") for i in f["ids"]]
     assert sorted(delivered) == sorted(ids)  # ✓✓ once, at the first device's ack
+    phone.ping(), lap.ping()  # their acks are in
+    assert alice.info("bob", "m0") == [{"device": 0, "delivered": True}, {"device": laptop, "delivered": True},
+                                       {"device": tablet, "delivered": False}]  # message info
+    with pytest.raises(ServerError, match="unknown_message"):
+        alice.info("bob", "never-sent")
     tab = companion(server, "bob", tablet, tablet_token)
     assert tab.last_login["queued"] == 20 and tab.last_login["device"] == tablet
     assert [m["id"] for m in msgs(collect(tab, n_msgs(20)))] == ids
+    tab.ping()
+    assert all(d["delivered"] for d in alice.info("bob", "m19"))
     assert not any(f["type"] == "receipt" for f in alice.drain(0.3))  # no second ✓✓
 
     # what bob sends from the laptop reaches alice and bob's other devices, not the laptop again

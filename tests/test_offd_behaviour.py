@@ -119,6 +119,8 @@ def test_devices_move_independently_and_the_front_goes_with_the_slowest(spool):
         spool.next_batch("bob", device, 10)
         spool.release(spool.ack("bob", device, items[upto].seq))
     assert seqs(spool.items("bob")) == seqs(items[2:])
+    assert [spool.acked_by("bob", d, items[2].seq) for d in (PRIMARY, LAPTOP, TABLET)] == [True, False, True]
+    assert spool.acked_by("bob", LAPTOP, items[1].seq)  # gone: every device had it
     assert spool.login("bob", LAPTOP) == 2 and seqs(spool.next_batch("bob", LAPTOP, 10)) == seqs(items[2:])
     assert spool.login("bob", TABLET) == 1 and seqs(spool.next_batch("bob", TABLET, 10)) == seqs(items[3:])
 

@@ -81,6 +81,19 @@ def test_a_group_runs_in_a_supervised_process_and_a_killed_one_is_replaced_by_th
     assert [f.get("event") or f["body"] for f in frames] == ["created", "renamed", "after"]
 
 
+def test_a_quiet_groups_process_stops_and_the_next_message_starts_another(make_server, ask):
+    server = make_server({"groups.process_idle": 0.3})
+    server.register("alice", "bob")
+    alice, bob = server.client("alice"), server.client("bob")
+    gid = alice.group_create("g", ["bob"])
+    alice.send(None, "first", group=gid)
+    with server.shell() as sh:
+        wait_for(lambda: ask(sh, "len(table.processes('group'))") == 0, "the idle group's process stops")
+        assert ask(sh, "node.groups.groups[%r].worker" % gid) is None
+    assert alice.send(None, "second", group=gid)["type"] == "sent"
+    assert bodies(bob, 2) == ["first", "second"]
+
+
 def test_a_retransmission_waiting_with_the_first_send_for_a_down_shard_gets_its_answer_too(
         make_server, ask):
     """The first send waits in the router for bob's offd shard; the same id sent again from the

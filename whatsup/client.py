@@ -219,6 +219,10 @@ class Client:
     def devices(self):
         return self.request({"type": "devices"})["devices"]
 
+    def info(self, to, id):
+        """Message info: which of ``to``'s devices have message ``id`` (✓✓ came with the first)."""
+        return self.request({"type": "info", "to": to, "id": id})["devices"]
+
     def send_history(self, device, bundle):
         """Send ``device`` of this user an opaque history bundle (bytes or str, up to max_body)."""
         return self.request({"type": "history", "device": device, "bundle": bundle})

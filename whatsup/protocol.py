@@ -79,6 +79,7 @@ class Code:
     UNKNOWN_DEVICE = "unknown_device"        # unlink names no linked device
     PRIMARY_DEVICE = "primary_device"        # unlink refused: the primary device is the account
     UNLINKED = "unlinked"                    # connection closed: this device was unlinked
+    UNKNOWN_MESSAGE = "unknown_message"      # info names no recent message of yours to that user
 
 
 #: Codes after which the server closes the connection.
@@ -401,6 +402,7 @@ SCHEMAS = {
     "devices": {"ref": (True, _ref)},
     "unlink": {"ref": (True, _ref), "device": (True, _int)},
     "history": {"ref": (True, _ref), "device": (True, _int), "bundle": (True, _bundle)},
+    "info": {"ref": (True, _ref), "to": (True, _user), "id": (True, _str(1, MAX_ID))},
     # push notifications
     "push_register": {"ref": (True, _ref), "kind": (True, _str(1, 32)), "token": (True, _str(1, 4096))},
     "push_unregister": {"ref": (True, _ref)},

@@ -483,6 +483,7 @@ ROUTES = {
     "delete_account": _feature(lambda s: s.lifecycle.delete_account),
     "invite_create": _feature(lambda s: s.registration.invite_create),
     "history": Session._history,
+    "info": _feature(lambda s: s.router.info),
     "link_code": _feature(lambda s: s.devices.link_code),
     "devices": _feature(lambda s: s.devices.list),
     "unlink": _feature(lambda s: s.devices.unlink),

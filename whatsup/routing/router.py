@@ -49,7 +49,7 @@ from ..observe import latency
 from .dedup import Dedup, digest
 from ..store.offd import QueueFull, ShardDown
 from ..store.offd.spool import SLICE
-from ..protocol import PRIMARY, Code, Template, error_frame, unpack
+from ..protocol import PRIMARY, Code, ProtocolError, Template, error_frame, unpack
 from ..runtime import MailboxFull, ProcessDead
 from ..runtime.service import Service
 from ..runtime.timers import DeadlineHeap
@@ -495,16 +495,35 @@ class Router:
         dest = reader if group is None else group
 
         def delivered(cid):
-            p = self.pending.get((sender, cid))
-            if p is not None and p.to == dest:
-                seq = p.anchor[1].seq if p.anchor is not None else None
-            else:
-                found = self.dedup.find(sender, digest(dest, cid))
-                if found is None:
-                    return False
-                seq = found[1]
+            seq = self._seq(sender, dest, cid)
+            if seq is False:
+                return False
             return group is not None or (seq is not None and spool is not None and spool.delivered(reader, seq))
         return [i for i in ids if not delivered(i)]
+
+    def _seq(self, sender, dest, cid):
+        """The seq of message ``cid`` from ``sender`` to ``dest`` in its recipient's queue (None:
+        not known, a group copy's or not stored yet), or False when ``sender`` sent no such id
+        to ``dest`` among its last session.dedup_window ids."""
+        p = self.pending.get((sender, cid))
+        if p is not None and p.to == dest:
+            return p.anchor[1].seq if p.anchor is not None else None
+        found = self.dedup.find(sender, digest(dest, cid))
+        return False if found is None else found[1]
+
+    def info(self, user, pid, f):
+        """Message info: which devices of ``to`` have message ``id`` from ``user`` (✓✓ is the
+        first of them; docs/PROTOCOL.md, "Devices"). A device linked after it counts as having it."""
+        to, cid, ref = f["to"], f["id"], f["ref"]
+        if not self.accounts.exists(to):
+            raise ProtocolError(Code.UNKNOWN_USER, f"no such user {to!r}", ref)
+        seq = self._seq(user, to, cid)
+        if not seq:
+            raise ProtocolError(Code.UNKNOWN_MESSAGE, f"no stored message {cid!r} from you to {to} among your "
+                                f"last session.dedup_window", ref)
+        spool = self.offd.spool(to)
+        return {"type": "info", "ref": ref, "to": to, "id": cid,
+                "devices": [{"device": d, "delivered": spool.acked_by(to, d, seq)} for d in self.accounts.devices(to)]}
 
     def _receipt(self, user, to, status, ids, on_durable=None, group=None, force=True, lazy=False):
         frame = {"type": "receipt", "from": user, "status": status, "ids": ids}

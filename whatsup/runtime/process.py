@@ -248,10 +248,17 @@ def strays(table):
     if frozen:
         gc.unfreeze()
     try:
-        live = [g for g in gc.get_objects() if isinstance(g, gevent.Greenlet) and not g.dead]
+        objects = gc.get_objects()
     finally:
         if frozen:
             gc.freeze()
+    live = []
+    for n, obj in enumerate(objects, 1):
+        if isinstance(obj, gevent.Greenlet) and not obj.dead:
+            live.append(obj)
+        if not n % 10_000:
+            gevent.sleep(0)  # a big heap is walked in slices: the sessions run between them
+    del objects
     mine = {id(p.greenlet) for p in table.processes()}
     me = gevent.getcurrent()
     return [g for g in live if id(g) not in mine and g is not me]

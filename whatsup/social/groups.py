@@ -91,9 +91,13 @@ class GroupProcess:
         if msg == WORK:
             w.groups._work(w)
             w.last = time.monotonic()
-            w.groups.timers.notify_at(w.last + w.groups.idle, proc.pid, TICK)
+            if not w.armed:  # one deadline entry at a time, however busy the group
+                GroupProcess._arm(proc, w)
         elif msg == TICK:
-            if not w.group.ops and time.monotonic() - w.last >= w.groups.idle:
+            w.armed = False
+            if w.group.ops or time.monotonic() - w.last < w.groups.idle:
+                GroupProcess._arm(proc, w)  # it worked meanwhile: idle from its last work on
+            else:
                 proc.stop("normal")  # idle: the next operation starts a new process
         else:
             raise ValueError(f"group: unexpected message {msg!r}")
@@ -103,15 +107,21 @@ class GroupProcess:
     def terminate(proc, reason, w):
         w.groups._orphaned(proc.pid, w)
 
+    @staticmethod
+    def _arm(proc, w):
+        w.armed = True
+        w.groups.timers.notify_at(w.last + w.groups.idle, proc.pid, TICK)
+
 
 class _Worker:
     """A group process's state: the group, and the operations in hand (answered if it dies)."""
-    __slots__ = ("groups", "group", "current", "last")
+    __slots__ = ("groups", "group", "current", "last", "armed")
 
     def __init__(self, groups, group):
         self.groups, self.group = groups, group
         self.current = ()
         self.last = time.monotonic()
+        self.armed = False  # a TICK is due in node.timers
 
 
 class Group:

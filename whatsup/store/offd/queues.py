@@ -240,6 +240,15 @@ class Queues:
         q = self.queues.get(user)
         return q is None or seq <= q.delivered or not q.items or seq < q.items[0].seq
 
+    def acked_by(self, user, device, seq):
+        """Whether ``device`` of ``user`` has acked the item ``seq`` (one that was queued), or
+        needs it no more (it went, or the device was linked after it)."""
+        q = self.queues.get(user)
+        if q is None or not q.items or seq < q.items[0].seq:
+            return True
+        c = q.cursors.get(device)
+        return c is not None and seq <= c.acked
+
     def purge(self, user):
         """Drop every item queued for ``user`` (an operator's purge, a deleted account); returns
         the items. A device acking them later acks nothing."""
