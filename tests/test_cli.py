@@ -221,7 +221,9 @@ def test_the_shipped_config_is_the_generated_one():
 def test_link_a_second_machine_use_it_without_the_password_give_it_history_list_and_unlink_it(cli, tmp_path):
     cli("register", "alice")
     cli("register", "bob")
-    code = cli("link", "--as", "bob").stdout.split()[0]
+    shown = cli("link", "--as", "bob").stdout
+    code = shown.split()[0]
+    assert "valid for 60 s, once" in shown  # devices.link_ttl
     laptop = {**cli.env, "XDG_STATE_HOME": str(tmp_path / "laptop-state")}
     laptop.pop("WHATSUP_PASSWORD")  # the laptop never knows bob's password
     linked = cli("link", "--code", code, "--name", "laptop", "bob", env=laptop).stdout
@@ -246,3 +248,20 @@ def test_link_a_second_machine_use_it_without_the_password_give_it_history_list_
     assert "history from device 0: 1 messages" in cli("inbox", "--as", "bob", env=laptop).stdout
     cli("unlink", "--as", "bob", "1")
     assert "auth_failed" in cli("inbox", "--as", "bob", env=laptop, check=False).stderr
+
+
+def test_an_inbox_cut_by_a_crash_does_not_show_its_messages_again(cli, server):
+    """The node dies after the inbox showed the messages but before their acks were durable (its
+    offd committers are parked): they come again after the restart and must not be shown twice."""
+    cli("register", "alice")
+    cli("register", "bob")
+    ids = [cli("send", "--as", "alice", "bob", f"before the crash {i}").stdout.strip() for i in range(3)]
+    with server.shell() as sh:
+        sh.run("[suspend(p.pid) for p in table.processes() if p.kind == 'commit' and str(p.entity).startswith('offd')]")
+    proc = subprocess.Popen([os.path.join(ROOT, "bin", "whatsup"), "inbox", "--as", "bob", "--json", "--wait", "60"],
+                            env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    shown = [json.loads(proc.stdout.readline())["id"] for _ in ids]
+    server.restart()
+    _, err = proc.communicate(timeout=30)
+    assert shown == ids and proc.returncode == 1 and "lost the connection" in err, err
+    assert cli("inbox", "--as", "bob").stdout == "no new messages\n"

@@ -54,6 +54,20 @@ def test_a_misspelt_setting_is_refused_naming_the_nearest(source, where):
     assert refusal(**source) == f"{where}: unknown setting 'sesion.window'; did you mean session.window?"
 
 
+def test_a_setting_variable_one_underscore_short_is_refused_not_ignored():
+    assert refusal(env={"WHATSUP_SESSION_MAX_INFLIGHT": "3"}) == (
+        "environment WHATSUP_SESSION_MAX_INFLIGHT: not a setting (one underscore); "
+        "did you mean WHATSUP_SESSION__MAX_INFLIGHT?")
+    assert config.load(env={"WHATSUP_SERVER": "127.0.0.1:1", "WHATSUP_PASSWORD": "x"}).session.window  # the client's
+
+
+def test_a_setting_outside_any_section_in_the_file_is_refused_naming_the_nearest(tmp_path):
+    path = tmp_path / "whatsupd.toml"
+    path.write_text("max_inflight = 5\n")
+    assert refusal(path=str(path)) == (f"{path}: top-level key 'max_inflight' must be in a [section]; "
+                                       f"did you mean session.max_inflight?")
+
+
 def test_a_misspelt_setting_in_the_file_is_refused_naming_the_nearest(tmp_path):
     path = tmp_path / "whatsupd.toml"
     path.write_text("[offd]\nmax_queu = 5\n")

@@ -193,6 +193,7 @@ def test_the_operator_lists_and_unlinks_devices(server):
     lap = companion(server, "bob", laptop, token)
     with server.shell() as sh:
         assert "1:" in sh.run("where('user', 'bob')['devices']")[0]
+        assert "'bob/1'" in sh.run("[r['who'] for r in ps(kind='session')]")[0]  # which device, in ps()
         assert sh.run("unlink('bob', 1)")[0].strip() == "True"
     assert closed_with(lap) == "unlinked"
     with pytest.raises(Closed):

@@ -260,3 +260,10 @@ def test_reloading_the_router_groups_and_presence_swaps_their_live_code_under_tr
         if frame["type"] == "msg":
             got[frame["from"]].append(frame["id"])
     assert got["alice"][:-1] == chatters[0].ids and got["carol"] == chatters[1].ids
+
+
+def test_reloading_a_module_whose_live_object_no_process_owns_is_refused_not_accepted_for_nothing(server):
+    with server.shell() as sh:
+        out, ok = sh.run("reload('whatsup.users.devices')")  # node.devices would keep its class
+        assert not ok and out.strip().splitlines()[0].startswith("whatsup.users.devices cannot be reloaded")
+        assert sh.run("type(node.devices) is __import__('sys').modules['whatsup.users.devices'].Devices")[0].strip() == "True"

@@ -114,6 +114,7 @@ class Client:
         self.user = self.device = None
         self.hello = self.last_login = None
         self.inbox = collections.deque()
+        self.items = 0  # spooled items received, the ones skipped below included (login's queued counts them)
         self._refs = itertools.count(1)
         self._decoder = FrameDecoder(max_frame)
         sock = socket.create_connection((self.host, self.port), timeout=timeout,  # source: a local
@@ -360,6 +361,7 @@ class Client:
             while self.inbox:
                 frame = self.inbox.popleft()
                 if frame.get("type") in PUSHED:
+                    self.items += 1
                     seq = frame.get("seq", 0)
                     if seq <= self.last_seq:
                         self.acked_seq = min(self.acked_seq, seq - 1)  # ack it again

@@ -327,7 +327,9 @@ def _from_file(path):
     found = []
     for section, table in doc.items():
         if not isinstance(table, dict):
-            raise ConfigError(f"{path}: top-level key {section!r} must be a [section]")
+            keys = {name.partition(".")[2]: name for name in BY_NAME}
+            nearest = keys[difflib.get_close_matches(section, keys, n=1, cutoff=0.0)[0]]
+            raise ConfigError(f"{path}: top-level key {section!r} must be in a [section]; did you mean {nearest}?")
         found += [(path, f"{section}.{key}", value) for key, value in table.items()]
     return found
 
@@ -340,6 +342,11 @@ def _from_env(env):
         if var.startswith(ENV_PREFIX) and "__" in var:
             section, _, key = var[len(ENV_PREFIX):].lower().partition("__")
             found.append((f"environment {var}", f"{section}.{key}", text))
+        elif var.startswith(ENV_PREFIX):  # WHATSUP_SESSION_WINDOW: a setting's name, one underscore short
+            rest = var[len(ENV_PREFIX):].lower()
+            meant = [f"{rest[:i]}.{rest[i + 1:]}" for i, c in enumerate(rest) if c == "_"]
+            for name in (n for n in meant if n in BY_NAME):
+                raise ConfigError(f"environment {var}: not a setting (one underscore); did you mean {env_name(name)}?")
     return found
 
 

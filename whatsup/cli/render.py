@@ -13,9 +13,16 @@ def describe(frame, me=None):
     kind = frame.get("type")
     where = f" in {frame['group']}" if "group" in frame else ""
     when = f"[{stamp(frame['ts'])}] " if "ts" in frame else ""
+    mine = me is not None and frame.get("from") == me  # another device of yours: what you sent or read
+    on = f" on device {frame['device']}" if mine and "device" in frame else ""
     if kind == "msg":
+        if mine:
+            to = f" to {frame['to']}" if "to" in frame else ""
+            return f"{when}you{to}{where}{on}: {frame['body']}"
         return f"{when}{frame['from']}{where}: {frame['body']}"
     if kind == "receipt":
+        if mine and "to" in frame:
+            return f"{when}you read {frame['to']}'s{where}{on}: {', '.join(frame['ids'])}"
         what = f"delivered to {frame['from']}" if frame["status"] == "delivered" else f"read by {frame['from']}"
         return f"{when}{TICKS[frame['status']].split()[0]} {what}{where}: {', '.join(frame['ids'])}"
     if kind == "group_event":

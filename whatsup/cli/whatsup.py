@@ -111,8 +111,10 @@ def link(ctx, as_user, password, code, name, user):
         raise click.UsageError("give --as USER (print a code) or --code CODE USER (link this machine)")
     if as_user is not None:
         with _connect(ctx, as_user, password) as client:
-            code = _call(client.link_code)
-        click.echo(f"{code}  (valid for a minute, once: on the new device run whatsup link --code {code} {as_user})")
+            answer = _call(client.request, {"type": "link_code"})
+        code = answer["code"]
+        click.echo(f"{code}  (valid for {answer['expires_in']:g} s, once: on the new device run "
+                   f"whatsup link --code {code} {as_user})")
         return
     if user is None:
         raise click.UsageError("--code needs the USER to link to")
@@ -223,28 +225,37 @@ def inbox(ctx, user, password, as_json, wait):
     """Print every pending message and receipt, ack them, exit."""
     with _connect(ctx, user, password) as client:
         pending = client.last_login.get("queued", 0)
-        seen = 0
-        while True:
-            frame = client.recv(wait if seen >= pending else client.timeout)
-            if frame is None:
-                break
-            if frame["type"] not in PUSHED:
-                continue
-            seen += 1
-            if frame["type"] == "history":  # another device's bundle: into this one's history
-                frame = {"type": "history", "from": frame["from"], "device": frame["device"],
-                         "messages": client.state.merge(frame["bundle"])}
-                line = f"history from device {frame['device']}: {frame['messages']} messages"
-            else:
-                if frame["type"] == "msg":
-                    client.state.remember(frame)
-                line = describe(frame, user)
-            click.echo(json.dumps(frame, ensure_ascii=False) if as_json else line)
-        if not seen and not as_json:
-            click.echo("no new messages")
-        client.flush_acks()
-        client.ping()  # the acks are in once the pong is back
-        client.state.save(client)
+        seen, deadline = 0, time.monotonic() + client.timeout
+        try:
+            while True:  # until `wait` s pass with nothing new, once the `pending` items came (some,
+                frame = client.recv(wait)  # already shown or this device's own, are not returned)
+                if frame is None:
+                    if client.items >= pending or time.monotonic() >= deadline:
+                        break
+                    continue
+                if frame["type"] not in PUSHED:
+                    continue
+                seen += 1
+                click.echo(_shown(client, frame, user, as_json))
+            if not seen and not as_json:
+                click.echo("no new messages")
+            client.flush_acks()
+            client.ping()  # the acks are in once the pong is back
+        finally:  # also when the server died mid-inbox: what was shown was shown (its seq and id
+            client.state.save(client)  # are kept), so the next run skips it when it comes again
+
+
+def _shown(client, frame, user, as_json):
+    """One pushed item as ``inbox`` prints it (a history bundle goes into this device's history)."""
+    if frame["type"] == "history":
+        frame = {"type": "history", "from": frame["from"], "device": frame["device"],
+                 "messages": client.state.merge(frame["bundle"])}
+        line = f"history from device {frame['device']}: {frame['messages']} messages"
+    else:
+        if frame["type"] == "msg":
+            client.state.remember(frame)
+        line = describe(frame, user)
+    return json.dumps(frame, ensure_ascii=False) if as_json else line
 
 
 @main.command()

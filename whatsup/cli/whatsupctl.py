@@ -53,7 +53,7 @@ class Ctl:
                 click.echo(f"{key + ':':<{width + 1}} {value}")
 
 
-TIMES = ("since", "at", "expires", "created", "name_reusable_at")  # seconds since the epoch
+TIMES = ("since", "at", "expires", "created", "last_seen", "name_reusable_at")  # seconds since the epoch
 
 
 def _human(key, value):

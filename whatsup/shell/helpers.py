@@ -403,7 +403,7 @@ class Helpers:
         info = proc.info()
         detail = info["detail"] or {}
         return {**{c: info.get(c) for c in COLUMNS}, "uptime": round(info["uptime"], 1),
-                "who": info["name"] or detail.get("user") or info["entity"]}
+                "who": info["name"] or _user_device(detail) or info["entity"]}
 
     def _c(self, source):
         """``whatsup-shell -c``: evaluate (or execute) ``source`` in the caller's namespace, print the result."""
@@ -437,3 +437,9 @@ def _rss_bytes():
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _user_device(detail):
+    """A session's user, with ``/N`` for a companion device: a user's sessions tell apart in ``ps()``."""
+    user, device = detail.get("user"), detail.get("device")
+    return f"{user}/{device}" if user and device else user

@@ -52,6 +52,7 @@ FIXED = {
     "whatsup.c2s.services": "the sessions' Services are built once at start",
     "whatsup.users.lifecycle": "the account lifecycle is one object the node built at start",
     "whatsup.users.registration": "registration is one object the node built at start",
+    "whatsup.users.devices": "device linking (link codes, unlink) is one object the node built at start",
 }
 
 
