@@ -231,6 +231,9 @@ def test_link_a_second_machine_use_it_without_the_password_give_it_history_list_
     assert "(this one)" in listed[1]
     assert "sent 1 messages of history to device 1" in cli("history", "--as", "bob", "1").stdout
     assert "history from device 0: 1 messages" in cli("inbox", "--as", "bob", env=laptop).stdout
+    chat = cli("chat", "--as", "bob", "alice", env=laptop, input="typed on the laptop\n")  # no password asked
+    assert "Password" not in chat.stderr, chat.stderr
+    assert "bob: typed on the laptop" in cli("inbox", "--as", "alice").stdout
     cli("unlink", "--as", "bob", "1")
     assert "auth_failed" in cli("inbox", "--as", "bob", env=laptop, check=False).stderr
 

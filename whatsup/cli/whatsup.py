@@ -51,6 +51,13 @@ def _connect(ctx, user=None, password=None):
         raise click.ClickException(f"cannot reach whatsupd at {server}: {exc}") from None
 
 
+def _linked_here(ctx, user):
+    """Whether a companion of ``user`` is linked in this state dir for this server (then its token,
+    not the password, logs in: a linked laptop never knows the password)."""
+    with _connect(ctx) as client:
+        return ClientState(client.hello["node_id"], user).credential() is not None
+
+
 class _Commands(click.Group):
     """``whatsup``'s commands: a connection lost in the middle of one is a line, not a traceback."""
 
@@ -246,7 +253,7 @@ def chat(ctx, user, password, group, peer):
     and typing, and the group's events, are shown as they happen.
     """
     _target(peer, group)
-    if password is None and not ctx.obj["device"]:  # a companion linked here: pass --device N
+    if password is None and not ctx.obj["device"] and not _linked_here(ctx, user):
         password = click.prompt("Password", hide_input=True, err=True)
     conn = Connection(ctx.obj["server"], user, password, tls=ctx.obj["tls"], cafile=ctx.obj["cafile"],
                       state_dir=ClientState.default_dir(), device=ctx.obj["device"])
