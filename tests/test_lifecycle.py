@@ -62,6 +62,12 @@ def test_invites_are_used_up_expire_and_give_back_a_failed_registration():
     assert Registration("invite", 7.0, lambda u: False).open(table).invites == table.rows  # reloaded
 
 
+def test_no_invite_token_can_be_read_as_a_command_line_option():
+    reg = Registration("invite", 7.0, lambda user: False).open(MemoryTable())
+    tokens = [reg.create()["token"] for _ in range(512)]  # token_urlsafe: ~8 of 512 began with "-"
+    assert not [t for t in tokens if t.startswith("-")] and len(set(tokens)) == 512
+
+
 def test_open_and_closed_modes():
     reg = Registration("open", 7.0, lambda user: False).open(MemoryTable())
     _admit(reg, "a")

@@ -86,7 +86,7 @@ class Registration:
         if uses < 1:
             raise ValueError("an invite is good for one use at least")
         now = self.clock()
-        token = secrets.token_urlsafe(12)
+        token = secrets.token_hex(12)  # not token_urlsafe: one in 64 began with "-", an option to every CLI
         self.invites.store(token, {"uses": uses, "used": 0, "by": by, "created": round(now, 3),
                                    "expires": round(now + 86400.0 * (self.invite_days if days is None else days), 3)})
         return {"token": token, **self.invites[token]}
