@@ -237,15 +237,14 @@ def test_link_a_second_machine_use_it_without_the_password_give_it_history_list_
     assert json.loads(cli("info", "--as", "alice", "--json", "bob", mid).stdout)["devices"] == [
         {"device": 0, "delivered": True}, {"device": 1, "delivered": True}]
     assert "unknown_message" in cli("info", "--as", "alice", "bob", "nope", check=False).stderr
-    with _chat(laptop, "--as", "bob", "alice") as (chat, lines):  # as the laptop: no password asked
-        _wait_for(lines, "chatting with alice")
-        cli("send", "--as", "alice", "bob", "to the laptop's chat")
-        _wait_for(lines, "alice: to the laptop's chat")
     listed = cli("devices", "--as", "bob", env=laptop).stdout.splitlines()
     assert [line.split()[:2] for line in listed] == [["0", "primary"], ["1", "laptop"]]
     assert "(this one)" in listed[1]
     assert "sent 1 messages of history to device 1" in cli("history", "--as", "bob", "1").stdout
     assert "history from device 0: 1 messages" in cli("inbox", "--as", "bob", env=laptop).stdout
+    chat = cli("chat", "--as", "bob", "alice", env=laptop, input="typed on the laptop\n")  # no password asked
+    assert "Password" not in chat.stderr, chat.stderr
+    assert "bob: typed on the laptop" in cli("inbox", "--as", "alice").stdout
     cli("unlink", "--as", "bob", "1")
     assert "auth_failed" in cli("inbox", "--as", "bob", env=laptop, check=False).stderr
 

@@ -31,7 +31,8 @@ def _connect(ctx, user=None, password=None):
         client = Client(server, tls=ctx.obj["tls"], cafile=ctx.obj["cafile"])
         if user is not None:
             node_id = client.hello["node_id"]
-            device, credential = _device_here(ctx, node_id, user)
+            credential = ClientState(node_id, user).credential()
+            device = ctx.obj["device"] if ctx.obj["device"] is not None else credential[0] if credential else 0
             state = ClientState(node_id, user, device=device)
             state.load(client)
             client.state = state
@@ -50,12 +51,11 @@ def _connect(ctx, user=None, password=None):
         raise click.ClickException(f"cannot reach whatsupd at {server}: {exc}") from None
 
 
-def _device_here(ctx, node_id, user):
-    """(the device of ``user`` to act as, the credential stored here for it or None): ``--device``,
-    else the companion linked in the CLI's state dir for this node, else the primary (0)."""
-    credential = ClientState(node_id, user).credential()
-    device = ctx.obj["device"] if ctx.obj["device"] is not None else credential[0] if credential else 0
-    return device, credential
+def _linked_here(ctx, user):
+    """Whether a companion of ``user`` is linked in this state dir for this server (then its token,
+    not the password, logs in: a linked laptop never knows the password)."""
+    with _connect(ctx) as client:
+        return ClientState(client.hello["node_id"], user).credential() is not None
 
 
 class _Commands(click.Group):
@@ -271,11 +271,8 @@ def chat(ctx, user, password, group, peer):
     and typing, and the group's events, are shown as they happen.
     """
     _target(peer, group)
-    if password is None and not ctx.obj["device"]:
-        with _connect(ctx) as probe:  # what is linked here is known by the node's id
-            primary = _device_here(ctx, probe.hello["node_id"], user)[0] == 0
-        if primary:
-            password = click.prompt("Password", hide_input=True, err=True)
+    if password is None and not ctx.obj["device"] and not _linked_here(ctx, user):
+        password = click.prompt("Password", hide_input=True, err=True)
     conn = Connection(ctx.obj["server"], user, password, tls=ctx.obj["tls"], cafile=ctx.obj["cafile"],
                       state_dir=ClientState.default_dir(), device=ctx.obj["device"])
     try:
