@@ -124,10 +124,21 @@ def link(ctx, as_user, password, code, name, user):
     click.echo(f"linked this machine as device {device} ({name}) of {user}")
 
 
-@main.command()
-@_as_option
-@_password_option()
-@click.pass_context
+def _user_command(*params):
+    """A command run as ``--as USER`` (with ``--password``), then ``params`` (click decorators, in
+    the order they would be written), then the context: the stack every such command wore."""
+    def make(f):
+        f = click.pass_context(f)
+        for param in reversed(params):
+            f = param(f)
+        return main.command()(_as_option(_password_option()(f)))
+    return make
+
+
+_about_a_device = _user_command(click.argument("device", type=int))  # history, unlink
+
+
+@_user_command()
 def devices(ctx, user, password):
     """List USER's devices: 0 the primary, then the linked companions."""
     with _connect(ctx, user, password) as client:
@@ -136,11 +147,6 @@ def devices(ctx, user, password):
             here = "  (this one)" if d["device"] == client.device else ""
             click.echo(f"{d['device']:>3}  {d['name']:<20} {'online' if d['online'] else 'offline':<8} "
                        f"last seen {seen}{here}")
-
-
-def _about_a_device(f):
-    """A command of ``--as USER`` about one of their devices (the DEVICE argument)."""
-    return main.command()(_as_option(_password_option()(click.argument("device", type=int)(click.pass_context(f)))))
 
 
 @_about_a_device
@@ -156,22 +162,17 @@ def history(ctx, user, password, device):
 @_about_a_device
 def unlink(ctx, user, password, device):
     """Unlink DEVICE of USER: its token stops working and its queue is dropped."""
-    with _connect(ctx, user, password) as client:
-        _call(client.unlink, device)
+    _request(ctx, user, password, lambda client: client.unlink(device))
     click.echo(f"unlinked device {device} of {user}")
 
 
-@main.command()
-@_as_option
-@_password_option()
-@click.option("--json", "as_json", is_flag=True, help="the answer as one JSON object")
-@click.argument("peer")
-@click.argument("message_id", metavar="ID")
-@click.pass_context
+@_user_command(
+    click.option("--json", "as_json", is_flag=True, help="the answer as one JSON object"),
+    click.argument("peer"),
+    click.argument("message_id", metavar="ID"))
 def info(ctx, user, password, as_json, peer, message_id):
     """Message info: which of PEER's devices have USER's message ID (✓✓ is the first of them)."""
-    with _connect(ctx, user, password) as client:
-        devices = _call(client.info, peer, message_id)
+    devices = _request(ctx, user, password, lambda client: client.info(peer, message_id))
     if as_json:
         return click.echo(json.dumps({"to": peer, "id": message_id, "devices": devices}))
     for d in devices:
@@ -187,17 +188,20 @@ def _call(fn, *args, **kw):
         raise click.ClickException(f"{exc.code}: {exc.message}") from None
 
 
+def _request(ctx, user, password, ask):
+    """Log in, make the one request ``ask(client)``, log out; its answer."""
+    with _connect(ctx, user, password) as client:
+        return _call(ask, client)
+
+
 def _target(peer, group):
     if (peer is None) == (group is None):
         raise click.UsageError("give PEER or --group GROUP (one of them)")
 
 
-@main.command()
-@_as_option
-@_password_option()
-@click.option("--group", metavar="GROUP", help="send to this group instead of PEER")
-@click.argument("words", nargs=-1, required=True, metavar="[PEER] TEXT")
-@click.pass_context
+@_user_command(
+    click.option("--group", metavar="GROUP", help="send to this group instead of PEER"),
+    click.argument("words", nargs=-1, required=True, metavar="[PEER] TEXT"))
 def send(ctx, user, password, group, words):
     """Send TEXT to PEER (or to --group); returns after ✓ and prints the message id."""
     if len(words) > 2:
@@ -215,12 +219,9 @@ def send(ctx, user, password, group, words):
     click.echo(answer["id"])
 
 
-@main.command()
-@_as_option
-@_password_option()
-@click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
-@click.option("--wait", default=0.5, show_default=True, help="seconds to wait for stragglers")
-@click.pass_context
+@_user_command(
+    click.option("--json", "as_json", is_flag=True, help="one JSON object per line"),
+    click.option("--wait", default=0.5, show_default=True, help="seconds to wait for stragglers"))
 def inbox(ctx, user, password, as_json, wait):
     """Print every pending message and receipt, ack them, exit."""
     with _connect(ctx, user, password) as client:
@@ -258,12 +259,9 @@ def _shown(client, frame, user, as_json):
     return json.dumps(frame, ensure_ascii=False) if as_json else line
 
 
-@main.command()
-@_as_option
-@_password_option()
-@click.option("--group", metavar="GROUP", help="chat in this group instead of with PEER")
-@click.argument("peer", required=False)
-@click.pass_context
+@_user_command(
+    click.option("--group", metavar="GROUP", help="chat in this group instead of with PEER"),
+    click.argument("peer", required=False))
 def chat(ctx, user, password, group, peer):
     """Chat with PEER (or in --group): type a line to send it, Ctrl-D to quit.
 
@@ -283,13 +281,10 @@ def chat(ctx, user, password, group, peer):
         raise SystemExit(1)
 
 
-@main.command()
-@_as_option
-@_password_option()
-@click.argument("target")
-@click.option("--watch", default=0.0, show_default=True, metavar="SECONDS",
-              help="keep printing changes for this long")
-@click.pass_context
+@_user_command(
+    click.argument("target"),
+    click.option("--watch", default=0.0, show_default=True, metavar="SECONDS",
+                 help="keep printing changes for this long"))
 def presence(ctx, user, password, target, watch):
     """Show whether TARGET is online, or when they were last seen."""
     with _connect(ctx, user, password) as client:
@@ -301,28 +296,20 @@ def presence(ctx, user, password, target, watch):
                 click.echo(describe(frame))
 
 
-@main.command()
-@_as_option
-@_password_option()
-@click.argument("setting", type=click.Choice(["everyone", "nobody"]))
-@click.pass_context
+@_user_command(
+    click.argument("setting", type=click.Choice(["everyone", "nobody"])))
 def privacy(ctx, user, password, setting):
     """Who may see your last seen time."""
-    with _connect(ctx, user, password) as client:
-        _call(client.privacy, setting)
+    _request(ctx, user, password, lambda client: client.privacy(setting))
     click.echo(f"last seen visible to {setting}")
 
 
-@main.command()
-@_as_option
-@_password_option()
-@click.argument("other")
-@click.option("--undo", is_flag=True, help="unblock instead")
-@click.pass_context
+@_user_command(
+    click.argument("other"),
+    click.option("--undo", is_flag=True, help="unblock instead"))
 def block(ctx, user, password, other, undo):
     """Block OTHER (their messages, presence requests and typing no longer reach you)."""
-    with _connect(ctx, user, password) as client:
-        _call(client.unblock if undo else client.block, other)
+    _request(ctx, user, password, lambda client: (client.unblock if undo else client.block)(other))
     click.echo(f"{'unblocked' if undo else 'blocked'} {other}")
 
 
