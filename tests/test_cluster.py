@@ -127,7 +127,7 @@ def test_the_shell_of_any_node_finds_a_session_and_looks_into_other_nodes(make_c
             assert ask(sh, "stats(0.1)['metrics']['cluster_events_total']['received']") > 0
 
 
-def test_a_group_with_members_homed_on_every_node_keeps_messages_and_changes_in_order(make_cluster):
+def test_a_group_with_members_homed_on_every_node_keeps_messages_and_changes_in_order(make_cluster, ask):
     cl = make_cluster()
     a, b, c = cl.names
     owner, anna, bert, carl = cl.homed(a, "owner")[0], cl.homed(b, "anna")[0], cl.homed(c, "bert")[0], \
@@ -155,3 +155,6 @@ def test_a_group_with_members_homed_on_every_node_keeps_messages_and_changes_in_
         be.send(None, "let me in", group=gid)
     for client in (ow, an, be, ca):
         client.close()
+    for name in cl.names:  # the calls and group operations served for other nodes ran as processes
+        with cl[name].shell() as sh:
+            assert ask(sh, "strays()") == []

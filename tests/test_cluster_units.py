@@ -4,6 +4,7 @@ import os
 import time
 
 import gevent
+import gevent.event
 import pytest
 import redis
 
@@ -135,6 +136,23 @@ def test_a_send_to_a_pid_on_another_node_lands_in_its_mailbox(node):
     assert b.call("a", "double", 5) == 10
 
 
+def test_a_call_served_for_another_node_runs_as_a_process_of_the_serving_node(node):
+    ta, a, tb, b = linked(node)
+    serving, release = gevent.event.Event(), gevent.event.Event()
+
+    def slow(x):
+        serving.set()
+        release.wait(10)
+        return x
+    a.services["slow"] = slow
+    call = gevent.spawn(b.call, "a", "slow", 7)
+    assert serving.wait(10)
+    assert [p.entity for p in ta.processes("task")] == ["slow"]  # in ps(), stopped by the tree
+    release.set()
+    assert call.get(timeout=10) == 7
+    wait_for(lambda: not ta.processes("task"))
+
+
 def test_a_served_request_stays_pending_until_answered_and_a_restarted_node_serves_it_again(node, redis_server):
     ta, a, _ = node("a")
     tb, b, rootb = node("b")
@@ -194,17 +212,27 @@ def test_traffic_pauses_while_redis_restarts_and_nothing_acknowledged_is_lost(no
     assert sorted({m[1] for m in got}) == list(range(100))  # a retried pipeline may repeat, never lose
 
 
-def test_requests_after_a_lost_one_are_sent_again_in_order_and_none_is_served_out_of_it(node):
+def linked(node):
+    """Nodes a and b, each seeing the other live: (table a, link a, table b, link b)."""
     ta, a, _ = node("a")
     tb, b, _ = node("b")
     wait_for(lambda: "b" in a.live and "a" in b.live)
-    got, served = [], []
-    session = ta.spawn(Recorder, got)
+    return ta, a, tb, b
 
+
+def answering(served, table):
+    """A home's "message" service: records the body and answers ✓ through ``table()``."""
     def serve(pid, ref, body):
         served.append(body)
-        tb.send(pid, ("reply", {"type": "sent", "ref": ref}))
-    b.services["message"] = serve
+        table().send(pid, ("reply", {"type": "sent", "ref": ref}))
+    return serve
+
+
+def test_requests_after_a_lost_one_are_sent_again_in_order_and_none_is_served_out_of_it(node):
+    ta, a, tb, b = linked(node)
+    got, served = [], []
+    session = ta.spawn(Recorder, got)
+    b.services["message"] = answering(served, lambda: tb)
     a.forward("b", session, 1, "message", "m1")
     wait_for(lambda: len(got) == 1)
     real_post = a.post
@@ -225,19 +253,13 @@ def test_requests_to_a_node_that_is_down_wait_for_it_in_order(node):
     session = ta.spawn(Recorder, got)
     a.forward("b", session, 1, "message", "m1")  # b has not started: held
     a.forward("b", session, 2, "message", "m2")
-
-    def serve(pid, ref, body):
-        served.append(body)
-        tb.send(pid, ("reply", {"type": "sent", "ref": ref}))
-    tb, b, _ = node("b", {"message": serve})
+    tb, b, _ = node("b", {"message": answering(served, lambda: tb)})
     wait_for(lambda: len(got) == 2)
     assert served == ["m1", "m2"] and [f["type"] for _, f in got] == ["sent", "sent"]
 
 
 def test_pushed_items_after_a_lost_push_are_held_back_until_the_home_pushes_again(node):
-    ta, a, _ = node("a")
-    tb, b, _ = node("b")
-    wait_for(lambda: "b" in a.live and "a" in b.live)
+    ta, a, tb, b = linked(node)
     got, resyncs = [], []
     session = ta.spawn(Recorder, got)
     b.services["resync"] = resyncs.append

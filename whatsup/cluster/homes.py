@@ -28,7 +28,7 @@ from gevent.event import AsyncResult
 
 from .link import NodeDown, RemoteError
 from ..protocol import ProtocolError, Template
-from ..runtime import ProcessDead
+from ..runtime import ProcessDead, Task
 from ..store.accounts import UserTaken
 
 log = logging.getLogger("whatsup.cluster")
@@ -353,7 +353,7 @@ class Homes:
         self._reattach(node)
         if node != self.link.node:
             self.link.cast(node, "reattach", self.link.node)
-            gevent.spawn(self._learn_users, node)
+            self.link.table.spawn(Task, self._learn_users, (node,), entity=node)
 
     def _reattach(self, node):
         """Register with ``node`` every session here of a user it homes."""

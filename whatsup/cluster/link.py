@@ -43,7 +43,7 @@ from .engine import UNREACHABLE, retrying
 from .inbox import InboxReader, OutQueue, Outbox
 from ..observe import latency
 from ..protocol import Code, error_frame
-from ..runtime import MailboxFull, ProcessDead
+from ..runtime import MailboxFull, ProcessDead, Task
 from ..runtime.factory import ShardDown
 from ..runtime.supervisor import Child
 from ..runtime.ticker import Ticker
@@ -282,7 +282,7 @@ class Link:
         elif kind == "cast":
             self._dispatch(msg[1], msg[1], msg[2])
         elif kind == "call":
-            gevent.spawn(self._serve_call, *msg[1:])
+            self.table.spawn(Task, self._serve_call, msg[1:], entity=msg[3])
         elif kind == "answer":
             self._answer(*msg[1:])
         elif kind == "gap":
@@ -363,7 +363,7 @@ class Link:
         queue = self._serials.get(key)
         if queue is None:
             queue = self._serials[key] = collections.deque()
-            gevent.spawn(self._serially, key, queue)
+            self.table.spawn(Task, self._serially, (key, queue), entity=key)
         queue.append((name, args, pid, ref))
 
     def _serially(self, key, queue):

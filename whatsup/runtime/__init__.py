@@ -1,6 +1,6 @@
 """The OTP-style runtime: processes, supervisors, factories (pools) and industries (shards)."""
 from .process import (CallTimeout, Exit, MailboxFull, Pid, Process, ProcessDead, ProcessTable,
-                      StartFailed)
+                      StartFailed, Task)
 
 __all__ = ["CallTimeout", "Exit", "MailboxFull", "Pid", "Process", "ProcessDead", "ProcessTable",
-           "StartFailed"]
+           "StartFailed", "Task"]

@@ -231,6 +231,27 @@ class Process:
         raise Exit(reason)
 
 
+class Task:
+    """A one-off job as a process (Erlang's ``proc_lib:spawn``): ``fn(*args)`` runs in its own
+    greenlet, listed in ``ps()`` while it runs and stopped by the tree, then the process ends;
+    an exception is a crash, logged once with its traceback. ``table.spawn(Task, fn, args)``."""
+    kind = "task"
+
+    @staticmethod
+    def init(proc, fn, args):
+        proc.mailbox.put(RUN)
+        return fn, args
+
+    @staticmethod
+    def handle_info(proc, msg, job):
+        fn, args = job
+        fn(*args)
+        proc.stop()
+
+
+RUN = ("run",)
+
+
 def current():
     """The process running in the calling greenlet (Erlang's ``self()``), or None outside any."""
     return getattr(gevent.getcurrent(), "process", None)
