@@ -201,4 +201,5 @@ def test_devices_list_and_unlink(ctl, server):
         assert [(d["device"], d["name"], d["online"]) for d in listed] == [(0, "primary", True), (device, "laptop", False)]
         assert ctl.json("devices", "unlink", "bob", str(device))["unlinked"] is True
         assert "unknown_device" in ctl("devices", "unlink", "bob", str(device), code=1).stderr
+        assert "primary_device" in ctl("devices", "unlink", "bob", "0", code=1).stderr
         assert [d["device"] for d in phone.devices()] == [0]

@@ -164,7 +164,9 @@ def devices_list(node, who, user):
 @command("devices.unlink", changes=True, user=USER, device=(True, int))
 def devices_unlink(node, who, user, device):
     """Unlink a companion device: its token is revoked, its session closed, its items released."""
-    if device == PRIMARY or not node.devices.unlink_device(_user(node, user), device, f"unlinked by {who}"):
+    if device == PRIMARY:  # as the protocol's unlink frame answers
+        raise Refused("primary_device", "the primary device cannot be unlinked")
+    if not node.devices.unlink_device(_user(node, user), device, f"unlinked by {who}"):
         raise Refused("unknown_device", f"{user} has no companion device {device}")
     return {"user": user, "device": device, "unlinked": True}
 
