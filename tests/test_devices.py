@@ -159,9 +159,12 @@ def test_a_link_code_expires(make_server):
 
 def test_the_fifth_companion_is_refused_with_device_limit(server):
     server.register("bob")
-    assert [link(server, "bob", f"d{i}")[0] for i in range(4)] == [1, 2, 3, 4]
-    with pytest.raises(ServerError, match="device_limit"):
-        link(server, "bob", "one too many")
+    assert [link(server, "bob", f"d{i}")[0] for i in range(3)] == [1, 2, 3]
+    with server.client("bob") as primary, Client(server.server) as new:
+        code = primary.link_code()  # issued with 3 companions
+        assert new.link("bob", code, "d3")[0] == 4
+        with pytest.raises(ServerError, match="device_limit"):
+            primary.link_code()  # no code is issued for a 5th: no new device would get past link
 
 
 def test_an_unlinked_device_is_closed_cannot_log_in_and_holds_nothing(server):

@@ -76,6 +76,10 @@ class Devices:
     # --- frames of a logged-in device -----------------------------------------------
 
     def link_code(self, user, pid, f):
+        """A code for a new device, refused at once when no new device could use it."""
+        if len(self.accounts.devices(user)) > self.max_companions:  # the primary and max_companions
+            raise ProtocolError(Code.DEVICE_LIMIT, f"{user} already has {self.max_companions} linked devices "
+                                "(devices.max_companions); unlink one first", f["ref"])
         return {"type": "link_code", "ref": f["ref"], "code": self.codes.issue(user), "expires_in": self.codes.ttl}
 
     def list(self, user, pid, f):
