@@ -246,7 +246,8 @@ def test_link_a_second_machine_use_it_without_the_password_give_it_history_list_
     assert "Password" not in chat.stderr, chat.stderr
     assert "bob: typed on the laptop" in cli("inbox", "--as", "alice").stdout
     cli("unlink", "--as", "bob", "1")
-    assert "auth_failed" in cli("inbox", "--as", "bob", env=laptop, check=False).stderr
+    assert "no longer linked" in cli("inbox", "--as", "bob", env=laptop, check=False).stderr
+    assert "is not linked here" in cli("--device", "1", "inbox", "--as", "bob", env=laptop, check=False).stderr
 
 
 def test_an_inbox_cut_by_a_crash_does_not_show_its_messages_again(cli, server):

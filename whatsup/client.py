@@ -821,6 +821,13 @@ class ClientState:
         except (OSError, ValueError, TypeError, KeyError):
             return None
 
+    def forget_credential(self):
+        """The companion linked here was unlinked: its token is worth nothing, drop it."""
+        try:
+            os.unlink(self.credential_path)
+        except FileNotFoundError:
+            pass
+
     def save_credential(self, device, token):
         """Keep a newly linked device's id and token (0600: the token is its credential)."""
         os.makedirs(os.path.dirname(self.credential_path), exist_ok=True)

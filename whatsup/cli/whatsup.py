@@ -43,12 +43,25 @@ def _connect(ctx, user=None, password=None):
                 raise click.ClickException(f"device {device} of {user} is not linked here "
                                            f"(whatsup link --code CODE {user})")
             else:
-                client.login(user, device=device, token=credential[1])
+                _login_linked(client, ClientState(node_id, user), user, device, credential[1])
         return client
     except ServerError as exc:
         raise click.ClickException(f"{exc.code}: {exc.message}") from None
     except OSError as exc:
         raise click.ClickException(f"cannot reach whatsupd at {server}: {exc}") from None
+
+
+def _login_linked(client, linked, user, device, token):
+    """Log in as the companion linked here; a refused token means it was unlinked (by a device of
+    the user, the operator, or after devices.inactive_after): say so and forget the token."""
+    try:
+        client.login(user, device=device, token=token)
+    except ServerError as exc:
+        if exc.code != "auth_failed":
+            raise
+        linked.forget_credential()
+        raise click.ClickException(f"device {device} of {user} is no longer linked (its token was refused and is "
+                                   f"forgotten here); link this machine again: whatsup link --code CODE {user}") from None
 
 
 def _linked_here(ctx, user):
