@@ -14,6 +14,14 @@ def register_many(server, users, connections=16):
     return users
 
 
+def wait_for(predicate, what, timeout=20.0):
+    """Poll ``predicate`` until it holds; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
 def take(client, n, kinds=SPOOLED, timeout=15.0):
     """The next ``n`` pushed frames of ``kinds``; the others are kept aside for later calls."""
     stash = client.__dict__.setdefault("stash", [])

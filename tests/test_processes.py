@@ -1,12 +1,12 @@
 """Everything that lives in a node is a process (issue 13): in the table, supervised, stopped by
 the tree; and the router answers every waiter of a message it cannot store."""
-import time
 import zlib
 
 import gevent
 import pytest
 from gevent.event import Event
 
+from social import wait_for
 from whatsup.protocol import Code, ProtocolError
 from whatsup.runtime import ProcessTable
 from whatsup.runtime.supervisor import SupSpec, Supervisor
@@ -25,13 +25,6 @@ def bodies(client, n):
         if frame["type"] == "msg":
             got.append(frame["body"])
     return got
-
-
-def wait_for(predicate, what, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.02)
 
 
 def test_every_greenlet_of_a_node_is_a_process_after_traffic_groups_and_a_crash_and_stop_leaves_none(

@@ -34,7 +34,6 @@ import logging
 import time
 from typing import NamedTuple
 
-import gevent
 from gevent.event import AsyncResult
 
 from . import engine, wire
