@@ -25,7 +25,7 @@ from gevent.event import Event
 from .. import __version__
 from ..observe import metrics
 from ..observe.logs import redact
-from ..runtime import CallTimeout, Pid, Process, ProcessDead
+from ..runtime import CallTimeout, Pid, Process, ProcessDead, Task
 from ..runtime.process import CALL, SYS, strays
 from . import ERROR_MARK, Table, drain as draining, reload as reloading
 
@@ -323,7 +323,7 @@ class Helpers:
                 self.node.table.sys(proc.pid, hold, limit + 5.0, urgent=True)
             except (ProcessDead, CallTimeout):  # it died, or never reached the hold
                 self._held.pop(proc.pid, None)
-        gevent.spawn(park)
+        self.node.table.spawn(Task, park, (), entity=proc.pid)  # in ps() while it holds
         parked.wait(5.0)
         return f"{proc.pid!r} suspended" if parked.is_set() else f"{proc.pid!r} suspends after its current message"
 
