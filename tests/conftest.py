@@ -11,6 +11,13 @@ from whatsup.testing import LocalCluster, RedisServer, ServerProcess
 PASSWORD = re.compile(rb"pw-[\w.-]{2,}")
 
 
+def pytest_collection_modifyitems(items):
+    """The tests marked slow run first (the order is otherwise kept): under README's
+    ``-n 2 --maxschedchunk 1`` each worker takes the next test when it is done, so the long
+    ones spread over both and the suite does not end waiting on one that came last."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_password_in_any_log(tmp_path_factory):
     """When the suite ends, no log a node or tool wrote under the suite's temporary dirs holds
