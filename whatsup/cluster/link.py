@@ -40,6 +40,7 @@ from . import engine, wire
 from .directory import Directory
 from .engine import UNREACHABLE, retrying
 from .inbox import InboxReader, OutQueue, Outbox
+from .monitors import Monitors
 from ..observe import latency
 from ..protocol import Code, error_frame
 from ..runtime import MailboxFull, ProcessDead, Task
@@ -98,6 +99,7 @@ class Link:
         self.counters = collections.Counter()
         self.rtt = latency.REDIS
         self._rids = itertools.count(1)
+        self.monitors = Monitors(self)  # table.monitor of a pid here on another node
 
     def __repr__(self):
         return (f"<Link {self.node} epoch={self.epoch} live={sorted(self.live)} inflight={len(self.inflight)} "
