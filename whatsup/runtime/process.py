@@ -370,13 +370,17 @@ class ProcessTable:
             raise ProcessDead(f"{pid!r} is not running")
         return proc
 
+    def _elsewhere(self, pid):
+        """True for a pid of another node of the cluster (``remote`` carries what is meant for it)."""
+        return self.remote is not None and type(pid) is Pid and pid.node != self.node
+
     def whereis(self, name):
         return self.names.get(name)
 
     def send(self, pid, msg):
         """Put ``msg`` in the mailbox of ``pid`` (Erlang's ``Pid ! Msg``); MailboxFull at its bound.
         A pid of another node goes through ``remote`` (whatsup/cluster/link.py), when there is one."""
-        if self.remote is not None and type(pid) is Pid and pid.node != self.node:
+        if self._elsewhere(pid):
             return self.remote.send(pid, msg)
         proc = self.lookup(pid)
         if proc.killed is not None:  # its mailbox will never be read again
@@ -388,7 +392,7 @@ class ProcessTable:
     def notify(self, pid, msg):
         """Queue the wake-up ``msg`` unless one with its tag is already waiting (never bounded:
         there is at most one per tag)."""
-        if self.remote is not None and type(pid) is Pid and pid.node != self.node:
+        if self._elsewhere(pid):
             return self.remote.notify(pid, msg)
         proc = self.lookup(pid)
         tag = msg[0]
@@ -441,7 +445,7 @@ class ProcessTable:
         goes down, arrives the same way (whatsup/cluster/monitors.py).
         """
         ref = self.new_ref()
-        if self.remote is not None and type(target) is Pid and target.node != self.node:
+        if self._elsewhere(target):
             self.remote.monitors.monitor(target, watcher, ref)  # whatsup/cluster/monitors.py
             return ref
         try:
@@ -451,7 +455,7 @@ class ProcessTable:
         return ref
 
     def demonitor(self, target, ref):
-        if self.remote is not None and type(target) is Pid and target.node != self.node:
+        if self._elsewhere(target):
             return self.remote.monitors.demonitor(target, ref)
         proc = self.procs.get(target.n) if target.node == self.node else None
         if proc is not None:
