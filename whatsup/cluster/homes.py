@@ -27,7 +27,7 @@ import gevent
 from gevent.event import AsyncResult
 
 from .link import NodeDown, RemoteError
-from ..protocol import ProtocolError, Template
+from ..protocol import Code, ProtocolError, Template, error_frame
 from ..runtime import ProcessDead, Task
 from ..store.accounts import UserTaken
 
@@ -74,14 +74,13 @@ class Homes:
         self.router, self.presence, self.blocks, self.groups = router, presence, blocks, groups
         blocks.shared = self._share_blocks
         groups.placed = self.here
-        self.link.services.update({"put_group": self._put_group,
-                                   "group_msg": self._group_msg})
+        presence.relayed = self._relay
+        self.link.services.update({"put_group": self._put_group, "group_msg": self._group_msg,
+                                   "groups_of": self._groups_of, "relay": self._relayed, "read": self._read})
         self.link.blocking |= {"group_msg", "route", "attach"}
         self.link.services.update({
             "message": lambda pid, ref, sender, cid, to, body, device: router.message(
-                sender, pid, ref, cid, to, body, device),
-            "read": lambda pid, ref, user, to, ids, group, device: router.read(
-                user, pid, ref, to, ids, group, device)})
+                sender, pid, ref, cid, to, body, device)})
 
     # --- as the session's node ---------------------------------------------------------
 
@@ -109,6 +108,9 @@ class Homes:
     def elsewhere(self, ftype, user, pid, f):
         """Forward frame ``f`` of session ``pid`` to the home it concerns (see ROUTED); True when
         it went (its answer comes back as a reply), False when it is served here."""
+        if ftype == "group_list":
+            self._list_groups(user, pid, f["ref"])
+            return True
         if ftype not in ROUTED:
             return False
         key = "group" if ftype == "typing" and "group" in f else ROUTED[ftype][0]
@@ -123,6 +125,40 @@ class Homes:
         else:
             self.forward(entity, pid, ref, "route", ftype, user, f)
         return True
+
+    def _list_groups(self, user, pid, ref):
+        """``group_list``: a group lives on its home node, so every node is asked for the groups
+        of ``user`` it homes (one request each) and the answer merges them; store_failed
+        (retry) while a node of the map is down, rather than a list missing its groups."""
+        down = sorted(set(self.link.map.nodes) - set(self.link.live))
+        found, left = [], [len(self.link.live)]
+
+        def answered(ok, groups):
+            if ok:
+                found.extend(groups)
+            elif not down:
+                down.append(str(groups))
+            left[0] -= 1
+            if not left[0]:
+                self.router.reply(pid, error_frame(Code.STORE_FAILED, f"the groups on {down[0]} cannot be "
+                                                   "listed now; retry", ref) if down else
+                                  {"type": "groups", "ref": ref, "groups": sorted(found, key=lambda g: g["group"])})
+        for node in sorted(self.link.live):
+            if node == self.link.node:
+                answered(True, self._groups_of(user))
+            else:
+                self.link.request(node, "groups_of", (user,), answered)
+
+    def _relay(self, users, frame):
+        """Presence relays ``frame`` (typing) to ``users``: those homed elsewhere get it from
+        their home, which knows all their sessions (one cast per node, whatever the number of
+        users there); returns the users homed here."""
+        here, away = [], {}
+        for user in users:
+            (here.append(user) if self.here(user) else away.setdefault(self.home(user), []).append(user))
+        for node, members in away.items():
+            self.link.cast(node, "relay", members, frame)
+        return here
 
     def gone(self, pid):
         """Session ``pid`` ended: the homes it subscribed on drop its subscriptions, those it sent
@@ -219,6 +255,25 @@ class Homes:
 
     def _gone(self, pid):
         self.presence.gone(pid)
+
+    def _groups_of(self, user):
+        return self.groups.list(user, None, {"ref": None})["groups"]
+
+    def _relayed(self, users, frame):
+        for user in users:
+            session = self.sm.lookup(user)
+            if session is not None:
+                self.router.reply(session, frame)
+
+    def _read(self, pid, ref, user, to, ids, group, device):
+        """A ``read`` served here: by the reader's home (1:1), or by the group's home, which
+        checks the reader belongs to it and holds the ids its members were sent."""
+        if group is not None:
+            try:
+                self.groups.members_of(user, group, ref)
+            except ProtocolError as exc:
+                return self.router.reply(pid, exc.frame())
+        self.router.read(user, pid, ref, to, ids, group, device)
 
     def _share_blocks(self, user, others):
         """``user`` (homed here) changed their block list: every other node holds a copy in RAM."""

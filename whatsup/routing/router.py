@@ -443,9 +443,11 @@ class Router:
         """``device`` of ``user`` has read messages ``ids`` from ``to`` (in ``group``, if given);
         answer ``ok`` once the receipt is durable, or ``queue_full`` when ``to`` has
         offd.max_queue items waiting. The user's other devices hear it (a ``self`` receipt).
-        In a cluster ``user``'s home answers: it holds their queue and the ids sent to them."""
-        if self.remote is not None and not self.remote.here(user):
-            return self.remote.forward(user, pid, ref, "read", user, to, ids, group, device)
+        In a cluster the home of ``user`` answers (it holds their queue and the ids sent to
+        them), or for a group the group's home (it holds the ids sent to the group)."""
+        owner = user if group is None else group
+        if self.remote is not None and not self.remote.here(owner):
+            return self.remote.forward(owner, pid, ref, "read", user, to, ids, group, device)
         if not self.accounts.exists(to):
             return self.reply(pid, error_frame(Code.UNKNOWN_USER, f"no such user {to!r}", ref))
         undelivered = self.undelivered(user, to, ids, group)

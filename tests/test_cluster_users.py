@@ -1,0 +1,76 @@
+"""Users across three real nodes joined through one real redis-server, shared by the module's tests
+(each uses names of its own): groups whose members and homes are spread over the nodes, bans and
+retired names held on every node, companion devices on another node than the primary's and the
+user's home (docs/ARCHITECTURE.md, "A cluster")."""
+import pytest
+
+from social import quiet, take
+from whatsup.client import ServerError
+from whatsup.testing import LocalCluster, RedisServer
+
+
+@pytest.fixture(scope="module")
+def cl(tmp_path_factory):
+    """One cluster for the module (three nodes cost ~5 s to start); the hub-blocked gate as
+    make_cluster's, checked when the module ends."""
+    d = tmp_path_factory.mktemp("cluster-users")
+    redis = RedisServer(d / "redis").start()
+    cluster = LocalCluster(d / "cluster", redis)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+        redis.kill()
+    blocked = [report for srv in cluster.nodes.values() for report in srv.blocking_reports()]
+    assert not blocked, "the hub was blocked:\n" + "\n".join(blocked)
+
+
+def served(cl, ask, node, what):
+    """How many ``what`` (``call:put_group``, ``cast:relay``...) ``node`` served for other nodes."""
+    with cl[node].shell() as sh:
+        return ask(sh, f"stats(0.1)['metrics']['cluster_events_total'].get({what!r}, 0)")
+
+
+def test_groups_homed_on_two_nodes_are_listed_typed_to_and_read_from_any_node(cl, ask):
+    a, b, c = cl.names
+    ann, bea = cl.homed(a, "gann")[0], cl.homed(b, "gbea")[0]
+    cid, cyd = cl.homed(c, "gcid", 2)
+    cl[a].register(ann, bea, cid, cyd)
+    an, be, ci, cy = cl[b].client(ann), cl[c].client(bea), cl[a].client(cid), cl[a].client(cyd)
+    g1 = an.group_create("one", [bea, cid, cyd])   # lives where ann is connected: b
+    g2 = be.group_create("two", [ann])             # and this one on c
+    assert (cl.map.home(g1), cl.map.home(g2)) == (b, c)
+    take(an, 2, ("group_event",)), take(be, 2, ("group_event",))
+    take(ci, 1, ("group_event",)), take(cy, 1, ("group_event",))
+
+    # group_list, asked on b: every group of ann, wherever it lives
+    assert sorted((g["group"], g["name"], g["size"]) for g in an.group_list()) == sorted(
+        [(g1, "one", 4), (g2, "two", 2)])
+    assert [g["group"] for g in ci.group_list()] == [g1]
+
+    # the fan-out: one hop to each node holding members (cid and cyd are both homed on c)
+    before = served(cl, ask, c, "call:put_group")
+    an.send(None, "hello", id="h1", group=g1)
+    assert served(cl, ask, c, "call:put_group") == before + 1
+    got = {u: take(cli, 1, ("msg",))[0]["id"] for u, cli in ((bea, be), (cid, ci), (cyd, cy))}
+    assert got == {bea: "h1", cid: "h1", cyd: "h1"}
+
+    # typing in g1 from a (cid's session): its home b relays, one cast to c for both members there
+    before = served(cl, ask, c, "cast:relay")
+    ci.typing(group=g1)
+    for member in (an, be, cy):
+        assert take(member, 1, ("typing",))[0] == {"type": "typing", "from": cid, "state": "typing", "group": g1}
+    assert served(cl, ask, c, "cast:relay") == before + 1
+    assert quiet(ci) == []
+
+    # a read sent on c (bea's node) for a group homed on b: checked and answered there
+    be.read(ann, ["h1"], group=g1)
+    receipts = take(an, 4, ("receipt",))   # ✓✓ from each member, and the read
+    assert ("read", ["h1"], bea, g1) in [(r["status"], r["ids"], r["from"], r["group"]) for r in receipts]
+    with pytest.raises(ServerError, match="not_member"):
+        cy.read(bea, ["x"], group=g2)               # cyd is not in g2 (homed on c, asked on a)
+    with pytest.raises(ServerError, match="not_delivered"):
+        ci.read(ann, ["never-sent"], group=g1)
+    for client in (an, be, ci, cy):
+        client.close()
