@@ -2,11 +2,17 @@
 (each uses names of its own): groups whose members and homes are spread over the nodes, bans and
 retired names held on every node, companion devices on another node than the primary's and the
 user's home (docs/ARCHITECTURE.md, "A cluster")."""
+import json
+import os
+import subprocess
+
 import pytest
 
 from social import quiet, take
 from whatsup.client import ServerError
-from whatsup.testing import LocalCluster, RedisServer
+from whatsup.testing import LocalCluster, RedisServer, closed_with
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +80,42 @@ def test_groups_homed_on_two_nodes_are_listed_typed_to_and_read_from_any_node(cl
         ci.read(ann, ["never-sent"], group=g1)
     for client in (an, be, ci, cy):
         client.close()
+
+
+def whatsupctl(node, *args):
+    """``whatsupctl --data-dir <node's> ARGS --json``, run as the operator does."""
+    out = subprocess.run([os.path.join(ROOT, "bin", "whatsupctl"), "--data-dir", node.data_dir, *args, "--json"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    return json.loads(out.stdout)
+
+
+def test_a_ban_and_a_retired_name_hold_on_every_node(cl):
+    a, b, c = cl.names
+    bad, gone = cl.homed(a, "bbad")[0], cl.homed(b, "bgone")[0]
+    keeper, friend = cl.homed(a, "bkeep")[0], cl.homed(c, "bfriend")[0]
+    cl[c].register(bad, gone, keeper, friend)
+
+    # banned by the operator of c, while connected to b: the home (a) closes that session
+    with cl[b].client(bad) as session:
+        assert whatsupctl(cl[c], "users", "ban", bad, "--reason", "spam")["reason"] == "spam"
+        assert closed_with(session) == "banned"
+    for name in cl.names:
+        with pytest.raises(ServerError, match="banned"):
+            cl[name].client(bad)
+    assert whatsupctl(cl[b], "users", "unban", bad)["was_banned"] is True
+    cl[c].client(bad).close()
+
+    # deleted while connected to c (home b): a group on a loses them, a block on c of them goes
+    with cl[a].client(keeper) as ke, cl[c].client(friend) as fr, cl[c].client(gone) as go:
+        gid = ke.group_create("stay", [gone, friend])
+        fr.block(gone)
+        assert go.delete_account(f"pw-{gone}")["type"] == "ok"
+        assert ke.group_info(gid)["members"] == [keeper, friend]
+        assert fr.blocked() == []
+    for name in cl.names:
+        with cl[name].client() as anyone:
+            with pytest.raises(ServerError, match="user_taken"):
+                anyone.register(gone, "pw-again-123")
+        with pytest.raises(ServerError, match="auth_failed"):
+            cl[name].client(gone)

@@ -47,7 +47,7 @@ ROUTED = {"typing": ("to", "presence", "typing"), "presence_sub": ("user", "pres
 class Homes:
     def __init__(self, link, sm, offd, accounts, window, budget):
         self.link, self.sm, self.offd, self.accounts = link, sm, offd, accounts
-        self.router = self.presence = self.blocks = self.groups = None  # set by wire()
+        self.router = self.presence = self.blocks = self.groups = self.lifecycle = None  # set by wire()
         self.spools = {}  # node -> RemoteSpool: what a fan-out here queues for users homed there
         self.subscribed = set()  # our sessions that subscribed to presence on other nodes
         self.window, self.budget = window, budget
@@ -69,11 +69,15 @@ class Homes:
     def __repr__(self):
         return f"<Homes remote_sessions={len(self.remote)} due={len(self.due)}>"
 
-    def wire(self, router, presence, blocks, groups):
+    def wire(self, router, presence, blocks, groups, lifecycle):
         """The services a home runs for sessions on other nodes (Router.remote forwards them)."""
         self.router, self.presence, self.blocks, self.groups = router, presence, blocks, groups
+        self.lifecycle = lifecycle
         blocks.shared = self._share_blocks
-        groups.placed = self.here
+        groups.placed = blocks.placed = self.here
+        lifecycle.remote = self
+        self.link.services.update({"lifecycle": self._lifecycle, "lifecycle_set": lifecycle.learn,
+                                   "lifecycle_of": self._lifecycle_of, "forget": self._forget})
         presence.relayed = self._relay
         self.link.services.update({"put_group": self._put_group, "group_msg": self._group_msg,
                                    "groups_of": self._groups_of, "relay": self._relayed, "read": self._read})
@@ -204,7 +208,54 @@ class Homes:
             if node != self.link.node:
                 self.link.cast(node, "user", user, exists)
 
+    # --- bans and retired names (whatsup/users/lifecycle.py calls these) --------------------
+
+    def at_home(self, user, verb, *args):
+        """Lifecycle ``verb`` (ban, unban, delete) of ``user``, made by their home. Raises
+        KeyError (no such user there), NodeDown (the home is down: retry)."""
+        try:
+            return self.link.call(self.home(user), "lifecycle", verb, args)
+        except RemoteError as exc:
+            if str(exc).startswith("KeyError"):
+                raise KeyError(user) from None
+            raise
+
+    def share(self, name, user, value):
+        """``user`` (homed here) was banned, unbanned or retired: every other node's copy too."""
+        for node in self.link.live:
+            if node != self.link.node:
+                self.link.cast(node, "lifecycle_set", name, user, value)
+
+    def forget(self, user):
+        """``user`` (homed here) is deleted: each node has them leave the groups it homes and
+        drops its users' blocks of them; returns the groups left (a node down keeps its own)."""
+        left = []
+        for node in sorted(self.link.live):
+            try:
+                left += self.link.call(node, "forget", user)
+            except (NodeDown, RemoteError) as exc:
+                log.error("cluster: %s deleted, but not forgotten on %s (%s)", user, node, exc)
+        return left
+
     # --- as the home ----------------------------------------------------------------------
+
+    def _lifecycle(self, verb, args):
+        if verb not in ("ban", "unban", "delete"):
+            raise ValueError(f"no lifecycle verb {verb!r}")
+        return getattr(self.lifecycle, verb)(*args)
+
+    def _lifecycle_of(self):
+        """The bans and retired names of the users homed here (what other nodes hold in RAM)."""
+        return {name: {u: v for u, v in getattr(self.lifecycle, name).items() if self.here(u)}
+                for name in ("bans", "retired")}
+
+    def _forget(self, user):
+        gids = [g["group"] for g in self._groups_of(user)]
+        for gid in gids:
+            self.lifecycle.leave(user, gid)
+        if not self.here(user):  # the home forgets its own after purging the queue
+            self.blocks.forget(user)
+        return gids
 
     def _attach(self, user, device, pid):
         spool = self.offd.spool(user)  # first: a restarting shard fails the login, changing nothing
@@ -331,7 +382,10 @@ class Homes:
         return sorted(self.accounts.own())
 
     def _user(self, user, exists):
+        """``user``'s record changed on their home (registered, new password, deleted): a login
+        here no longer passes on the password it remembered (KnownLogins)."""
         (self.accounts.users.add if exists else self.accounts.users.discard)(user)
+        self.accounts.forget(user)
 
     # --- pushing to sessions on other nodes --------------------------------------------------
 
@@ -418,11 +472,15 @@ class Homes:
             self.link.cast(node, "attach", user, device, pid)
 
     def _learn_users(self, node):
-        """What every node holds in RAM of the users ``node`` homes: their names, their block lists."""
+        """What every node holds in RAM of the users ``node`` homes: their names, block lists, bans
+        and retired names."""
         try:
             self.accounts.users.update(self.link.call(node, "users"))
             for user, others in self.link.call(node, "blocks_of").items():
                 self._blocked(user, others)
+            for name, records in self.link.call(node, "lifecycle_of").items():
+                for user, value in records.items():
+                    self.lifecycle.learn(name, user, value)
         except (NodeDown, RemoteError) as exc:
             log.warning("cluster: the users of %s not learnt (%s)", node, exc)
 
