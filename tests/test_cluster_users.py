@@ -9,7 +9,8 @@ import subprocess
 import pytest
 
 from social import quiet, take
-from whatsup.client import ServerError
+from test_devices import collect, info, msgs, n_msgs, receipts
+from whatsup.client import Client, ServerError
 from whatsup.testing import LocalCluster, RedisServer, closed_with
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -119,3 +120,46 @@ def test_a_ban_and_a_retired_name_hold_on_every_node(cl):
                 anyone.register(gone, "pw-again-123")
         with pytest.raises(ServerError, match="auth_failed"):
             cl[name].client(gone)
+
+
+def test_a_companion_linked_on_another_node_than_the_primary_and_the_home(cl):
+    a, b, c = cl.names
+    mia, pia = cl.homed(a, "dmia")[0], cl.homed(c, "dpia")[0]
+    cl[b].register(mia, pia)
+    phone, peer = cl[b].client(mia), cl[a].client(pia)   # mia homed on a, her phone on b
+    code = phone.link_code()                             # kept by her home, a
+    with Client(cl[c].server) as new:                    # the new device, on c
+        laptop, token = new.link(mia, code, "laptop")
+    with Client(cl[b].server) as again, pytest.raises(ServerError, match="bad_link_code"):
+        again.link(mia, code, "stolen")                  # single-use on every node
+    lap = Client(cl[c].server)
+    lap.login(mia, device=laptop, token=token)           # the token is checked on c
+    assert [(d["device"], d["online"]) for d in phone.devices()] == [(0, True), (laptop, True)]
+
+    # to mia: on both devices, ✓✓ once, and message info per device (asked on a, answered by a)
+    peer.send(mia, "to both", id="p1")
+    assert [m["id"] for m in msgs(collect(phone, n_msgs(1)))] == ["p1"]
+    assert [m["id"] for m in msgs(collect(lap, n_msgs(1)))] == ["p1"]
+    assert [f["ids"] for f in receipts(collect(peer, lambda fs: receipts(fs, "delivered")), "delivered")] == [["p1"]]
+    phone.ping(), lap.ping()
+    assert info(peer, mia, "p1") == {0: True, laptop: True}
+
+    # from the laptop (on c): the phone (on b) gets its self copy; a read from the phone reaches the laptop
+    lap.send(pia, "from the laptop", id="l1")
+    synced = msgs(collect(phone, n_msgs(1)))
+    assert [(m["id"], m["to"], m["device"]) for m in synced] == [("l1", pia, laptop)]
+    phone.read(pia, ["p1"])
+    got = receipts(collect(lap, lambda fs: receipts(fs, "read")), "read")
+    assert [(f["ids"], f["to"], f["device"]) for f in got] == [(["p1"], pia, 0)]
+    assert phone.send_history(laptop, b"old chats")["type"] == "ok"
+    assert [f["bundle"] for f in collect(lap, lambda fs: any(f["type"] == "history" for f in fs))
+            if f["type"] == "history"] == [b"old chats"]
+
+    # unlinked from the phone (on b): the laptop's session (on c) closes, its token works nowhere
+    phone.unlink(laptop)
+    assert closed_with(lap) == "unlinked"
+    for name in cl.names:
+        with Client(cl[name].server) as c2, pytest.raises(ServerError, match="auth_failed"):
+            c2.login(mia, device=laptop, token=token)
+    for client in (phone, peer):
+        client.close()

@@ -28,6 +28,7 @@ from gevent.event import AsyncResult
 
 from .link import NodeDown, RemoteError
 from ..protocol import Code, ProtocolError, Template, error_frame
+from ..c2s.admission import Refused
 from ..runtime import ProcessDead, Task
 from ..store.accounts import UserTaken
 
@@ -41,13 +42,18 @@ ROUTED = {"typing": ("to", "presence", "typing"), "presence_sub": ("user", "pres
           "block_list": (None, "blocks", "list"), "group_add": ("group", "groups", "add"),
           "group_remove": ("group", "groups", "remove"), "group_leave": ("group", "groups", "leave"),
           "group_admin": ("group", "groups", "set_admin"), "group_rename": ("group", "groups", "rename"),
-          "group_info": ("group", "groups", "info")}
+          "group_info": ("group", "groups", "info"), "link_code": (None, "devices", "link_code"),
+          "devices": (None, "devices", "list"), "unlink": (None, "devices", "unlink"),
+          "info": ("to", "router", "info")}
+#: What another node has the home of a user do for that user (Homes.at_home): the truth of their
+#: bans, retired name, link codes and devices is there, as their account is.
+AT_HOME = {"lifecycle": ("ban", "unban", "delete"), "devices": ("link", "unlink_device", "logged_in")}
 
 
 class Homes:
     def __init__(self, link, sm, offd, accounts, window, budget):
         self.link, self.sm, self.offd, self.accounts = link, sm, offd, accounts
-        self.router = self.presence = self.blocks = self.groups = self.lifecycle = None  # set by wire()
+        self.router = self.presence = self.blocks = self.groups = self.lifecycle = self.devices = None  # wire()
         self.spools = {}  # node -> RemoteSpool: what a fan-out here queues for users homed there
         self.subscribed = set()  # our sessions that subscribed to presence on other nodes
         self.window, self.budget = window, budget
@@ -63,21 +69,23 @@ class Homes:
         link.services.update({
             "attach": self._attach, "detach": self._detach, "acked": self._acked, "put": self._put,
             "account": self._account, "account_put": self._account_put, "users": self._users,
-            "user": self._user, "route": self._route, "gone": self._gone, "blocks_of": self._blocks_of,
+            "user": self._user, "devices_of": self._devices_of, "route": self._route, "gone": self._gone, "blocks_of": self._blocks_of,
             "blocked": self._blocked, "reattach": self._reattach, "resync": self._resync})
 
     def __repr__(self):
         return f"<Homes remote_sessions={len(self.remote)} due={len(self.due)}>"
 
-    def wire(self, router, presence, blocks, groups, lifecycle):
+    def wire(self, router, presence, blocks, groups, lifecycle, devices):
         """The services a home runs for sessions on other nodes (Router.remote forwards them)."""
         self.router, self.presence, self.blocks, self.groups = router, presence, blocks, groups
-        self.lifecycle = lifecycle
+        self.lifecycle, self.devices = lifecycle, devices
         blocks.shared = self._share_blocks
         groups.placed = blocks.placed = self.here
-        lifecycle.remote = self
-        self.link.services.update({"lifecycle": self._lifecycle, "lifecycle_set": lifecycle.learn,
-                                   "lifecycle_of": self._lifecycle_of, "forget": self._forget})
+        lifecycle.remote = devices.remote = self
+        self.link.services.update({"home": self._at_home, "lifecycle_set": lifecycle.learn,
+                                   "lifecycle_of": self._lifecycle_of, "forget": self._forget,
+                                   "devices_set": self.accounts.companions, "history": self._history})
+        self.link.blocking |= {"home"}
         presence.relayed = self._relay
         self.link.services.update({"put_group": self._put_group, "group_msg": self._group_msg,
                                    "groups_of": self._groups_of, "relay": self._relayed, "read": self._read})
@@ -210,15 +218,31 @@ class Homes:
 
     # --- bans and retired names (whatsup/users/lifecycle.py calls these) --------------------
 
-    def at_home(self, user, verb, *args):
-        """Lifecycle ``verb`` (ban, unban, delete) of ``user``, made by their home. Raises
-        KeyError (no such user there), NodeDown (the home is down: retry)."""
+    def at_home(self, user, feature, verb, *args):
+        """``verb`` of ``feature`` (AT_HOME) for ``user``, done by their home: its value. Raises
+        what it raised there: Refused (with its code: a refused link...), KeyError (no such
+        user), NodeDown (the home is down: retry)."""
         try:
-            return self.link.call(self.home(user), "lifecycle", verb, args)
+            value = self.link.call(self.home(user), "home", feature, verb, args)
         except RemoteError as exc:
             if str(exc).startswith("KeyError"):
                 raise KeyError(user) from None
             raise
+        if isinstance(value, dict) and "refused" in value:
+            raise Refused(*value["refused"])
+        return value
+
+    def seen_at_home(self, user, device):
+        """Companion ``device`` of ``user`` logged in here: their home stores when (and unlinks
+        their companions away too long), without the login waiting for it."""
+        self.link.cast(self.home(user), "home", "devices", "logged_in", (user, device))
+
+    def share_devices(self, user, row):
+        """``user``'s devices (homed here) changed: every node's copy too (a companion's token
+        is checked, and the user's devices counted, where the session is)."""
+        for node in self.link.live:
+            if node != self.link.node:
+                self.link.cast(node, "devices_set", user, row)
 
     def share(self, name, user, value):
         """``user`` (homed here) was banned, unbanned or retired: every other node's copy too."""
@@ -239,10 +263,16 @@ class Homes:
 
     # --- as the home ----------------------------------------------------------------------
 
-    def _lifecycle(self, verb, args):
-        if verb not in ("ban", "unban", "delete"):
-            raise ValueError(f"no lifecycle verb {verb!r}")
-        return getattr(self.lifecycle, verb)(*args)
+    def _at_home(self, feature, verb, args):
+        if verb not in AT_HOME.get(feature, ()):
+            raise ValueError(f"no such service at home: {feature}.{verb}")
+        try:
+            return getattr(getattr(self, feature), verb)(*args)
+        except (ProtocolError, Refused) as exc:
+            return {"refused": [exc.code, str(exc), exc.retry_after]}
+
+    def _history(self, pid, ref, user, device, to_device, bundle):
+        self.router.history(user, device, pid, ref, to_device, bundle)
 
     def _lifecycle_of(self):
         """The bans and retired names of the users homed here (what other nodes hold in RAM)."""
@@ -291,8 +321,7 @@ class Homes:
         answer (or the refusal) sent back to the session."""
         _, owner, method = ROUTED[ftype]
         try:
-            answer = getattr({"presence": self.presence, "blocks": self.blocks, "groups": self.groups}[owner],
-                             method)(user, pid, f)
+            answer = getattr(getattr(self, owner), method)(user, pid, f)
         except ProtocolError as exc:
             answer = exc.frame()
         if answer is not None:
@@ -380,6 +409,9 @@ class Homes:
 
     def _users(self):
         return sorted(self.accounts.own())
+
+    def _devices_of(self):
+        return {user: self.accounts.rows(user) for user in self.accounts.own() if self.accounts.rows(user)}
 
     def _user(self, user, exists):
         """``user``'s record changed on their home (registered, new password, deleted): a login
@@ -472,12 +504,14 @@ class Homes:
             self.link.cast(node, "attach", user, device, pid)
 
     def _learn_users(self, node):
-        """What every node holds in RAM of the users ``node`` homes: their names, block lists, bans
-        and retired names."""
+        """What every node holds in RAM of the users ``node`` homes: their names, devices, block
+        lists, bans and retired names."""
         try:
             self.accounts.users.update(self.link.call(node, "users"))
             for user, others in self.link.call(node, "blocks_of").items():
                 self._blocked(user, others)
+            for user, row in self.link.call(node, "devices_of").items():
+                self.accounts.companions(user, row)
             for name, records in self.link.call(node, "lifecycle_of").items():
                 for user, value in records.items():
                     self.lifecycle.learn(name, user, value)

@@ -74,7 +74,7 @@ class Lifecycle:
     def ban(self, user, reason, by):
         """Refuse ``user``'s logins from now on and close their session; returns the ban record."""
         if self._away(user):
-            return self.remote.at_home(user, "ban", user, reason, by)
+            return self.remote.at_home(user, "lifecycle", "ban", user, reason, by)
         self._known(user)
         record = {"reason": reason, "by": by, "at": round(self.clock(), 3)}
         durably(self._tables["bans"], user, record)
@@ -85,7 +85,7 @@ class Lifecycle:
     def unban(self, user):
         """Let ``user`` log in again; False if they were not banned."""
         if self._away(user):
-            return self.remote.at_home(user, "unban", user)
+            return self.remote.at_home(user, "lifecycle", "unban", user)
         if user not in self.bans:
             return False
         durably(self._tables["bans"], user, None)
@@ -127,7 +127,7 @@ class Lifecycle:
         hears ``left``), blocks both ways, privacy; the name is retired for name_reuse_days.
         Returns what was removed."""
         if self._away(user):
-            return self.remote.at_home(user, "delete", user, keep)
+            return self.remote.at_home(user, "lifecycle", "delete", user, keep)
         self._known(user)
         if self.reuse > 0:  # first: from here on the name cannot be registered again
             until = round(self.clock() + self.reuse, 3)
