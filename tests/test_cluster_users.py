@@ -71,6 +71,13 @@ def test_groups_homed_on_two_nodes_are_listed_typed_to_and_read_from_any_node(cl
     assert served(cl, ask, c, "cast:relay") == before + 1
     assert quiet(ci) == []
 
+    # a change: its event goes to c for both members there in one request too
+    before = served(cl, ask, c, "call:put_each")
+    an.group_rename(g1, "uno")
+    for member in (be, ci, cy):
+        assert take(member, 1, ("group_event",))[0]["name"] == "uno"
+    assert served(cl, ask, c, "call:put_each") == before + 1
+
     # a read sent on c (bea's node) for a group homed on b: checked and answered there
     be.read(ann, ["h1"], group=g1)
     receipts = take(an, 4, ("receipt",))   # ✓✓ from each member, and the read

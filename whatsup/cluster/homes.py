@@ -30,7 +30,9 @@ from .link import NodeDown, RemoteError
 from ..protocol import Code, ProtocolError, Template, error_frame
 from ..c2s.admission import Refused
 from ..runtime import ProcessDead, Task
+from ..routing.router import AllDurable
 from ..store.accounts import UserTaken
+from ..store.offd import ShardDown
 
 log = logging.getLogger("whatsup.cluster")
 #: Frames served by the home of what they name: frame type -> (the key naming it, None for the
@@ -87,7 +89,8 @@ class Homes:
                                    "devices_set": self.accounts.companions, "history": self._history})
         self.link.blocking |= {"home"}
         presence.relayed = self._relay
-        self.link.services.update({"put_group": self._put_group, "group_msg": self._group_msg,
+        self.link.services.update({"put_group": self._put_group, "put_each": self._put_each,
+                                   "group_msg": self._group_msg,
                                    "groups_of": self._groups_of, "relay": self._relayed, "read": self._read})
         self.link.blocking |= {"group_msg", "route", "attach"}
         self.link.services.update({
@@ -193,9 +196,7 @@ class Homes:
     def put(self, user, kind, frame, on_durable, force):
         """Queue ``frame`` for ``user`` in their home's offd; ``on_durable(err)`` once it is
         fsynced there (err None) or failed (the home down, Redis lost for too long...)."""
-        def done(ok, value):
-            on_durable(None if ok and value is None else RemoteError(value if ok else str(value)))
-        self.link.request(self.home(user), "put", (user, kind, frame, force), done)
+        self.link.request(self.home(user), "put", (user, kind, frame, force), _answered(on_durable))
 
     # --- accounts of users homed elsewhere (whatsup/store/accounts.py calls these) -------
 
@@ -371,8 +372,19 @@ class Homes:
         return {u: sorted(o) for u, o in self.blocks.blocked.items() if self.here(u)}
 
     def _put(self, user, kind, frame, force):
+        return self._put_each([(user, kind, frame, force)])
+
+    def _put_each(self, entries):
+        """Items ``(user, kind, frame, force)`` for users homed here; answered (None, or the first
+        error) once every one is fsynced."""
         done = AsyncResult()
-        self.offd.spool(user).put(user, kind, frame, on_durable=done.set, force=force)
+        stored = AllDurable(done.set)
+        try:
+            for user, kind, frame, force in entries:
+                self.offd.spool(user).put(user, kind, frame, on_durable=stored.expect(), force=force)
+        except ShardDown as exc:
+            stored.expect()(exc)
+        stored.release()
         err = done.get()
         return None if err is None else f"{type(err).__name__}: {err}"
 
@@ -521,18 +533,42 @@ class Homes:
 
 class RemoteSpool:
     """The offd of another node as a group fan-out sees it (Router.copies, Groups._event): a
-    copy for its users goes there in one request per fan-out, an event per member."""
+    message's copies for its users go there in one request, and so do the items put for them
+    in one hub turn (a group event for every member: one hop per node, not per member)."""
 
     def __init__(self, homes, node):
         self.homes, self.node = homes, node
+        self.batch = []  # (user, kind, frame, force) put since the last request
+        self.waiting = []  # their durability callbacks
 
     def __repr__(self):
-        return f"<RemoteSpool {self.node}>"
+        return f"<RemoteSpool {self.node} batch={len(self.batch)}>"
 
     def put_group(self, users, gid, sender, cid, template, on_durable):
-        def done(ok, value):
-            on_durable(None if ok and value is None else RemoteError(value if ok else str(value)))
-        self.homes.link.request(self.node, "put_group", (users, gid, sender, cid, template.head), done)
+        self.flush()  # what was put before goes first: a member sees events and messages in order
+        self.homes.link.request(self.node, "put_group", (users, gid, sender, cid, template.head),
+                                _answered(on_durable))
 
     def put(self, user, kind, frame, on_durable=None, force=False, **_):
-        self.homes.put(user, kind, frame, on_durable or (lambda err: None), force)
+        if not self.batch:
+            gevent.get_hub().loop.run_callback(self.flush)
+        self.batch.append((user, kind, frame, force))
+        self.waiting.append(on_durable or (lambda err: None))
+
+    def flush(self):
+        if not self.batch:
+            return
+        batch, waiting, self.batch, self.waiting = self.batch, self.waiting, [], []
+
+        def stored(err):
+            for on_durable in waiting:
+                on_durable(err)
+        self.homes.link.request(self.node, "put_each", (batch,), _answered(stored))
+
+
+def _answered(on_durable):
+    """A request's ``done(ok, value)`` for a durability callback: None once stored there, else
+    the error (what the service answered, or why no answer came)."""
+    def done(ok, value):
+        on_durable(None if ok and value is None else RemoteError(value if ok else str(value)))
+    return done
