@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from social import quiet, take
+from social import quiet, take, wait_for
 from test_devices import collect, info, msgs, n_msgs, receipts
 from whatsup.client import Client, ServerError
 from whatsup.testing import LocalCluster, RedisServer, closed_with
@@ -88,6 +88,15 @@ def test_groups_homed_on_two_nodes_are_listed_typed_to_and_read_from_any_node(cl
         ci.read(ann, ["never-sent"], group=g1)
     for client in (an, be, ci, cy):
         client.close()
+
+
+def ask_ok(node, user):
+    """True when ``user`` logs in on ``node``."""
+    try:
+        node.client(user).close()
+        return True
+    except ServerError:
+        return False
 
 
 def whatsupctl(node, *args):
@@ -170,3 +179,20 @@ def test_a_companion_linked_on_another_node_than_the_primary_and_the_home(cl):
             c2.login(mia, device=laptop, token=token)
     for client in (phone, peer):
         client.close()
+
+
+def test_a_node_whose_copy_missed_a_change_learns_it_again_when_redis_comes_back(cl, ask):
+    """Redis may lose its last second at a crash, with it a change a home sent every node (an
+    unban here, put back by hand as if lost): once Redis is back every node learns again."""
+    a, b, c = cl.names
+    lucky = cl.homed(a, "rlucky")[0]
+    cl[c].register(lucky)
+    with cl[b].shell() as sh:
+        ask(sh, f"node.lifecycle.bans.update({{{lucky!r}: {{'reason': 'lost unban', 'by': 'x', 'at': 0}}}}) or 1")
+    with pytest.raises(ServerError, match="banned"):
+        cl[b].client(lucky)
+    cl[a].client(lucky).close()   # its home knows better
+    cl.redis.kill()
+    cl.redis.start()
+    wait_for(lambda: cl[b].log().count("redis: reading the inbox again") >= 1, "b did not read its inbox again")
+    wait_for(lambda: ask_ok(cl[b], lucky), f"b still refuses {lucky}")

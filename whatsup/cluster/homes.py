@@ -20,6 +20,7 @@ sessions it held (presence goes offline), and the sessions it served are
 attached again when it is back (it pushes their queues from the start: devices
 skip the seqs they have seen).
 """
+import functools
 import itertools
 import logging
 
@@ -67,7 +68,7 @@ class Homes:
         link.pokes = self.poke
         sm.placed = self._placed
         link.watchers.append(self._node_changed)
-        link.reconnected.append(self._resend)
+        link.reconnected += [self._resend, self._relearn]
         link.services.update({
             "attach": self._attach, "detach": self._detach, "acked": self._acked, "put": self._put,
             "account": self._account, "account_put": self._account_put, "users": self._users,
@@ -148,11 +149,11 @@ class Homes:
         down = sorted(set(self.link.map.nodes) - set(self.link.live))
         found, left = [], [len(self.link.live)]
 
-        def answered(ok, groups):
+        def answered(node, ok, groups):
             if ok:
                 found.extend(groups)
-            elif not down:
-                down.append(str(groups))
+            else:
+                down.append(node)
             left[0] -= 1
             if not left[0]:
                 self.router.reply(pid, error_frame(Code.STORE_FAILED, f"the groups on {down[0]} cannot be "
@@ -160,9 +161,9 @@ class Homes:
                                   {"type": "groups", "ref": ref, "groups": sorted(found, key=lambda g: g["group"])})
         for node in sorted(self.link.live):
             if node == self.link.node:
-                answered(True, self._groups_of(user))
+                answered(node, True, self._groups_of(user))
             else:
-                self.link.request(node, "groups_of", (user,), answered)
+                self.link.request(node, "groups_of", (user,), functools.partial(answered, node))
 
     def _relay(self, users, frame):
         """Presence relays ``frame`` (typing) to ``users``: those homed elsewhere get it from
@@ -423,7 +424,7 @@ class Homes:
         return sorted(self.accounts.own())
 
     def _devices_of(self):
-        return {user: self.accounts.rows(user) for user in self.accounts.own() if self.accounts.rows(user)}
+        return {user: self.accounts.rows(user) for user in self.accounts.linked() if self.here(user)}
 
     def _user(self, user, exists):
         """``user``'s record changed on their home (registered, new password, deleted): a login
@@ -508,6 +509,13 @@ class Homes:
             self.link.cast(node, "reattach", self.link.node)
             self.link.table.spawn(Task, self._learn_users, (node,), entity=node)
 
+    def _relearn(self):
+        """Redis came back: a change another node sent meanwhile may be lost with its tail (a
+        ban, an unlinked device...): what we hold of every node's users is learnt again."""
+        for node in self.link.live:
+            if node != self.link.node:
+                self.link.table.spawn(Task, self._learn_users, (node,), entity=node)
+
     def _reattach(self, node):
         """Register with ``node`` every session here of a user it homes."""
         mine = [(user, device, pid) for user, devices in self.sm.sessions.items() if self.home(user) == node
@@ -517,16 +525,18 @@ class Homes:
 
     def _learn_users(self, node):
         """What every node holds in RAM of the users ``node`` homes: their names, devices, block
-        lists, bans and retired names."""
+        lists, bans and retired names: what it answers replaces what we held of its users."""
+        def learn(held, now, put):
+            for user in [u for u in held if u not in now and self.home(u) == node]:
+                put(user, None)
+            for user, value in now.items():
+                put(user, value)
         try:
             self.accounts.users.update(self.link.call(node, "users"))
-            for user, others in self.link.call(node, "blocks_of").items():
-                self._blocked(user, others)
-            for user, row in self.link.call(node, "devices_of").items():
-                self.accounts.companions(user, row)
+            learn(self.blocks.blocked, self.link.call(node, "blocks_of"), self._blocked)
+            learn(self.accounts.linked(), self.link.call(node, "devices_of"), self.accounts.companions)
             for name, records in self.link.call(node, "lifecycle_of").items():
-                for user, value in records.items():
-                    self.lifecycle.learn(name, user, value)
+                learn(getattr(self.lifecycle, name), records, functools.partial(self.lifecycle.learn, name))
         except (NodeDown, RemoteError) as exc:
             log.warning("cluster: the users of %s not learnt (%s)", node, exc)
 

@@ -381,6 +381,10 @@ class AccountStore:
         """``user``'s companions' row (None: they never linked one)."""
         return self._devices.get(user)
 
+    def linked(self):
+        """The users who have a companions' row (who linked a device once)."""
+        return list(self._devices)
+
     def _store_devices(self, user, row):
         """Store ``user``'s companions' row durably (None deletes it); in a cluster every other
         node holds a copy (their home stores it: link, unlink... run there)."""
