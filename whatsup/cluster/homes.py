@@ -72,8 +72,9 @@ class Homes:
         link.services.update({
             "attach": self._attach, "detach": self._detach, "acked": self._acked, "put": self._put,
             "account": self._account, "account_put": self._account_put, "users": self._users,
-            "user": self._user, "devices_of": self._devices_of, "route": self._route, "gone": self._gone, "blocks_of": self._blocks_of,
-            "blocked": self._blocked, "reattach": self._reattach, "resync": self._resync})
+            "user": self._user, "devices_of": self._devices_of, "route": self._route, "gone": self._gone,
+            "blocks_of": self._blocks_of, "blocked": self._blocked, "reattach": self._reattach,
+            "resync": self._resync})
 
     def __repr__(self):
         return f"<Homes remote_sessions={len(self.remote)} due={len(self.due)}>"
@@ -85,18 +86,15 @@ class Homes:
         blocks.shared = self._share_blocks
         groups.placed = blocks.placed = self.here
         lifecycle.remote = devices.remote = self
-        self.link.services.update({"home": self._at_home, "lifecycle_set": lifecycle.learn,
-                                   "lifecycle_of": self._lifecycle_of, "forget": self._forget,
-                                   "devices_set": self.accounts.companions, "history": self._history})
-        self.link.blocking |= {"home"}
         presence.relayed = self._relay
-        self.link.services.update({"put_group": self._put_group, "put_each": self._put_each,
-                                   "group_msg": self._group_msg,
-                                   "groups_of": self._groups_of, "relay": self._relayed, "read": self._read})
-        self.link.blocking |= {"group_msg", "route", "attach"}
         self.link.services.update({
+            "put_group": self._put_group, "put_each": self._put_each, "group_msg": self._group_msg,
+            "groups_of": self._groups_of, "relay": self._relayed, "read": self._read, "history": self._history,
+            "home": self._at_home, "lifecycle_set": lifecycle.learn, "lifecycle_of": self._lifecycle_of,
+            "forget": self._forget, "devices_set": self.accounts.companions,
             "message": lambda pid, ref, sender, cid, to, body, device: router.message(
                 sender, pid, ref, cid, to, body, device)})
+        self.link.blocking |= {"group_msg", "route", "attach", "home"}
 
     # --- as the session's node ---------------------------------------------------------
 
@@ -218,7 +216,7 @@ class Homes:
             if node != self.link.node:
                 self.link.cast(node, "user", user, exists)
 
-    # --- bans and retired names (whatsup/users/lifecycle.py calls these) --------------------
+    # --- what a user's home keeps: bans, retired name, devices (lifecycle.py, devices.py) ----
 
     def at_home(self, user, feature, verb, *args):
         """``verb`` of ``feature`` (AT_HOME) for ``user``, done by their home: its value. Raises
