@@ -1,7 +1,13 @@
 """Monitors across nodes (whatsup/cluster/monitors.py): ``table.monitor`` of a pid on another
 node learns its exit reason, ``noproc`` or, when that node dies, ``noconnection``; real nodes,
 a real redis-server, a real kill -9."""
+import gevent
+
 from social import wait_for
+from whatsup.cluster import wire
+from whatsup.cluster.monitors import Monitors
+from whatsup.runtime import ProcessTable
+from whatsup.testing import Recorder
 
 #: Runs in node a's shell: monitors that record their DOWNs in ``downs`` (callables) and in the
 #: mailbox of a Recorder process (a pid watcher), as Erlang code would write either.
@@ -53,3 +59,64 @@ def test_a_monitor_of_a_pid_on_another_node_learns_its_exit_reason_or_noconnecti
         assert ask(sh, "repr(node.link.monitors)") == "<Monitors held=0 serving=0>"
         with cl[b].shell() as there:
             assert ask(there, "repr(node.link.monitors)") == "<Monitors held=0 serving=0>"
+
+
+class Wire:
+    """What one node's Monitors needs of its link, with the casts it sends kept in ``sent`` until
+    :func:`carry` hands them to the other node (through the wire codec, as the inboxes do)."""
+
+    def __init__(self, table, epoch):
+        self.table, self.node, self.epoch = table, table.node, epoch
+        self.live, self.services, self.watchers, self.reconnected, self.sent = {}, {}, [], [], []
+        self.monitors = Monitors(self)
+        table.remote = self
+
+    def cast(self, node, name, *args):
+        self.sent.append((node, name, args))
+
+
+def carry(links):
+    """Deliver every cast in flight, in order, until none is left (letting the greenlets that
+    casts start, and processes' exits, run in between)."""
+    gevent.sleep(0.01)
+    while any(link.sent for link in links.values()):
+        for link in links.values():
+            sent, link.sent = link.sent, []
+            for node, name, args in sent:
+                _, name, args = wire.decode(wire.encode(("cast", name, args)))
+                links[node].services[name](*args)
+        gevent.sleep(0.01)
+
+
+def test_a_monitor_request_redis_lost_is_asked_again_and_answered_once():
+    tables = {n: ProcessTable(n) for n in ("a@x", "b@x")}
+    links = {n: Wire(t, 7) for n, t in tables.items()}
+    for link in links.values():
+        link.live = {"a@x": 7, "b@x": 7}
+    a, b = links["a@x"], links["b@x"]
+    downs = []
+    target = tables["b@x"].spawn(Recorder, [])
+    gevent.sleep(0)
+    tables["a@x"].monitor(target, lambda pid, reason: downs.append(reason))
+    a.sent.clear()                      # Redis lost the request
+    tables["b@x"].kill(target, ("closed", "bye"))
+    carry(links)
+    assert downs == []                  # nobody knew
+    for callback in a.reconnected:      # Redis answers again: every monitor held is asked again
+        callback()
+    carry(links)
+    assert downs == ["noproc"]          # gone meanwhile: noproc, not silence
+    assert repr(a.monitors) == repr(b.monitors) == "<Monitors held=0 serving=0>"
+
+    other = tables["b@x"].spawn(Recorder, [])
+    gevent.sleep(0)
+    tables["a@x"].monitor(other, lambda pid, reason: downs.append(reason))
+    carry(links)
+    for callback in a.reconnected:      # asked twice while it holds: one monitor there
+        callback()
+    carry(links)
+    assert len(b.monitors.serving) == 1
+    b.services["down"](6, 1, other, "a DOWN for an earlier boot of a")  # dropped
+    tables["b@x"].kill(other, ("closed", "bye"))
+    carry(links)
+    assert downs == ["noproc", ("closed", "bye")]  # the reason as it left, once

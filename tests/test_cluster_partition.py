@@ -11,7 +11,7 @@ from whatsup.client import ServerError
 SLOW = {"cluster.retry_for": 60.0, "cluster.request_timeout": 60.0}
 
 
-def test_a_node_cut_off_from_redis_refuses_what_crosses_nodes_at_once_and_serves_what_it_homes(make_cluster):
+def test_a_node_cut_off_from_redis_refuses_what_crosses_nodes_at_once_and_serves_what_it_homes(make_cluster, ask):
     cl = make_cluster(settings=SLOW)
     a, b, c = cl.names
     alice, ann = cl.homed(a, "alice", 2)
@@ -21,9 +21,14 @@ def test_a_node_cut_off_from_redis_refuses_what_crosses_nodes_at_once_and_serves
             cl[b].client(bob, timeout=15) as bo:
         al.send(bob, "before", id="m1")
         assert [f["id"] for f in bo.drain(1.0) if f["type"] == "msg"] == ["m1"]
+        watching = cl[a].shell()  # a monitor, on a, of bob's session on b
+        bob_pid = ask(watching, f"repr(where('user', {bob!r})['pid'])")
+        watching.run(f"downs = []; table.monitor(where('user', {bob!r})['pid'], lambda p, r: downs.append(r))")
         cl.redis.pause()
         try:
             wait_for(lambda: "is cut off" in cl[a].log(), "a counts itself cut off", timeout=30)
+            wait_for(lambda: ask(watching, "downs") == ["noconnection"], f"a's monitor of {bob_pid}: noconnection")
+            watching.close()
             with pytest.raises(ServerError, match="cut off") as refused:
                 al.send(bob, "during", id="m2")   # bob's home is b: refused at once, retryable
             assert refused.value.code == "store_failed"
@@ -42,3 +47,5 @@ def test_a_node_cut_off_from_redis_refuses_what_crosses_nodes_at_once_and_serves
         assert [f["id"] for f in bo.drain(1.0) if f["type"] == "msg"] == ["m2"]
         with cl[a].client(bert, timeout=15) as be:
             assert be.ping()["type"] == "pong"
+    with cl[a].shell() as sh:  # counted where the operator looks
+        assert ask(sh, "stats(0.1)['metrics']['cluster_events_total']['detached']") >= 1
