@@ -11,8 +11,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def chaos(tmp_path, *args, duration, timeout):
     """Run ops/chaos.py with ``args`` (``duration`` s of traffic, drops, 40 s to settle); its tally and run."""
     run = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "ops", "chaos.py"), *args, "--duration", str(duration), "--drop-rate", "0.5",
-         "--settle", "40", "--dir", str(tmp_path / "chaos"), "--json"],
+        [sys.executable, os.path.join(ROOT, "ops", "chaos.py"), *args, "--duration", str(duration),
+         "--drop-rate", "0.5", "--settle", "40", "--dir", str(tmp_path / "chaos"), "--json"],
         capture_output=True, text=True, timeout=timeout)
     return json.loads(run.stdout.strip().splitlines()[-1]), run
 
