@@ -12,4 +12,5 @@ none of this and needs no Redis.
 * inbox.py      each node's inbox stream: the reader and the pipelined writer
 * link.py       pids on other nodes, requests served elsewhere, node up/down
 * homes.py      users homed on other nodes: their sessions, queues and accounts
+* move.py       whatsup-reshard move: shards from one stopped node to another, verified, swapped
 """

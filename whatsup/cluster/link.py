@@ -386,6 +386,11 @@ class Link:
             value, ok = self.services[name](*args), True
         except Exception as exc:
             value, ok = f"{type(exc).__name__}: {exc}", False
+        if node not in self.live:  # a node that just started calls before our lease ticker saw it up
+            try:                   # (it learns the users homed here so: tests/test_cluster_move.py)
+                self._refresh(self.directory.leases())
+            except UNREACHABLE:
+                pass
         if node in self.live:
             self.post(node, ("answer", rid, ok, value))
 

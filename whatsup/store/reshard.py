@@ -81,7 +81,8 @@ def write_offd(directory, shards, queues, counter, progress=_quiet):
     datadir.write_marker(os.path.join(directory, "SHARDS"), f"{shards}\n")
 
 
-def _fingerprint(queues):
+def fingerprint(queues):
+    """What must survive a rewrite of ``queues``, item by item (the verify step compares these)."""
     return {u: [(i.seq, i.ts, i.kind, i.sender, i.cid, bytes(i.frame)) for i in items]
             for u, items in queues.items()}
 
@@ -162,7 +163,7 @@ def reshard(data_dir, offd_shards, accounts_shards, offd_options, say=print, pro
                 queues, counter = read_offd(path, old, offd_options, next(steps))
                 write_offd(path + ".new", new, queues, counter, next(steps))
                 again, new_counter = read_offd(path + ".new", new, offd_options, next(steps))
-                if _fingerprint(again) != _fingerprint(queues) or new_counter < counter:
+                if fingerprint(again) != fingerprint(queues) or new_counter < counter:
                     raise ReshardError(f"offd: the rewritten spool differs from the old one; "
                                        f"nothing swapped ({path}.new kept for inspection)")
                 n = sum(len(v) for v in queues.values())
