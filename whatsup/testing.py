@@ -314,6 +314,18 @@ class LocalCluster:
     def __getitem__(self, name):
         return self.nodes[name]
 
+    def try_start(self, name, map_path, timeout=60):
+        """Run whatsupd as node ``name`` with the map ``map_path``, in a data dir of its own, and
+        wait for it to exit: how a node with another map is refused (a CompletedProcess)."""
+        d = os.path.join(self.dir, "tried")
+        os.makedirs(d, exist_ok=True)
+        conf = os.path.join(d, "whatsupd.toml")
+        with open(conf, "w") as f:
+            f.write(render({"server.node": name, "server.data_dir": os.path.join(d, "data"),
+                            "server.listen": "127.0.0.1:0", "cluster.map": str(map_path)}))
+        return subprocess.run([sys.executable, "-m", "whatsup.cli.whatsupd", "--config", conf],
+                              capture_output=True, text=True, timeout=timeout)
+
     def home(self, user):
         return self.nodes[self.map.home(user)]
 

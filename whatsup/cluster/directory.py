@@ -77,11 +77,11 @@ class Directory:
         raw = self.r.get(self.keys["map"])
         return raw.decode() if raw is not None else None
 
-    def swap_map(self, new):
-        """Record ``new`` (a fingerprint) in place of our map while every node is down (no lease);
-        returns "" when done, else the key that stopped it (a lease, or the map key: another map)."""
+    def swap_map(self, old, new):
+        """Record the map ``new`` in place of ``old`` (fingerprints) while every node is down (no
+        lease); returns "" when done, else the key that stopped it (a lease, or the map key: another map)."""
         keys = [self.keys["map"]] + [self.lease_key(n) for n in sorted(self.map.nodes)]
-        return self.r.eval(_SWAP_MAP, len(keys), *keys, self.map.fingerprint(), new).decode()
+        return self.r.eval(_SWAP_MAP, len(keys), *keys, old, new).decode()
 
     def boot(self, clock=time.time):
         """Check the map, take a new epoch, reap what our previous boot left, take the lease."""

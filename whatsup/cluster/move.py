@@ -66,19 +66,23 @@ def _quiet(step):
 def move(map_path, shards, dest, dirs, offd_options, write_map=True, say=print, step=_quiet, timeout=5.0):
     """Give ``shards`` to node ``dest``; ``dirs`` is {node: data dir} of (at least) the source and
     ``dest``. Returns a summary dict. ``step(name)`` is called after each step."""
-    old = load(map_path)
-    new = old.moved(shards, dest)
-    sources = {old.owner[s] for s in shards} - {dest}
-    if len(sources) != 1:
-        raise MoveError(f"shards {sorted(shards)} must all belong to one node other than {dest} "
-                        f"(they belong to {sorted({old.owner[s] for s in shards})})")
-    source = sources.pop()
-    pair = _dirs(dirs, (source, dest))
-    directory = Directory(engine.connect(old.redis, timeout), old, None, 0)
-    locks = [datadir.lock(d) for d in pair.values()]
+    given = {n: os.path.abspath(d) for n, d in dirs.items()}
+    directory = Directory(engine.connect(load(map_path).redis, timeout), load(map_path), None, 0)
+    locks = [datadir.lock(d) for d in given.values()]
     try:
-        for line in _finish(directory, pair.values(), say):
+        for line in _finish(directory, given.values(), say):
             say(line)
+        old = load(map_path)   # (rewritten if that completed a move cut short after its commit)
+        new = old.moved(shards, dest)
+        sources = {old.owner[s] for s in shards} - {dest}
+        if not sources:
+            say(f"shards {sorted(shards)} belong to {dest}: nothing to move")
+            return {"from": dest, "to": dest, "shards": sorted(shards), "users": 0, "items": 0, "rows": 0}
+        if len(sources) != 1:
+            raise MoveError(f"shards {sorted(shards)} must all belong to one node other than {dest} "
+                            f"(they belong to {sorted({old.owner[s] for s in shards})})")
+        source = sources.pop()
+        pair = _dirs(given, (source, dest))
         _check(directory, old, new, source)
         journal = {"state": "prepared", "from": source, "to": dest, "shards": sorted(shards),
                    "old": old.fingerprint(), "new": new.fingerprint(), "dirs": pair,
@@ -88,7 +92,7 @@ def move(map_path, shards, dest, dirs, offd_options, write_map=True, say=print, 
         summary = _build(pair[source], pair[dest], lambda x: new.home(x) == dest and old.home(x) == source,
                          offd_options, step)
         summary.update({"from": source, "to": dest, "shards": sorted(shards)})
-        blocker = directory.swap_map(journal["new"])
+        blocker = directory.swap_map(journal["old"], journal["new"])
         if blocker:
             _roll_back(pair.values())
             raise MoveError(_refusal(blocker, directory) + "; nothing moved")
@@ -124,7 +128,7 @@ def _dirs(dirs, nodes):
     missing = [n for n in nodes if n not in dirs]
     if missing:
         raise MoveError(f"give the data dir of {', '.join(missing)} (--data-dir NODE=PATH)")
-    return {n: os.path.abspath(dirs[n]) for n in nodes}
+    return {n: dirs[n] for n in nodes}
 
 
 def _check(directory, old, new, source):
@@ -298,7 +302,7 @@ def _roll_back(dirs):
 def _complete(directory, journal, say, step=_quiet):
     """From the commit on: record the map (again), swap, write the map, clean up. Each step can be
     repeated, so a crash anywhere in here is finished by the next run."""
-    blocker = directory.swap_map(journal["new"])
+    blocker = directory.swap_map(journal["old"], journal["new"])
     if blocker:
         raise MoveError(f"cannot record the new map: {_refusal(blocker, directory)}; the move stays "
                         f"unfinished (the nodes concerned refuse to start): stop the nodes and run again")
