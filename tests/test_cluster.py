@@ -113,7 +113,7 @@ def test_the_shell_of_any_node_finds_a_session_and_looks_into_other_nodes(make_c
         assert (where[0], f"<{where[0]}.{where[2]}>") == (c, pid)  # the directory, written by c
         with cl[a].shell() as sh:
             assert ask(sh, f"mailbox({pid!r})") == []  # a remote pid's mailbox, asked on c
-            assert ask(sh, f"{alice!r} in rpc({c!r}, 'i', {pid!r})")  # its state, as text
+            assert ask(sh, f"{alice!r} in repr(rpc({c!r}, 'i', {pid!r}))")  # its state, asked on c
             assert ask(sh, "[(r['node'], r['up']) for r in nodes()]") == [(n, True) for n in sorted(cl.names)]
             assert ask(sh, f"[r['connections'] for r in nodes() if r['node'] == {c!r}]") == [1]
             assert ask(sh, "stats(0.1)['metrics']['cluster_nodes_live']") == 3

@@ -1,68 +1,24 @@
 """Hot code reload through the shell: same connections, new code, nothing lost; a bad module changes nothing."""
 import os
-import shutil
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
-import whatsup
+from reloading import Chatter, copy_package, upgrade
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def upgrade(path):
-    """Session v2: pongs say their version; code_change records where a live state came from."""
-    with open(path) as f:
-        src = f.read()
-    for old, new in [('    vsn = 1\n', '    vsn = 2\n\n    @staticmethod\n    def code_change(st, old_vsn):\n'
-                      '        st.upgraded_from = old_vsn\n        return st\n'),
-                     ('{"type": "pong", ', '{"type": "pong", "vsn": 2, ')]:
-        assert src.count(old) == 1, old
-        src = src.replace(old, new)
-    with open(path, "w") as f:
-        f.write(src)
-    return src
 
 
 def run(*args):
     return subprocess.run(list(args), capture_output=True, text=True, timeout=60, cwd=ROOT)
 
 
-class Chatter(threading.Thread):
-    """alice keeps sending to bob (or to ``group``; each send waits for its ✓) until told to stop."""
-
-    def __init__(self, alice, group=None):
-        super().__init__(daemon=True)
-        self.alice, self.group, self.ids, self.error = alice, group, [], None
-        self.stop, self.progress = threading.Event(), threading.Condition()
-
-    def run(self):
-        to = "bob" if self.group is None else None
-        try:
-            while not self.stop.is_set() and len(self.ids) < 2000:
-                n = f"n{len(self.ids)}"
-                self.ids.append(self.alice.send(to, n, id=n, group=self.group)["id"])
-                with self.progress:
-                    self.progress.notify_all()
-        except Exception as exc:  # reported by the test, not swallowed
-            self.error = exc
-
-    def wait_for(self, count):
-        with self.progress:
-            assert self.progress.wait_for(lambda: len(self.ids) >= count or self.error, 30), self.ids
-        assert self.error is None, self.error
-
-
 @pytest.fixture
 def copy(tmp_path):
     """A temp copy of the package the server runs from, so the test can rewrite its modules."""
-    pkg = tmp_path / "pkg"
-    shutil.copytree(os.path.dirname(whatsup.__file__), pkg / "whatsup",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    return pkg
+    return copy_package(tmp_path / "pkg")
 
 
 def test_reload_swaps_live_sessions_to_new_code_without_a_disconnect_or_a_lost_message(

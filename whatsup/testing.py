@@ -272,10 +272,11 @@ class RedisServer:
 class LocalCluster:
     """``n`` real whatsupd nodes joined through ``redis`` (a RedisServer), each with its own
     data dir under ``directory``: what the cluster tests, ops/cluster.py and the benchmark start.
-    ``make(settings, name=...)`` makes and starts one node (the tests' make_server)."""
+    ``make(settings, name=...)`` makes and starts one node (the tests' make_server); else ``env``
+    is added to each node's environment."""
 
     def __init__(self, directory, redis, names=("a@localhost", "b@localhost", "c@localhost"), shards=12,
-                 settings=None, make=None):
+                 settings=None, make=None, env=None):
         from .cluster import map as cmap
         self.dir, self.redis, self.names = str(directory), redis, list(names)
         os.makedirs(self.dir, exist_ok=True)
@@ -285,7 +286,7 @@ class LocalCluster:
             f.write(cmap.render(redis.url, shards, {n: {"shards": s} for n, s in placement.items()}))
         self.map = cmap.load(self.map_path)
         self.settings = {**CLUSTER_FAST, **(settings or {})}
-        self.make = make
+        self.make, self.env = make, env
         self.nodes = {}
 
     def start(self):
@@ -296,7 +297,7 @@ class LocalCluster:
             else:
                 d = os.path.join(self.dir, name.split("@")[0])
                 os.makedirs(d, exist_ok=True)
-                self.nodes[name] = ServerProcess(d, settings).start()
+                self.nodes[name] = ServerProcess(d, settings, self.env).start()
         return self.joined()
 
     def joined(self, timeout=30.0):

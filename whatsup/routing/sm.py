@@ -20,6 +20,10 @@ class SessionManager:
         """Users online."""
         return len(self.sessions)
 
+    def users(self):
+        """The users online (a copy: the caller may yield while it walks them)."""
+        return list(self.sessions)
+
     def connections(self):
         return sum(len(devices) for devices in self.sessions.values())
 

@@ -99,6 +99,72 @@ class Refused:
         return False
 
 
+ROLLOUT_COLUMNS = ("node", "outcome", "swapped", "migrated", "gone", "kept_old", "detail")
+
+
+class Rollout(Table):
+    """A rolling reload's outcome per node; false (and ``whatsup-shell -c`` exits 1) unless every
+    node reloaded with no process keeping the old code."""
+
+    def __bool__(self):
+        return all(row["outcome"] == "reloaded" for row in self)
+
+
+def _rolled(node, outcome):
+    """One node's row of a Rollout."""
+    if isinstance(outcome, Refused):
+        return {"node": node, "outcome": "refused", "detail": outcome.message.splitlines()[0]}
+    kept = len(outcome["failed"])
+    return {"node": node, "outcome": "reloaded" if not kept else "kept old code", "swapped": outcome["swapped"],
+            "migrated": outcome["migrated"], "gone": outcome["gone"], "kept_old": kept,
+            "detail": "; ".join(f"{pid}: {why}" for pid, why in outcome["failed"].items()) or None}
+
+
+#: stats() figures whose cluster total is the highest node's, not the sum
+HIGHEST = ("uptime", "p50", "p90", "p99", "max")
+
+
+def _total(blocks, key=None):
+    """The cluster's figures from the nodes' stats(): numbers summed (HIGHEST: the max), dicts key by
+    key; text and the per-node ``metrics`` left out (a scrape of each node has them)."""
+    dicts = [b for b in blocks if isinstance(b, dict)]
+    if dicts:
+        keys = dict.fromkeys(k for d in dicts for k in d if k != "metrics")
+        merged = {k: _total([d[k] for d in dicts if k in d], k) for k in keys}
+        return Block({k: v for k, v in merged.items() if v is not None})
+    numbers = [b for b in blocks if isinstance(b, (int, float)) and not isinstance(b, bool)]
+    if not numbers:
+        return None
+    return max(numbers) if key in HIGHEST else round(sum(numbers), 3)
+
+
+def _packed(answer):
+    """A helper's answer as plain data for the wire (whatsup/cluster/wire.py); _unpacked makes it
+    the same type again on the asking node, so a remote answer prints and indexes as a local one."""
+    if isinstance(answer, Table):
+        return ["table", list(answer.columns), [dict(row) for row in answer], type(answer) is Rollout]
+    if isinstance(answer, reloading.ReloadReport):
+        return ["reload", {**answer, "failed": {repr(pid): why for pid, why in answer["failed"].items()}}]
+    if isinstance(answer, Refused):
+        return ["refused", answer.message]
+    if isinstance(answer, Block):
+        return ["block", dict(answer)]
+    return ["value", answer if _plain(answer) else repr(answer)]
+
+
+def _unpacked(answer):
+    tag, value, *rest = answer
+    if tag == "table":
+        return (Rollout if rest[1] else Table)(rest[0], tuple(value))
+    if tag == "reload":
+        return reloading.ReloadReport(value)
+    if tag == "refused":
+        return Refused(value)
+    if tag == "block":
+        return Block(value)
+    return Shown(value) if isinstance(value, str) else value
+
+
 def brief(msg):
     """A mailbox message as the shell shows it: payload bytes by size, secrets hidden, call/system tags named."""
     if type(msg) is not tuple or not msg:
@@ -161,11 +227,14 @@ class Helpers:
             return self.h()
         return pydoc.help(thing)
 
-    def ps(self, kind=None, sort="pid", n=None):
+    def ps(self, kind=None, sort="pid", n=None, node=None):
         """Processes as a table (pid, kind, who, entity, mailbox, handled, restarts, uptime, vsn).
 
-        ``kind`` filters ("session"...); ``sort`` is a column, "-column" for descending; ``n`` limits.
+        ``kind`` filters ("session"...); ``sort`` is a column, "-column" for descending; ``n`` limits;
+        ``node`` another node of the cluster: its table, the same columns.
         """
+        if self._other(node):
+            return self._remote(node, "ps", kind, sort, n)
         rows = [self._row(p) for p in self.node.table.processes(kind)]
         key = sort.lstrip("-")
         if key not in COLUMNS:
@@ -179,9 +248,10 @@ class Helpers:
 
     def i(self, pid):
         """Everything about one process: its info, state, last message and mailbox head (a pid of
-        another node of the cluster: asked there)."""
-        if self._elsewhere(pid):
-            return self.rpc(self._pid(pid).node, "i", self._pid(pid))
+        another node of the cluster, or a user online there: asked there)."""
+        remote = self._locate(pid)
+        if remote is not None:
+            return self._remote(remote.node, "i", remote)
         proc = self.proc(pid)
         return Block({**proc.info(), "state": proc.state, "last_message": brief(proc.last_message),
                       "mailbox_head": self.mailbox(proc, 5), "monitors": len(proc.monitors),
@@ -193,8 +263,9 @@ class Helpers:
 
     def mailbox(self, pid, n=10):
         """Peek at the first ``n`` messages waiting in the mailbox, without taking them."""
-        if self._elsewhere(pid):
-            return self.rpc(self._pid(pid).node, "mailbox", self._pid(pid), n)
+        remote = self._locate(pid)
+        if remote is not None:
+            return self._remote(remote.node, "mailbox", remote, n)
         return [brief(m) for m in itertools.islice(self.proc(pid).mailbox.queue, n)]
 
     def strays(self):
@@ -209,7 +280,7 @@ class Helpers:
         """
         node = self.node
         if node.link is not None and not node.link.here(entity):  # in a cluster: its home answers
-            return node.link.call(node.link.home(entity), "shell", "where", (kind, entity))
+            return self._remote(node.link.home(entity), "where", kind, entity)
         if kind not in ("session", "user"):
             return node.registry.where(kind, entity)
         sessions = node.sm.devices(entity)
@@ -244,22 +315,26 @@ class Helpers:
     def rpc(self, node, verb, *args):
         """Run the helper ``verb`` (one of REMOTE) with ``args`` on ``node`` of the cluster and
         return its answer (tables as their text). ``rpc(n, "reload", "whatsup.x")`` reloads there."""
-        link = self.node.link
-        if link is None:
-            raise ValueError("this node is not part of a cluster (cluster.map)")
-        answer = link.call(node, "shell", verb, args)
-        return Shown(answer) if isinstance(answer, str) else answer
+        return self._remote(node, verb, *args)
 
     def serve(self, verb, args):
         """What rpc() runs here for another node: a REMOTE helper; its answer as plain data."""
         if verb not in self.REMOTE:
             raise ValueError(f"rpc runs only {', '.join(self.REMOTE)}")
-        answer = getattr(self, verb)(*args)
-        return repr(answer) if isinstance(answer, (Table, Block, Refused)) or not _plain(answer) else answer
+        return _packed(getattr(self, verb)(*args))
 
-    def stats(self, interval=1.0):
+    def stats(self, interval=1.0, node=None):
         """Connections, messages/s in and out (over ``interval`` s), offd queue, mailbox depths, memory,
-        and under ``metrics`` every figure the Prometheus endpoint exports (whatsup.observe.metrics.snapshot)."""
+        and under ``metrics`` every figure the Prometheus endpoint exports (whatsup.observe.metrics.snapshot).
+
+        ``node``: another node's (asked there), or "all": every node's, measured over the same
+        interval, and under ``total`` the cluster's (counts and rates summed; uptime and mailbox
+        depths are the highest node's)."""
+        if node == "all":
+            per_node = self._everywhere("stats", interval)
+            return Block(total=_total([v for v in per_node.values() if isinstance(v, dict)]), **per_node)
+        if self._other(node):
+            return self._remote(node, "stats", interval)
         before = self._sample()
         gevent.sleep(interval)
         after = self._sample()
@@ -272,7 +347,7 @@ class Helpers:
             kinds[proc.kind] = kinds.get(proc.kind, 0) + 1
         return Block({
             "node": node.table.node, "uptime": round(time.time() - node.started, 1) if node.started else 0.0,
-            "connections": kinds.get("session", 0), "online_users": len(node.sm),
+            "connections": kinds.get("session", 0), "online_users": self._online_homed(),
             "msgs_in_per_s": round((after[1] - before[1]) / elapsed, 1),
             "msgs_out_per_s": round((after[2] - before[2]) / elapsed, 1),
             "offd_queued": node.offd.queued(),
@@ -281,6 +356,14 @@ class Helpers:
             "rss_mb": round(_rss_bytes() / 2 ** 20, 1), "processes": kinds,
             "counters": dict(node.counters), "metrics": metrics.snapshot(node),
         })
+
+    def _online_homed(self):
+        """Users online whose home is this node (all of them on a single node): each user of the
+        cluster counts on one node only, the cluster's total is the sum."""
+        link = self.node.link
+        if link is None:
+            return len(self.node.sm)
+        return sum(1 for user in self.node.sm.users() if link.here(user))
 
     def _sample(self):
         """(when, msgs routed in, items acked out): the counters stats() turns into rates."""
@@ -355,11 +438,15 @@ class Helpers:
         self.node.table.kill(proc.pid, reason)
         return f"{proc.pid!r} killed: {reason}"
 
-    def reload(self, module, timeout=10.0):
+    def reload(self, module, timeout=10.0, nodes=None):
         """Hot-load ``module``'s new code into the node and its live processes (whatsup.shell.reload).
 
         A module that does not load, or that reload refuses, changes nothing and gives a false
-        Refused that shows the error in the module's own lines."""
+        Refused that shows the error in the module's own lines. ``nodes``: "all" (every node of
+        the cluster) or a list of node names, reloaded one after the other, stopping at the first
+        that fails or keeps the old code in a process: a Rollout, the outcome per node."""
+        if nodes is not None:
+            return self._rolling(module, timeout, self._names() if nodes == "all" else list(nodes))
         starters = [f for industry in self.node.registry.industries.values() for f in industry.factories]
         try:
             report = reloading.reload(self.node.table, module, timeout, starters)
@@ -368,7 +455,65 @@ class Helpers:
         self.node.counters["reloads"] += 1
         return report
 
+    def _rolling(self, module, timeout, names):
+        rows, failed = [], None
+        for name in names:
+            if failed is not None:
+                rows.append({"node": name, "outcome": "not tried", "detail": f"stopped after {failed}"})
+                continue
+            try:
+                outcome = self._on(name, "reload", module, timeout)
+            except Exception as exc:  # a node down or not answering: the roll stops there
+                outcome = Refused(f"{type(exc).__name__}: {exc}")
+            rows.append(_rolled(name, outcome))
+            if rows[-1]["outcome"] != "reloaded":
+                failed = name
+        log.warning("rolling reload of %s: %s", module, ", ".join(f"{r['node']} {r['outcome']}" for r in rows))
+        return Rollout(rows, ROLLOUT_COLUMNS)
+
     # --- plumbing ---------------------------------------------------------------
+
+    def _other(self, node):
+        """True when ``node`` names a node other than this one."""
+        return node is not None and node != self.node.table.node
+
+    def _remote(self, node, verb, *args):
+        """The helper ``verb`` run on ``node`` (of the cluster), its answer of the same type as here."""
+        link = self.node.link
+        if link is None:
+            raise ValueError("this node is not part of a cluster (cluster.map)")
+        return _unpacked(link.call(node, "shell", verb, args))
+
+    def _on(self, name, verb, *args):
+        return self._remote(name, verb, *args) if self._other(name) else getattr(self, verb)(*args)
+
+    def _names(self):
+        """Every node of the cluster (this one alone without one)."""
+        link = self.node.link
+        return sorted(link.map.nodes) if link is not None else [self.node.table.node]
+
+    def _everywhere(self, verb, *args):
+        """{node: answer of ``verb`` there} from every node at once (a node down or silent: why, as text)."""
+        link = self.node.link
+        jobs = {name: gevent.spawn(self._on, name, verb, *args) for name in self._names()
+                if link is None or link.up(name)}
+        gevent.joinall(list(jobs.values()))
+        answers = {name: "down" for name in self._names()}
+        for name, job in jobs.items():
+            answers[name] = job.value if job.successful() else f"{type(job.exception).__name__}: {job.exception}"
+        return answers
+
+    def _locate(self, pid):
+        """The pid on another node that ``pid`` names (its text, or a user online there), else None."""
+        pid, link, here = self._pid(pid), self.node.link, self.node.table.node
+        if link is None:
+            return None
+        if isinstance(pid, Pid):
+            return pid if pid.node != here else None
+        if isinstance(pid, str) and not PID_TEXT.fullmatch(pid.strip()) and self.node.table.whereis(pid) is None:
+            found = self.node.sm.lookup(pid) or self.where("user", pid)["pid"]
+            return found if found is not None and found.node != here else None
+        return None
 
     def _pid(self, pid):
         if isinstance(pid, str):
@@ -376,10 +521,6 @@ class Helpers:
             if match and match["node"]:
                 return Pid(match["node"], int(match["n"]))
         return pid
-
-    def _elsewhere(self, pid):
-        pid = self._pid(pid)
-        return isinstance(pid, Pid) and pid.node != self.node.table.node and self.node.link is not None
 
     def proc(self, pid):
         """The live Process for any of the pid spellings in the module docstring (ProcessDead if none)."""
@@ -417,7 +558,7 @@ class Helpers:
             result = eval(code, namespace)
             if result is not None:
                 print(repr(result))
-            if isinstance(result, Refused):
+            if isinstance(result, (Refused, Rollout)) and not result:
                 print(ERROR_MARK)
         except Exception:
             traceback.print_exc()
