@@ -2,6 +2,7 @@
 # One-line deploy of new code into a running node, without dropping a connection:
 #   ops/deploy.sh [whatsup-shell options] whatsup.c2s.session [whatsup.routing.router ...]
 #   e.g. ops/deploy.sh --data-dir /srv/whatsup whatsup.c2s.session
+#   in a cluster, --all-nodes rolls each module through every node, one after the other
 # Put the new files in place first (git pull, rsync...). Each module is compiled and imported
 # before anything changes, then swapped into its live processes between two messages; the first
 # module that fails to load stops the deploy with a non-zero exit, and the old code keeps running.

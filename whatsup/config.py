@@ -208,7 +208,8 @@ SETTINGS = (
     Setting("cluster.block", float, 0.5, "seconds one read of this node's inbox stream waits for entries; must "
             "stay below cluster.timeout", 0.01),
     Setting("cluster.lease", float, 3.0, "seconds this node's lease lives in Redis (renewed every third of it): "
-            "a node that has not renewed it for this long is down for the others", 0.3),
+            "a node that has not renewed it for this long is down for the others, and counts itself cut off: "
+            "what it would send to other nodes fails at once (store_failed) until a renewal goes through", 0.3),
     Setting("cluster.retry_for", float, 5.0, "seconds a write to Redis is retried while Redis is unreachable, "
             "before the requests it carries fail with store_failed (retry)", 0.0),
     Setting("cluster.request_timeout", float, 10.0, "seconds a request served by another node may wait for "

@@ -268,6 +268,13 @@ class RedisServer:
         self.kill()
         return self.start()
 
+    def pause(self):
+        """``kill -STOP``: Redis answers nobody (a partition, as its clients see it) until resume()."""
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self):
+        self.proc.send_signal(signal.SIGCONT)
+
 
 class LocalCluster:
     """``n`` real whatsupd nodes joined through ``redis`` (a RedisServer), each with its own

@@ -64,10 +64,13 @@ def _address(socket_path, data_dir, config_path):
 @click.option("-c", "command", metavar="EXPR", help="evaluate EXPR in the node, print the result, exit")
 @click.option("--reload", "modules", multiple=True, metavar="MODULE",
               help="hot-load MODULE (e.g. whatsup.c2s.session) into the node; repeatable, stops at a failure")
+@click.option("--all-nodes", is_flag=True,
+              help="with --reload: roll each module through every node of the cluster, one after the other, "
+                   "stopping at the first that fails (reload(MODULE, nodes='all'))")
 @click.option("--timeout", type=float, default=60.0, show_default=True,
               help="seconds to wait for the node's answer with -c / --reload")
 @version_option("whatsup-shell")
-def main(socket_path, data_dir, config_path, command, modules, timeout):
+def main(socket_path, data_dir, config_path, command, modules, all_nodes, timeout):
     """Attach to a running whatsup node's operator shell (arbitrary code execution in the node)."""
     kind, address = _address(socket_path, data_dir, config_path)
     scripted = command is not None or modules
@@ -80,7 +83,8 @@ def main(socket_path, data_dir, config_path, command, modules, timeout):
             _history()
             client.interact(input, _write)
             return
-        sources = [f"reload({m!r})" for m in modules] + ([command] if command is not None else [])
+        rolling = ", nodes='all'" if all_nodes else ""
+        sources = [f"reload({m!r}{rolling})" for m in modules] + ([command] if command is not None else [])
         for source in sources:
             try:
                 out, ok = client.run(source)

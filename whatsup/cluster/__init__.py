@@ -11,6 +11,7 @@ none of this and needs no Redis.
 * directory.py  boot epochs, leases, the recorded map, who is where
 * inbox.py      each node's inbox stream: the reader and the pipelined writer
 * link.py       pids on other nodes, requests served elsewhere, node up/down
+* monitors.py   monitors of pids on other nodes: their exit, or noconnection
 * homes.py      users homed on other nodes: their sessions, queues and accounts
 * move.py       whatsup-reshard move: shards from one stopped node to another, verified, swapped
 """

@@ -40,6 +40,7 @@ from . import engine, wire
 from .directory import Directory
 from .engine import UNREACHABLE, retrying
 from .inbox import InboxReader, OutQueue, Outbox
+from .monitors import Monitors
 from ..observe import latency
 from ..protocol import Code, error_frame
 from ..runtime import MailboxFull, ProcessDead, Task
@@ -61,6 +62,10 @@ class Options(NamedTuple):
     @classmethod
     def from_config(cls, cfg):
         return cls(*(getattr(cfg.cluster, name) for name in cls._fields))
+
+
+#: What a request that would cross nodes answers while this node is cut off (docs/RELIABILITY.md).
+CUT_OFF = "this node is cut off from the cluster (Redis out of reach); retry, or reconnect to another node"
 
 
 class NodeDown(ShardDown):
@@ -92,12 +97,15 @@ class Link:
         self.watchers = []     # callables(node, epoch, up): a node went down (up False) or came up
         self.pokes = None      # callable(pid) -> True when a poke for that remote pid is handled here
         self.reconnected = []  # callables(): Redis answers again after failing (it may have lost a tail)
+        self.renewed = time.monotonic()  # when the last renewal of our lease that Redis took was sent
+        self.detached = False  # our lease lapsed and is not renewed yet: nothing crosses nodes
         self.blocking = set()  # services that may wait: run in order per session, off the inbox reader
         self._serials = {}     # key -> deque of (name, args, pid, ref) waiting for its worker
         self.out = OutQueue(table)
         self.counters = collections.Counter()
         self.rtt = latency.REDIS
         self._rids = itertools.count(1)
+        self.monitors = Monitors(self)  # table.monitor of a pid here on another node
 
     def __repr__(self):
         return (f"<Link {self.node} epoch={self.epoch} live={sorted(self.live)} inflight={len(self.inflight)} "
@@ -114,7 +122,10 @@ class Link:
         Raises MapMismatch, or what an unreachable Redis raised after cluster.retry_for."""
         self.client = engine.connect(self.map.redis, self.opts.timeout)
         self.directory = Directory(self.client, self.map, self.node, self.opts.lease)
-        epoch = retrying(self.directory.boot, time.monotonic() + self.opts.retry_for, "start")
+        def boot():
+            self.renewed = time.monotonic()  # its lease lasts from no earlier than this
+            return self.directory.boot()
+        epoch = retrying(boot, time.monotonic() + self.opts.retry_for, "start")
         self.live = {self.node: epoch}
         self._refresh(self.directory.leases())  # the live peers, before our pending entries are served
         self.table.remote = self
@@ -156,6 +167,11 @@ class Link:
     def up(self, node):
         return node in self.live
 
+    def lapsed(self):
+        """True when our lease may have lapsed (Redis took no renewal for cluster.lease): the
+        others count us down, so nothing of ours may cross nodes until a renewal goes through."""
+        return self.detached or time.monotonic() - self.renewed > self.opts.lease
+
     # --- sending --------------------------------------------------------------------------
 
     def post(self, node, msg, on_fail=None):
@@ -189,7 +205,9 @@ class Link:
         key = (pid, ref)
         self.inflight[key] = (node, time.monotonic() + self.opts.request_timeout, name, args)
         self.counters["forwarded"] += 1
-        if node in self.live:
+        if self.lapsed():
+            self._fail(key, CUT_OFF)
+        elif node in self.live:
             self._post_request(key)
         else:
             self.held.setdefault(node, []).append(key)
@@ -225,8 +243,8 @@ class Link:
     def request(self, node, name, args, done):
         """Run service ``name`` on ``node`` without waiting: ``done(ok, value)`` gets its return
         value (ok True), or what it raised or why it got no answer (ok False), once."""
-        if node not in self.live:
-            return done(False, NodeDown(f"{node} is down"))
+        if node not in self.live or self.lapsed():
+            return done(False, NodeDown(f"{node} is down" if node not in self.live else CUT_OFF))
         rid = next(self._rids)
         self.calls[rid] = (node, done, time.monotonic() + self.opts.request_timeout)
         self.post(node, ("call", self.node, rid, name, args), lambda exc: self._answer(
@@ -386,8 +404,10 @@ class Link:
             value, ok = self.services[name](*args), True
         except Exception as exc:
             value, ok = f"{type(exc).__name__}: {exc}", False
-        if node not in self.live:  # a node that just started calls before our lease ticker saw it up
-            try:                   # (it learns the users homed here so: tests/test_cluster_move.py)
+        # a node that just started calls before our lease ticker saw it up (so it learns the
+        # users homed here: tests/test_cluster_move.py found a node that never did)
+        if node not in self.live and not self.detached:
+            try:
                 self._refresh(self.directory.leases())
             except UNREACHABLE:
                 pass
@@ -420,9 +440,14 @@ class Link:
             pass
 
     def tick(self):
-        """Renew our lease, read everyone's, and expire what waited too long."""
+        """Renew our lease, read everyone's, and expire what waited too long; our own lease
+        lapsed (Redis out of reach for cluster.lease), detach (see _detach) until it is renewed."""
+        if not self.detached and self.lapsed():
+            self._detach()
         try:
+            sent = time.monotonic()
             self.directory.renew()
+            self.renewed = sent
             leases = self.directory.leases()
         except UNREACHABLE as exc:
             if not self.counters["lease_failures"] % 10:
@@ -430,8 +455,32 @@ class Link:
             self.counters["lease_failures"] += 1
             leases = None
         if leases is not None:
+            if self.detached:
+                self.detached = False
+                log.warning("cluster: %s renewed its lease (boot %d): it routes to the other nodes again",
+                            self.node, self.epoch)
             self._refresh(leases)
         self._expire()
+
+    def _detach(self):
+        """Our lease lapsed: the others count us down and stop routing here, so we count them
+        down (requests waiting for them answer store_failed, monitors of their pids fire
+        noconnection, their sessions leave our homes) and from now on what would cross nodes
+        fails at once (``lapsed``), until a renewal of our lease goes through (``tick``): then
+        each side registers its sessions with the other again, as after a stall. Sessions here of
+        users homed elsewhere stay open (their requests answer store_failed: their device may
+        retry, or reconnect to another node); logins of such users are refused (store_failed)."""
+        self.detached = True
+        self.counters["detached"] += 1
+        log.error("cluster: %s is cut off: Redis took no renewal of its lease for %ss; it serves only what "
+                  "it homes until Redis answers again", self.node, self.opts.lease)
+        for node, epoch in list(self.live.items()):
+            if node != self.node:
+                self._down(node, epoch, reap=False)
+        for keys in self.held.values():
+            for key in keys:
+                self._fail(key, CUT_OFF)
+        self.held.clear()
 
     def _refresh(self, leases):
         """Compare the leases read with the boots we know: who went down, who came up."""
@@ -449,7 +498,7 @@ class Link:
                 for watcher in list(self.watchers):
                     watcher(node, epoch, True)
 
-    def _down(self, node, epoch):
+    def _down(self, node, epoch, reap=True):
         del self.live[node]
         log.warning("cluster: %s (boot %d) is down: its lease lapsed or it restarted", node, epoch)
         self.counters["nodes_down"] += 1
@@ -463,6 +512,8 @@ class Link:
                 self._answer(rid, False, NodeDown(f"{node} went down"))
         for watcher in list(self.watchers):
             watcher(node, epoch, False)
+        if not reap:
+            return  # Redis is out of reach: the others, or its next start, reap it
         try:
             self.counters["reaped"] += self.directory.reap(node, epoch)
         except UNREACHABLE:

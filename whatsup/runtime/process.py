@@ -370,13 +370,17 @@ class ProcessTable:
             raise ProcessDead(f"{pid!r} is not running")
         return proc
 
+    def _elsewhere(self, pid):
+        """True for a pid of another node of the cluster (``remote`` carries what is meant for it)."""
+        return self.remote is not None and type(pid) is Pid and pid.node != self.node
+
     def whereis(self, name):
         return self.names.get(name)
 
     def send(self, pid, msg):
         """Put ``msg`` in the mailbox of ``pid`` (Erlang's ``Pid ! Msg``); MailboxFull at its bound.
         A pid of another node goes through ``remote`` (whatsup/cluster/link.py), when there is one."""
-        if self.remote is not None and type(pid) is Pid and pid.node != self.node:
+        if self._elsewhere(pid):
             return self.remote.send(pid, msg)
         proc = self.lookup(pid)
         if proc.killed is not None:  # its mailbox will never be read again
@@ -388,7 +392,7 @@ class ProcessTable:
     def notify(self, pid, msg):
         """Queue the wake-up ``msg`` unless one with its tag is already waiting (never bounded:
         there is at most one per tag)."""
-        if self.remote is not None and type(pid) is Pid and pid.node != self.node:
+        if self._elsewhere(pid):
             return self.remote.notify(pid, msg)
         proc = self.lookup(pid)
         tag = msg[0]
@@ -436,22 +440,37 @@ class ProcessTable:
         """Tell ``watcher`` (a pid, or a callable(pid, reason)) when ``target`` exits.
 
         A monitor of a process that is already gone fires at once with reason
-        'noproc', as in Erlang, so no exit can be missed.
+        'noproc', as in Erlang, so no exit can be missed. ``target`` may live on
+        another node of the cluster: its exit, or ``noconnection`` when its node
+        goes down, arrives the same way (whatsup/cluster/monitors.py).
         """
         ref = self.new_ref()
+        if self._elsewhere(target):
+            self.remote.monitors.monitor(target, watcher, ref)  # whatsup/cluster/monitors.py
+            return ref
         try:
             self.lookup(target).monitors[ref] = watcher
         except ProcessDead:
-            if callable(watcher):
-                gevent.spawn(watcher, target, "noproc")
-            else:
-                self.send(watcher, ("DOWN", ref, target, "noproc"))
+            self.tell(watcher, ref, target, "noproc")
         return ref
 
     def demonitor(self, target, ref):
-        proc = self.procs.get(target.n)
+        if self._elsewhere(target):
+            return self.remote.monitors.demonitor(target, ref)
+        proc = self.procs.get(target.n) if target.node == self.node else None
         if proc is not None:
             proc.monitors.pop(ref, None)
+
+    def tell(self, watcher, ref, target, reason):
+        """A DOWN that does not come from the exit itself (noproc, a remote one): a pid gets the
+        message, a callable runs in a greenlet of its own, never inside the caller's."""
+        if callable(watcher):
+            gevent.spawn(watcher, target, reason)
+        else:
+            try:
+                self.send(watcher, ("DOWN", ref, target, reason))
+            except ProcessDead:
+                pass
 
     def stop(self, pid, reason="shutdown", timeout=5.0):
         """Stop ``pid`` between two messages (its ``terminate`` runs); kill it after ``timeout``.

@@ -314,7 +314,7 @@ class Helpers:
 
     def rpc(self, node, verb, *args):
         """Run the helper ``verb`` (one of REMOTE) with ``args`` on ``node`` of the cluster and
-        return its answer (tables as their text). ``rpc(n, "reload", "whatsup.x")`` reloads there."""
+        return its answer, of the same type as here (a table, a block, a reload report)."""
         return self._remote(node, verb, *args)
 
     def serve(self, verb, args):
