@@ -27,7 +27,7 @@ class Crash(Exception):
 
 def make_node(data_dir, users, groups, local_shards=2):
     """A stopped node's data dir: each user with 3 queued items, an account, a block list, a privacy
-    row; the groups; a ban row that stays with the node."""
+    row; the groups; two bans; an invite (it stays with the node)."""
     offd = os.path.join(data_dir, "offd")
     Offd(ProcessTable(), offd, local_shards, *OPTIONS).check()
     spools = [Spool(shard_dir(offd, i), *OPTIONS).open() for i in range(local_shards)]
@@ -41,7 +41,7 @@ def make_node(data_dir, users, groups, local_shards=2):
     write_tables(os.path.join(data_dir, "social.sqlite"), {
         "groups": {g: {"name": g, "members": [["u0", True]]} for g in groups},
         "blocks": {u: ["eve"] for u in users}, "privacy": {u: {"last_seen": "nobody"} for u in users},
-        "bans": {f"banned-by-{data_dir[-1]}": 1}})
+        "bans": {u: {"reason": "spam"} for u in users[:2]}, "invites": {f"token-{data_dir[-1]}": {"uses": 1}}})
 
 
 def layout(dirs):

@@ -1,6 +1,7 @@
 """The operator shell across a cluster (README, "The operator shell"): any node's process table,
 stats and sessions from any node, and a rolling hot reload under cross-node traffic. One cluster
 of three real nodes and a real redis-server serves every test here (the suite's time budget)."""
+import json
 import os
 import subprocess
 
@@ -46,6 +47,12 @@ def users(cluster):
     return pairs
 
 
+def ctl(node, *args):
+    """``whatsupctl`` against ``node``'s control socket."""
+    return subprocess.run([os.path.join(ROOT, "bin", "whatsupctl"), "--data-dir", node.data_dir, *args],
+                          capture_output=True, text=True, timeout=60)
+
+
 def sessions_on(sh, ask):
     return ask(sh, "sorted(r['who'] for r in ps(kind='session'))")
 
@@ -73,6 +80,10 @@ def test_any_nodes_table_stats_and_sessions_answer_from_any_node(cluster, users,
             total = ask(sh, "(lambda s: (s['total']['processes']['session'], s['total']['online_users'], "
                             "'node' in s['total'], 'metrics' in s['total']))(stats(0.1, node='all'))")
             assert total == (3, 3, False, False)
+        every = ctl(cluster[b], "--json", "stats", "--interval", "0.1", "--all-nodes")
+        assert every.returncode == 0, every.stderr
+        figures = json.loads(every.stdout)
+        assert (figures["total"]["connections"], sorted(figures)) == (3, sorted(["total", a, b, c]))
     finally:
         for client in clients:
             client.close()
@@ -128,6 +139,8 @@ def test_a_rolling_reload_stops_at_the_first_node_that_refuses_it(cluster, ask):
                           "--all-nodes", "whatsup.routing.sm"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 1, out.stdout + out.stderr
     assert "cannot be reloaded" in out.stdout and "stopped after " + a in out.stdout
+    out = ctl(cluster[c], "reload", "whatsup.routing.sm", "--all-nodes")
+    assert out.returncode == 1 and "reload_failed" in out.stderr and "not tried" in out.stderr, out.stderr
     with cluster[b].shell() as sh:
         rows = ask(sh, "[(r['node'], r['outcome']) for r in reload('whatsup.routing.sm', nodes='all')]")
         assert rows == [(a, "refused"), (b, "not tried"), (c, "not tried")]

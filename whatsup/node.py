@@ -200,7 +200,7 @@ class Node:
         self.registration = Registration(cfg.accounts.registration, cfg.accounts.invite_days,
                                          self.lifecycle.is_retired, cfg.accounts.user_invites)
         if self.homes is not None:
-            self.homes.wire(self.router, self.presence, self.blocks, self.groups)
+            self.homes.wire(self.router, self.presence, self.blocks, self.groups, self.lifecycle, self.devices)
             self.link.services.update({"summary": self.summary,
                                        "shell": lambda verb, args: Helpers(self).serve(verb, args)})
         self.registry = ShardRegistry()

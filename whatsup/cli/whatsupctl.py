@@ -256,11 +256,13 @@ def invites_create(ctl, uses, days):
 
 relay(invites, "list", "Every invite, with its uses and expiry.", columns=INVITE_COLUMNS)
 relay(invites, "revoke", "Forget TOKEN.", click.argument("token"))
+ALL_NODES = click.option("--all-nodes", is_flag=True, help="every node of the cluster (cluster.map)")
 relay(main, "stats", "Connections, message rates, queues, mailboxes, memory and every metric.",
       click.option("--interval", type=float, default=1.0, show_default=True,
-                   help="seconds the rates are measured over"))
-relay(main, "reload", "Hot-load MODULE's new code into the node (e.g. whatsup.c2s.session).",
-      click.argument("module"))
+                   help="seconds the rates are measured over"), ALL_NODES)
+relay(main, "reload", "Hot-load MODULE's new code into the node (e.g. whatsup.c2s.session); with "
+      "--all-nodes into every node, one after the other, stopping at the first that fails.",
+      click.argument("module"), ALL_NODES)
 
 
 @leaf(main, "status")

@@ -20,6 +20,7 @@ sessions it held (presence goes offline), and the sessions it served are
 attached again when it is back (it pushes their queues from the start: devices
 skip the seqs they have seen).
 """
+import functools
 import itertools
 import logging
 
@@ -27,9 +28,12 @@ import gevent
 from gevent.event import AsyncResult
 
 from .link import NodeDown, RemoteError
-from ..protocol import ProtocolError, Template
+from ..protocol import Code, ProtocolError, Template, error_frame
+from ..c2s.admission import Refused
 from ..runtime import ProcessDead, Task
+from ..routing.router import AllDurable
 from ..store.accounts import UserTaken
+from ..store.offd import ShardDown
 
 log = logging.getLogger("whatsup.cluster")
 #: Frames served by the home of what they name: frame type -> (the key naming it, None for the
@@ -41,13 +45,18 @@ ROUTED = {"typing": ("to", "presence", "typing"), "presence_sub": ("user", "pres
           "block_list": (None, "blocks", "list"), "group_add": ("group", "groups", "add"),
           "group_remove": ("group", "groups", "remove"), "group_leave": ("group", "groups", "leave"),
           "group_admin": ("group", "groups", "set_admin"), "group_rename": ("group", "groups", "rename"),
-          "group_info": ("group", "groups", "info")}
+          "group_info": ("group", "groups", "info"), "link_code": (None, "devices", "link_code"),
+          "devices": (None, "devices", "list"), "unlink": (None, "devices", "unlink"),
+          "info": ("to", "router", "info")}
+#: What another node has the home of a user do for that user (Homes.at_home): the truth of their
+#: bans, retired name, link codes and devices is there, as their account is.
+AT_HOME = {"lifecycle": ("ban", "unban", "delete"), "devices": ("link", "unlink_device", "logged_in")}
 
 
 class Homes:
     def __init__(self, link, sm, offd, accounts, window, budget):
         self.link, self.sm, self.offd, self.accounts = link, sm, offd, accounts
-        self.router = self.presence = self.blocks = self.groups = None  # set by wire()
+        self.router = self.presence = self.blocks = self.groups = self.lifecycle = self.devices = None  # wire()
         self.spools = {}  # node -> RemoteSpool: what a fan-out here queues for users homed there
         self.subscribed = set()  # our sessions that subscribed to presence on other nodes
         self.window, self.budget = window, budget
@@ -59,29 +68,33 @@ class Homes:
         link.pokes = self.poke
         sm.placed = self._placed
         link.watchers.append(self._node_changed)
-        link.reconnected.append(self._resend)
+        link.reconnected += [self._resend, self._relearn]
         link.services.update({
             "attach": self._attach, "detach": self._detach, "acked": self._acked, "put": self._put,
             "account": self._account, "account_put": self._account_put, "users": self._users,
-            "user": self._user, "route": self._route, "gone": self._gone, "blocks_of": self._blocks_of,
-            "blocked": self._blocked, "reattach": self._reattach, "resync": self._resync})
+            "user": self._user, "devices_of": self._devices_of, "route": self._route, "gone": self._gone,
+            "blocks_of": self._blocks_of, "blocked": self._blocked, "reattach": self._reattach,
+            "resync": self._resync})
 
     def __repr__(self):
         return f"<Homes remote_sessions={len(self.remote)} due={len(self.due)}>"
 
-    def wire(self, router, presence, blocks, groups):
+    def wire(self, router, presence, blocks, groups, lifecycle, devices):
         """The services a home runs for sessions on other nodes (Router.remote forwards them)."""
         self.router, self.presence, self.blocks, self.groups = router, presence, blocks, groups
+        self.lifecycle, self.devices = lifecycle, devices
         blocks.shared = self._share_blocks
-        groups.placed = self.here
-        self.link.services.update({"put_group": self._put_group,
-                                   "group_msg": self._group_msg})
-        self.link.blocking |= {"group_msg", "route", "attach"}
+        groups.placed = blocks.placed = self.here
+        lifecycle.remote = devices.remote = self
+        presence.relayed = self._relay
         self.link.services.update({
+            "put_group": self._put_group, "put_each": self._put_each, "group_msg": self._group_msg,
+            "groups_of": self._groups_of, "relay": self._relayed, "read": self._read, "history": self._history,
+            "home": self._at_home, "lifecycle_set": lifecycle.learn, "lifecycle_of": self._lifecycle_of,
+            "forget": self._forget, "devices_set": self.accounts.companions,
             "message": lambda pid, ref, sender, cid, to, body, device: router.message(
-                sender, pid, ref, cid, to, body, device),
-            "read": lambda pid, ref, user, to, ids, group, device: router.read(
-                user, pid, ref, to, ids, group, device)})
+                sender, pid, ref, cid, to, body, device)})
+        self.link.blocking |= {"group_msg", "route", "attach", "home"}
 
     # --- as the session's node ---------------------------------------------------------
 
@@ -109,6 +122,9 @@ class Homes:
     def elsewhere(self, ftype, user, pid, f):
         """Forward frame ``f`` of session ``pid`` to the home it concerns (see ROUTED); True when
         it went (its answer comes back as a reply), False when it is served here."""
+        if ftype == "group_list":
+            self._list_groups(user, pid, f["ref"])
+            return True
         if ftype not in ROUTED:
             return False
         key = "group" if ftype == "typing" and "group" in f else ROUTED[ftype][0]
@@ -123,6 +139,40 @@ class Homes:
         else:
             self.forward(entity, pid, ref, "route", ftype, user, f)
         return True
+
+    def _list_groups(self, user, pid, ref):
+        """``group_list``: a group lives on its home node, so every node is asked for the groups
+        of ``user`` it homes (one request each) and the answer merges them; store_failed
+        (retry) while a node of the map is down, rather than a list missing its groups."""
+        down = sorted(set(self.link.map.nodes) - set(self.link.live))
+        found, left = [], [len(self.link.live)]
+
+        def answered(node, ok, groups):
+            if ok:
+                found.extend(groups)
+            else:
+                down.append(node)
+            left[0] -= 1
+            if not left[0]:
+                self.router.reply(pid, error_frame(Code.STORE_FAILED, f"the groups on {down[0]} cannot be "
+                                                   "listed now; retry", ref) if down else
+                                  {"type": "groups", "ref": ref, "groups": sorted(found, key=lambda g: g["group"])})
+        for node in sorted(self.link.live):
+            if node == self.link.node:
+                answered(node, True, self._groups_of(user))
+            else:
+                self.link.request(node, "groups_of", (user,), functools.partial(answered, node))
+
+    def _relay(self, users, frame):
+        """Presence relays ``frame`` (typing) to ``users``: those homed elsewhere get it from
+        their home, which knows all their sessions (one cast per node, whatever the number of
+        users there); returns the users homed here."""
+        here, away = [], {}
+        for user in users:
+            (here.append(user) if self.here(user) else away.setdefault(self.home(user), []).append(user))
+        for node, members in away.items():
+            self.link.cast(node, "relay", members, frame)
+        return here
 
     def gone(self, pid):
         """Session ``pid`` ended: the homes it subscribed on drop its subscriptions, those it sent
@@ -145,9 +195,7 @@ class Homes:
     def put(self, user, kind, frame, on_durable, force):
         """Queue ``frame`` for ``user`` in their home's offd; ``on_durable(err)`` once it is
         fsynced there (err None) or failed (the home down, Redis lost for too long...)."""
-        def done(ok, value):
-            on_durable(None if ok and value is None else RemoteError(value if ok else str(value)))
-        self.link.request(self.home(user), "put", (user, kind, frame, force), done)
+        self.link.request(self.home(user), "put", (user, kind, frame, force), _answered(on_durable))
 
     # --- accounts of users homed elsewhere (whatsup/store/accounts.py calls these) -------
 
@@ -168,7 +216,76 @@ class Homes:
             if node != self.link.node:
                 self.link.cast(node, "user", user, exists)
 
+    # --- what a user's home keeps: bans, retired name, devices (lifecycle.py, devices.py) ----
+
+    def at_home(self, user, feature, verb, *args):
+        """``verb`` of ``feature`` (AT_HOME) for ``user``, done by their home: its value. Raises
+        what it raised there: Refused (with its code: a refused link...), KeyError (no such
+        user), NodeDown (the home is down: retry)."""
+        try:
+            value = self.link.call(self.home(user), "home", feature, verb, args)
+        except RemoteError as exc:
+            if str(exc).startswith("KeyError"):
+                raise KeyError(user) from None
+            raise
+        if isinstance(value, dict) and "refused" in value:
+            raise Refused(*value["refused"])
+        return value
+
+    def seen_at_home(self, user, device):
+        """Companion ``device`` of ``user`` logged in here: their home stores when (and unlinks
+        their companions away too long), without the login waiting for it."""
+        self.link.cast(self.home(user), "home", "devices", "logged_in", (user, device))
+
+    def share_devices(self, user, row):
+        """``user``'s devices (homed here) changed: every node's copy too (a companion's token
+        is checked, and the user's devices counted, where the session is)."""
+        for node in self.link.live:
+            if node != self.link.node:
+                self.link.cast(node, "devices_set", user, row)
+
+    def share(self, name, user, value):
+        """``user`` (homed here) was banned, unbanned or retired: every other node's copy too."""
+        for node in self.link.live:
+            if node != self.link.node:
+                self.link.cast(node, "lifecycle_set", name, user, value)
+
+    def forget(self, user):
+        """``user`` (homed here) is deleted: each node has them leave the groups it homes and
+        drops its users' blocks of them; returns the groups left (a node down keeps its own)."""
+        left = []
+        for node in sorted(self.link.live):
+            try:
+                left += self.link.call(node, "forget", user)
+            except (NodeDown, RemoteError) as exc:
+                log.error("cluster: %s deleted, but not forgotten on %s (%s)", user, node, exc)
+        return left
+
     # --- as the home ----------------------------------------------------------------------
+
+    def _at_home(self, feature, verb, args):
+        if verb not in AT_HOME.get(feature, ()):
+            raise ValueError(f"no such service at home: {feature}.{verb}")
+        try:
+            return getattr(getattr(self, feature), verb)(*args)
+        except (ProtocolError, Refused) as exc:
+            return {"refused": [exc.code, str(exc), exc.retry_after]}
+
+    def _history(self, pid, ref, user, device, to_device, bundle):
+        self.router.history(user, device, pid, ref, to_device, bundle)
+
+    def _lifecycle_of(self):
+        """The bans and retired names of the users homed here (what other nodes hold in RAM)."""
+        return {name: {u: v for u, v in getattr(self.lifecycle, name).items() if self.here(u)}
+                for name in ("bans", "retired")}
+
+    def _forget(self, user):
+        gids = [g["group"] for g in self._groups_of(user)]
+        for gid in gids:
+            self.lifecycle.leave(user, gid)
+        if not self.here(user):  # the home forgets its own after purging the queue
+            self.blocks.forget(user)
+        return gids
 
     def _attach(self, user, device, pid):
         spool = self.offd.spool(user)  # first: a restarting shard fails the login, changing nothing
@@ -204,8 +321,7 @@ class Homes:
         answer (or the refusal) sent back to the session."""
         _, owner, method = ROUTED[ftype]
         try:
-            answer = getattr({"presence": self.presence, "blocks": self.blocks, "groups": self.groups}[owner],
-                             method)(user, pid, f)
+            answer = getattr(getattr(self, owner), method)(user, pid, f)
         except ProtocolError as exc:
             answer = exc.frame()
         if answer is not None:
@@ -219,6 +335,25 @@ class Homes:
 
     def _gone(self, pid):
         self.presence.gone(pid)
+
+    def _groups_of(self, user):
+        return self.groups.list(user, None, {"ref": None})["groups"]
+
+    def _relayed(self, users, frame):
+        for user in users:
+            session = self.sm.lookup(user)
+            if session is not None:
+                self.router.reply(session, frame)
+
+    def _read(self, pid, ref, user, to, ids, group, device):
+        """A ``read`` served here: by the reader's home (1:1), or by the group's home, which
+        checks the reader belongs to it and holds the ids its members were sent."""
+        if group is not None:
+            try:
+                self.groups.members_of(user, group, ref)
+            except ProtocolError as exc:
+                return self.router.reply(pid, exc.frame())
+        self.router.read(user, pid, ref, to, ids, group, device)
 
     def _share_blocks(self, user, others):
         """``user`` (homed here) changed their block list: every other node holds a copy in RAM."""
@@ -236,8 +371,19 @@ class Homes:
         return {u: sorted(o) for u, o in self.blocks.blocked.items() if self.here(u)}
 
     def _put(self, user, kind, frame, force):
+        return self._put_each([(user, kind, frame, force)])
+
+    def _put_each(self, entries):
+        """Items ``(user, kind, frame, force)`` for users homed here; answered (None, or the first
+        error) once every one is fsynced."""
         done = AsyncResult()
-        self.offd.spool(user).put(user, kind, frame, on_durable=done.set, force=force)
+        stored = AllDurable(done.set)
+        try:
+            for user, kind, frame, force in entries:
+                self.offd.spool(user).put(user, kind, frame, on_durable=stored.expect(), force=force)
+        except ShardDown as exc:
+            stored.expect()(exc)
+        stored.release()
         err = done.get()
         return None if err is None else f"{type(err).__name__}: {err}"
 
@@ -275,8 +421,14 @@ class Homes:
     def _users(self):
         return sorted(self.accounts.own())
 
+    def _devices_of(self):
+        return {user: self.accounts.rows(user) for user in self.accounts.linked() if self.here(user)}
+
     def _user(self, user, exists):
+        """``user``'s record changed on their home (registered, new password, deleted): a login
+        here no longer passes on the password it remembered (KnownLogins)."""
         (self.accounts.users.add if exists else self.accounts.users.discard)(user)
+        self.accounts.forget(user)
 
     # --- pushing to sessions on other nodes --------------------------------------------------
 
@@ -355,6 +507,13 @@ class Homes:
             self.link.cast(node, "reattach", self.link.node)
             self.link.table.spawn(Task, self._learn_users, (node,), entity=node)
 
+    def _relearn(self):
+        """Redis came back: a change another node sent meanwhile may be lost with its tail (a
+        ban, an unlinked device...): what we hold of every node's users is learnt again."""
+        for node in self.link.live:
+            if node != self.link.node:
+                self.link.table.spawn(Task, self._learn_users, (node,), entity=node)
+
     def _reattach(self, node):
         """Register with ``node`` every session here of a user it homes."""
         mine = [(user, device, pid) for user, devices in self.sm.sessions.items() if self.home(user) == node
@@ -363,29 +522,61 @@ class Homes:
             self.link.cast(node, "attach", user, device, pid)
 
     def _learn_users(self, node):
-        """What every node holds in RAM of the users ``node`` homes: their names, their block lists."""
+        """What every node holds in RAM of the users ``node`` homes: their names, devices, block
+        lists, bans and retired names: what it answers replaces what we held of its users."""
+        def learn(held, now, put):
+            for user in [u for u in held if u not in now and self.home(u) == node]:
+                put(user, None)
+            for user, value in now.items():
+                put(user, value)
         try:
             self.accounts.users.update(self.link.call(node, "users"))
-            for user, others in self.link.call(node, "blocks_of").items():
-                self._blocked(user, others)
+            learn(self.blocks.blocked, self.link.call(node, "blocks_of"), self._blocked)
+            learn(self.accounts.linked(), self.link.call(node, "devices_of"), self.accounts.companions)
+            for name, records in self.link.call(node, "lifecycle_of").items():
+                learn(getattr(self.lifecycle, name), records, functools.partial(self.lifecycle.learn, name))
         except (NodeDown, RemoteError) as exc:
             log.warning("cluster: the users of %s not learnt (%s)", node, exc)
 
 
 class RemoteSpool:
     """The offd of another node as a group fan-out sees it (Router.copies, Groups._event): a
-    copy for its users goes there in one request per fan-out, an event per member."""
+    message's copies for its users go there in one request, and so do the items put for them
+    in one hub turn (a group event for every member: one hop per node, not per member)."""
 
     def __init__(self, homes, node):
         self.homes, self.node = homes, node
+        self.batch = []  # (user, kind, frame, force) put since the last request
+        self.waiting = []  # their durability callbacks
 
     def __repr__(self):
-        return f"<RemoteSpool {self.node}>"
+        return f"<RemoteSpool {self.node} batch={len(self.batch)}>"
 
     def put_group(self, users, gid, sender, cid, template, on_durable):
-        def done(ok, value):
-            on_durable(None if ok and value is None else RemoteError(value if ok else str(value)))
-        self.homes.link.request(self.node, "put_group", (users, gid, sender, cid, template.head), done)
+        self.flush()  # what was put before goes first: a member sees events and messages in order
+        self.homes.link.request(self.node, "put_group", (users, gid, sender, cid, template.head),
+                                _answered(on_durable))
 
     def put(self, user, kind, frame, on_durable=None, force=False, **_):
-        self.homes.put(user, kind, frame, on_durable or (lambda err: None), force)
+        if not self.batch:
+            gevent.get_hub().loop.run_callback(self.flush)
+        self.batch.append((user, kind, frame, force))
+        self.waiting.append(on_durable or (lambda err: None))
+
+    def flush(self):
+        if not self.batch:
+            return
+        batch, waiting, self.batch, self.waiting = self.batch, self.waiting, [], []
+
+        def stored(err):
+            for on_durable in waiting:
+                on_durable(err)
+        self.homes.link.request(self.node, "put_each", (batch,), _answered(stored))
+
+
+def _answered(on_durable):
+    """A request's ``done(ok, value)`` for a durability callback: None once stored there, else
+    the error (what the service answered, or why no answer came)."""
+    def done(ok, value):
+        on_durable(None if ok and value is None else RemoteError(value if ok else str(value)))
+    return done

@@ -297,8 +297,10 @@ class Link:
                 ack = False
                 self._dispatch(pid, name, (pid, ref, *args), pid, ref)
         elif kind == "cast":
+            self.counters["cast:" + msg[1]] += 1  # per service: how many hops a fan-out made (tests)
             self._dispatch(msg[1], msg[1], msg[2])
         elif kind == "call":
+            self.counters["call:" + msg[3]] += 1
             self.table.spawn(Task, self._serve_call, msg[1:], entity=msg[3])
         elif kind == "answer":
             self._answer(*msg[1:])

@@ -50,8 +50,8 @@ log = logging.getLogger("whatsup.reshard")
 TABLES = "social.sqlite"
 STORES = ("offd", "accounts", TABLES)
 #: social.sqlite's tables whose rows live on the home of their key (a group id, a user name); the
-#: others (bans, retired names, invites, push tokens) belong to the node that wrote them and stay.
-HOMED = ("groups", "blocks", "privacy")
+#: others (invites, push tokens) belong to the node that wrote them and stay.
+HOMED = ("groups", "blocks", "privacy", "bans", "retired")
 SIDECARS = ("", "-wal", "-shm")  # an sqlite file moves with its write-ahead log
 
 

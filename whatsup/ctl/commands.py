@@ -252,17 +252,19 @@ def invites_revoke(node, who, token):
 
 # --- the node ------------------------------------------------------------------------------
 
-@command("stats", interval=(False, float))
-def stats(node, who, interval=1.0):
-    """The operator shell's stats(): rates over ``interval`` s, queues, mailboxes, every metric."""
-    return Helpers(node).stats(min(max(interval, 0.01), 60.0))
+@command("stats", interval=(False, float), all_nodes=(False, bool))
+def stats(node, who, interval=1.0, all_nodes=False):
+    """The operator shell's stats(): rates over ``interval`` s, queues, mailboxes, every metric;
+    ``all_nodes``: every node's of the cluster and their totals."""
+    return Helpers(node).stats(min(max(interval, 0.01), 60.0), node="all" if all_nodes else None)
 
 
-@command("reload", changes=True, module=(True, str))
-def reload(node, who, module):
-    """Hot-load a module's new code into the node (the operator shell's reload())."""
+@command("reload", changes=True, module=(True, str), all_nodes=(False, bool))
+def reload(node, who, module, all_nodes=False):
+    """Hot-load a module's new code into the node (the operator shell's reload()); ``all_nodes``:
+    into every node of the cluster, one after the other, stopping at the first that fails."""
     try:
-        report = Helpers(node).reload(module)
+        report = Helpers(node).reload(module, nodes="all" if all_nodes else None)
     except Exception as exc:
         raise Refused("reload_failed", f"{type(exc).__name__}: {exc}") from None
     if not report:  # reload refused the module, or it did not load: the node keeps the old code

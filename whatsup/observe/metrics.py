@@ -123,7 +123,8 @@ METRICS = (
            lambda n: int(n.push.schedule.open_until is not None)),
     Metric("cluster_events_total", "counter", "a cluster node's traffic and faults (whatsup/cluster/link.py): "
            "entries sent/received/acked, requests forwarded/failed, write/read/lease failures, nodes down, "
-           "pending entries read again, stale and late entries dropped, placements reaped; none on a single node",
+           "pending entries read again, stale and late entries dropped, placements reaped, calls and casts "
+           "served per service (call:NAME, cast:NAME); none on a single node",
            lambda n: dict(n.link.counters) if n.link is not None else {}, label="event"),
     Metric("cluster_nodes_live", "gauge", "nodes whose lease holds, this one included (0: a single node)",
            lambda n: len(n.link.live) if n.link is not None else 0),

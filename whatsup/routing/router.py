@@ -257,17 +257,27 @@ class Router:
         """Queue ``frame`` (what ``device`` of ``user`` sent, marked with ``device``) for ``user``
         when they have other devices; forced (bounded by what they send). The device that
         sent it gets it too (one cursor for all, queues.py) and skips it by ``device``. A
-        restarting shard of ``user`` costs the copy, not the message: logged."""
+        restarting shard of ``user`` (their home down, in a cluster) costs the copy, not the
+        message: logged."""
         if len(self.accounts.devices(user)) < 2:
             return
         frame["device"] = device
         on_durable = done.expect()
+        if self.remote is not None and not self.remote.here(user):
+            def stored(err):
+                if err is not None:
+                    self._copy_lost(user, frame, err)
+                on_durable(None)
+            return self.remote.put(user, "self", frame, stored, True)
         try:
             self.offd.spool(user).put(user, "self", frame, on_durable=on_durable, force=True)
         except ShardDown as exc:
             on_durable(None)  # the copy is given up, the message is not
-            self.counters["self_copies_lost"] += 1
-            log.warning("%s's own copy of %s not queued for their other devices: %s", user, frame["type"], exc)
+            self._copy_lost(user, frame, exc)
+
+    def _copy_lost(self, user, frame, exc):
+        self.counters["self_copies_lost"] += 1
+        log.warning("%s's own copy of %s not queued for their other devices: %s", user, frame["type"], exc)
 
     def retransmit(self, sender, pid, ref, cid, to):
         """True when ``cid`` was seen from ``sender`` (to ``to``, a user or a group): its ✓ is
@@ -443,9 +453,11 @@ class Router:
         """``device`` of ``user`` has read messages ``ids`` from ``to`` (in ``group``, if given);
         answer ``ok`` once the receipt is durable, or ``queue_full`` when ``to`` has
         offd.max_queue items waiting. The user's other devices hear it (a ``self`` receipt).
-        In a cluster ``user``'s home answers: it holds their queue and the ids sent to them."""
-        if self.remote is not None and not self.remote.here(user):
-            return self.remote.forward(user, pid, ref, "read", user, to, ids, group, device)
+        In a cluster the home of ``user`` answers (it holds their queue and the ids sent to
+        them), or for a group the group's home (it holds the ids sent to the group)."""
+        owner = user if group is None else group
+        if self.remote is not None and not self.remote.here(owner):
+            return self.remote.forward(owner, pid, ref, "read", user, to, ids, group, device)
         if not self.accounts.exists(to):
             return self.reply(pid, error_frame(Code.UNKNOWN_USER, f"no such user {to!r}", ref))
         undelivered = self.undelivered(user, to, ids, group)
@@ -471,7 +483,9 @@ class Router:
     def history(self, user, device, pid, ref, to_device, bundle):
         """A history bundle from ``device`` of ``user`` for their device ``to_device``
         (docs/PROTOCOL.md, "Devices"): queued for that device alone (a ``direct`` item, whose
-        cid names it), never parsed; ``ok`` once durable."""
+        cid names it), never parsed; ``ok`` once durable. In a cluster ``user``'s home queues it."""
+        if self.remote is not None and not self.remote.here(user):
+            return self.remote.forward(user, pid, ref, "history", user, device, to_device, bundle)
         if to_device == device or to_device not in self.accounts.devices(user):
             return self.reply(pid, error_frame(Code.UNKNOWN_DEVICE, f"no other linked device {to_device}", ref))
         frame = {"type": "history", "from": user, "device": device, "bundle": bundle}

@@ -25,6 +25,7 @@ class Blocks:
         self.blocked = {}  # blocker -> set of users they blocked
         self.table = None
         self.shared = None  # in a cluster: callable(user, others) copying a change to the other nodes
+        self.placed = lambda user: True  # in a cluster: ``user`` is homed here (their list is stored here)
 
     def __repr__(self):
         return f"<Blocks blockers={len(self.blocked)}>"
@@ -70,20 +71,23 @@ class Blocks:
         return other
 
     def _store(self, user, pid, ref):
+        self._stored(user, self.ok_when_durable(pid, {"type": "ok", "ref": ref}))
+
+    def _stored(self, user, on_durable=None):
         others = self.blocked.get(user)
         if self.shared is not None:
             self.shared(user, others or ())
-        self.table.put(user, sorted(others) if others else None,
-                       self.ok_when_durable(pid, {"type": "ok", "ref": ref}))
+        self.table.put(user, sorted(others) if others else None, on_durable)
 
     def forget(self, user):
         """``user``'s account is deleted: drop their blocks and every block of them (durably;
-        a rare operation, so walking the blockers is fine)."""
-        if self.blocked.pop(user, None) is not None:
-            self.table.put(user, None)
+        a rare operation, so walking the blockers is fine). In a cluster each node changes
+        the lists of the users it homes (and copies them to the others)."""
+        if self.placed(user) and self.blocked.pop(user, None) is not None:
+            self._stored(user)
         for blocker, others in list(self.blocked.items()):
-            if user in others:
+            if user in others and self.placed(blocker):
                 others.discard(user)
                 if not others:
                     del self.blocked[blocker]
-                self.table.put(blocker, sorted(others) if others else None)
+                self._stored(blocker)

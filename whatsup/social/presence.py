@@ -31,6 +31,9 @@ class Presence:
         self.last_seen = {}      # user -> ms since the epoch, when their last session ended
         self.hidden = set()      # users whose last seen is visible to nobody
         self.table = None
+        # in a cluster (whatsup/cluster/homes.py): relays ``frame`` to those of ``users`` homed on
+        # other nodes and returns the others, whose sessions this node knows
+        self.relayed = lambda users, frame: users
 
     def __repr__(self):
         return f"<Presence watched={len(self.watchers)} watching={len(self.watching)}>"
@@ -91,7 +94,7 @@ class Presence:
         else:
             self._peer(user, f["to"], ref, "type to yourself")
             targets = [] if self.blocks.blocks(f["to"], user) else [f["to"]]
-        for target in targets:
+        for target in self.relayed(targets, relay):
             session = self.sm.lookup(target)
             if session is not None:
                 self.router.reply(session, relay)

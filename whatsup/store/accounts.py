@@ -309,7 +309,7 @@ class AccountStore:
             self.forget(user)
             self._put(user, None)
             if user in self._devices:
-                self.shard(user).store(DEVICES + user, None)
+                self._store_devices(user, None)
                 self.companions(user, None)
 
     # --- devices -------------------------------------------------------------------
@@ -338,7 +338,7 @@ class AccountStore:
             "name": name, "token": token_hash(token), "created": now, "last_seen": now}}}
         self._reserved.add(user)
         try:
-            self.shard(user).store(DEVICES + user, new)
+            self._store_devices(user, new)
         finally:
             self._reserved.discard(user)
         self.companions(user, new)
@@ -352,7 +352,7 @@ class AccountStore:
         left = {d: v for d, v in row["devices"].items() if d != str(device)}
         new = {"next": row["next"], "devices": left}
         self.companions(user, new)  # first: from here on its token is refused
-        self.shard(user).store(DEVICES + user, new)
+        self._store_devices(user, new)
         return True
 
     def verify_device(self, user, device, token):
@@ -370,12 +370,27 @@ class AccountStore:
             # a new row: the writer thread may be encoding the old one
             row = {**row, "devices": {**row["devices"], str(device): {**entry, "last_seen": round(time.time(), 3)}}}
             self.companions(user, row)
-            self.shard(user).store(DEVICES + user, row)
+            self._store_devices(user, row)
 
     def inactive(self, user, before):
         """The companions of ``user`` not seen since ``before`` (a time)."""
         row = self._devices.get(user)
         return [int(d) for d, v in row["devices"].items() if v["last_seen"] < before] if row else []
+
+    def rows(self, user):
+        """``user``'s companions' row (None: they never linked one)."""
+        return self._devices.get(user)
+
+    def linked(self):
+        """The users who have a companions' row (who linked a device once)."""
+        return list(self._devices)
+
+    def _store_devices(self, user, row):
+        """Store ``user``'s companions' row durably (None deletes it); in a cluster every other
+        node holds a copy (their home stores it: link, unlink... run there)."""
+        self.shard(user).store(DEVICES + user, row)
+        if self.away is not None:
+            self.away.share_devices(user, row)
 
     def companions(self, user, row):
         """Set ``user``'s companions' row in RAM (None: none left)."""

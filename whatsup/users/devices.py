@@ -69,6 +69,9 @@ class Devices:
         self.guesses = guesses
         self.max_companions, self.inactive_after, self.clock = max_companions, inactive_after, clock
         self.codes = LinkCodes(link_ttl)
+        # in a cluster (whatsup/cluster/homes.py): a user's codes and devices are kept by their home,
+        # which a node asks for users homed elsewhere (their frames are forwarded there as a whole)
+        self.remote = None
 
     def __repr__(self):
         return f"<Devices {self.codes!r} max_companions={self.max_companions}>"
@@ -100,6 +103,9 @@ class Devices:
         """The new device's ``link``: (device id, token) once durable, or ProtocolError
         (bad_link_code, too_many_attempts, device_limit). ``keys`` are the limiter keys of
         the attempt (user, address, network)."""
+        if self._away(user):
+            return tuple(self.remote.at_home(user, "devices", "link", user, code, name, keys, ref))
+        keys = tuple(tuple(key) for key in keys)  # (lists when another node asked)
         if user not in self.accounts.users:
             self.guesses.attempt(keys, lambda: False)  # a wrong name is a wrong guess too
             raise ProtocolError(Code.BAD_LINK_CODE, "unknown, used or expired link code", ref)
@@ -125,6 +131,8 @@ class Devices:
     def unlink_device(self, user, device, why):
         """Revoke ``device`` of ``user``, close its session, release what it held in offd; False
         if it was not linked."""
+        if self._away(user):
+            return self.remote.at_home(user, "devices", "unlink_device", user, device, why)
         if not self.accounts.unlink(user, device):
             return False
         pid = self.sm.lookup(user, device)
@@ -140,12 +148,17 @@ class Devices:
         """A device of ``user`` logged in: a companion's last_seen is stored, and the user's
         companions away longer than devices.inactive_after are unlinked (best effort: a store
         that cannot write now costs a warning, not the login)."""
+        if self._away(user):
+            return self.remote.seen_at_home(user, device)
         try:
             if device != PRIMARY:
                 self.accounts.seen(user, device, min(SEEN_EVERY, self.inactive_after / 2 or SEEN_EVERY))
             self.expire(user)
         except (OSError, ShardDown) as exc:
             log.warning("devices of %s not updated at login: %s", user, exc)
+
+    def _away(self, user):
+        return self.remote is not None and not self.remote.here(user)
 
     def expire(self, user):
         """Unlink ``user``'s companions that stayed offline longer than devices.inactive_after

@@ -9,8 +9,13 @@ them without I/O.
 
 A live session is closed by telling it ``("close", code, message)``: it answers
 its device with that error and ends (``banned``, ``kicked``,
-``password_changed``, ``account_deleted``). There is one session per user
-today; "every other session" is written for the multi-device work.
+``password_changed``, ``account_deleted``).
+
+In a cluster (docs/ARCHITECTURE.md, "A cluster") a ban or a deletion is made by the
+user's home node, whoever asks: its tables hold the record, its session manager
+every session of the user; every other node holds a copy of the bans and retired
+names in RAM (``remote``: whatsup/cluster/homes.py), so a login or a registration on
+any node still asks them without I/O.
 """
 import contextlib
 import logging
@@ -42,6 +47,7 @@ class Lifecycle:
         self.bans = {}      # user -> {"reason", "by", "at"}
         self.retired = {}   # name -> until (seconds since the epoch)
         self._tables = {}
+        self.remote = None  # in a cluster: the homes of users homed on other nodes (cluster/homes.py)
 
     def __repr__(self):
         return f"<Lifecycle banned={len(self.bans)} retired={len(self.retired)}>"
@@ -67,20 +73,40 @@ class Lifecycle:
 
     def ban(self, user, reason, by):
         """Refuse ``user``'s logins from now on and close their session; returns the ban record."""
+        if self._away(user):
+            return self.remote.at_home(user, "lifecycle", "ban", user, reason, by)
         self._known(user)
         record = {"reason": reason, "by": by, "at": round(self.clock(), 3)}
         durably(self._tables["bans"], user, record)
-        self.bans[user] = record
+        self._set("bans", user, record)
         self.close_sessions(user, Code.BANNED, f"this account is banned: {reason}")
         return record
 
     def unban(self, user):
         """Let ``user`` log in again; False if they were not banned."""
+        if self._away(user):
+            return self.remote.at_home(user, "lifecycle", "unban", user)
         if user not in self.bans:
             return False
         durably(self._tables["bans"], user, None)
-        del self.bans[user]
+        self._set("bans", user, None)
         return True
+
+    def learn(self, name, user, value):
+        """The home of ``user`` changed their ``bans`` or ``retired`` record (None: removed)."""
+        table = getattr(self, name)
+        if value is None:
+            table.pop(user, None)
+        else:
+            table[user] = value
+
+    def _set(self, name, user, value):
+        self.learn(name, user, value)
+        if self.remote is not None:
+            self.remote.share(name, user, value)
+
+    def _away(self, user):
+        return self.remote is not None and not self.remote.here(user)
 
     def close_sessions(self, user, code, message, keep=None):
         """Close every session of ``user`` but ``keep`` with error ``code``; returns their pids."""
@@ -100,19 +126,21 @@ class Lifecycle:
         """Delete ``user`` everywhere: sessions, account, queue, group memberships (each group
         hears ``left``), blocks both ways, privacy; the name is retired for name_reuse_days.
         Returns what was removed."""
+        if self._away(user):
+            return self.remote.at_home(user, "lifecycle", "delete", user, keep)
         self._known(user)
         if self.reuse > 0:  # first: from here on the name cannot be registered again
             until = round(self.clock() + self.reuse, 3)
             durably(self._tables["retired"], user, until)
-            self.retired[user] = until
+            self._set("retired", user, until)
         closed = self.close_sessions(user, Code.ACCOUNT_DELETED, "this account was deleted", keep)
         self.accounts.delete(user)
-        groups = [g["group"] for g in self.groups.list(user, None, {"ref": 0})["groups"]]
-        for gid in groups:
-            try:
-                self.groups.leave(user, None, {"group": gid, "ref": None})
-            except ProtocolError:
-                pass  # the group went meanwhile
+        if self.remote is not None:  # the groups live on every node, the blocks of others on theirs
+            groups = self.remote.forget(user)
+        else:
+            groups = [g["group"] for g in self.groups.list(user, None, {"ref": 0})["groups"]]
+            for gid in groups:
+                self.leave(user, gid)
         purged = self.offd.purge(user)  # last: the group events above queued a copy for them too
         self.blocks.forget(user)
         self.presence.forget(user)
@@ -121,6 +149,13 @@ class Lifecycle:
         log.warning("account %s deleted: %d items purged, left %d groups", user, len(purged), len(groups))
         return {"user": user, "sessions_closed": len(closed), "items_purged": len(purged),
                 "groups_left": groups, "name_reusable_at": self.retired.get(user)}
+
+    def leave(self, user, gid):
+        """Deleted ``user`` leaves group ``gid`` (homed here)."""
+        try:
+            self.groups.leave(user, None, {"group": gid, "ref": None})
+        except ProtocolError:
+            pass  # the group went meanwhile
 
     def _known(self, user):
         if not self.accounts.exists(user):
