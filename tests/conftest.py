@@ -2,6 +2,7 @@ import ast
 import pathlib
 import re
 
+import gevent
 import pytest
 
 from whatsup.testing import LocalCluster, RedisServer, ServerProcess
@@ -9,6 +10,21 @@ from whatsup.testing import LocalCluster, RedisServer, ServerProcess
 
 #: Every password the suite uses starts with "pw-" (``f"pw-{user}"``, the attack's, the crash tests').
 PASSWORD = re.compile(rb"pw-[\w.-]{2,}")
+
+
+def pytest_collection_modifyitems(items):
+    """The tests marked slow run first (the order is otherwise kept): under README's
+    ``-n 2 --maxschedchunk 1`` each worker takes the next test when it is done, so the long
+    ones spread over both and the suite does not end waiting on one that came last."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+@pytest.fixture(autouse=True)
+def fresh_loop_time():
+    """This process's hub keeps the time of its loop's last turn, and starting a timer does not
+    update it: after tests that never ran the hub (subprocess nodes, seconds), a test's
+    ``joinall(timeout=10)`` ended at once. Each test starts with the loop's time brought up to date."""
+    gevent.get_hub().loop.update_now()
 
 
 @pytest.fixture(scope="session", autouse=True)

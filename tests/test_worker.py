@@ -33,5 +33,4 @@ def test_kill_runs_what_was_handed_over_then_ends_the_thread():
     ran = []
     w.spawn(ran.append, 1)
     w.kill()
-    w._thread.join(5)
-    assert ran == [1] and not w._thread.is_alive()
+    assert w.ended.wait(5) and ran == [1]

@@ -7,9 +7,15 @@ one per group-commit batch. Here a task is a deque append; the thread is woken
 (one futex) only when it sleeps; every result comes back through one async
 watcher, which libev coalesces.
 
+The thread is started with ``_thread.start_new_thread``, as gevent's own
+ThreadPool does: ``threading.Thread.start`` waits until the new thread has run,
+and on a loaded machine that wait held the hub past the 0.1 s monitor threshold
+(an offd shard's start, seen by the test gate).
+
 Not for sqlite: a connection must stay on the thread that made it, and
 sqlitedict brings its own thread (whatsup/store/accounts.py).
 """
+import _thread
 import collections
 import logging
 import threading
@@ -31,11 +37,11 @@ class Worker:
         self._signalled = False            # _go was released and the thread has not woken yet
         self._back = gevent.get_hub().loop.async_()
         self._back.start(self._deliver)
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        self.ended = threading.Event()     # set when the thread has returned (after kill)
+        _thread.start_new_thread(self._run, ())
 
     def __repr__(self):
-        return f"<Worker {self.name} tasks={len(self._tasks)} alive={self._thread.is_alive()}>"
+        return f"<Worker {self.name} tasks={len(self._tasks)} alive={not self.ended.is_set()}>"
 
     def spawn(self, fn, *args):
         """Run ``fn(*args)`` on the thread; nobody waits for it (an error is logged)."""
@@ -59,6 +65,13 @@ class Worker:
             self._go.release()
 
     def _run(self):
+        threading.current_thread().name = self.name  # what thread dumps call it
+        try:
+            self._serve()
+        finally:
+            self.ended.set()
+
+    def _serve(self):
         while True:
             self._go.acquire()
             self._signalled = False
