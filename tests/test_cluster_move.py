@@ -27,7 +27,8 @@ class Crash(Exception):
 
 def make_node(data_dir, users, groups, local_shards=2):
     """A stopped node's data dir: each user with 3 queued items, an account, a block list, a privacy
-    row; the groups; two bans; an invite (it stays with the node)."""
+    row, and every third user a companion device past its queue; the groups; two bans; an invite
+    (it stays with the node)."""
     offd = os.path.join(data_dir, "offd")
     Offd(ProcessTable(), offd, local_shards, *OPTIONS).check()
     spools = [Spool(shard_dir(offd, i), *OPTIONS).open() for i in range(local_shards)]
@@ -35,6 +36,8 @@ def make_node(data_dir, users, groups, local_shards=2):
         for user in users:
             spools[shard_of(user, local_shards)].put(user, "msg", {"type": "msg", "body": f"{n}"},
                                                      sender="s", cid=f"{user}-{n}")
+    for user in users[::3]:   # a device linked after those items: it starts past them (an A record)
+        spools[shard_of(user, local_shards)].link(user, 1)
     for sp in spools:
         sp.close()
     write_accounts(os.path.join(data_dir, "accounts"), local_shards, {u: {"hash": f"h-{u}"} for u in users})
@@ -50,6 +53,7 @@ def layout(dirs):
     for node, d in dirs.items():
         content = read_node(d, OPTIONS)
         out[node] = {"queues": {u: [i.cid for i in q] for u, q in content["queues"].items()},
+                     "cursors": content["cursors"],
                      "accounts": sorted(content["accounts"]),
                      "tables": {t: sorted(rows) for t, rows in content["tables"].items()},
                      "left": sorted(f for f in os.listdir(d) if f.endswith((".new", ".old")) or f == "MOVING")}
@@ -72,13 +76,16 @@ def two_nodes(tmp_path, redis_server):
     def moving(key):   # shard 1, from a to b
         return shard_of(key, 4) == 1
     after = {A: {"queues": {u: q for u, q in before[A]["queues"].items() if not moving(u)},
+                 "cursors": {u: c for u, c in before[A]["cursors"].items() if not moving(u)},
                  "accounts": [u for u in before[A]["accounts"] if not moving(u)],
                  "tables": {t: [k for k in keys if t not in HOMED or not moving(k)]
                             for t, keys in before[A]["tables"].items()}, "left": []},
              B: {"queues": {**before[B]["queues"], **{u: q for u, q in before[A]["queues"].items() if moving(u)}},
+                 "cursors": {**before[B]["cursors"], **{u: c for u, c in before[A]["cursors"].items() if moving(u)}},
                  "accounts": sorted(before[B]["accounts"] + [u for u in before[A]["accounts"] if moving(u)]),
                  "tables": {t: sorted(keys + [k for k in before[A]["tables"][t] if t in HOMED and moving(k)])
                             for t, keys in before[B]["tables"].items()}, "left": []}}
+    assert set(after[B]["cursors"]) - set(before[B]["cursors"])   # a companion's place moves too
     assert before[A]["accounts"] != after[A]["accounts"] and before[A]["tables"]["groups"] != after[A]["tables"]["groups"]
     return str(path), dirs, before, after
 

@@ -8,8 +8,8 @@ to their old home. The source's inbox stream must be empty (a node serves its
 pending entries again when it starts, under the map they were sent with).
 
 What moves: the users and groups whose home changes (``old.home(x) != new.home(x)``):
-their offd queues (items keep seq, ts, sender and id; the destination's counter
-starts above both nodes' counters, so no user's seq goes backwards), their
+their offd queues (items keep seq, ts, sender and id, devices their place; the
+destination's counter starts above both nodes' counters, so no seq goes backwards), their
 account rows, and the rows keyed by them in the tables of social.sqlite that
 follow a home (:data:`HOMED`). The plan, with ``MOVING`` (a JSON journal) in
 both data dirs from step 1 until the end; a node refuses to start while its
@@ -160,8 +160,8 @@ def read_node(data_dir, offd_options):
     shards = {name: datadir.read_shards(stores[name]) for name in ("offd", "accounts")}
     if None in shards.values():
         raise MoveError(f"{data_dir} holds no offd or accounts store: start its node once, then move")
-    queues, counter = read_offd(stores["offd"], shards["offd"], offd_options)
-    return {"shards": shards, "queues": queues, "counter": counter,
+    queues, counter, cursors = read_offd(stores["offd"], shards["offd"], offd_options)
+    return {"shards": shards, "queues": queues, "counter": counter, "cursors": cursors,
             "accounts": read_accounts(stores["accounts"], shards["accounts"]),
             "tables": read_tables(stores[TABLES])}
 
@@ -193,9 +193,9 @@ def write_tables(path, tables):
 
 def split(content, moves):
     """``(kept, moved)``: ``content`` (read_node's) parted by ``moves(user or group id)``."""
-    kept = {**content, "queues": {}, "accounts": {}, "tables": {}}
-    moved = {"queues": {}, "accounts": {}, "tables": {}}
-    for part in ("queues", "accounts"):
+    kept = {**content, "queues": {}, "cursors": {}, "accounts": {}, "tables": {}}
+    moved = {"queues": {}, "cursors": {}, "accounts": {}, "tables": {}}
+    for part in ("queues", "cursors", "accounts"):
         for key, value in content[part].items():
             (moved if moves(key) else kept)[part][key] = value
     for name, rows in content["tables"].items():
@@ -208,7 +208,7 @@ def split(content, moves):
 def join(content, moved, counter):
     """``content`` with ``moved`` added, seqs going on above ``counter``; refuses an overlap."""
     out = {**content, "counter": max(content["counter"], counter)}
-    for part in ("queues", "accounts"):
+    for part in ("queues", "cursors", "accounts"):
         _disjoint(content[part], moved[part], part)
         out[part] = {**content[part], **moved[part]}
     out["tables"] = dict(content["tables"])
@@ -242,7 +242,7 @@ def _build(src_dir, dst_dir, moves, offd_options, step):
 
 def _write(data_dir, content):
     path = os.path.join(data_dir, "{}.new").format
-    write_offd(path("offd"), content["shards"]["offd"], content["queues"], content["counter"])
+    write_offd(path("offd"), content["shards"]["offd"], content["queues"], content["counter"], content["cursors"])
     write_accounts(path("accounts"), content["shards"]["accounts"], content["accounts"])
     write_tables(path(TABLES), content["tables"])
     datadir.fsync_dir(data_dir)
@@ -250,8 +250,9 @@ def _write(data_dir, content):
 
 def _verify(data_dir, content, offd_options):
     path = os.path.join(data_dir, "{}.new").format
-    queues, counter = read_offd(path("offd"), content["shards"]["offd"], offd_options)
-    if fingerprint(queues) != fingerprint(content["queues"]) or counter < content["counter"]:
+    queues, counter, cursors = read_offd(path("offd"), content["shards"]["offd"], offd_options)
+    if fingerprint(queues) != fingerprint(content["queues"]) or cursors != content["cursors"] \
+            or counter < content["counter"]:
         raise MoveError(f"{path('offd')} differs from what it should hold; nothing swapped")
     if read_accounts(path("accounts"), content["shards"]["accounts"]) != content["accounts"]:
         raise MoveError(f"{path('accounts')} differs from what it should hold; nothing swapped")
