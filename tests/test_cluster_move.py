@@ -2,8 +2,10 @@
 on real data dirs and a real redis-server, then with real nodes."""
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import redis
@@ -126,6 +128,37 @@ def test_a_move_cut_short_at_any_step_leaves_the_old_or_the_new_layout_whole(two
     assert redis.Redis.from_url(redis_server.url).get("whatsup:map").decode() == new_fp
     assert cmap.load(map_path).fingerprint() == new_fp
     Offd(ProcessTable(), os.path.join(dirs[B], "offd"), 2, *OPTIONS).check()
+
+
+@pytest.mark.parametrize("until,delay", [("prepared", 0.0), ("prepared", 0.1), ("committed", 0.0)])
+def test_a_move_killed_by_kill_9_leaves_one_layout_whole_once_finished(two_nodes, until, delay):
+    """The tool itself killed -9 while it works: ``delay`` s after its journal says ``until``
+    (before the commit: rolled back by the next run; after: completed)."""
+    map_path, dirs, before, after = two_nodes
+    tool = [sys.executable, "-m", "whatsup.cli.reshard", "move", "--map", map_path,
+            "--data-dir", f"{A}={dirs[A]}", "--data-dir", f"{B}={dirs[B]}"]
+    proc = subprocess.Popen([*tool, "--shards", "1", "--to", B], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    journal, deadline = os.path.join(dirs[A], "MOVING"), time.monotonic() + 30
+    while proc.poll() is None:
+        try:
+            with open(journal) as f:
+                if f'"{until}"' in f.read():
+                    break
+        except FileNotFoundError:
+            pass
+        assert time.monotonic() < deadline, "the move never got there"
+        time.sleep(0.001)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    done = subprocess.run([*tool, "--finish"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert layout(dirs) == after if until == "committed" else layout(dirs) in (before, after)
+    if layout(dirs) == before:
+        assert cmap.load(map_path).owner[1] == A
+        assert subprocess.run([*tool, "--shards", "1", "--to", B], timeout=60).returncode == 0
+    assert layout(dirs) == after and cmap.load(map_path).owner[1] == B
 
 
 def test_a_move_is_refused_while_a_node_lives_or_redis_records_another_map(two_nodes, redis_server):
