@@ -167,6 +167,13 @@ def test_a_companion_linked_on_another_node_than_the_primary_and_the_home(cl, as
     phone.read(pia, ["p1"])
     got = receipts(collect(lap, lambda fs: receipts(fs, "read")), "read")
     assert [(f["ids"], f["to"], f["device"]) for f in got] == [(["p1"], pia, 0)]
+    gid = phone.group_create("pair", [pia])   # lives on b; mia's home is a; her laptop writes from c
+    assert cl.map.home(gid) == b
+    take(peer, 1, ("group_event",))
+    lap.send(None, "in the group", id="g1", group=gid)
+    for device in (peer, phone):   # the phone gets her own copy (her other device shows the group too)
+        got = [m for m in msgs(collect(device, lambda fs: any("group" in f for f in msgs(fs)))) if "group" in m]
+        assert [(m["id"], m["from"], m["group"]) for m in got] == [("g1", mia, gid)]
     assert phone.send_history(laptop, b"old chats")["type"] == "ok"
     assert [f["bundle"] for f in collect(lap, lambda fs: any(f["type"] == "history" for f in fs))
             if f["type"] == "history"] == [b"old chats"]
