@@ -6,19 +6,21 @@ Two stopped nodes' data dirs are made in a temporary directory (each holding
 ``--users`` users homed on it with ``--items`` queued messages each, their
 accounts, a group per 10 users), with a real redis-server on loopback; then
 half of node a's cluster shards are moved to node b (whatsup/cluster/move.py:
-both nodes' stores read, rebuilt, read back and compared, the map swapped).
-Prints one line: what moved, the wall and CPU seconds, the items moved and
-rewritten per second, and the process's peak RSS (before the move too: making
-the data dirs costs some). Everything is removed at the end.
+both nodes' stores read, rebuilt, read back and compared, the map swapped), by
+``whatsup-reshard move`` in a process of its own. Prints one line: what moved,
+the tool's wall and CPU seconds, the items rewritten per second and its peak
+RSS. Everything is removed at the end.
 """
 import argparse
 import os
 import resource
+import subprocess
+import sys
 import tempfile
 import time
 
 from whatsup.cluster import map as cmap
-from whatsup.cluster.move import move, write_tables
+from whatsup.cluster.move import write_tables
 from whatsup.runtime import ProcessTable
 from whatsup.store.offd import Offd, shard_dir, shard_of
 from whatsup.store.offd.spool import Spool
@@ -74,18 +76,21 @@ def main():
                 gids = [f"g{j}" for j in range(args.users // 5) if old.home(f"g{j}") == node]
                 make_node(dirs[node], names, args.items, gids)
             moving = nodes["a@x"]["shards"][::2]
-            before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            started, cpu = time.monotonic(), time.process_time()
-            summary = move(path, moving, "b@x", dirs, OPTIONS, say=lambda line: None)
-            wall, cpu = time.monotonic() - started, time.process_time() - cpu
+            tool = [sys.executable, "-m", "whatsup.cli.reshard", "move", "--map", path, "--to", "b@x",
+                    "--shards", ",".join(map(str, moving)), *[f"--data-dir={n}={d}" for n, d in dirs.items()]]
+            started = time.monotonic()
+            out = subprocess.run(tool, capture_output=True, text=True, timeout=3600)
+            wall = time.monotonic() - started
+            usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         finally:
             redis.kill()
+    if out.returncode != 0:
+        raise SystemExit(out.stderr)
+    moved = next(line for line in out.stdout.splitlines() if line.startswith("moved"))
     rewritten = 2 * args.users * args.items
-    print(f"moved {summary['users']} accounts and {summary['items']} queued items ({len(moving)} of "
-          f"{args.shards} shards) between two nodes holding {rewritten} items in all: {wall:.1f} s wall, "
-          f"{cpu:.1f} s CPU; {summary['items'] / wall:,.0f} items moved/s, {rewritten / wall:,.0f} items "
-          f"rewritten/s; peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB "
-          f"({before:.0f} MB when the move began, the data dirs made)")
+    print(f"{moved} ({len(moving)} of {args.shards} shards, {rewritten} items on the two nodes in all): "
+          f"{wall:.1f} s wall, {usage.ru_utime + usage.ru_stime:.1f} s CPU, {rewritten / wall:,.0f} items "
+          f"rewritten/s; the tool's peak RSS {usage.ru_maxrss / 1024:.0f} MB")
 
 
 if __name__ == "__main__":

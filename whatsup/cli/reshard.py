@@ -104,7 +104,12 @@ def move(map_path, shards, dest, dirs, print_map, finish, config_path):
             return
         if not shards or not dest:
             raise click.UsageError("give --shards and --to (or --finish)")
-        moving.move(map_path, shards, dest, dirs, options, write_map=not print_map, say=click.echo)
+        progress = Progress()
+        try:
+            moving.move(map_path, shards, dest, dirs, options, write_map=not print_map, say=click.echo,
+                        progress=progress.step)
+        finally:
+            progress.close()
     except REFUSED as exc:
         raise click.ClickException(str(exc)) from None
 

@@ -18,8 +18,9 @@ data dir holds it (whatsup/store/datadir.py):
 1. Both data dirs locked, every lease absent, the recorded map the old one;
    the journals written (state "prepared").
 2. Each store ``X`` of both nodes rebuilt as ``X.new``: the source's without
-   what moves, the destination's with it; read back the way the node reads it
-   and compared with what was read (items, rows; any difference aborts).
+   what moves, then the destination's with it; read back the way the node
+   reads it and compared with what was read (items, device places, rows; any
+   difference aborts). Everything is held in RAM (docs/SCALING.md has the cost).
 3. The commit: the new map recorded in Redis in one Lua step that fails if any
    node holds a lease (Directory.swap_map); then the journals say "committed".
 4. In each data dir ``X`` -> ``X.old``, ``X.new`` -> ``X``; the new map written
@@ -43,7 +44,8 @@ from . import engine
 from .directory import Directory
 from .map import load
 from ..store import datadir
-from ..store.reshard import ReshardError, fingerprint, read_accounts, read_offd, write_accounts, write_offd
+from ..store.reshard import (ReshardError, fingerprint, passes, read_accounts, read_offd, write_accounts,
+                             write_offd)
 from ..store.tables import open_table
 
 log = logging.getLogger("whatsup.reshard")
@@ -63,9 +65,11 @@ def _quiet(step):
     """The default step hook: nothing to do (tests crash the tool here)."""
 
 
-def move(map_path, shards, dest, dirs, offd_options, write_map=True, say=print, step=_quiet, timeout=5.0):
+def move(map_path, shards, dest, dirs, offd_options, write_map=True, say=print, step=_quiet, progress=None,
+         timeout=5.0):
     """Give ``shards`` to node ``dest``; ``dirs`` is {node: data dir} of (at least) the source and
-    ``dest``. Returns a summary dict. ``step(name)`` is called after each step."""
+    ``dest``. Returns a summary dict. ``step(name)`` is called after each step, ``progress(label,
+    done, total)`` (whatsup/cli/progress.py) as each store's shards are read, written, verified."""
     given = {n: os.path.abspath(d) for n, d in dirs.items()}
     directory = Directory(engine.connect(load(map_path).redis, timeout), load(map_path), None, 0)
     locks = [datadir.lock(d) for d in given.values()]
@@ -89,8 +93,8 @@ def move(map_path, shards, dest, dirs, offd_options, write_map=True, say=print, 
                    "map_path": os.path.abspath(map_path) if write_map else None, "map": new.toml()}
         _journal(pair.values(), journal)
         step("prepared")
-        summary = _build(pair[source], pair[dest], lambda x: new.home(x) == dest and old.home(x) == source,
-                         offd_options, step)
+        summary = _build(pair, source, dest, lambda x: new.home(x) == dest and old.home(x) == source,
+                         offd_options, step, progress)
         summary.update({"from": source, "to": dest, "shards": sorted(shards)})
         blocker = directory.swap_map(journal["old"], journal["new"])
         if blocker:
@@ -154,16 +158,23 @@ def _refusal(key, directory):
 
 # --- what moves ---------------------------------------------------------------------------
 
-def read_node(data_dir, offd_options):
-    """Everything of one data dir the move touches, as the node would read it."""
+def read_node(data_dir, offd_options, steps=None):
+    """Everything of one data dir the move touches, as the node would read it; ``steps`` the
+    progress callbacks of each store's passes (_passes)."""
+    steps = steps or _passes(data_dir, None)
     stores = {name: os.path.join(data_dir, name) for name in STORES}
     shards = {name: datadir.read_shards(stores[name]) for name in ("offd", "accounts")}
     if None in shards.values():
         raise MoveError(f"{data_dir} holds no offd or accounts store: start its node once, then move")
-    queues, counter, cursors = read_offd(stores["offd"], shards["offd"], offd_options)
+    queues, counter, cursors = read_offd(stores["offd"], shards["offd"], offd_options, next(steps["offd"]))
     return {"shards": shards, "queues": queues, "counter": counter, "cursors": cursors,
-            "accounts": read_accounts(stores["accounts"], shards["accounts"]),
+            "accounts": read_accounts(stores["accounts"], shards["accounts"], next(steps["accounts"])),
             "tables": read_tables(stores[TABLES])}
+
+
+def _passes(node, progress):
+    """{store: its reading, writing and verifying progress callbacks} of one node's stores."""
+    return {store: passes(f"{node} {store}", progress) for store in ("offd", "accounts")}
 
 
 def read_tables(path):
@@ -225,36 +236,44 @@ def _disjoint(here, coming, what):
                         f"old map; nothing moved")
 
 
-def _build(src_dir, dst_dir, moves, offd_options, step):
-    src, dst = read_node(src_dir, offd_options), read_node(dst_dir, offd_options)
+def _build(dirs, source, dest, moves, offd_options, step, progress):
+    """Rebuild the source's stores without what moves, then the destination's with it (one node
+    after the other: a failure names the node); returns what moved."""
+    steps = _passes(source, progress)
+    src = read_node(dirs[source], offd_options, steps)
     kept, moved = split(src, moves)
-    after = {src_dir: kept, dst_dir: join(dst, moved, src["counter"])}
-    for data_dir, content in after.items():
-        _write(data_dir, content)
-    step("built")
-    for data_dir, content in after.items():
-        _verify(data_dir, content, offd_options)
-    step("verified")
+    counter = src["counter"]
+    del src
+    _write(dirs[source], kept, steps)
+    _verify(dirs[source], kept, offd_options, steps)
+    del kept
+    step("source rebuilt")
+    steps = _passes(dest, progress)
+    after = join(read_node(dirs[dest], offd_options, steps), moved, counter)
+    _write(dirs[dest], after, steps)
+    _verify(dirs[dest], after, offd_options, steps)
+    step("destination rebuilt")
     return {"users": len(moved["accounts"]), "queues": len(moved["queues"]),
             "items": sum(len(q) for q in moved["queues"].values()),
             "rows": sum(len(rows) for rows in moved["tables"].values())}
 
 
-def _write(data_dir, content):
+def _write(data_dir, content, steps):
     path = os.path.join(data_dir, "{}.new").format
-    write_offd(path("offd"), content["shards"]["offd"], content["queues"], content["counter"], content["cursors"])
-    write_accounts(path("accounts"), content["shards"]["accounts"], content["accounts"])
+    write_offd(path("offd"), content["shards"]["offd"], content["queues"], content["counter"], content["cursors"],
+               next(steps["offd"]))
+    write_accounts(path("accounts"), content["shards"]["accounts"], content["accounts"], next(steps["accounts"]))
     write_tables(path(TABLES), content["tables"])
     datadir.fsync_dir(data_dir)
 
 
-def _verify(data_dir, content, offd_options):
+def _verify(data_dir, content, offd_options, steps):
     path = os.path.join(data_dir, "{}.new").format
-    queues, counter, cursors = read_offd(path("offd"), content["shards"]["offd"], offd_options)
+    queues, counter, cursors = read_offd(path("offd"), content["shards"]["offd"], offd_options, next(steps["offd"]))
     if fingerprint(queues) != fingerprint(content["queues"]) or cursors != content["cursors"] \
             or counter < content["counter"]:
         raise MoveError(f"{path('offd')} differs from what it should hold; nothing swapped")
-    if read_accounts(path("accounts"), content["shards"]["accounts"]) != content["accounts"]:
+    if read_accounts(path("accounts"), content["shards"]["accounts"], next(steps["accounts"])) != content["accounts"]:
         raise MoveError(f"{path('accounts')} differs from what it should hold; nothing swapped")
     if read_tables(path(TABLES)) != content["tables"]:
         raise MoveError(f"{path(TABLES)} differs from what it should hold; nothing swapped")

@@ -164,7 +164,7 @@ def reshard(data_dir, offd_shards, accounts_shards, offd_options, say=print, pro
             if old is None or old == new or not new:
                 say(f"{store}: {old or 'no'} shards on disk, {new} wanted: nothing to move")
                 continue
-            steps = _steps(store, progress)
+            steps = passes(store, progress)
             if store == "offd":
                 queues, counter, cursors = read_offd(path, old, offd_options, next(steps))
                 write_offd(path + ".new", new, queues, counter, cursors, next(steps))
@@ -191,13 +191,14 @@ def reshard(data_dir, offd_shards, accounts_shards, offd_options, say=print, pro
         return summary
 
 
-def _steps(store, progress):
-    """The progress callbacks of one store's three passes over its shards."""
+def passes(what, progress):
+    """The progress callbacks of one store's three passes over its shards (reading, writing,
+    verifying), ``what`` naming the store; also whatsup/cluster/move.py's."""
     for verb in ("reading", "writing", "verifying"):
         if progress is None:
             yield _quiet
         else:
-            yield lambda done, total, label=f"{store}: {verb} shards": progress(label, done, total)
+            yield lambda done, total, label=f"{what}: {verb} shards": progress(label, done, total)
 
 
 def _swap(data_dir, stores):
