@@ -1,7 +1,5 @@
 """Three real whatsupd nodes joined through a real redis-server (docs/ARCHITECTURE.md, "A cluster"):
 users homed on one node, connected to another, writing to a third."""
-import subprocess
-import sys
 
 import pytest
 import redis
@@ -70,12 +68,7 @@ def test_a_node_whose_map_differs_from_the_recorded_one_refuses_to_start(make_cl
     other = tmp_path / "other.toml"
     other.write_text(open(cl.map_path).read().replace("shards = 12", "shards = 12\n# moved", 1)
                      .replace("[0, 3, 6, 9]", "[0, 3, 6]").replace("[1, 4, 7, 10]", "[1, 4, 7, 10, 9]"))
-    (tmp_path / "d").mkdir()
-    conf = tmp_path / "d" / "whatsupd.toml"
-    conf.write_text(f'[server]\nnode = "a@localhost"\ndata_dir = "{tmp_path / "d" / "data"}"\nlisten = "127.0.0.1:0"\n'
-                    f'[cluster]\nmap = "{other}"\n')
-    out = subprocess.run([sys.executable, "-m", "whatsup.cli.whatsupd", "--config", str(conf)],
-                         capture_output=True, text=True, timeout=60)
+    out = cl.try_start("a@localhost", other)
     assert out.returncode != 0
     assert "differs from the one recorded in Redis" in out.stderr
 

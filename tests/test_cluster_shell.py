@@ -73,6 +73,9 @@ def test_any_nodes_table_stats_and_sessions_answer_from_any_node(cluster, users,
                 # a user's name finds their session wherever it runs: its info and mailbox, asked there
                 assert ask(sh, f"repr(i({user!r})['pid'])") == pid
                 assert ask(sh, f"mailbox({user!r})") == []
+            everywhere = ask(sh, "[(repr(r['pid']), r['who']) for r in ps(kind='session', node='all')]")
+            assert [(pid.split(".")[0][1:], who) for pid, who in everywhere] == [(n, u) for n, u, _ in users]
+            assert ask(sh, "len(top(2, node='all'))") == 2
             every = ask(sh, "(lambda s: {k: (v['connections'] if isinstance(v, dict) else v) for k, v in s.items()})"
                             "(stats(0.2, node='all'))")
             assert every == {"total": 3, a: 1, b: 1, c: 1}

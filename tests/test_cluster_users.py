@@ -138,7 +138,7 @@ def test_a_ban_and_a_retired_name_hold_on_every_node(cl):
             cl[name].client(gone)
 
 
-def test_a_companion_linked_on_another_node_than_the_primary_and_the_home(cl):
+def test_a_companion_linked_on_another_node_than_the_primary_and_the_home(cl, ask):
     a, b, c = cl.names
     mia, pia = cl.homed(a, "dmia")[0], cl.homed(c, "dpia")[0]
     cl[b].register(mia, pia)
@@ -167,6 +167,13 @@ def test_a_companion_linked_on_another_node_than_the_primary_and_the_home(cl):
     phone.read(pia, ["p1"])
     got = receipts(collect(lap, lambda fs: receipts(fs, "read")), "read")
     assert [(f["ids"], f["to"], f["device"]) for f in got] == [(["p1"], pia, 0)]
+    gid = phone.group_create("pair", [pia])   # lives on b; mia's home is a; her laptop writes from c
+    assert cl.map.home(gid) == b
+    take(peer, 1, ("group_event",))
+    lap.send(None, "in the group", id="g1", group=gid)
+    for device in (peer, phone):   # the phone gets her own copy (her other device shows the group too)
+        got = [m for m in msgs(collect(device, lambda fs: any("group" in f for f in msgs(fs)))) if "group" in m]
+        assert [(m["id"], m["from"], m["group"]) for m in got] == [("g1", mia, gid)]
     assert phone.send_history(laptop, b"old chats")["type"] == "ok"
     assert [f["bundle"] for f in collect(lap, lambda fs: any(f["type"] == "history" for f in fs))
             if f["type"] == "history"] == [b"old chats"]
@@ -177,6 +184,16 @@ def test_a_companion_linked_on_another_node_than_the_primary_and_the_home(cl):
     for name in cl.names:
         with Client(cl[name].server) as c2, pytest.raises(ServerError, match="auth_failed"):
             c2.login(mia, device=laptop, token=token)
+
+    # a node whose copy of the row lags behind (dropped here by hand): the home checks the token
+    with Client(cl[a].server) as new:
+        tablet, tablet_token = new.link(mia, phone.link_code(), "tablet")
+    with cl[b].shell() as sh:
+        assert ask(sh, f"node.accounts.companions({mia!r}, None) or node.accounts.rows({mia!r})") is None
+    with Client(cl[b].server) as tab:
+        assert tab.login(mia, device=tablet, token=tablet_token)["device"] == tablet
+    with Client(cl[b].server) as tab, pytest.raises(ServerError, match="auth_failed"):
+        tab.login(mia, device=tablet, token=token)
     for client in (phone, peer):
         client.close()
 

@@ -104,6 +104,7 @@ class ServerProcess:
         self.proc = None
         self.address = None
         self.starts = 0
+        self.started_at = 0  # where the log of the current run starts
 
     def __repr__(self):
         return f"<ServerProcess {self.address} pid={self.proc and self.proc.pid} starts={self.starts}>"
@@ -117,7 +118,7 @@ class ServerProcess:
             self.settings["server.listen"] = self.server
         with open(self.config, "w") as f:
             f.write(render(self.settings))
-        offset = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0
+        offset = self.started_at = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0
         log = open(self.log_path, "ab")
         env = {**os.environ, **MONITOR, **(self.env or {})}
         self.proc = subprocess.Popen([*self.command, "--config", self.config],
@@ -307,11 +308,12 @@ class LocalCluster:
         return self.joined()
 
     def joined(self, timeout=30.0):
-        """Wait until every node has seen every other one up (each logs "cluster: NAME is up")."""
+        """Wait until every node has seen every other one up (each logs "cluster: NAME is up"),
+        in the current run of each node."""
         deadline = time.monotonic() + timeout
         for name, srv in self.nodes.items():
             for other in self.nodes:
-                while other != name and f"cluster: {other} is up" not in srv.log():
+                while other != name and f"cluster: {other} is up" not in srv.log(srv.started_at):
                     if time.monotonic() > deadline:
                         raise RuntimeError(f"{name} did not see {other} up within {timeout}s:\n{srv.log()[-3000:]}")
                     time.sleep(0.05)
@@ -319,6 +321,18 @@ class LocalCluster:
 
     def __getitem__(self, name):
         return self.nodes[name]
+
+    def try_start(self, name, map_path, timeout=60):
+        """Run whatsupd as node ``name`` with the map ``map_path``, in a data dir of its own, and
+        wait for it to exit: how a node with another map is refused (a CompletedProcess)."""
+        d = os.path.join(self.dir, "tried")
+        os.makedirs(d, exist_ok=True)
+        conf = os.path.join(d, "whatsupd.toml")
+        with open(conf, "w") as f:
+            f.write(render({"server.node": name, "server.data_dir": os.path.join(d, "data"),
+                            "server.listen": "127.0.0.1:0", "cluster.map": str(map_path)}))
+        return subprocess.run([sys.executable, "-m", "whatsup.cli.whatsupd", "--config", conf],
+                              capture_output=True, text=True, timeout=timeout)
 
     def home(self, user):
         return self.nodes[self.map.home(user)]

@@ -13,4 +13,5 @@ none of this and needs no Redis.
 * link.py       pids on other nodes, requests served elsewhere, node up/down
 * monitors.py   monitors of pids on other nodes: their exit, or noconnection
 * homes.py      users homed on other nodes: their sessions, queues and accounts
+* move.py       whatsup-reshard move: shards from one stopped node to another, verified, swapped
 """

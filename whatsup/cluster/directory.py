@@ -2,7 +2,8 @@
 
 Keys (``P`` is the map's prefix)::
 
-    P:map                    the shard placement every node must agree on (map.fingerprint)
+    P:map                    the shard placement every node must agree on (map.fingerprint;
+                             whatsup-reshard move swaps it, whatsup/cluster/move.py)
     P:boot:NODE              NODE's last boot epoch (milliseconds of the wall clock at its start, above
                              the previous one: not a Redis counter, which a lost append-only tail
                              would hand out twice)
@@ -25,6 +26,17 @@ from ..runtime.process import Pid
 log = logging.getLogger("whatsup.cluster")
 #: Delete a placement only if it is still the one we wrote (a newer login elsewhere wins).
 _FORGET = "if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end return 0"
+#: Give up a lease only if it is still ours.
+_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+#: Record a new map (whatsup-reshard move): only in place of the old one (or none, or the new one
+#: already) and only while no node holds a lease, in one step no node start can slip into.
+_SWAP_MAP = """
+for i = 2, #KEYS do if redis.call('EXISTS', KEYS[i]) == 1 then return KEYS[i] end end
+local cur = redis.call('GET', KEYS[1])
+if cur and cur ~= ARGV[1] and cur ~= ARGV[2] then return KEYS[1] end
+redis.call('SET', KEYS[1], ARGV[2])
+return ''
+"""
 REAP_SLICE = 500
 
 
@@ -61,6 +73,16 @@ class Directory:
             raise MapMismatch(f"the cluster map of {self.node} differs from the one recorded in Redis "
                               f"({self.keys['map']}); every node must read the same map (see whatsup-reshard)")
 
+    def recorded_map(self):
+        raw = self.r.get(self.keys["map"])
+        return raw.decode() if raw is not None else None
+
+    def swap_map(self, old, new):
+        """Record the map ``new`` in place of ``old`` (fingerprints) while every node is down (no
+        lease); returns "" when done, else the key that stopped it (a lease, or the map key: another map)."""
+        keys = [self.keys["map"]] + [self.lease_key(n) for n in sorted(self.map.nodes)]
+        return self.r.eval(_SWAP_MAP, len(keys), *keys, old, new).decode()
+
     def boot(self, clock=time.time):
         """Check the map, take a new epoch, reap what our previous boot left, take the lease."""
         self.check_map()
@@ -78,8 +100,12 @@ class Directory:
         self.r.set(self.lease_key(self.node), self.epoch, px=int(self.lease * 1000))
 
     def retire(self):
-        """A graceful stop: the lease goes at once, so the others stop routing here now."""
-        self.r.delete(self.lease_key(self.node))
+        """A graceful stop: the lease goes at once, so the others stop routing here now. Only our own
+        lease: a node that refused to start (another map) must not end the live node of its name's
+        (tests/test_cluster_move.py found it did)."""
+        if self.epoch is None:
+            return
+        self.r.eval(_RELEASE, 1, self.lease_key(self.node), self.epoch)
         self.reap(self.node, self.epoch)
 
     def leases(self):

@@ -91,7 +91,7 @@ class Homes:
             "put_group": self._put_group, "put_each": self._put_each, "group_msg": self._group_msg,
             "groups_of": self._groups_of, "relay": self._relayed, "read": self._read, "history": self._history,
             "home": self._at_home, "lifecycle_set": lifecycle.learn, "lifecycle_of": self._lifecycle_of,
-            "forget": self._forget, "devices_set": self.accounts.companions,
+            "forget": self._forget, "devices_set": self.accounts.companions, "device_token": self.accounts.device_token,
             "message": lambda pid, ref, sender, cid, to, body, device: router.message(
                 sender, pid, ref, cid, to, body, device)})
         self.link.blocking |= {"group_msg", "route", "attach", "home"}
@@ -231,6 +231,9 @@ class Homes:
         if isinstance(value, dict) and "refused" in value:
             raise Refused(*value["refused"])
         return value
+
+    def device_token(self, user, device, hashed):
+        return self.link.call(self.home(user), "device_token", user, device, hashed)
 
     def seen_at_home(self, user, device):
         """Companion ``device`` of ``user`` logged in here: their home stores when (and unlinks

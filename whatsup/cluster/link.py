@@ -406,6 +406,13 @@ class Link:
             value, ok = self.services[name](*args), True
         except Exception as exc:
             value, ok = f"{type(exc).__name__}: {exc}", False
+        # a node that just started calls before our lease ticker saw it up (so it learns the
+        # users homed here: tests/test_cluster_move.py found a node that never did)
+        if node not in self.live and not self.detached:
+            try:
+                self._refresh(self.directory.leases())
+            except UNREACHABLE:
+                pass
         if node in self.live:
             self.post(node, ("answer", rid, ok, value))
 

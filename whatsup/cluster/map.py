@@ -61,6 +61,20 @@ class ClusterMap:
         addresses, which an operator may move without moving data)."""
         return json.dumps({"shards": self.shards, "owner": self.owner}, separators=(",", ":"))
 
+    def moved(self, shards, node):
+        """This map with ``shards`` given to ``node`` (whatsup-reshard move, whatsup/cluster/move.py)."""
+        self.check_node(node)
+        bad = [s for s in shards if not isinstance(s, int) or not 0 <= s < self.shards]
+        if bad:
+            raise MapError(f"shards {bad} are not in 0..{self.shards - 1}")
+        nodes = {name: {**spec, "shards": [s for s in spec.get("shards", ()) if s not in shards]}
+                 for name, spec in self.nodes.items()}
+        nodes[node]["shards"] = sorted(set(nodes[node]["shards"]) | set(shards))
+        return ClusterMap(self.redis, self.shards, nodes, self.prefix)
+
+    def toml(self):
+        return render(self.redis, self.shards, self.nodes, self.prefix)
+
     def check_node(self, node):
         if node not in self.nodes:
             raise MapError(f"this node ({node}, server.node) is not in the cluster map "

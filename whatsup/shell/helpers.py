@@ -231,20 +231,23 @@ class Helpers:
         """Processes as a table (pid, kind, who, entity, mailbox, handled, restarts, uptime, vsn).
 
         ``kind`` filters ("session"...); ``sort`` is a column, "-column" for descending; ``n`` limits;
-        ``node`` another node of the cluster: its table, the same columns.
+        ``node`` another node of the cluster: its table, the same columns; "all": every node's in one.
         """
-        if self._other(node):
+        if node != "all" and self._other(node):
             return self._remote(node, "ps", kind, sort, n)
-        rows = [self._row(p) for p in self.node.table.processes(kind)]
         key = sort.lstrip("-")
         if key not in COLUMNS:
             raise ValueError(f"sort by one of {COLUMNS}")
+        if node == "all":
+            rows = [row for table in self._everywhere("ps", kind).values() if isinstance(table, Table) for row in table]
+        else:
+            rows = [self._row(p) for p in self.node.table.processes(kind)]
         rows.sort(key=lambda r: _sortable(r[key]), reverse=sort.startswith("-"))
         return Table(rows[:n], COLUMNS)
 
-    def top(self, n=10):
-        """The ``n`` processes with the longest mailboxes."""
-        return self.ps(sort="-mailbox", n=n)
+    def top(self, n=10, node=None):
+        """The ``n`` processes with the longest mailboxes (of ``node``, or "all" of the cluster's)."""
+        return self.ps(sort="-mailbox", n=n, node=node)
 
     def i(self, pid):
         """Everything about one process: its info, state, last message and mailbox head (a pid of
@@ -567,7 +570,7 @@ class Helpers:
 
 def _sortable(value):
     if isinstance(value, Pid):
-        return (0, value.n)
+        return (-1, value.node, value.n)  # a node's processes together, in their order
     return (0, value) if isinstance(value, (int, float)) else (1, str(value))
 
 

@@ -357,9 +357,17 @@ class AccountStore:
 
     def verify_device(self, user, device, token):
         """True when ``token`` is companion ``device``'s of ``user`` (RAM only, constant time)."""
+        return self.device_token(user, device, token_hash(token))
+
+    def device_token(self, user, device, hashed):
+        """True when ``hashed`` is the hash of companion ``device``'s token. In a cluster a device
+        this node does not know yet (the row's copy is on its way from the user's home, a device
+        linked a moment ago on another node) is asked of the home: only the hash travels."""
         row = self._devices.get(user)
         entry = row["devices"].get(str(device)) if row is not None else None
-        return entry is not None and hmac.compare_digest(entry["token"], token_hash(token))
+        if entry is None and not self.here(user):
+            return self.away.device_token(user, device, hashed)
+        return entry is not None and hmac.compare_digest(entry["token"], hashed)
 
     def seen(self, user, device, stale=0.0):
         """Companion ``device`` of ``user`` logged in now: its last_seen, stored (durably) when

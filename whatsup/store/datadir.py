@@ -13,7 +13,8 @@
 * ``check_shards(directory, shards, setting)``: a store directory remembers its
   shard count in a ``SHARDS`` file; opening it with another count is refused
   with a one-line message naming whatsup-reshard, because users would silently
-  land on shards that do not hold their data.
+  land on shards that do not hold their data. So is a data dir holding the
+  journal of an unfinished reshard (``RESHARDING``) or move (``MOVING``).
 """
 import fcntl
 import os
@@ -22,6 +23,7 @@ import uuid
 LOCK = "LOCK"
 IDENTITY = "ID"
 RESHARDING = "RESHARDING"
+MOVING = "MOVING"  # whatsup-reshard move's journal (whatsup/cluster/move.py)
 DEFAULT_SHARDS = 4
 
 
@@ -125,9 +127,13 @@ def shard_count(directory, configured):
 
 def check_shards(directory, shards, setting):
     """Refuse a store written with another shard count; record the count of a new one."""
-    if os.path.exists(os.path.join(os.path.dirname(directory), RESHARDING)):
-        raise ShardMismatch(f"{os.path.dirname(directory)} holds an interrupted whatsup-reshard run; "
-                            f"run it again to finish or roll back")
+    data_dir = os.path.dirname(directory)
+    if os.path.exists(os.path.join(data_dir, RESHARDING)):
+        raise ShardMismatch(f"{data_dir} holds an interrupted whatsup-reshard run; run it again to finish "
+                            f"or roll back")
+    if os.path.exists(os.path.join(data_dir, MOVING)):
+        raise ShardMismatch(f"{data_dir} takes part in an unfinished whatsup-reshard move; run it again "
+                            f"to finish or roll back")
     os.makedirs(directory, exist_ok=True)
     found = read_shards(directory)
     if found is None:

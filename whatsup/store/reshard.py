@@ -8,7 +8,8 @@ in. The plan:
 1. ``offd.new/`` and ``accounts.new/`` are written with the new shard counts.
    An offd item keeps its seq, ts, sender and id, and a user's items keep their
    order (a user's items all come from one old shard, in seq order); a group
-   copy shared by several members becomes one P record each. Every new
+   copy shared by several members becomes one P record each; a device that
+   acked past the front of its user's queue keeps its place (an A record). Every new
    shard starts with a base record of the highest counter of all old shards,
    so no user's seq ever goes backwards (devices drop seqs they have seen).
 2. The new stores are read back the way the node will read them (Spool
@@ -43,8 +44,9 @@ def _quiet(done, total):
 
 
 def read_offd(directory, shards, options, progress=_quiet):
-    """``({user: [Item...]}, highest counter)`` as the node would recover them."""
-    queues, counter = {}, 0
+    """``({user: [Item...]}, highest counter, {user: {device: acked seq}})`` as the node would
+    recover them (the last: devices past the front of their user's queue)."""
+    queues, counter, cursors = {}, 0, {}
     for i in range(shards):
         spool = Spool(shard_dir(directory, i), *options)
         spool.open()
@@ -55,13 +57,15 @@ def read_offd(directory, shards, options, progress=_quiet):
             counter = max(counter, spool.stats()["counter"])
             for user in spool.users():
                 queues[user] = spool.items(user)
+                if spool.positions(user):
+                    cursors[user] = spool.positions(user)
         finally:
             spool.close()
         progress(i + 1, shards)
-    return queues, counter
+    return queues, counter, cursors
 
 
-def write_offd(directory, shards, queues, counter, progress=_quiet):
+def write_offd(directory, shards, queues, counter, cursors, progress=_quiet):
     os.makedirs(directory)
     by_shard = [[] for _ in range(shards)]
     for user, items in queues.items():
@@ -74,6 +78,8 @@ def write_offd(directory, shards, queues, counter, progress=_quiet):
             for user, items in users:
                 for it in items:
                     f.write(record.put(user, it.seq, it.ts, it.kind, it.sender, it.cid, it.frame))
+                for device, upto in cursors.get(user, {}).items():
+                    f.write(record.cursor(user, device, upto))
             f.flush()
             os.fsync(f.fileno())
         datadir.fsync_dir(sdir)
@@ -81,7 +87,8 @@ def write_offd(directory, shards, queues, counter, progress=_quiet):
     datadir.write_marker(os.path.join(directory, "SHARDS"), f"{shards}\n")
 
 
-def _fingerprint(queues):
+def fingerprint(queues):
+    """What must survive a rewrite of ``queues``, item by item (the verify step compares these)."""
     return {u: [(i.seq, i.ts, i.kind, i.sender, i.cid, bytes(i.frame)) for i in items]
             for u, items in queues.items()}
 
@@ -157,12 +164,12 @@ def reshard(data_dir, offd_shards, accounts_shards, offd_options, say=print, pro
             if old is None or old == new or not new:
                 say(f"{store}: {old or 'no'} shards on disk, {new} wanted: nothing to move")
                 continue
-            steps = _steps(store, progress)
+            steps = passes(store, progress)
             if store == "offd":
-                queues, counter = read_offd(path, old, offd_options, next(steps))
-                write_offd(path + ".new", new, queues, counter, next(steps))
-                again, new_counter = read_offd(path + ".new", new, offd_options, next(steps))
-                if _fingerprint(again) != _fingerprint(queues) or new_counter < counter:
+                queues, counter, cursors = read_offd(path, old, offd_options, next(steps))
+                write_offd(path + ".new", new, queues, counter, cursors, next(steps))
+                again, new_counter, again_cursors = read_offd(path + ".new", new, offd_options, next(steps))
+                if fingerprint(again) != fingerprint(queues) or again_cursors != cursors or new_counter < counter:
                     raise ReshardError(f"offd: the rewritten spool differs from the old one; "
                                        f"nothing swapped ({path}.new kept for inspection)")
                 n = sum(len(v) for v in queues.values())
@@ -184,13 +191,14 @@ def reshard(data_dir, offd_shards, accounts_shards, offd_options, say=print, pro
         return summary
 
 
-def _steps(store, progress):
-    """The progress callbacks of one store's three passes over its shards."""
+def passes(what, progress):
+    """The progress callbacks of one store's three passes over its shards (reading, writing,
+    verifying), ``what`` naming the store; also whatsup/cluster/move.py's."""
     for verb in ("reading", "writing", "verifying"):
         if progress is None:
             yield _quiet
         else:
-            yield lambda done, total, label=f"{store}: {verb} shards": progress(label, done, total)
+            yield lambda done, total, label=f"{what}: {verb} shards": progress(label, done, total)
 
 
 def _swap(data_dir, stores):

@@ -186,6 +186,12 @@ class Queues:
         q = self.queues.get(user)
         return list(q.items) if q is not None else []
 
+    def positions(self, user):
+        """{device: the seq it acked up to} of ``user``'s devices past the front of the queue (what
+        A records keep: whatsup-reshard carries them, so a device does not get those items again)."""
+        q = self.queues.get(user)
+        return {d: c.acked for d, c in q.cursors.items() if c.pos} if q is not None else {}
+
     def put(self, user, kind, frame, sender=None, cid=None, on_durable=None, force=False, lazy=False):
         """Queue ``frame`` (a dict, seq and ts are stamped into it; or a protocol.Template) for
         ``user``; ``on_durable(err)`` once it is kept. Returns the Item. Raises QueueFull unless
