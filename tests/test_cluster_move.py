@@ -11,6 +11,7 @@ import pytest
 import redis
 
 from social import take, wait_for
+from whatsup.client import ServerError
 from whatsup.cluster import map as cmap
 from whatsup.cluster.move import HOMED, MoveError, finish, move, read_node, write_tables
 from whatsup.runtime import ProcessTable
@@ -228,8 +229,13 @@ def test_users_moved_to_another_node_get_every_queued_message_once_and_the_old_m
     cl.joined()
     for name in cl.names:   # each node learns the names homed on the others as it sees them up
         with cl[name].shell() as sh:
-            wait_for(lambda: ask(sh, f"{movers!r} + [{keeper!r}] == [u for u in {movers!r} + [{keeper!r}] "
-                                     f"if u in node.accounts.users]"), f"{name} learning the users")
+            wait_for(lambda: ask(sh, "sorted(node.homes.learnt)") == sorted(set(cl.names) - {name}),
+                     f"{name} learning the users of the others")
+    with cl[c].shell() as sh:   # until then a name homed there is not "no such user" but "retry"
+        ask(sh, f"node.homes.learnt.discard({b!r}); node.accounts.users.discard({movers[0]!r})")
+        with pytest.raises(ServerError, match="store_failed"):
+            cl[c].client(movers[0])
+        ask(sh, f"node.homes.learnt.add({b!r}); node.accounts.users.add({movers[0]!r})")
     # a node started with the old map refuses, in one line
     out = cl.try_start(a, old_map)
     assert out.returncode != 0 and "differs from the one recorded in Redis" in out.stderr
