@@ -20,7 +20,7 @@ from whatsup.store.offd.spool import Spool
 from whatsup.store.reshard import write_accounts
 
 OPTIONS = (1 << 20, 1000, 30.0)
-A, B = "a@x", "b@x"
+A, B, C = "a@x", "b@x", "c@x"
 STEPS = ("prepared", "source rebuilt", "destination rebuilt", "recorded", "committed", "swapped", "swapped",
          "map written")
 
@@ -66,9 +66,10 @@ def layout(dirs):
 
 @pytest.fixture
 def two_nodes(tmp_path, redis_server):
-    """Two stopped nodes' data dirs and their map (4 cluster shards, a: 0 1, b: 2 3)."""
+    """Two stopped nodes' data dirs and their map (4 cluster shards, a: 0 1, b: 2 3, c: none yet)."""
     path = tmp_path / "cluster.toml"
-    path.write_text(cmap.render(redis_server.url, 4, {A: {"shards": [0, 1]}, B: {"shards": [2, 3]}}))
+    path.write_text(cmap.render(redis_server.url, 4, {A: {"shards": [0, 1]}, B: {"shards": [2, 3]},
+                                                       C: {"shards": []}}))   # c: a new node
     old = cmap.load(path)
     redis.Redis.from_url(redis_server.url).set("whatsup:map", old.fingerprint())  # as the nodes did
     dirs = {A: str(tmp_path / "a"), B: str(tmp_path / "b")}
@@ -163,10 +164,27 @@ def test_a_move_killed_by_kill_9_leaves_one_layout_whole_once_finished(two_nodes
     assert layout(dirs) == after and cmap.load(map_path).owner[1] == B
 
 
+def test_shards_move_to_a_new_node_whose_data_dir_is_empty(two_nodes, tmp_path):
+    map_path, dirs, before, after = two_nodes
+    dirs = {**dirs, C: str(tmp_path / "c")}
+    move(map_path, [1], C, dirs, OPTIONS, say=lambda line: None)
+    got = layout({A: dirs[A], C: dirs[C]})
+    assert got[A] == after[A]
+
+    def moved(keys):
+        return {k: keys[k] for k in keys if shard_of(k, 4) == 1} if isinstance(keys, dict) else \
+            [k for k in keys if shard_of(k, 4) == 1]
+    assert got[C] == {"queues": moved(before[A]["queues"]), "cursors": moved(before[A]["cursors"]),
+                      "accounts": moved(before[A]["accounts"]), "left": [],
+                      "tables": {t: moved(keys) for t, keys in before[A]["tables"].items() if t in HOMED}}
+    assert got[C]["accounts"] and cmap.load(map_path).owner == [A, C, B, B]
+    Offd(ProcessTable(), os.path.join(dirs[C], "offd"), 4, *OPTIONS).check()   # as the node opens it
+
+
 def test_a_move_is_refused_while_a_node_lives_or_redis_records_another_map(two_nodes, redis_server):
     map_path, dirs, before, _ = two_nodes
     r = redis.Redis.from_url(redis_server.url)
-    r.set("whatsup:lease:c@x", 1)   # not a node of this map: no matter
+    r.set("whatsup:lease:d@x", 1)   # not a node of this map: no matter
     r.set(f"whatsup:lease:{A}", 1, px=60000)
     with pytest.raises(MoveError, match=f"{A} is live"):
         move(map_path, [1], B, dirs, OPTIONS, say=lambda line: None)
