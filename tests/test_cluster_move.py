@@ -11,6 +11,7 @@ import pytest
 import redis
 
 from social import take, wait_for
+from whatsup.client import ServerError
 from whatsup.cluster import map as cmap
 from whatsup.cluster.move import HOMED, MoveError, finish, move, read_node, write_tables
 from whatsup.runtime import ProcessTable
@@ -19,7 +20,7 @@ from whatsup.store.offd.spool import Spool
 from whatsup.store.reshard import write_accounts
 
 OPTIONS = (1 << 20, 1000, 30.0)
-A, B = "a@x", "b@x"
+A, B, C = "a@x", "b@x", "c@x"
 STEPS = ("prepared", "source rebuilt", "destination rebuilt", "recorded", "committed", "swapped", "swapped",
          "map written")
 
@@ -65,9 +66,10 @@ def layout(dirs):
 
 @pytest.fixture
 def two_nodes(tmp_path, redis_server):
-    """Two stopped nodes' data dirs and their map (4 cluster shards, a: 0 1, b: 2 3)."""
+    """Two stopped nodes' data dirs and their map (4 cluster shards, a: 0 1, b: 2 3, c: none yet)."""
     path = tmp_path / "cluster.toml"
-    path.write_text(cmap.render(redis_server.url, 4, {A: {"shards": [0, 1]}, B: {"shards": [2, 3]}}))
+    path.write_text(cmap.render(redis_server.url, 4, {A: {"shards": [0, 1]}, B: {"shards": [2, 3]},
+                                                       C: {"shards": []}}))   # c: a new node
     old = cmap.load(path)
     redis.Redis.from_url(redis_server.url).set("whatsup:map", old.fingerprint())  # as the nodes did
     dirs = {A: str(tmp_path / "a"), B: str(tmp_path / "b")}
@@ -162,10 +164,27 @@ def test_a_move_killed_by_kill_9_leaves_one_layout_whole_once_finished(two_nodes
     assert layout(dirs) == after and cmap.load(map_path).owner[1] == B
 
 
+def test_shards_move_to_a_new_node_whose_data_dir_is_empty(two_nodes, tmp_path):
+    map_path, dirs, before, after = two_nodes
+    dirs = {**dirs, C: str(tmp_path / "c")}
+    move(map_path, [1], C, dirs, OPTIONS, say=lambda line: None)
+    got = layout({A: dirs[A], C: dirs[C]})
+    assert got[A] == after[A]
+
+    def moved(keys):
+        return {k: keys[k] for k in keys if shard_of(k, 4) == 1} if isinstance(keys, dict) else \
+            [k for k in keys if shard_of(k, 4) == 1]
+    assert got[C] == {"queues": moved(before[A]["queues"]), "cursors": moved(before[A]["cursors"]),
+                      "accounts": moved(before[A]["accounts"]), "left": [],
+                      "tables": {t: moved(keys) for t, keys in before[A]["tables"].items() if t in HOMED}}
+    assert got[C]["accounts"] and cmap.load(map_path).owner == [A, C, B, B]
+    Offd(ProcessTable(), os.path.join(dirs[C], "offd"), 4, *OPTIONS).check()   # as the node opens it
+
+
 def test_a_move_is_refused_while_a_node_lives_or_redis_records_another_map(two_nodes, redis_server):
     map_path, dirs, before, _ = two_nodes
     r = redis.Redis.from_url(redis_server.url)
-    r.set("whatsup:lease:c@x", 1)   # not a node of this map: no matter
+    r.set("whatsup:lease:d@x", 1)   # not a node of this map: no matter
     r.set(f"whatsup:lease:{A}", 1, px=60000)
     with pytest.raises(MoveError, match=f"{A} is live"):
         move(map_path, [1], B, dirs, OPTIONS, say=lambda line: None)
@@ -228,8 +247,13 @@ def test_users_moved_to_another_node_get_every_queued_message_once_and_the_old_m
     cl.joined()
     for name in cl.names:   # each node learns the names homed on the others as it sees them up
         with cl[name].shell() as sh:
-            wait_for(lambda: ask(sh, f"{movers!r} + [{keeper!r}] == [u for u in {movers!r} + [{keeper!r}] "
-                                     f"if u in node.accounts.users]"), f"{name} learning the users")
+            wait_for(lambda: ask(sh, "sorted(node.homes.learnt)") == sorted(set(cl.names) - {name}),
+                     f"{name} learning the users of the others")
+    with cl[c].shell() as sh:   # until then a name homed there is not "no such user" but "retry"
+        ask(sh, f"node.homes.learnt.discard({b!r}); node.accounts.users.discard({movers[0]!r})")
+        with pytest.raises(ServerError, match="store_failed"):
+            cl[c].client(movers[0])
+        ask(sh, f"node.homes.learnt.add({b!r}); node.accounts.users.add({movers[0]!r})")
     # a node started with the old map refuses, in one line
     out = cl.try_start(a, old_map)
     assert out.returncode != 0 and "differs from the one recorded in Redis" in out.stderr

@@ -40,6 +40,7 @@ REFUSED = (DataDirBusy, ReshardError, MapError, *UNREACHABLE)
 def main(ctx, config_path, data_dir, offd_shards, accounts_shards):
     """Move offd and account data to new shard counts, with the server stopped (or, with the
     ``move`` command, cluster shards from one node to another: whatsup-reshard move -h)."""
+    os.umask(0o077)  # what it writes holds password hashes and messages (whatsup/store/datadir.py, secure)
     if ctx.invoked_subcommand is not None:
         return
     cfg = load_config(config_path, {"server.data_dir": data_dir, "offd.shards": offd_shards,
@@ -92,11 +93,13 @@ def shard_list(ctx, param, value):
 @click.option("--finish", is_flag=True,
               help="only complete or roll back an interrupted move (every run does this first)")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, exists=True),
-              help="a node's whatsupd.toml, for its offd settings (segment size, queue bound, expiry)")
+              help="a node's whatsupd.toml, for its offd settings (segment size, queue bound, expiry) and "
+                   "the shard counts of a destination that never started")
 def move(map_path, shards, dest, dirs, print_map, finish, config_path):
     """Give cluster shards to another node, all nodes stopped: copy, verify, swap the map."""
     cfg = load_config(config_path, {})
     options = (cfg.offd.segment_bytes, cfg.offd.max_queue, cfg.offd.expiry_days)
+    fresh = {"offd": cfg.offd.shards or moving.FRESH["offd"], "accounts": cfg.accounts.shards or moving.FRESH["accounts"]}
     try:
         if finish:
             if not moving.finish(map_path, dirs, say=click.echo):
@@ -107,7 +110,7 @@ def move(map_path, shards, dest, dirs, print_map, finish, config_path):
         progress = Progress()
         try:
             moving.move(map_path, shards, dest, dirs, options, write_map=not print_map, say=click.echo,
-                        progress=progress.step)
+                        progress=progress.step, fresh=fresh)
         finally:
             progress.close()
     except REFUSED as exc:

@@ -50,7 +50,8 @@ ROUTED = {"typing": ("to", "presence", "typing"), "presence_sub": ("user", "pres
           "info": ("to", "router", "info")}
 #: What another node has the home of a user do for that user (Homes.at_home): the truth of their
 #: bans, retired name, link codes and devices is there, as their account is.
-AT_HOME = {"lifecycle": ("ban", "unban", "delete"), "devices": ("link", "unlink_device", "logged_in")}
+AT_HOME = {"lifecycle": ("ban", "unban", "delete", "close_sessions"),
+           "devices": ("link", "unlink_device", "logged_in")}
 
 
 class Homes:
@@ -65,6 +66,7 @@ class Homes:
         self.pushed = {}      # those pids -> [push generation, items pushed in it] (see _push_due)
         self._generations = itertools.count(1)
         self._flush = None
+        self.learnt = set()   # the nodes whose users' names we hold (learnt since they came up)
         link.pokes = self.poke
         sm.placed = self._placed
         link.watchers.append(self._node_changed)
@@ -100,6 +102,12 @@ class Homes:
 
     def here(self, user):
         return self.link.here(user)
+
+    def knows(self, user):
+        """Whether this node holds the names homed where ``user`` is: until a node's users are
+        learnt (a moment after it or we start), a name of its unknown here is not yet "no such
+        user" (accounts.verify answers store_failed, retry, instead of auth_failed)."""
+        return self.here(user) or self.home(user) in self.learnt
 
     def home(self, user):
         return self.link.home(user)
@@ -496,6 +504,7 @@ class Homes:
 
     def _node_changed(self, node, epoch, up):
         if not up:
+            self.learnt.discard(node)
             for pid, (user, device) in list(self.remote.items()):
                 if pid.node == node:
                     self._detach(user, device, pid)
@@ -538,6 +547,7 @@ class Homes:
             learn(self.accounts.linked(), self.link.call(node, "devices_of"), self.accounts.companions)
             for name, records in self.link.call(node, "lifecycle_of").items():
                 learn(getattr(self.lifecycle, name), records, functools.partial(self.lifecycle.learn, name))
+            self.learnt.add(node)
         except (NodeDown, RemoteError) as exc:
             log.warning("cluster: the users of %s not learnt (%s)", node, exc)
 

@@ -55,6 +55,7 @@ STORES = ("offd", "accounts", TABLES)
 #: others (invites, push tokens) belong to the node that wrote them and stay.
 HOMED = ("groups", "blocks", "privacy", "bans", "retired")
 SIDECARS = ("", "-wal", "-shm")  # an sqlite file moves with its write-ahead log
+FRESH = {"offd": datadir.DEFAULT_SHARDS, "accounts": datadir.DEFAULT_SHARDS}  # what a node starts with
 
 
 class MoveError(ReshardError):
@@ -66,10 +67,11 @@ def _quiet(step):
 
 
 def move(map_path, shards, dest, dirs, offd_options, write_map=True, say=print, step=_quiet, progress=None,
-         timeout=5.0):
+         fresh=FRESH, timeout=5.0):
     """Give ``shards`` to node ``dest``; ``dirs`` is {node: data dir} of (at least) the source and
     ``dest``. Returns a summary dict. ``step(name)`` is called after each step, ``progress(label,
-    done, total)`` (whatsup/cli/progress.py) as each store's shards are read, written, verified."""
+    done, total)`` (whatsup/cli/progress.py) as each store's shards are read, written, verified.
+    A ``dest`` that never started (a new node) gets stores of ``fresh`` shard counts."""
     given = {n: os.path.abspath(d) for n, d in dirs.items()}
     directory = Directory(engine.connect(load(map_path).redis, timeout), load(map_path), None, 0)
     locks = [datadir.lock(d) for d in given.values()]
@@ -94,7 +96,7 @@ def move(map_path, shards, dest, dirs, offd_options, write_map=True, say=print, 
         _journal(pair.values(), journal)
         step("prepared")
         summary = _build(pair, source, dest, lambda x: new.home(x) == dest and old.home(x) == source,
-                         offd_options, step, progress)
+                         offd_options, step, progress, fresh)
         summary.update({"from": source, "to": dest, "shards": sorted(shards)})
         blocker = directory.swap_map(journal["old"], journal["new"])
         if blocker:
@@ -158,12 +160,15 @@ def _refusal(key, directory):
 
 # --- what moves ---------------------------------------------------------------------------
 
-def read_node(data_dir, offd_options, steps=None):
+def read_node(data_dir, offd_options, steps=None, fresh=None):
     """Everything of one data dir the move touches, as the node would read it; ``steps`` the
-    progress callbacks of each store's passes (_passes)."""
+    progress callbacks of each store's passes (_passes). ``fresh``: the shard counts of a data
+    dir whose node never started (no stores yet: a new node), else that is refused."""
     steps = steps or _passes(data_dir, None)
     stores = {name: os.path.join(data_dir, name) for name in STORES}
     shards = {name: datadir.read_shards(stores[name]) for name in ("offd", "accounts")}
+    if fresh is not None and shards == {"offd": None, "accounts": None} and not os.path.exists(stores[TABLES]):
+        return {"shards": dict(fresh), "queues": {}, "counter": 0, "cursors": {}, "accounts": {}, "tables": {}}
     if None in shards.values():
         raise MoveError(f"{data_dir} holds no offd or accounts store: start its node once, then move")
     queues, counter, cursors = read_offd(stores["offd"], shards["offd"], offd_options, next(steps["offd"]))
@@ -236,7 +241,7 @@ def _disjoint(here, coming, what):
                         f"old map; nothing moved")
 
 
-def _build(dirs, source, dest, moves, offd_options, step, progress):
+def _build(dirs, source, dest, moves, offd_options, step, progress, fresh):
     """Rebuild the source's stores without what moves, then the destination's with it (one node
     after the other: a failure names the node); returns what moved."""
     steps = _passes(source, progress)
@@ -249,7 +254,7 @@ def _build(dirs, source, dest, moves, offd_options, step, progress):
     del kept
     step("source rebuilt")
     steps = _passes(dest, progress)
-    after = join(read_node(dirs[dest], offd_options, steps), moved, counter)
+    after = join(read_node(dirs[dest], offd_options, steps, fresh), moved, counter)
     _write(dirs[dest], after, steps)
     _verify(dirs[dest], after, offd_options, steps)
     step("destination rebuilt")

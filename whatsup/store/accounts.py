@@ -43,7 +43,7 @@ from .datadir import check_shards
 from ..observe.logs import Secret
 from ..protocol import PRIMARY, Code
 from ..runtime import CallTimeout, ProcessDead
-from ..runtime.factory import Factory
+from ..runtime.factory import Factory, ShardDown
 from ..runtime.industry import Industry
 from .tables import SqliteTable, durably, open_table
 
@@ -268,6 +268,8 @@ class AccountStore:
         if self.known.check(user, password):
             return True
         if user not in self.users:
+            if self.away is not None and not self.away.knows(user):  # a cluster node just started
+                raise ShardDown(f"the users of {user!r}'s home are not known here yet; retry")
             # Hash anyway so timing does not tell which names exist.
             self._hash(ip, "hash", password, self.scrypt_n)
             return False
