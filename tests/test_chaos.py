@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -17,6 +19,7 @@ def chaos(tmp_path, *args, duration, timeout):
     return json.loads(run.stdout.strip().splitlines()[-1]), run
 
 
+@pytest.mark.slow
 def test_every_acked_message_reaches_every_device_once_in_order_with_its_receipt_through_kill_9(tmp_path):
     tally, run = chaos(tmp_path, "--users", "5", "--devices", "3", "--kills", "3", "--rate", "15", "--seed", "7",
                        duration=8, timeout=100)
@@ -27,6 +30,7 @@ def test_every_acked_message_reaches_every_device_once_in_order_with_its_receipt
     assert tally["lost"] == tally["duplicates"] == tally["out_of_order"] == tally["receipts_missing"] == 0
 
 
+@pytest.mark.slow
 def test_across_three_nodes_every_acked_message_survives_kill_9_of_nodes_and_of_redis(tmp_path):
     """ops/chaos.py --nodes 3: clients on random nodes, kill -9 of random nodes and of Redis."""
     tally, run = chaos(tmp_path, "--nodes", "3", "--users", "6", "--kills", "4", "--rate", "10", "--seed", "11",

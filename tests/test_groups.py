@@ -195,6 +195,7 @@ def test_a_sender_making_copies_faster_than_groups_sender_copies_waits_and_nothi
 GROUP_MSGS = 20
 
 
+@pytest.mark.slow
 def test_a_message_to_1024_members_is_stored_once_per_shard_while_1to1_traffic_flows(make_server):
     """Every copy of a group message on one shard is one G record with one seq that every
     member's queue references (docs/ARCHITECTURE.md, "offd on disk"), and 1:1 round trips
