@@ -12,11 +12,23 @@ from whatsup.testing import LocalCluster, RedisServer, ServerProcess
 PASSWORD = re.compile(rb"pw-[\w.-]{2,}")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the xdist_group marks
 def pytest_collection_modifyitems(items):
-    """The tests marked slow run first (the order is otherwise kept): under README's
-    ``-n 2 --maxschedchunk 1`` each worker takes the next test when it is done, so the long
-    ones spread over both and the suite does not end waiting on one that came last."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """For README's ``-n 2 --dist loadgroup --no-loadscope-reorder``: the tests marked slow run
+    first (the order is otherwise kept), each worker taking the next test when it is done, so
+    the long ones spread over both workers and the suite does not end waiting on one that came
+    last; and the tests of a module that share a module-scoped fixture (a node, a cluster)
+    run on one worker in file order (some rely on it), so it is started once, not once per worker."""
+    unit = {}  # what runs on one worker: a module whose tests share a fixture, or a test alone
+    for item in items:
+        defs = item._fixtureinfo.name2fixturedefs.values()
+        if any(d.scope == "module" for fixturedefs in defs for d in fixturedefs):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+            unit[item] = item.module.__name__
+        else:
+            unit[item] = item.nodeid
+    slow = {unit[item] for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: unit[item] not in slow)  # a unit moves whole: its file order holds
 
 
 @pytest.fixture(autouse=True)

@@ -20,7 +20,7 @@ def test_every_attack_runs_and_leaves_no_traceback_and_no_password_in_the_log(tm
     # also under pytest-xdist's per-worker dirs
     workdir = tmp_path_factory.mktemp("attack")
     env = {**os.environ, "TMPDIR": str(workdir)}
-    run = subprocess.run([sys.executable, os.path.join(ROOT, "ops", "attack.py"), "-d", "1.5", "-q", "0.3",
+    run = subprocess.run([sys.executable, os.path.join(ROOT, "ops", "attack.py"), "-d", "1.0", "-q", "0.2",
                           "--conns", "100", "--members", "20", "--scrypt-n", "1024", "--keep"],
                          capture_output=True, text=True, timeout=110, env=env)
     out = run.stdout

@@ -8,18 +8,18 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def chaos(tmp_path, *args, timeout):
-    """Run ops/chaos.py with ``args`` (12 s of traffic, drops, 40 s to settle); its tally and run."""
+def chaos(tmp_path, *args, duration, timeout):
+    """Run ops/chaos.py with ``args`` (``duration`` s of traffic, drops, 40 s to settle); its tally and run."""
     run = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "ops", "chaos.py"), *args, "--duration", "12", "--drop-rate", "0.5",
-         "--settle", "40", "--dir", str(tmp_path / "chaos"), "--json"],
+        [sys.executable, os.path.join(ROOT, "ops", "chaos.py"), *args, "--duration", str(duration),
+         "--drop-rate", "0.5", "--settle", "40", "--dir", str(tmp_path / "chaos"), "--json"],
         capture_output=True, text=True, timeout=timeout)
     return json.loads(run.stdout.strip().splitlines()[-1]), run
 
 
 def test_every_acked_message_reaches_every_device_once_in_order_with_its_receipt_through_kill_9(tmp_path):
     tally, run = chaos(tmp_path, "--users", "5", "--devices", "3", "--kills", "3", "--rate", "15", "--seed", "7",
-                       timeout=100)
+                       duration=8, timeout=100)
     assert run.returncode == 0, (tally, run.stderr)
     assert tally["kills"] == 3 and tally["drops"] > 0
     assert tally["acked"] == tally["sent"] > 100
@@ -30,7 +30,7 @@ def test_every_acked_message_reaches_every_device_once_in_order_with_its_receipt
 def test_across_three_nodes_every_acked_message_survives_kill_9_of_nodes_and_of_redis(tmp_path):
     """ops/chaos.py --nodes 3: clients on random nodes, kill -9 of random nodes and of Redis."""
     tally, run = chaos(tmp_path, "--nodes", "3", "--users", "6", "--kills", "4", "--rate", "10", "--seed", "11",
-                       timeout=110)
+                       duration=12, timeout=110)
     bad = {k: v for k, v in tally.items() if v and k in (
         "lost", "duplicates", "out_of_order", "receipts_missing", "corrupted", "unacked", "delivered_without_ack",
         "device_crashes", "server_tracebacks")}

@@ -242,6 +242,13 @@ def test_users_moved_to_another_node_get_every_queued_message_once_and_the_old_m
     cl.map = cmap.load(cl.map_path)
     assert [cl.map.home(x) for x in (*movers, gid, keeper)] == [b, b, b, a]
     assert [f for f in os.listdir(cl[a].data_dir) if f.endswith((".old", ".new")) or f == "MOVING"] == []
+    held = {n: read_node(cl[n].data_dir, OPTIONS) for n in (a, b)}   # the source keeps none of it
+    for user in movers:
+        assert user not in held[a]["accounts"] and user not in held[a]["queues"]
+        assert len(held[b]["queues"][user]) == 5 and user in held[b]["accounts"]
+    assert gid not in held[a]["tables"]["groups"] and gid in held[b]["tables"]["groups"]
+    assert movers[0] not in held[a]["tables"]["blocks"] and held[b]["tables"]["blocks"][movers[0]] == [eve]
+    assert len(held[a]["queues"][keeper]) == 5 and keeper in held[a]["accounts"]
     for name in cl.names:
         cl[name].start()
     cl.joined()

@@ -121,7 +121,12 @@ def test_a_ban_and_a_retired_name_hold_on_every_node(cl):
         with pytest.raises(ServerError, match="banned"):
             cl[name].client(bad)
     assert whatsupctl(cl[b], "users", "unban", bad)["was_banned"] is True
-    cl[c].client(bad).close()
+    with cl[c].client(bad) as session:   # a new password set on b closes it on c
+        assert whatsupctl(cl[b], "users", "set-password", bad, "--password", "pw-bbad-new")["sessions_closed"] == 1
+        assert closed_with(session) == "password_changed"
+    with cl[a].client(bad, "pw-bbad-new") as session:
+        assert whatsupctl(cl[c], "users", "kick", bad)["sessions_closed"] == 1
+        assert closed_with(session) == "kicked"
 
     # deleted while connected to c (home b): a group on a loses them, a block on c of them goes
     with cl[a].client(keeper) as ke, cl[c].client(friend) as fr, cl[c].client(gone) as go:

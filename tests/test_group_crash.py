@@ -17,8 +17,8 @@ from whatsup.client import Closed
 from whatsup.store.offd import record, shard_of
 from whatsup.routing.router import group_frame
 
-MEMBERS = 200
-TRIALS = 10
+MEMBERS = 64
+TRIALS = 8
 BURST = 300     # at most, per trial: the kill comes first
 IN_FLIGHT = 100 # messages without ✓ at most: pipelined bursts keep fan-outs running at the kill
 

@@ -29,7 +29,7 @@ def test_readme_opens_with_two_commands_that_make_and_use_a_venv_and_ci_runs_the
         blocks = re.findall(r"```sh\n(.*?)\n```", f.read(), re.S)[:2]
     assert blocks == ["python3 -m venv .venv && .venv/bin/python -m pip install -e . && bin/whatsupd",
                       "python3 -m venv .venv && .venv/bin/python -m pip install -e '.[test]' && "
-                      ".venv/bin/python -m pytest -n 2 --maxschedchunk 1"]
+                      ".venv/bin/python -m pytest -n 2 --dist loadgroup --no-loadscope-reorder"]
     with open(os.path.join(ROOT, ".ci", "run")) as f:
         ci = f.read()
     pattern = re.search(r'grep -m1 -E "(.*)" README.md', ci).group(1).replace("\\\\", "\\")

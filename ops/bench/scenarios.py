@@ -445,9 +445,10 @@ REALISTIC = {
              "step_seconds": 20.0, "warmup_seconds": 5.0, "p99_ms": 20.0, "random_procs": 1,
              "soak_users": 5000, "soak_rate": 2000, "soak_minutes": 30.0, "soak_sample_seconds": 60.0,
              "soak_block_ms": 20},
-    "quick": {"users": [100, 200], "rates": [100, 300], "step_seconds": 1.0, "warmup_seconds": 0.5,
-              "p99_ms": 20.0, "random_procs": 1, "soak_users": 100, "soak_rate": 200, "soak_minutes": 0.1,
-              "soak_sample_seconds": 2.0, "soak_block_ms": 20},
+    # the test suite's smoke (tests/test_bench_smoke.py): every step once, as short as still measures
+    "quick": {"users": [100, 200], "rates": [100, 300], "step_seconds": 0.5, "warmup_seconds": 0.25,
+              "p99_ms": 20.0, "random_procs": 1, "soak_users": 100, "soak_rate": 200, "soak_minutes": 0.05,
+              "soak_sample_seconds": 1.0, "soak_block_ms": 20},
 }
 
 PARAMS = {
@@ -456,9 +457,9 @@ PARAMS = {
              "spool": 100_000, "spool_window": 200, "drain": 10_000, "idle": 10_000, "idle_seconds": 120.0, "conns_per_proc": 5000,
              "groups": [256, 1024], "fanout_msgs": 200, "fanout_window": 50, "fanout_lone": 10,
              "conns_per_call": 1000, "reload_sessions": 5000, "reload_rate": 5000, "reload_seconds": 4.0},
-    "quick": {**REALISTIC["quick"], "pairs": 10, "load_procs": 1, "max_tries": 1, "seconds": 1.0, "window": 20, "open_window": 200,
-              "ladder": [0.5], "offline_users": 10, "senders": 5, "spool": 5000, "spool_window": 100,
-              "drain": 2000, "idle": 400, "idle_seconds": 1.0, "conns_per_proc": 200,
+    "quick": {**REALISTIC["quick"], "pairs": 10, "load_procs": 1, "max_tries": 1, "seconds": 0.5, "window": 20, "open_window": 200,
+              "ladder": [0.5], "offline_users": 10, "senders": 5, "spool": 2000, "spool_window": 100,
+              "drain": 1000, "idle": 200, "idle_seconds": 0.5, "conns_per_proc": 200,
               "groups": [64], "fanout_msgs": 20, "fanout_window": 10, "fanout_lone": 3,
-              "conns_per_call": 200, "reload_sessions": 300, "reload_rate": 1000, "reload_seconds": 1.5},
+              "conns_per_call": 200, "reload_sessions": 200, "reload_rate": 1000, "reload_seconds": 1.0},
 }

@@ -38,8 +38,8 @@ REFUSED = (DataDirBusy, ReshardError, MapError, *UNREACHABLE)
 @version_option("whatsup-reshard")
 @click.pass_context
 def main(ctx, config_path, data_dir, offd_shards, accounts_shards):
-    """Move offd and account data to new shard counts, with the server stopped (or, with the
-    ``move`` command, cluster shards from one node to another: whatsup-reshard move -h)."""
+    """Move offd and account data to new shard counts, with the server stopped; or, with the move
+    command, cluster shards from one stopped node to another (whatsup-reshard move -h)."""
     os.umask(0o077)  # what it writes holds password hashes and messages (whatsup/store/datadir.py, secure)
     if ctx.invoked_subcommand is not None:
         return

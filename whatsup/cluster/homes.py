@@ -50,7 +50,8 @@ ROUTED = {"typing": ("to", "presence", "typing"), "presence_sub": ("user", "pres
           "info": ("to", "router", "info")}
 #: What another node has the home of a user do for that user (Homes.at_home): the truth of their
 #: bans, retired name, link codes and devices is there, as their account is.
-AT_HOME = {"lifecycle": ("ban", "unban", "delete"), "devices": ("link", "unlink_device", "logged_in")}
+AT_HOME = {"lifecycle": ("ban", "unban", "delete", "close_sessions"),
+           "devices": ("link", "unlink_device", "logged_in")}
 
 
 class Homes:

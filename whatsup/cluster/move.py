@@ -44,7 +44,7 @@ from . import engine
 from .directory import Directory
 from .map import load
 from ..store import datadir
-from ..store.reshard import (ReshardError, fingerprint, passes, read_accounts, read_offd, write_accounts,
+from ..store.reshard import (ReshardError, passes, read_accounts, read_offd, same_offd, write_accounts,
                              write_offd)
 from ..store.tables import open_table
 
@@ -274,9 +274,8 @@ def _write(data_dir, content, steps):
 
 def _verify(data_dir, content, offd_options, steps):
     path = os.path.join(data_dir, "{}.new").format
-    queues, counter, cursors = read_offd(path("offd"), content["shards"]["offd"], offd_options, next(steps["offd"]))
-    if fingerprint(queues) != fingerprint(content["queues"]) or cursors != content["cursors"] \
-            or counter < content["counter"]:
+    if not same_offd(path("offd"), content["shards"]["offd"], offd_options, content["queues"], content["counter"],
+                     content["cursors"], next(steps["offd"])):
         raise MoveError(f"{path('offd')} differs from what it should hold; nothing swapped")
     if read_accounts(path("accounts"), content["shards"]["accounts"], next(steps["accounts"])) != content["accounts"]:
         raise MoveError(f"{path('accounts')} differs from what it should hold; nothing swapped")

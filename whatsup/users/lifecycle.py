@@ -109,7 +109,10 @@ class Lifecycle:
         return self.remote is not None and not self.remote.here(user)
 
     def close_sessions(self, user, code, message, keep=None):
-        """Close every session of ``user`` but ``keep`` with error ``code``; returns their pids."""
+        """Close every session of ``user`` but ``keep`` with error ``code``; returns their pids. In a
+        cluster their home does it: its session manager has every one of them, on any node."""
+        if self._away(user):
+            return self.remote.at_home(user, "lifecycle", "close_sessions", user, code, message, keep)
         pids = [pid for pid in self.sm.pids(user) if pid != keep]
         for pid in pids:
             self.router.tell(pid, ("close", code, message))
