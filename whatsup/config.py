@@ -57,8 +57,8 @@ SETTINGS = (
     Setting("protocol.max_frame", int, 65536, "largest frame accepted, in bytes (length header excluded)", 1024),
     Setting("protocol.max_body", int, 61440, "largest message body, in UTF-8 bytes; must leave room for "
             "the envelope below max_frame", 1),
-    Setting("protocol.idle_timeout", float, 90.0, "seconds without any frame from a client before its "
-            "connection is closed (clients ping every idle_timeout/3)", 1.0),
+    Setting("protocol.idle_timeout", float, 300.0, "seconds without any frame from a client before its "
+            "connection is closed (clients ping every idle_timeout/3: a phone's radio wakes that often)", 1.0),
     Setting("protocol.send_timeout", float, 30.0, "seconds a device's socket may take no byte of what "
             "waits for it before the session is closed with slow_reader (its items stay in offd)", 0.1),
     Setting("protocol.login_timeout", float, 30.0, "seconds a new connection has to log in", 1.0),

@@ -38,7 +38,6 @@ PASSWORD = "bench-password-"
 SAMPLES = 5000  # latency samples returned per kind; max and count are exact
 GAP = 0.005     # pauses between two deliveries (to any receiver) longer than this are reported
 GAPS = 100      # the longest ones, at most
-PING = 25.0     # seconds of silence after which a whatsup connection pings (its idle_timeout is 90 s)
 
 
 class Conn:
@@ -99,6 +98,7 @@ class LoadGen:
         self.target = None
         self.stats = Stats()
         self.pinged = time.monotonic()
+        self.ping = None  # seconds of silence after which a connection pings: idle_timeout / 3, as a device
 
     # --- the loop ------------------------------------------------------------------
 
@@ -112,7 +112,7 @@ class LoadGen:
                 return False
             if tick is not None:
                 tick(now)
-            if self.target == "whatsup" and now - self.pinged > 1.0:
+            if self.target == "whatsup" and self.ping is not None and now - self.pinged > 1.0:
                 self._keep_alive(now)
             dirty = list(self.dirty)  # the connections hold this set: cleared, never replaced
             self.dirty.clear()
@@ -122,11 +122,11 @@ class LoadGen:
                 self._read(key.data)
 
     def _keep_alive(self, now):
-        """Ping from every connection silent for PING seconds, as a device does: idle users stay
-        logged in while another target's steps run."""
+        """Ping from every connection silent for a third of the server's idle_timeout, as a device
+        does: idle users stay logged in while another target's steps run."""
         self.pinged = now
         for c in self.conns:
-            if now - c.last_out > PING:
+            if now - c.last_out > self.ping:
                 c.put(PING_FRAME)
 
     def _write(self, c):
@@ -201,6 +201,7 @@ class LoadGen:
                            ([{"type": "register", "ref": 2, "user": c.user, "password": PASSWORD + c.user}]
                             if register else []), 2 if register else 1)
             registered = time.monotonic()
+            self.ping = min(c.answers[1]["idle_timeout"] for c in new) / 3
             self._requests(new, lambda c: [{"type": "login", "ref": 3, "user": c.user,
                                             "password": PASSWORD + c.user}], 3)
         else:
