@@ -224,7 +224,8 @@ class Router:
         if self.remote is not None and not self.remote.here(to):
             return self.remote.forward(to, pid, ref, "message", sender, cid, to, body, device)
         self.counters["msg_in"] += 1
-        if self.retransmit(sender, pid, ref, cid, to):
+        mine = {"type": "msg", "from": sender, "to": to, "id": cid, "body": body}  # for their other devices
+        if self.retransmit(sender, pid, ref, cid, to, again=lambda done: self.synced(sender, device, mine, done)):
             return
         if not self.accounts.exists(to):
             return self.reply(pid, error_frame(Code.UNKNOWN_USER, f"no such user {to!r}", ref))
@@ -250,7 +251,7 @@ class Router:
             log.warning("queue of %s is full: refused message %s from %s", to, cid, sender)
             return self._refuse(sender, cid, pending, Code.QUEUE_FULL, f"{to}'s queue is full")
         pending.ts, pending.anchor = item.ts, (spool, item)
-        self.synced(sender, device, {"type": "msg", "from": sender, "to": to, "id": cid, "body": body}, done)
+        self.synced(sender, device, mine, done)
         done.release()
 
     def synced(self, user, device, frame, done):
@@ -279,9 +280,13 @@ class Router:
         self.counters["self_copies_lost"] += 1
         log.warning("%s's own copy of %s not queued for their other devices: %s", user, frame["type"], exc)
 
-    def retransmit(self, sender, pid, ref, cid, to):
+    def retransmit(self, sender, pid, ref, cid, to, again=None):
         """True when ``cid`` was seen from ``sender`` (to ``to``, a user or a group): its ✓ is
-        (or will be) sent again, nothing more."""
+        (or will be) sent again, nothing more, but for ``again(done)`` (an AllDurable), which
+        queues again what the first ✓ also waited for, in another shard than the message: a
+        kill -9 between the two fsyncs keeps the message (recovery puts it back in the window)
+        and loses that, and the sender, never ✓'d, retransmits. The ✓ then waits for it too
+        (the sender's self copy: their other devices skip a second one by its id)."""
         seen = self.pending.get((sender, cid))
         if seen is not None:
             seen.waiters.append((pid, ref))
@@ -289,7 +294,13 @@ class Router:
             found = self.dedup.find(sender, digest(to, cid))
             if found is None:
                 return False
-            self.reply(pid, self._sent(ref, cid, found[0]))
+            sent = self._sent(ref, cid, found[0])
+            if again is None:
+                self.reply(pid, sent)
+            else:
+                done = AllDurable(self.ok_when_durable(pid, sent))
+                again(done)
+                done.release()
         self.counters["retransmits"] += 1
         return True
 
