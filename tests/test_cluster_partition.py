@@ -43,6 +43,8 @@ def test_a_node_cut_off_from_redis_refuses_what_crosses_nodes_at_once_and_serves
             cl.redis.resume()
         wait_for(lambda: "renewed its lease" in cl[a].log(), "a rejoins", timeout=30)
         wait_for(lambda: cl[a].log().count(f"cluster: {b} is up") >= 2, "a counts b up again", timeout=30)
+        # b was cut off too (one Redis for all): it serves a's request only once it counts a up
+        wait_for(lambda: cl[b].log().count(f"cluster: {a} is up") >= 2, "b counts a up again", timeout=30)
         al.send(bob, "during", id="m2")           # the retry goes through, once
         assert [f["id"] for f in bo.drain(1.0) if f["type"] == "msg"] == ["m2"]
         with cl[a].client(bert, timeout=15) as be:
