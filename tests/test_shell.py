@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from social import wait_for
 from whatsup.store.offd import shard_of
 from whatsup.shell import ERROR_MARK, parse_listen
 from whatsup.shell.client import ShellClient
@@ -77,6 +78,8 @@ def test_drain_spools_a_stuffed_mailbox_and_the_recipient_gets_every_message(onl
         assert "suspended" in ask(sh, "suspend('bob')")
         ids = [alice.send("bob", f"m{k}", id=f"m{k}")["id"] for k in range(40)]  # each ✓: in offd
         bob.send_nowait("alice", "from a suspended session", id="b1")
+        # its bytes reach bob's mailbox through the hub's read watcher: before the drain, not after
+        wait_for(lambda: ("data",) in [m[:1] for m in ask(sh, "mailbox('bob', 100)")], "bob's frame in his mailbox")
         peek = ask(sh, "mailbox('bob', 100)")
         assert peek.count(("poke",)) == 1  # 40 messages, one wake-up: the router's pokes coalesce
         report = ask(sh, "{k: v for k, v in drain('bob').items() if k != 'pid'}")
