@@ -37,9 +37,12 @@ class Counts:
 
 class Histogram:
     """A histogram family for REGISTRY, with one optional label (``labels(value)``: its child)."""
+    labelled = {}  # name -> label of the labelled families (render names the label)
 
     def __init__(self, name, documentation, label=None, buckets=FAST, registry=REGISTRY):
         self.name, self.documentation, self.label, self.bounds = name, documentation, label, tuple(buckets)
+        if label:
+            Histogram.labelled[name] = label
         self.children = {}
         self.counts = None if label else Counts(self.bounds)
         self._les = [floatToGoString(b) for b in (*self.bounds, INF)]
@@ -73,7 +76,6 @@ COMMIT = Histogram("whatsup_commit_seconds", "one group commit (write + fsync) o
                    "table)", "store")
 COMMIT_SIZE = Histogram("whatsup_commit_batch_entries", "entries written by one group commit", "store",
                         buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096))
-LABEL = {"whatsup_commit_seconds": "store", "whatsup_commit_batch_entries": "store"}  # the labelled ones
 LOGIN = Histogram("whatsup_login_seconds", "a login frame to its answer (the password check included)")
 REDIS = Histogram("whatsup_redis_seconds", "one pipeline of a node's outbox to Redis (its entries, directory "
                   "writes and acknowledgements; retries included)")
@@ -116,7 +118,7 @@ def render(snap):
             lines += _histogram(family.name, "", value)
         elif value:
             for key, hist in sorted(value.items()):
-                lines += _histogram(family.name, f'{LABEL[family.name]}="{key}",', hist)
+                lines += _histogram(family.name, f'{Histogram.labelled[family.name]}="{key}",', hist)
     return "\n".join(lines) + "\n"
 
 
