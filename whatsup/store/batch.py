@@ -20,7 +20,12 @@ benchmark.) Finished batches come back through one async watcher, which libev
 coalesces, so a burst of batches wakes the committer's greenlet once.
 
 Records nobody waits for soon are added ``lazy``: they wake nobody and go with
-the next batch someone does wait for, or after ``LAZY`` seconds. offd's delete
+the next batch someone does wait for, or after ``LAZY`` seconds. A finished
+batch does not start a write of lazy records alone: that kept every writer
+fsyncing back to back (random 1:1 traffic at 1,000 msgs/s made ~3,000 batches a
+second on four shards, three fsyncs per message, mostly a lone cursor or delete
+record riding behind the last one; the writer threads' wake-ups and GIL hand-offs
+were most of the node's CPU at that rate). offd's delete
 and cursor records are lazy (lost, they only bring an item to a device again,
 which skips it), and so are ✓✓ receipts (the online sender is told at once;
 only the delete of the acked item waits for the receipt to be durable). At 1,000 msgs/s of random 1:1 traffic each message made ~1.6 batches,
@@ -69,10 +74,15 @@ class GroupCommitter:
         self._idle = Event()
         self._idle.set()
         self._woken = False                # a WAKE waits in the committer's mailbox
+        self._urgent = False               # ``pending`` holds a record someone waits for
+        self._overdue = False              # the lazy records in ``pending`` waited LAZY seconds
         loop = gevent.get_hub().loop
         self._written = loop.async_()
         self._written.start(self._wake)
-        self._lazy = loop.timer(LAZY)      # started by the first lazy record of a pass
+        # Started by the first lazy record of a batch, stopped when it fires. Repeating, because
+        # libev re-arms a spent one-shot timer for its old expiry: restarted, it fired within a
+        # millisecond, and lazy records went in batches of their own (~600 a second per shard).
+        self._lazy = loop.timer(LAZY, LAZY)
         owner = current()
         if owner is None:
             self._table = ProcessTable()
@@ -93,17 +103,17 @@ class GroupCommitter:
         self.pending.append((entry, waiter))
         self._added += 1
         self._idle.clear()
-        if self._woken:
-            return
         if not lazy:
+            self._urgent = True
             self._wake()
         elif not self._lazy.active:
-            self._lazy.start(self._wake)
+            self._lazy.start(self._due)
 
     def flush(self, timeout=30.0):
         """Wait until everything added so far has been written (or failed); False at once when the
         committer's process is gone (it crashed: what it held is not written)."""
-        if self.pending and not self._woken:
+        if self.pending:
+            self._urgent = True
             self._wake()
         return self._proc.alive and self._idle.wait(timeout)
 
@@ -118,6 +128,12 @@ class GroupCommitter:
         if not self._woken:  # the writer's finished batches may call for one while one waits
             self._woken = True
             self._proc.mailbox.put(WAKE)
+
+    def _due(self):
+        """The lazy timer: the oldest lazy record has waited LAZY seconds; it goes now."""
+        self._lazy.stop()
+        self._overdue = True
+        self._wake()
 
     def _drain(self):
         """On the pool's thread: write batches until nothing is queued (or RUN of them: the
@@ -141,12 +157,13 @@ class GroupCommitter:
         """In the committer's process: answer the written batches, hand the added entries to the
         writer, and start it if it is idle."""
         self._woken = False
-        self._lazy.stop()
         self._finish()
         with self._lock:
-            if self.pending:
+            if self.pending and (self._urgent or self._overdue):
                 self.queued.append(self.pending)
                 self.pending = []
+                self._urgent = self._overdue = False
+                self._lazy.stop()
             start = self.queued and not self._writing
             if start:
                 self._writing = True
