@@ -40,6 +40,7 @@ is fsynced; expiry visits only the queues whose front is due (a heap of the
 queues' fronts, :meth:`Queues.expire`), in slices.
 """
 import collections
+import errno
 import gc
 import itertools
 import logging
@@ -117,7 +118,8 @@ class Spool(Queues):
         self.segments = collections.OrderedDict()  # sid -> Segment, oldest first
         self.recovered = {}          # sender -> [(ts, digest, sid, seq)] oldest first, for the dedup window
         self._pool = Worker(f"offd {directory}")  # this spool's writer: a native thread owning the fds
-        self._fds = {}
+        self._fds = {}               # sid -> fd (writer thread only)
+        self._sizes = {}             # sid -> bytes in the file: where a failed batch is cut back to
         self._log = None
 
     def __repr__(self):
@@ -253,30 +255,37 @@ class Spool(Queues):
         return os.path.join(self.dir, SEGMENT.format(sid))
 
     def _fd(self, sid):
+        """The segment's fd, opened O_DSYNC: a write returns once its data (and the file's new
+        size) is on disk, so a batch is one system call per file, not a write, an fstat and an
+        fsync: each system call gives the GIL up, and taking it back from a busy hub costs the
+        writer thread a wait and the hub a context switch."""
         fd = self._fds.get(sid)
         if fd is None:
-            fd = self._fds[sid] = os.open(self._path(sid), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            fd = self._fds[sid] = os.open(self._path(sid), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_DSYNC,
+                                          0o600)
+            self._sizes[sid] = os.fstat(fd).st_size
             fsync_dir(self.dir)  # the new segment's name must survive a crash too
         return fd
 
     def _write(self, batch):
-        """Append and fsync a batch (one write per file); on error cut every touched file back
-        and re-raise."""
+        """Append a batch durably (one synchronous write per file); on error cut every touched
+        file back and re-raise."""
         chunks = {}
         for sid, data in batch:
             chunks.setdefault(sid, []).append(data)
-        touched = {}
+        touched = []
         try:
             for sid, parts in chunks.items():
                 fd = self._fd(sid)
-                touched[sid] = os.fstat(fd).st_size
-                os.write(fd, b"".join(parts))  # short writes of regular files only happen on error
-            for sid in touched:
-                os.fsync(self._fds[sid])
+                touched.append(sid)
+                data = b"".join(parts)
+                if os.write(fd, data) != len(data):  # a regular file writes short only when it can't go on
+                    raise OSError(errno.ENOSPC, f"short write to {self._path(sid)}")
+                self._sizes[sid] += len(data)
         except OSError:
-            for sid, size in touched.items():
+            for sid in touched:
                 try:
-                    os.ftruncate(self._fds[sid], size)
+                    os.ftruncate(self._fds[sid], self._sizes[sid])
                 except OSError:
                     pass
             raise
@@ -284,6 +293,7 @@ class Spool(Queues):
     def _unlink(self, sids):
         for sid in sids:
             fd = self._fds.pop(sid, None)
+            self._sizes.pop(sid, None)
             if fd is not None:
                 os.close(fd)
             try:
@@ -295,6 +305,7 @@ class Spool(Queues):
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+        self._sizes.clear()
 
     def _recover(self):
         """Rebuild the queues from the segment files (writer thread, before serving), with
