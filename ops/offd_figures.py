@@ -77,6 +77,14 @@ class _Inert:
     def blocks(a, b):
         return False
 
+    @staticmethod
+    def devices(user):
+        return (PRIMARY,)
+
+    @staticmethod
+    def pids(user):
+        return ()
+
 
 def spool_and_router(directory, options, window):
     """An open Spool and the Router it calls back (compaction carries the router's dedup ids)."""

@@ -246,7 +246,7 @@ def test_a_data_dir_in_the_previous_format_recovers_its_items_and_dedup_ids(tmp_
 
 def test_maintenance_yields_after_a_slice_of_steps_or_of_time_whichever_comes_first():
     now, yields = [0.0], []
-    pace = Pace(clock=lambda: now[0], sleep=yields.append)
+    pace = Pace(clock=lambda: now[0], pause=lambda: yields.append(1))
     for _ in range(SLICE - 1):
         pace.step()  # cheap steps, no time passes
     assert yields == []

@@ -56,7 +56,7 @@ from .admission import Refused, prefix
 from .core import Close
 from ..runtime.factory import ShardDown
 from ..protocol import PRIMARY, Code, ProtocolError, error_frame
-from ..runtime.process import FAIR_SHARE
+from ..runtime.process import FAIR_SHARE, let_others_run
 
 log = logging.getLogger("whatsup.session")
 #: What a non-blocking socket (plain or TLS) raises when it has nothing to give or take now.
@@ -256,7 +256,7 @@ class Session:
             if frame is None:
                 break
             if not st.frames_in % FAIR_SHARE:
-                gevent.sleep(0)  # one read can hold a thousand frames: let the others run
+                let_others_run()  # one read can hold a thousand frames
             try:
                 Session._handle(proc, st, frame)
             except Close as close:

@@ -43,14 +43,13 @@ import itertools
 import logging
 import time
 
-import gevent
 
 from ..observe import latency
 from .dedup import Dedup, digest
 from ..store.offd import QueueFull, ShardDown
 from ..store.offd.spool import SLICE
 from ..protocol import PRIMARY, Code, ProtocolError, Template, error_frame, unpack
-from ..runtime import MailboxFull, ProcessDead
+from ..runtime import MailboxFull, ProcessDead, let_others_run
 from ..runtime.service import Service
 from ..runtime.timers import DeadlineHeap
 
@@ -186,7 +185,8 @@ class Router:
             for sender, entries in spool.take_recovered().items():
                 found.setdefault(sender, []).append((spool, entries))
         n = 0
-        for sender, parts in found.items():
+        while found:  # popped, so each sender's entries are freed in its slice: freeing a million
+            sender, parts = found.popitem()  # at once, when ``found`` went, held the hub for 120 ms
             entries = [(*e, spool) for spool, part in parts for e in part]
             entries.sort(key=lambda e: e[0])
             newest, seen = [], set()
@@ -201,7 +201,7 @@ class Router:
             n += len(entries)
             if n > SLICE:
                 n = 0
-                gevent.sleep(0)
+                let_others_run()
         for (sender, cid), (home, f) in incomplete.items():
             self.counters["fanouts_completed"] += 1
             log.warning("completing the fan-out of group %s message %s from %s that a crash cut short",
@@ -361,7 +361,7 @@ class Router:
             else:
                 parts.setdefault(spool, []).append(user)
             if not n % SLICE:
-                gevent.sleep(0)
+                let_others_run()
         return parts, lost
 
     def copies(self, gid, sender, cid, template, parts, lost, done, have=()):

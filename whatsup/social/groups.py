@@ -50,7 +50,7 @@ from gevent.event import AsyncResult, Event
 
 from ..store.offd import ShardDown
 from ..protocol import Code, ProtocolError
-from ..runtime import Process, ProcessDead
+from ..runtime import Process, ProcessDead, let_others_run
 from ..runtime.ratelimit import Pacer
 from ..runtime.service import Service
 from ..runtime.supervisor import adopt
@@ -352,11 +352,11 @@ class Groups:
                 served += len(members)
                 if served >= self.chunk * 16:
                     served = 0
-                    gevent.sleep(0)
+                    let_others_run()
             for n, user in enumerate(members, 1):
                 self.router.poke(user)
                 if not n % self.chunk:
-                    gevent.sleep(0)  # other sessions run; the hub polls I/O at least every switch interval
+                    let_others_run()  # other sessions run, and the hub polls I/O
             self.counters["copies"] += len(ready) * (len(members) - 1)
             self.counters["messages"] += len(ready)
             self.counters["batches"] += 1
@@ -552,7 +552,7 @@ class Groups:
                 spool.put(user, "event", dict(frame), on_durable=done.expect(), force=True)
                 n += 1
                 if not n % self.chunk:
-                    gevent.sleep(0)  # other sessions run; the hub polls I/O at least every switch interval
+                    let_others_run()  # other sessions run, and the hub polls I/O
         self.counters["events"] += n
 
     def _index(self, group):
