@@ -43,7 +43,6 @@ import itertools
 import logging
 import time
 
-
 from ..observe import latency
 from .dedup import Dedup, digest
 from ..store.offd import QueueFull, ShardDown
