@@ -198,13 +198,7 @@ def read_tables(path):
 
 def write_tables(path, tables):
     for name, rows in tables.items():
-        db = open_table(path, name)
-        try:
-            for key, value in rows.items():
-                db[key] = value
-            db.commit()
-        finally:
-            db.close()
+        datadir.fill(open_table(path, name), rows)
 
 
 def split(content, moves):

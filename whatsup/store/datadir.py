@@ -141,3 +141,14 @@ def check_shards(directory, shards, setting):
     elif found != shards:
         raise ShardMismatch(f"{directory} has {found} shards but {setting} says {shards}; reshard it "
                             f"with whatsup-reshard (server stopped) or set {setting} = {found}")
+
+
+def fill(db, rows):
+    """Write ``rows`` into the open SqliteDict ``db`` in one commit, then close it (the offline
+    tools that rebuild a store: whatsup-reshard and its ``move``)."""
+    try:
+        for key, value in rows.items():
+            db[key] = value
+        db.commit()
+    finally:
+        db.close()

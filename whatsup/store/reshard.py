@@ -136,13 +136,7 @@ def write_accounts(directory, shards, users, progress=_quiet):
     for user, rec in users.items():
         by_shard[shard_of(user, shards)][user] = rec
     for i, part in enumerate(by_shard):
-        db = open_db(shard_path(directory, i))
-        try:
-            for user, rec in part.items():
-                db[user] = rec
-            db.commit()
-        finally:
-            db.close()
+        datadir.fill(open_db(shard_path(directory, i)), part)
         progress(i + 1, shards)
     datadir.write_marker(os.path.join(directory, "SHARDS"), f"{shards}\n")
 
