@@ -273,19 +273,20 @@ class Spool(Queues):
         chunks = {}
         for sid, data in batch:
             chunks.setdefault(sid, []).append(data)
-        touched = []
+        before = {}  # sid -> its size before this batch
         try:
             for sid, parts in chunks.items():
                 fd = self._fd(sid)
-                touched.append(sid)
+                before[sid] = self._sizes[sid]
                 data = b"".join(parts)
                 if os.write(fd, data) != len(data):  # a regular file writes short only when it can't go on
                     raise OSError(errno.ENOSPC, f"short write to {self._path(sid)}")
                 self._sizes[sid] += len(data)
         except OSError:
-            for sid in touched:
+            for sid, size in before.items():  # the files written before the failure too
+                self._sizes[sid] = size
                 try:
-                    os.ftruncate(self._fds[sid], self._sizes[sid])
+                    os.ftruncate(self._fds[sid], size)
                 except OSError:
                     pass
             raise
