@@ -62,6 +62,23 @@ def test_durability_callbacks_fire_after_the_group_commit(tmp_path):
     sp.close()
 
 
+def test_a_busy_shard_commits_at_most_once_per_commit_interval_and_an_idle_one_at_once(tmp_path):
+    import gevent
+    sp = spool(tmp_path, commit_interval=1.0)
+    done = []
+    put(sp, "bob", 1, durable=done.append)
+    assert sp.flush(timeout=0.5) and done == [None]  # idle: no wait for the interval
+    for i in range(10):  # each alone in its loop pass, the writer idle in between
+        put(sp, "carol", 1, durable=done.append)
+        gevent.sleep(0.005)
+    assert sp.stats()["commit_batches"] == 1  # the ten wait for the interval to run out...
+    sp.close()  # ...and closing still writes them
+    assert done == [None] * 11
+    sp = spool(tmp_path)
+    assert bodies(sp, "carol") == ["m0"] * 10
+    sp.close()
+
+
 def test_a_device_that_acked_past_the_others_keeps_its_place_through_compaction_and_a_reopen(tmp_path):
     laptop, devices = 1, (lambda user: (PRIMARY, 1))
     sp = spool(tmp_path, segment_bytes=4096, devices=devices)

@@ -169,6 +169,9 @@ SETTINGS = (
     Setting("offd.max_queue", int, 100_000, "items queued for one user at most; senders get queue_full beyond", 1),
     Setting("offd.expiry_days", float, 30.0, "undelivered items older than this are dropped (and logged)", 0.0),
     Setting("offd.maintenance_interval", float, 10.0, "seconds between compaction and expiry passes", 0.1),
+    Setting("offd.commit_interval", float, 0.002, "seconds at least between two group commits (fsyncs) "
+            "of one spool shard: a busy shard gathers what arrives meanwhile into one batch, an idle one "
+            "commits at once; ✓ and delivery wait up to this long more under load", 0.0),
     Setting("runtime.max_restarts", int, 5, "restarts a supervisor allows within runtime.restart_period; "
             "one more and it gives up and its own supervisor decides (the root's giving up stops the "
             "node)", 0),

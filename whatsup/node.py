@@ -170,7 +170,8 @@ class Node:
                          cfg.session.dedup_window,  # the router's callbacks (it is made next):
                          devices=self.accounts.devices, on_ready=lambda user: self.router.poke(user),
                          carry=lambda sender, first, last: self.router.dedup.entries(sender, first, last),
-                         on_up=lambda spool, restarted: self.router.shard_up(spool, restarted))
+                         on_up=lambda spool, restarted: self.router.shard_up(spool, restarted),
+                         commit_interval=cfg.offd.commit_interval)
         self.blocks = Blocks(self.accounts, lambda pid, ok: self.router.ok_when_durable(pid, ok))
         self.push = Push(cfg, self.sm, self.offd, self.timers)
         self.link = self.homes = None  # a cluster's (cluster.map): whatsup/cluster/

@@ -59,8 +59,9 @@ LAZY = 0.05
 
 
 class GroupCommitter:
-    def __init__(self, pool, write, name):
+    def __init__(self, pool, write, name, interval=0.0):
         self.pool, self.write, self.name = pool, write, name
+        self.interval = interval           # seconds at least between two hand-overs (see ``_pass``)
         self.batches = self.failures = 0
         self.seconds = 0.0
         store = name.split()[0]  # "offd", "accounts", "table"
@@ -83,6 +84,9 @@ class GroupCommitter:
         # libev re-arms a spent one-shot timer for its old expiry: restarted, it fired within a
         # millisecond, and lazy records went in batches of their own (~600 a second per shard).
         self._lazy = loop.timer(LAZY, LAZY)
+        self._loop = loop
+        self._next = 0.0                   # loop time before which nothing more is handed over
+        self._spacer = None                # a timer waking the committer at ``_next``
         owner = current()
         if owner is None:
             self._table = ProcessTable()
@@ -122,6 +126,8 @@ class GroupCommitter:
         self._table.stop(self._proc.pid)
         self._written.stop()
         self._lazy.stop()
+        if self._spacer is not None:
+            self._spacer.stop()
 
     def _wake(self):
         """Have the committer's process run one pass (at most one WAKE waits in its mailbox)."""
@@ -155,11 +161,12 @@ class GroupCommitter:
 
     def _pass(self):
         """In the committer's process: answer the written batches, hand the added entries to the
-        writer, and start it if it is idle."""
+        writer (at most once per ``interval``), and start it if it is idle."""
         self._woken = False
         self._finish()
+        hand_over = self.pending and (self._urgent or self._overdue) and self._spaced()
         with self._lock:
-            if self.pending and (self._urgent or self._overdue):
+            if hand_over:
                 self.queued.append(self.pending)
                 self.pending = []
                 self._urgent = self._overdue = False
@@ -168,7 +175,27 @@ class GroupCommitter:
             if start:
                 self._writing = True
         if start:
-            self.pool.spawn(self._drain)  # may wait for the pool's thread: a process, not the hub
+            self.pool.spawn(self._drain)
+
+    def _spaced(self):
+        """True when the last hand-over is ``interval`` seconds old; else a timer wakes the
+        committer then. A busy shard commits every ``interval``, an idle one at once. Every batch
+        costs a wake-up of the writer, GIL hand-offs, an O_DSYNC write and the way back, whatever
+        it holds: with random 1:1 traffic at 2,000 msgs/s on four shards, nearly every message
+        made a batch of its own (2,022 a second); 2 ms apart they were 1,421, and the node's CPU
+        per message fell from 450 to 405 µs."""
+        now = self._loop.now()
+        if now >= self._next:
+            self._next = now + self.interval
+            return True
+        if self._spacer is None:
+            self._spacer = self._loop.timer(self._next - now)  # a fresh one-shot (see ``_lazy``)
+            self._spacer.start(self._spaced_out)
+        return False
+
+    def _spaced_out(self):
+        self._spacer = None
+        self._wake()
 
     def _finish(self):
         """Count the written batches and call their waiters."""

@@ -43,10 +43,12 @@ class Offd:
     and ``on_up(spool, restarted)``: a shard opened (its recovery is done)."""
 
     def __init__(self, table, directory, shards, segment_bytes, max_queue, expiry_days, restart_wait=5.0,
-                 dedup_window=Spool.remember, on_ready=None, devices=None, carry=None, on_up=None):
+                 dedup_window=Spool.remember, on_ready=None, devices=None, carry=None, on_up=None,
+                 commit_interval=0.0):
         self.dir = directory
         self.options = (segment_bytes, max_queue, expiry_days)
         self.callbacks = {"on_ready": on_ready, "devices": devices, "carry": carry}
+        self.commit_interval = commit_interval
         self.dedup_window = dedup_window
         self.industry = Industry(table, "offd", shards, OffdShard, (self,),
                                  paths=[shard_dir(directory, i) for i in range(shards)], wait=restart_wait)
@@ -99,7 +101,8 @@ class OffdShard:
 
     @staticmethod
     def init(proc, slot, offd):
-        spool = Spool(shard_dir(offd.dir, slot.shard), *offd.options, **offd.callbacks)
+        spool = Spool(shard_dir(offd.dir, slot.shard), *offd.options, **offd.callbacks,
+                      commit_interval=offd.commit_interval)
         spool.remember = offd.dedup_window
         spool.open()
         slot.publish(proc.pid, spool)

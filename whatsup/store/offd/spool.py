@@ -107,7 +107,7 @@ class Spool(Queues):
     remember = 4096  # dedup entries per sender that recovery hands on (session.dedup_window)
 
     def __init__(self, directory, segment_bytes, max_queue, expiry_days, devices=None, on_ready=None,
-                 carry=None):
+                 carry=None, commit_interval=0.0):
         super().__init__(max_queue, devices, on_ready)
         self.dir = directory
         self.segment_bytes = segment_bytes
@@ -115,6 +115,7 @@ class Spool(Queues):
         self.wm = {}                 # user -> highest seq whose delete record was written
         self.incomplete = {}         # (sender, cid) -> F Item: recovery found no E (see Router.shard_up)
         self.carry = carry
+        self.commit_interval = commit_interval  # GroupCommitter.interval
         self.segments = collections.OrderedDict()  # sid -> Segment, oldest first
         self.recovered = {}          # sender -> [(ts, digest, sid, seq)] oldest first, for the dedup window
         self._pool = Worker(f"offd {directory}")  # this spool's writer: a native thread owning the fds
@@ -145,7 +146,7 @@ class Spool(Queues):
         os.makedirs(self.dir, exist_ok=True)
         self._pool.apply(self._recover)
         self.refront()
-        self._log = GroupCommitter(self._pool, self._write, f"offd {self.dir}")
+        self._log = GroupCommitter(self._pool, self._write, f"offd {self.dir}", self.commit_interval)
         self._start_segment()
         return self
 
