@@ -70,3 +70,49 @@ def test_the_router_closes_a_session_whose_mailbox_is_full_and_says_so_once(capl
     assert router.counters["overloaded"] == 1
     assert [r.getMessage() for r in caplog.records if "mailbox full" in r.getMessage()] == \
         [f"session {pid!r}: mailbox full, closing it (overloaded)"]
+
+
+def test_the_mailbox_wakes_its_reader_once_for_a_burst_and_never_after_the_reader_was_thrown_out():
+    from whatsup.runtime.mailbox import Mailbox
+    box, got = Mailbox(), []
+
+    def reader():
+        while True:
+            got.append(box.get())
+    g = gevent.spawn(reader)
+    gevent.sleep(0)
+    for n in range(3):  # one wake-up: the reader takes all three in one go, in order
+        box.put(n)
+    gevent.sleep(0)
+    assert got == [0, 1, 2] and len(box) == 0
+    g.kill(block=False)  # its throw is queued on the loop first...
+    box.put("late")  # ...so the wake-up runs after it and must not switch to a dead reader
+    gevent.sleep(0)
+    assert g.dead and got == [0, 1, 2] and list(box.queue) == ["late"]
+    assert box.get_nowait() == "late"
+    with pytest.raises(gevent.queue.Empty):
+        box.get_nowait()
+
+
+def test_a_reader_woken_by_something_else_is_not_switched_to_by_a_stale_wake_up():
+    """A put schedules a wake-up; if the reader is resumed otherwise first (a timeout thrown into
+    it) and then waits elsewhere, the wake-up finds nobody in get() and does nothing."""
+    from whatsup.runtime.mailbox import Mailbox
+    box, other, log = Mailbox(), gevent.event.Event(), []
+
+    def reader():
+        try:
+            with gevent.Timeout(0.01):
+                box.get()
+        except gevent.Timeout:
+            log.append("timed out")
+        other.wait()  # waits elsewhere: a stray switch would return from here early
+        log.append("woken by the event")
+    g = gevent.spawn(reader)
+    gevent.sleep(0.02)
+    box.put("x")
+    gevent.sleep(0.01)
+    assert log == ["timed out"]
+    other.set()
+    g.join(1)
+    assert log == ["timed out", "woken by the event"] and list(box.queue) == ["x"]

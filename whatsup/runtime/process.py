@@ -39,9 +39,9 @@ from typing import NamedTuple
 
 import gevent
 from gevent.event import AsyncResult
-from gevent.queue import UnboundQueue
 
 from ..observe.logs import redact
+from .mailbox import Mailbox
 
 
 log = logging.getLogger("whatsup.runtime")
@@ -114,7 +114,7 @@ class Process:
         self.kind = kind or getattr(behaviour, "kind", behaviour.__name__.lower())
         self.entity = entity
         self.restarts = restarts
-        self.mailbox = UnboundQueue()  # the lightest gevent queue: put never blocks
+        self.mailbox = Mailbox()
         self.mailbox_max = mailbox_max
         self.notified = set()  # tags of coalesced messages queued and not yet handled
         self.state = None
