@@ -10,8 +10,9 @@ while it is busy: ``add`` only appends and wakes the committer's greenlet, which
 runs after the loop pass's other callbacks, hands what the pass added to the
 writer as one batch and starts the writer if it is idle; once started, the
 writer keeps taking the batches handed over meanwhile (as one write) until
-there are none. Batches are cut at loop passes, on the hub, never by the
-writer thread: a writer taking whatever was queued whenever it got the GIL
+there are none. Batches are cut at loop passes, on the hub (and, given an
+``interval`` — offd's ``commit_interval`` — at most once per interval while
+the committer is busy: ``_spaced``), never by the writer thread: a writer taking whatever was queued whenever it got the GIL
 wrote many tiny batches, one fsync each (the offline spool fell from ~50,000
 to ~18,000 msgs/s). (A pool task
 per batch, as before, woke the thread through ``_Condition.notify_one`` for
