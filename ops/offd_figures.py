@@ -89,7 +89,7 @@ class _Inert:
 def spool_and_router(directory, options, window):
     """An open Spool and the Router it calls back (compaction carries the router's dedup ids)."""
     routers = []
-    sp = Spool(directory, *options, carry=lambda sender, a, b: routers[0].dedup.entries(sender, a, b))
+    sp = Spool(directory, *options, carry=lambda sender, hs: routers[0].dedup.pick(sender, hs))
     sp.remember = window
     sp.open()
     inert = _Inert(sp)

@@ -1,5 +1,5 @@
 """The dedup window's I/O-free core (whatsup/routing/dedup.py): 24 bytes an id (and its index slot), bounded per sender."""
-from whatsup.routing.dedup import ENTRY, Dedup, digest, unpack_entries
+from whatsup.routing.dedup import ENTRY, Dedup, digest, digests, unpack_entries
 
 
 def test_an_id_is_found_with_its_ts_until_size_newer_ids_push_it_out():
@@ -21,13 +21,15 @@ def test_a_digest_matching_across_two_entries_is_not_taken_for_an_id():
     assert d.find("ann", straddling) is None
 
 
-def test_entries_by_number_wrap_around_the_ring_and_skip_what_left_the_window():
+def test_pick_gives_the_entries_of_the_digests_still_in_the_window_each_once():
     d = Dedup(3)
-    ks = [d.add("ann", digest("bob", f"m{n}"), n) for n in range(5)]
-    assert ks == [0, 1, 2, 3, 4]
-    assert [ts for _, ts, _ in unpack_entries(d.entries("ann", 0, 4))] == [2, 3, 4]  # 0 and 1 are gone
-    assert [ts for _, ts, _ in unpack_entries(d.entries("ann", 3, 3))] == [3]
-    assert d.entries("ann", 0, 1) == b"" and d.entries("nobody", 0, 9) == b""
+    hs = [digest("bob", f"m{n}") for n in range(5)]
+    for n, h in enumerate(hs):
+        d.add("ann", h, n, seq=10 + n)
+    picked = unpack_entries(d.pick("ann", b"".join(hs + hs[3:4])))  # m3 named twice
+    assert [(h, ts, seq) for h, ts, seq in picked] == [(hs[n], n, 10 + n) for n in (2, 3, 4)]  # m0, m1 are gone
+    assert digests(d.pick("ann", hs[4] + hs[0])) == hs[4]
+    assert d.pick("ann", hs[0]) == b"" and d.pick("nobody", hs[4]) == b""
 
 
 def test_lookups_stay_right_while_crowded_index_slots_are_overwritten_and_shifted_back():

@@ -7,11 +7,11 @@ import time
 
 import pytest
 
-from whatsup.routing.dedup import digest
+from whatsup.routing.dedup import Dedup, digest, digests, unpack_entries
 from whatsup.store.offd import Offd, ShardMismatch, Spool
 from whatsup.store.offd import record
 from whatsup.store.offd.memory import MemorySpool
-from whatsup.store.offd.spool import PACE, SEGMENT, SLICE, Pace
+from whatsup.store.offd.spool import IDS, PACE, SEGMENT, SLICE, Pace
 from whatsup.protocol import PRIMARY, Template, pack
 from whatsup.runtime import ProcessTable
 from whatsup.testing import FakeClock
@@ -215,6 +215,96 @@ def test_compaction_moves_live_data_once_not_on_every_pass(tmp_path):
         sp.flush()
     assert sp.stats()["compacted_items"] == moved
     sp.close()
+
+
+def windowed(path, window, **kw):
+    """A spool whose compaction carries ids from a dedup window of ``window`` ids per sender."""
+    d = Dedup(window)
+    return spool(path, carry=d.pick, **kw), d
+
+
+def sent(sp, d, user, cids, sender="alice"):
+    """Messages the router saw made durable: each id enters the window, anchored where its record is."""
+    items = [sp.put(user, "msg", {"type": "msg", "body": "x" * 50}, sender=sender, cid=c) for c in cids]
+    sp.flush()
+    for item, cid in zip(items, cids):
+        d.add(sender, digest(user, cid), item.ts, item.seq)
+        sp.anchor(item.seg, sender, digest(user, cid))
+
+
+def refill(sp, d):
+    """What the router does with what recovery found: the window again, anchored where it was found."""
+    found = sp.take_recovered()
+    for sender, entries in found.items():
+        for ts, h, sid, seq in entries:
+            d.add(sender, h, ts, seq)
+            sp.anchor(sid, sender, h)
+    return {sender: {h for _, h, _, _ in entries} for sender, entries in found.items()}
+
+
+def ids_files(path):
+    return sorted(n for n in os.listdir(path) if n.startswith("ids-"))
+
+
+def test_compaction_writes_an_id_to_the_ids_file_once_not_at_every_pass_and_a_reopen_keeps_the_window(tmp_path):
+    sp, d = windowed(tmp_path, 100, segment_bytes=4096)
+    sent(sp, d, "bob", [f"c{i}" for i in range(20)])
+    deliver(sp, "bob", 20)                    # delivered and acked: only carried ids keep them known
+    for round_ in range(4):                   # other traffic rolls the segments; each pass compacts
+        put(sp, "carol", 60, sender="zed")
+        sp.flush()
+        deliver(sp, "carol", 60)
+        sp.maintain()
+        sp.flush()
+    assert sp.stats()["compactions"] >= 3
+    assert sp.stats()["carried_ids"] == 20    # once each, however many passes
+    assert not any(SEGMENT.format(1) == n for n in os.listdir(tmp_path)) and ids_files(tmp_path)
+    sp.close()
+    sp, d = windowed(tmp_path, 100, segment_bytes=4096)
+    assert refill(sp, d)["alice"] == {digest("bob", f"c{i}") for i in range(20)}
+    sp.close()
+
+
+def test_the_ids_file_is_rewritten_with_only_the_ids_still_in_their_window(tmp_path):
+    senders = [f"s{i}" for i in range(10)]
+    sp, d = windowed(tmp_path, 8, segment_bytes=512)
+    for batch in range(3):                    # each batch pushes the previous one out of the windows
+        for sender in senders:
+            sent(sp, d, "bob", [f"{sender}-{batch}-{i}" for i in range(8)], sender=sender)
+        deliver(sp, "bob", 80)
+        put(sp, "carol", 10, sender="zed")    # rolls the active segment, so the batch is compacted
+        sp.flush()
+        sp.maintain()
+        sp.flush()
+    stats = sp.stats()
+    assert stats["carried_ids"] >= 3 * 80 and stats["ids_rewrites"] >= 2
+    sp.close()
+    assert len(ids_files(tmp_path)) == 1      # the rewritten ones are unlinked
+    data = (tmp_path / ids_files(tmp_path)[0]).read_bytes()
+    kept = {rec[1]: digests(rec[2]) for rec in record.scan(data)[0]}
+    newest = {s: {digest("bob", f"{s}-2-{i}") for i in range(8)} for s in senders}
+    assert {s: {hs[i:i + 8] for i in range(0, len(hs), 8)} for s, hs in kept.items()} == newest
+    sp, d = windowed(tmp_path, 8, segment_bytes=512)
+    assert {s: hs for s, hs in refill(sp, d).items() if s != "zed"} == newest  # zed's items are still queued
+    sp.close()
+
+
+def test_ids_files_a_crash_left_mid_rewrite_are_read_then_rewritten_into_one(tmp_path):
+    def entries(cids):
+        d = Dedup(10)
+        for cid in cids:
+            d.add("alice", digest("bob", cid), ord(cid))  # sent in the order of their names
+        return d.pick("alice", b"".join(digest("bob", cid) for cid in cids))
+    (tmp_path / IDS.format(1)).write_bytes(record.carried("alice", entries("abc")))
+    (tmp_path / IDS.format(2)).write_bytes(record.carried("alice", entries("bcd")))  # its rewrite, half done
+    sp, d = windowed(tmp_path, 2, segment_bytes=4096)
+    assert refill(sp, d)["alice"] == {digest("bob", c) for c in "abcd"}
+    sp.maintain()                              # the window (2 ids) kept c and d
+    sp.close()
+    assert ids_files(tmp_path) == [IDS.format(3)]
+    found = record.scan((tmp_path / IDS.format(3)).read_bytes())[0]
+    assert sorted(h for rec in found for h, _, _ in unpack_entries(rec[2])) == sorted(
+        digest("bob", c) for c in "cd")
 
 
 def test_a_group_copy_is_one_item_in_every_members_queue_and_a_reopen_keeps_it_for_who_did_not_ack(tmp_path):

@@ -169,7 +169,7 @@ class Node:
                          cfg.offd.segment_bytes, cfg.offd.max_queue, cfg.offd.expiry_days, wait,
                          cfg.session.dedup_window,  # the router's callbacks (it is made next):
                          devices=self.accounts.devices, on_ready=lambda user: self.router.poke(user),
-                         carry=lambda sender, first, last: self.router.dedup.entries(sender, first, last),
+                         carry=lambda sender, hs: self.router.dedup.pick(sender, hs),
                          on_up=lambda spool, restarted: self.router.shard_up(spool, restarted),
                          commit_interval=cfg.offd.commit_interval)
         self.blocks = Blocks(self.accounts, lambda pid, ok: self.router.ok_when_durable(pid, ok))

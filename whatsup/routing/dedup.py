@@ -20,9 +20,9 @@ spool from ~50k to ~18k msgs/s (59 % of the hub in ops.bench's offline
 scenario). Two different (destination, id) pairs share a digest with
 probability 2**-64, so a new message is taken for a retransmission of one of a
 window's ids with probability at most size / 2**64 (about 2e-16 for 4096): it
-would get ``sent`` and not be delivered. Entries are numbered (``k``) in the
-order they were added: offd compaction asks for ranges of them to carry
-(:meth:`Dedup.entries`).
+would get ``sent`` and not be delivered. offd keeps the window across
+restarts: it asks which of the digests its records made are still in the
+window (:meth:`Dedup.pick`) and writes those entries to its ids file.
 
 I/O-free: tested directly (tests/test_dedup_window.py).
 """
@@ -127,8 +127,7 @@ class Dedup:
         return int.from_bytes(ring.buf[i + 8:i + 16], "big"), int.from_bytes(ring.buf[i + 16:i + ENTRY], "big")
 
     def add(self, sender, h, ts, seq=0):
-        """Remember digest ``h`` (ts in ms, seq of its copy); returns its ``k``. The oldest
-        entry goes when full."""
+        """Remember digest ``h`` (ts in ms, seq of its copy). The oldest entry goes when full."""
         ring = self.rings.get(sender)
         if ring is None:
             ring = self.rings[sender] = Ring()
@@ -141,19 +140,24 @@ class Dedup:
             ring.buf[slot * ENTRY:slot * ENTRY + ENTRY] = entry
         ring.link(slot)
         ring.n += 1
-        return ring.n - 1
 
-    def entries(self, sender, first, last):
-        """The packed entries numbered ``first``..``last`` that are still in ``sender``'s window."""
+    def pick(self, sender, digests):
+        """The packed entries of those of ``digests`` (8 bytes each, concatenated) still in
+        ``sender``'s window, each once."""
         ring = self.rings.get(sender)
         if ring is None:
             return b""
-        first, last = max(first, ring.n - self.size), min(last, ring.n - 1)
-        if first > last:
-            return b""
-        a, b = first % self.size * ENTRY, last % self.size * ENTRY + ENTRY
-        buf = ring.buf
-        return bytes(buf[a:b]) if a < b else bytes(buf[a:]) + bytes(buf[:b])
+        buf, out = ring.buf, bytearray()
+        for h in dict.fromkeys(digests[i:i + 8] for i in range(0, len(digests), 8)):
+            slot = ring.lookup(h)
+            if slot >= 0:
+                out += buf[slot * ENTRY:slot * ENTRY + ENTRY]
+        return bytes(out)
+
+
+def digests(data):
+    """The digests of packed entries, concatenated (what :meth:`Dedup.pick` takes)."""
+    return b"".join(data[i:i + 8] for i in range(0, len(data), ENTRY))
 
 
 def unpack_entries(data):

@@ -147,7 +147,7 @@ class Router:
         """An offd shard opened. Its items are served at once: the shard pokes a user's session
         as soon as an item for them is queued (``poke``, its ``on_ready``: delivery does not wait
         for the fsync), and its compaction carries the dedup entries anchored in the segments it
-        drops (``dedup.entries``, its ``carry``).
+        drops (``dedup.pick``, its ``carry``).
 
         At node start, once every shard is up (:meth:`_recovered`), the dedup window is refilled
         from what recovery found and every group fan-out a crash cut short is completed. After
@@ -196,7 +196,8 @@ class Router:
                     if len(newest) == self.dedup.size:
                         break
             for ts, h, sid, seq, spool in reversed(newest):
-                spool.anchor(sid, sender, self.dedup.add(sender, h, ts, seq))
+                self.dedup.add(sender, h, ts, seq)
+                spool.anchor(sid, sender, h)
             n += len(entries)
             if n > SLICE:
                 n = 0
@@ -322,9 +323,10 @@ class Router:
         latency.SENT.observe(max(0.0, time.time() - pending.ts / 1000.0))
         spool, item = pending.anchor or (None, None)
         seq = item.seq if item is not None and item.kind == "msg" else 0  # a group copy's seq is its shard's
-        k = self.dedup.add(sender, digest(pending.to, cid), pending.ts, seq)
+        h = digest(pending.to, cid)
+        self.dedup.add(sender, h, pending.ts, seq)
         if item is not None and item.seg is not None:
-            spool.anchor(item.seg, sender, k)
+            spool.anchor(item.seg, sender, h)
         waiters, pending.waiters = pending.waiters, []
         for pid, ref in waiters:
             self.reply(pid, self._sent(ref, cid, pending.ts))

@@ -54,7 +54,7 @@ class MemorySpool(Queues):
     def finished(self, key):
         self.unfinished.pop(key, None)
 
-    def anchor(self, sid, sender, k):
+    def anchor(self, sid, sender, h):
         pass
 
     # --- hooks ---------------------------------------------------------------------

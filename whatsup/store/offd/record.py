@@ -21,7 +21,10 @@ A segment file is a sequence of records::
                                                        durable before any G of it is written
            ["E", sender, cid]                          that fan-out's G records are all durable
            ["H", sender, entries]                      dedup window entries compaction carried
-                                                       (dedup.ENTRY bytes each: digest, ts)
+                                                       (dedup.ENTRY bytes each: digest, ts, seq);
+                                                       written to the shard's ids files
+                                                       (ids-NNNNNNNNNN.log, H records only), older
+                                                       nodes wrote them into segments
            ["I", sender, user, [[cid, seq, ts], ...]]  (read only: older nodes' carried ids)
 
 The magic lets recovery resynchronise after a damaged record: it keeps every
