@@ -86,7 +86,15 @@ def scan(data):
     regions skipped, ``end`` is the offset just past the last intact record (a
     torn tail beyond it is cut off by recovery).
     """
-    records, bad, pos, end, n = [], 0, 0, 0, len(data)
+    records = []
+    bad, end = walk(data, records.append)
+    return records, bad, end
+
+
+def walk(data, emit):
+    """:func:`scan`, handing each record to ``emit`` as it is decoded (which may yield to the
+    hub between two); returns (bad, end)."""
+    bad, pos, end, n = 0, 0, 0, len(data)
     while pos + HEAD.size <= n:
         magic, length, crc = HEAD.unpack_from(data, pos)
         stop = pos + HEAD.size + length
@@ -94,11 +102,13 @@ def scan(data):
             body = data[pos + HEAD.size:stop]
             if zlib.crc32(body) == crc:
                 try:
-                    records.append(msgpack.unpackb(body, raw=False))
-                    pos = end = stop
-                    continue
+                    rec = msgpack.unpackb(body, raw=False)
                 except Exception:
                     pass
+                else:
+                    emit(rec)
+                    pos = end = stop
+                    continue
         if stop > n and magic == MAGIC and data.find(MAGIC, pos + 1) < 0:
             break  # a torn last record: not damage, just an append the crash cut short
         bad += 1
@@ -106,4 +116,4 @@ def scan(data):
         if nxt < 0:
             break
         pos = nxt
-    return records, bad, end
+    return bad, end
