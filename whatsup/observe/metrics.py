@@ -93,8 +93,10 @@ METRICS = (
     Metric("offd_compactions_total", "counter", "offd segment compactions", _spool_stat("compactions")),
     Metric("offd_queued_items", "gauge", "items in offd waiting for a device ack",
            lambda n: n.offd.queued()),
-    Metric("offd_bytes", "gauge", "bytes in offd segment files",
-           lambda n: sum(seg.size for s in _spools(n) for seg in s.segments.values())),
+    Metric("offd_bytes", "gauge", "bytes in offd segment files and ids files",
+           lambda n: sum(seg.size for s in _spools(n) for seg in s.segments.values()) + _spool_stat("ids_bytes")(n)),
+    Metric("offd_carried_ids_total", "counter", "dedup window entries written to offd ids files (by "
+           "compaction, and again by their rewrites)", _spool_stat("carried_ids")),
     Metric("offd_commit_batches_total", "counter", "offd group commits (write + fsync)",
            _commit("batches")),
     Metric("offd_commit_failures_total", "counter", "offd group commits that failed", _commit("failures")),
