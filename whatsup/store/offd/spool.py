@@ -601,7 +601,7 @@ class Spool(Queues):
     def _rewrite_ids(self):
         """Once the ids file holds a segment's size and twice what its rewrite kept (or recovery
         found older ones): write the entries of those files still in their windows to a new
-        one, read back off the hub, and unlink the old ones once that is fsynced. A failure
+        one (:meth:`_read_ids`), and unlink the old ones once that is fsynced. A failure
         leaves them to the next pass (recovery reads every ids file)."""
         cur = self._ids
         if not self._old_ids and cur.size < max(self.segment_bytes, 2 * cur.kept):
