@@ -40,6 +40,9 @@ def _spool_stat(key):
     return lambda node: sum(s.stats().get(key, 0) for s in _spools(node))
 
 
+_ids_bytes = _spool_stat("ids_bytes")
+
+
 def _commit(attr):
     return lambda node: sum(s.stats()["commit_" + attr] for s in _spools(node))
 
@@ -94,7 +97,7 @@ METRICS = (
     Metric("offd_queued_items", "gauge", "items in offd waiting for a device ack",
            lambda n: n.offd.queued()),
     Metric("offd_bytes", "gauge", "bytes in offd segment files and ids files",
-           lambda n: sum(seg.size for s in _spools(n) for seg in s.segments.values()) + _spool_stat("ids_bytes")(n)),
+           lambda n: sum(seg.size for s in _spools(n) for seg in s.segments.values()) + _ids_bytes(n)),
     Metric("offd_carried_ids_total", "counter", "dedup window entries written to offd ids files (by "
            "compaction, and again by their rewrites)", _spool_stat("carried_ids")),
     Metric("offd_commit_batches_total", "counter", "offd group commits (write + fsync)",

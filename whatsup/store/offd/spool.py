@@ -389,8 +389,9 @@ class Spool(Queues):
                 with open(path, "r+b") as f:
                     f.truncate(end)
                     os.fsync(f.fileno())
-            if sid < 0:
-                self._old_ids.append(sid)
+            if sid < 0:  # oldest first: the newest takes new entries, the others are rewritten into it
+                if self._ids is not None:
+                    self._old_ids.append(self._ids.sid)
                 self._ids = IdsFile(sid, end)
             else:
                 self.segments[sid] = Segment(sid, end)
@@ -428,8 +429,6 @@ class Spool(Queues):
             self.recovered[sender] = entries if len(entries) <= self.remember else entries[-self.remember:]
         if sids:
             self.counter += SEQ_GAP
-        if self._ids is not None:  # the newest ids file takes new entries; the rest are rewritten into it
-            self._old_ids.remove(self._ids.sid)
         self.counts["recovered"] = self.queued()
 
     def _replay(self, sid, rec, found, wm, fanouts, done, ids, cursors):
