@@ -35,6 +35,8 @@ def test_quick_benchmark_runs_every_scenario_and_writes_the_record(tmp_path):
     assert {r["target"] for r in record["rows"] if r["scenario"] == "random"} == {"actor_router", "whatsup"}
     soak = next(r for r in record["rows"] if r["scenario"] == "soak")
     assert len(soak["extra"]["rss_mib"]) >= 2 and soak["extra"]["messages"] > 0
+    assert len(soak["extra"]["windows_mib"]) == len(soak["extra"]["rss_mib"])
+    assert soak["extra"]["windows_mib"][-1][1] > 0  # the senders' windows, read through the shell
 
 
 def test_bench_help_works_with_dash_h():

@@ -117,6 +117,9 @@ class Client:
         self.items = 0  # spooled items received, the ones skipped below included (login's queued counts them)
         self._refs = itertools.count(1)
         self._decoder = FrameDecoder(max_frame)
+        # read into this and keep an exact-size copy: recv(n) mallocs n bytes and shrinks them to
+        # what came, and anything kept from that read (a long body) pins the rest of the heap chunk
+        self._inbox = memoryview(bytearray(1 << 16))
         sock = socket.create_connection((self.host, self.port), timeout=timeout,  # source: a local
                                         source_address=(source, 0) if source else None)  # address
         if tls:
@@ -151,7 +154,7 @@ class Client:
     def _read_frames(self, timeout):
         self.sock.settimeout(timeout)
         try:
-            data = self.sock.recv(1 << 20)
+            data = self._inbox[:self.sock.recv_into(self._inbox)].tobytes()
         except (socket.timeout, ssl.SSLWantReadError):
             return False
         if not data:

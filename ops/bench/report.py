@@ -60,9 +60,11 @@ def _notes(row):
                 f"loadgen {x['loadgen_cpu_util']:.0%} others-on-server-core {x['foreign_cpu_on_server_core']:.0%}; "
                 f"RSS {x['server_rss_mib']:g} MiB; {verdict}")
     if row["scenario"] == "soak":
-        rss = x["rss_mib"]
+        rss, win = x["rss_mib"], x["windows_mib"]
         return (f"{x['minutes']:g} min: RSS {rss[0][1]:g} → {rss[-1][1]:g} MiB (steady spread "
-                f"{x['rss_steady_spread']:.0%}), longest delivery pause {x['longest_gap_ms']:g} ms, "
+                f"{x['rss_steady_spread']:.0%}), of which dedup windows {win[0][1]:.1f} → {win[-1][1]:.1f} MiB "
+                f"(the rest's steady spread {x['rest_steady_spread']:.0%}), "
+                f"longest delivery pause {x['longest_gap_ms']:g} ms, "
                 f"hub blocked > {x['block_threshold_ms']} ms: {x['hub_blocked_reports']}×, "
                 f"{x['server_cpu_us_per_msg']:g} µs CPU/msg")
     if row["scenario"] == "direct":

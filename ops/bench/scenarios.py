@@ -270,7 +270,7 @@ class Reload(OneStep):
                 idlers.call([{"op": "connect", "target": "whatsup", "address": srv.address,
                               "users": mine[at:at + p["conns_per_call"]]} for mine in users])
             with srv.server.shell() as sh:
-                sessions, gone = Reload._ask(sh, "(len(sm), node.counters['disconnections'])")
+                sessions, gone = ask(sh, "(len(sm), node.counters['disconnections'])")
                 traffic = {}
                 driver = threading.Thread(target=Reload._drive, args=(load, p, traffic))
                 driver.start()
@@ -284,7 +284,7 @@ class Reload(OneStep):
                 if not ok:
                     raise RuntimeError(f"reload failed:\n{report}")
                 t = traffic["t"]
-                gone = Reload._ask(sh, "node.counters['disconnections']") - gone
+                gone = ask(sh, "node.counters['disconnections']") - gone
             around = [length for start, length in t["gaps"]
                       if start <= started + took + Reload.AFTER and start + length >= started]
             extra = {"sessions": sessions, "disconnects": gone, "reload_seconds": round(took, 3),
@@ -304,13 +304,6 @@ class Reload(OneStep):
                                                  "seconds": p["reload_seconds"], "window": p["open_window"]}))
         except Exception as exc:  # re-raised by the scenario, after the reload
             into["error"] = exc
-
-    @staticmethod
-    def _ask(sh, expression):
-        text, ok = sh.run(expression)
-        if not ok:
-            raise RuntimeError(f"shell: {expression} failed:\n{text}")
-        return ast.literal_eval(text.strip())
 
 
 class Random:
@@ -377,10 +370,20 @@ class Random:
                 "rate": round(delivered_rate), "offered": rate, **t["lat"], "errors": t["errors"], "extra": extra}
 
 
+def ask(sh, expression):
+    """The value of ``expression`` in the node, through its operator shell ``sh``."""
+    text, ok = sh.run(expression)
+    if not ok:
+        raise RuntimeError(f"shell: {expression} failed:\n{text}")
+    return ast.literal_eval(text.strip())
+
+
 class Soak(OneStep):
     """whatsup under the realistic shape at one steady rate for ``soak_minutes``: RSS sampled every
-    ``soak_sample_seconds`` (flat once queues are steady is the goal), the longest pause between two
-    deliveries (any receiver), and how often gevent's monitor saw the hub blocked for longer than
+    ``soak_sample_seconds`` (flat once queues are steady is the goal) with the dedup windows' bytes
+    (read through the shell: they grow by design until every sender has written
+    ``session.dedup_window`` ids, hours at these rates), the longest pause between two deliveries
+    (any receiver), and how often gevent's monitor saw the hub blocked for longer than
     ``soak_block_ms`` (the tests' hub-blocked gate, at a tighter threshold)."""
     name = "soak"
     step = "whatsup {soak_users:,} users {soak_rate:,}/s {soak_minutes:g} min"
@@ -390,9 +393,11 @@ class Soak(OneStep):
         p = ctx.params
         env = {"GEVENT_MAX_BLOCKING_TIME": str(p["soak_block_ms"] / 1000)}
         names = [f"s{i}" for i in range(p["soak_users"])]
-        with ctx.whatsup(env) as srv, Workers(p["random_procs"], ctx.placement.load) as workers:
+        with ctx.whatsup(env) as srv, Workers(p["random_procs"], ctx.placement.load) as workers, \
+                srv.server.shell() as sh:
             log_in(workers, srv, names, p["conns_per_call"])
-            rss, lat, gaps, errors, sent, delivered = [(0.0, rss_kib(srv.pid))], [], [], {}, 0, 0
+            windows = lambda: ask(sh, "router.dedup.nbytes()") / 2 ** 20
+            rss, lat, gaps, errors, sent, delivered = [(0.0, rss_kib(srv.pid), windows())], [], [], {}, 0, 0
             cpu = cpu_seconds(srv.pid)
             started = time.monotonic()
             total = p["soak_minutes"] * 60
@@ -400,7 +405,7 @@ class Soak(OneStep):
                 seconds = min(p["soak_sample_seconds"], total - (time.monotonic() - started))
                 t = merge_traffic(workers.call({"op": "scatter", "rate": p["soak_rate"] / workers.n,
                                                 "seconds": max(0.5, seconds), "names": names}))
-                rss.append((round(time.monotonic() - started, 1), rss_kib(srv.pid)))
+                rss.append((round(time.monotonic() - started, 1), rss_kib(srv.pid), windows()))
                 lat.append(t["lat"])
                 gaps += [g for _, g in t["gaps"]]
                 sent, delivered = sent + t["sent"], delivered + t["delivered"]
@@ -410,11 +415,12 @@ class Soak(OneStep):
                              f"p99 {t['lat']['e2e']['p99'] if t['lat']['e2e'] else '-'} ms")
             cpu = cpu_seconds(srv.pid) - cpu
             blocked = len(srv.server.blocking_reports())
-        mib = [round(k / 1024, 1) for _, k in rss]
-        steady = mib[len(mib) // 3:] or mib
+        mib = [k / 1024 for _, k, _ in rss]
+        rest = [k / 1024 - w for _, k, w in rss]  # RSS less the windows
         extra = {"users": p["soak_users"], "minutes": p["soak_minutes"], "messages": delivered,
-                 "rss_mib": [[at, round(k / 1024, 1)] for at, k in rss],
-                 "rss_steady_spread": round((max(steady) - min(steady)) / max(steady), 3),
+                 "rss_mib": [[at, round(k / 1024, 1)] for at, k, _ in rss],
+                 "windows_mib": [[at, round(w, 3)] for at, _, w in rss],
+                 "rss_steady_spread": Soak._spread(mib), "rest_steady_spread": Soak._spread(rest),
                  "longest_gap_ms": round(max(gaps, default=0) * 1000, 1), "gap_threshold_ms": GAP_MS,
                  "hub_blocked_reports": blocked, "block_threshold_ms": p["soak_block_ms"],
                  "server_cpu_us_per_msg": round(cpu * 1e6 / max(1, delivered), 1),
@@ -423,6 +429,12 @@ class Soak(OneStep):
                "rate": round(delivered / max(1e-9, time.monotonic() - started)), "offered": p["soak_rate"],
                "e2e": Soak._worst(lat, "e2e"), "sent": Soak._worst(lat, "sent"),
                "delivered": Soak._worst(lat, "delivered"), "errors": errors, "extra": extra}
+
+    @staticmethod
+    def _spread(series):
+        """(max - min) / max over the last two thirds of the samples."""
+        steady = series[len(series) // 3:] or series
+        return round((max(steady) - min(steady)) / max(steady), 3)
 
     @staticmethod
     def _worst(lats, kind):

@@ -116,7 +116,8 @@ class Dedup:
         return len(self.rings)
 
     def nbytes(self):
-        return sum(len(r.buf) for r in self.rings.values())
+        """What the windows hold: rings and their indexes (O(senders): for the shell and tools)."""
+        return sum(len(r.buf) + r.index.itemsize * len(r.index) for r in self.rings.values())
 
     def find(self, sender, h):
         """``(ts, seq)`` of digest ``h`` in ``sender``'s window, or None."""
