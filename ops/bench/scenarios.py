@@ -395,8 +395,10 @@ class Soak(OneStep):
         names = [f"s{i}" for i in range(p["soak_users"])]
         with ctx.whatsup(env) as srv, Workers(p["random_procs"], ctx.placement.load) as workers, \
                 srv.server.shell() as sh:
+            def windows():
+                return ask(sh, "router.dedup.nbytes()") / 2 ** 20
+
             log_in(workers, srv, names, p["conns_per_call"])
-            windows = lambda: ask(sh, "router.dedup.nbytes()") / 2 ** 20
             rss, lat, gaps, errors, sent, delivered = [(0.0, rss_kib(srv.pid), windows())], [], [], {}, 0, 0
             cpu = cpu_seconds(srv.pid)
             started = time.monotonic()
