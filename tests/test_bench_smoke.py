@@ -32,7 +32,10 @@ def test_quick_benchmark_runs_every_scenario_and_writes_the_record(tmp_path):
     assert {"machine", "versions", "server_settings", "params", "placement"} <= set(record)
     assert {r["target"] for r in record["rows"] if r["scenario"] == "direct"} == {
         "forwarder", "actor_router", "whatsup"}
-    assert {r["target"] for r in record["rows"] if r["scenario"] == "random"} == {"actor_router", "whatsup"}
+    assert {r["target"] for r in record["rows"] if r["scenario"] == "random"} == {
+        "actor_router", "receipt_router", "whatsup"}
+    same_work = [r for r in record["rows"] if r["scenario"] == "random" and r["target"] == "receipt_router"]
+    assert all(r["sent"]["max"] > 0 and r["delivered"]["max"] > 0 for r in same_work)  # (c) sends ✓ and ✓✓
     soak = next(r for r in record["rows"] if r["scenario"] == "soak")
     assert len(soak["extra"]["rss_mib"]) >= 2 and soak["extra"]["messages"] > 0
     assert len(soak["extra"]["windows_mib"]) == len(soak["extra"]["rss_mib"])

@@ -8,7 +8,7 @@ mailbox holds and writes it with one send. No auth, receipts or durability.
 import gevent
 from gevent.queue import Queue
 
-from . import baseline, wire
+from . import baseline
 
 mailboxes = {}  # user -> Queue
 
@@ -16,33 +16,17 @@ mailboxes = {}  # user -> Queue
 def handle(sock, addr):
     user, _, buf = baseline.login(sock)
     mailbox = mailboxes[user] = Queue()
-    writer = gevent.spawn(_write, sock, mailbox)
+    writer = gevent.spawn(baseline.write, sock, mailbox)
     try:
-        while True:
-            bodies, used = wire.split(buf)
-            del buf[:used]
-            for body in bodies:
-                frame = wire.decode(body)
-                frame["from"] = user
-                box = mailboxes.get(frame["to"])
-                if box is not None:
-                    box.put(frame)
-            data = sock.recv(262144)
-            if not data:
-                break
-            buf += data
+        for frame in baseline.frames(sock, buf):
+            frame["from"] = user
+            box = mailboxes.get(frame["to"])
+            if box is not None:
+                box.put(frame)
     finally:
         writer.kill()
         mailboxes.pop(user, None)
         sock.close()
-
-
-def _write(sock, mailbox):
-    while True:
-        frames = [mailbox.get()]
-        while mailbox.qsize():
-            frames.append(mailbox.get_nowait())
-        sock.sendall(b"".join(map(wire.encode, frames)))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""What the two baseline servers share: the login handshake and the process around a handler.
+"""What the baseline servers share: the login handshake, the writer and the process around a handler.
 
 A baseline speaks just enough of the protocol for the load generator: the
 first frame is ``{"type": "login", "ref", "user", "peer"}`` (answered with
@@ -28,6 +28,28 @@ def login(sock):
             frame = wire.decode(bytes(buf[start:end]))
             sock.sendall(wire.encode({"type": "ok", "ref": frame["ref"], "user": frame["user"]}))
             return frame["user"], frame.get("peer"), buf[end:]
+
+
+def frames(sock, buf):
+    """Decoded frames from ``sock`` until the peer closes (``buf``: bytes already read)."""
+    while True:
+        bodies, used = wire.split(buf)
+        del buf[:used]
+        for body in bodies:
+            yield wire.decode(body)
+        data = sock.recv(262144)
+        if not data:
+            return
+        buf += data
+
+
+def write(sock, mailbox):
+    """A connection's writer: whatever its mailbox holds, encoded and sent in one system call."""
+    while True:
+        frames = [mailbox.get()]
+        while mailbox.qsize():
+            frames.append(mailbox.get_nowait())
+        sock.sendall(b"".join(map(wire.encode, frames)))
 
 
 def main(handler, description):

@@ -38,6 +38,9 @@ PASSWORD = "bench-password-"
 SAMPLES = 5000  # latency samples returned per kind; max and count are exact
 GAP = 0.005     # pauses between two deliveries (to any receiver) longer than this are reported
 GAPS = 100      # the longest ones, at most
+#: the targets that speak whatsup's protocol (hello, register, password login, ✓ and ✓✓);
+#: the others take a bare ``login`` with a peer and only forward
+FULL_PROTOCOL = ("whatsup", "receipt_router")
 
 
 class Conn:
@@ -95,7 +98,7 @@ class LoadGen:
         self.conns = []
         self.dirty = set()
         self.by_user = {}
-        self.target = None
+        self.full = False  # the target speaks FULL_PROTOCOL
         self.stats = Stats()
         self.pinged = time.monotonic()
         self.ping = None  # seconds of silence after which a connection pings: idle_timeout / 3, as a device
@@ -112,7 +115,7 @@ class LoadGen:
                 return False
             if tick is not None:
                 tick(now)
-            if self.target == "whatsup" and self.ping is not None and now - self.pinged > 1.0:
+            if self.full and self.ping is not None and now - self.pinged > 1.0:
                 self._keep_alive(now)
             dirty = list(self.dirty)  # the connections hold this set: cleared, never replaced
             self.dirty.clear()
@@ -188,7 +191,7 @@ class LoadGen:
     def connect(self, target, address, users, register=True):
         """Open a connection per (user, peer); log each in. Returns the seconds each phase took."""
         address = tuple(address)
-        self.target = target
+        self.full = target in FULL_PROTOCOL
         started = time.monotonic()
         new = [Conn(address, user, peer, self.dirty) for user, peer in users]
         for c in new:
@@ -196,7 +199,7 @@ class LoadGen:
             self.by_user[c.user] = c
         self.conns += new
         connected = time.monotonic()
-        if target == "whatsup":
+        if self.full:
             self._requests(new, lambda c: [{"type": "hello", "ref": 1, "versions": [1]}] +
                            ([{"type": "register", "ref": 2, "user": c.user, "password": PASSWORD + c.user}]
                             if register else []), 2 if register else 1)
@@ -261,7 +264,7 @@ class LoadGen:
         gaps = sorted(st.gaps, key=lambda g: -g[1])[:GAPS]  # the drain after the step is not paced
         cpu = time.process_time() - cpu
         self.pump(time.monotonic() + 10, lambda: all(c.inflight <= 0 for c in senders) and
-                  (self.target != "whatsup" or (len(st.lat["delivered"]) >= st.sent and
+                  (not self.full or (len(st.lat["delivered"]) >= st.sent and
                                                 all(c.unsent <= 0 for c in senders))))
         for c in senders:
             c.inflight = c.unsent = 0
@@ -273,7 +276,7 @@ class LoadGen:
         random other user of ``names`` (a connection of any load generator). ``backlog`` is
         sampled once a second (sent here minus delivered here: summed over the load generators
         it is what the server holds); after the step, the ✓ and ✓✓ of everything sent are awaited
-        (whatsup) or arrivals stop (baselines) for at most ``drain`` seconds."""
+        (FULL_PROTOCOL) or arrivals stop (the forwarding baselines) for at most ``drain`` seconds."""
         senders = list(self.conns)
         self.stats = st = Stats()
         cpu = time.process_time()
@@ -296,7 +299,7 @@ class LoadGen:
         delivered_in_time = st.delivered
         gaps = sorted(st.gaps, key=lambda g: -g[1])[:GAPS]
         cpu = time.process_time() - cpu
-        if self.target == "whatsup":
+        if self.full:
             self.pump(time.monotonic() + drain, lambda: len(st.lat["delivered"]) >= st.sent and
                       all(c.unsent <= 0 for c in senders))
         else:

@@ -9,7 +9,7 @@ import whatsup
 
 from .targets import ROOT
 
-BASE = "actor_router"
+BASE, SAME_WORK = "actor_router", "receipt_router"  # baselines (b) and (c)
 
 
 def machine():
@@ -116,7 +116,7 @@ def highest_sustained(rows):
 
 def highest_good(rows, p99_ms):
     """The realistic scenario's answer per (target, users): the highest offered rate whose step
-    was good (sustained, delivery p99 <= ``p99_ms``), with whatsup's as a ratio of (b)'s."""
+    was good (sustained, delivery p99 <= ``p99_ms``), with the others' as ratios of (b)'s and (c)'s."""
     out = {}
     for r in rows:
         if r["scenario"] == "random":
@@ -126,15 +126,17 @@ def highest_good(rows, p99_ms):
                 best.update(rate=r["offered"], p99=r["e2e"]["p99"],
                             cpu_us_per_msg=r["extra"]["server_cpu_us_per_msg"])
     for best in out.values():
-        base = out.get(f"{BASE} {best['users']}", {}).get("rate")
-        best["ratio_b"] = round(best["rate"] / base, 3) if best["rate"] and base else None
+        for key, name, exempt in (("ratio_b", BASE, {BASE}), ("ratio_c", SAME_WORK, {BASE, SAME_WORK})):
+            base = out.get(f"{name} {best['users']}", {}).get("rate")
+            best[key] = round(best["rate"] / base, 3) if best["rate"] and base and best["target"] not in exempt else None
     return out
 
 
 def answer_lines(answers, p99_ms):
     for a in answers.values():
         rate = f"{a['rate']:,} msgs/s (p99 {a['p99']:g} ms)" if a["rate"] else "none"
-        ratio = f", {a['ratio_b']:.2f}x (b)" if a.get("ratio_b") and a["target"] != BASE else ""
+        ratio = "".join(f", {a[key]:.2f}x ({name})" for key, name in (("ratio_b", "b"), ("ratio_c", "c"))
+                        if a.get(key))
         yield (f"random ({a['users']:,} users): {a['target']}: highest rate with p99 <= {p99_ms:g} ms "
                f"and no growing backlog: {rate}{ratio}")
 
@@ -154,7 +156,7 @@ def insane(rows, scenarios):
             lat = r.get(kind)
             if lat and not 0 <= lat["p50"] <= lat["p99"] <= lat["max"]:
                 problems.append(f"{where}: {kind} latency out of order {lat}")
-        if r["scenario"] in ("direct", "random", "soak") and r["target"] == "whatsup" and not (
+        if r["scenario"] in ("direct", "random", "soak") and r["target"] in ("whatsup", SAME_WORK) and not (
                 r["e2e"] and r["sent"] and r["delivered"]):
             problems.append(f"{where}: missing e2e, ✓ or ✓✓ latencies")
         if r.get("extra", {}).get("complete") is False:

@@ -15,7 +15,7 @@ import time
 from .loadgen import GAP
 from .targets import Baseline, Workers, cores_busy_seconds, cpu_seconds, rss_kib
 
-FORWARDER, ROUTER = "forwarder", "actor_router"
+FORWARDER, ROUTER, RECEIPTS = "forwarder", "actor_router", "receipt_router"
 GAP_MS = GAP * 1000  # the shortest pause between deliveries the load generator reports
 
 
@@ -309,8 +309,9 @@ class Reload(OneStep):
 class Random:
     """The realistic shape (issue 10): N users logged in, each message from a random user to a random
     other user, open loop at a ladder of offered rates; devices ack each burst (as whatsup.client
-    does) and senders read ✓ and ✓✓. The baseline (b) gets the same users and the same ladder, so
-    whatsup's highest good rate is also a ratio of the design's ceiling for this shape.
+    does) and senders read ✓ and ✓✓. The baselines (b) and (c) get the same users and the same
+    ladder, so whatsup's highest good rate is also a ratio of the design's ceiling for this shape,
+    without (b) and with (c) the acks and receipts whatsup sends.
 
     A step is *good* when it is sustained (≥ 95 % of the offered rate delivered within the step,
     backlog at its end under 100 ms worth) and the delivery p99 is at most ``p99_ms``; a ladder
@@ -319,14 +320,16 @@ class Random:
 
     @staticmethod
     def plan(p):
-        return [f"{t} {n:,} users {r:,}/s" for n in p["users"] for t in (ROUTER, "whatsup") for r in p["rates"]]
+        return [f"{t} {n:,} users {r:,}/s" for n in p["users"] for t in (ROUTER, RECEIPTS, "whatsup")
+                for r in p["rates"]]
 
     @staticmethod
     def run(ctx):
         p = ctx.params
         with contextlib.ExitStack() as stack:
             runs = []
-            for target in (Baseline(ROUTER, ctx.placement.server), ctx.whatsup()):
+            for target in (Baseline(ROUTER, ctx.placement.server), Baseline(RECEIPTS, ctx.placement.server),
+                           ctx.whatsup()):
                 stack.enter_context(target)
                 runs.append((target, stack.enter_context(Workers(p["random_procs"], ctx.placement.load))))
             connected = 0
