@@ -118,29 +118,29 @@ def cluster(nodes, users, rates, seconds, cross, out):
     rates = [int(r) for r in rates.split(",")]
     progress = (lambda s: click.echo(s, err=True))
     per_node = users // nodes // 4 * 4
-    work = tempfile.mkdtemp(prefix="whatsup-bench-cluster-")
-    started = time.time()
-    redis = RedisServer(os.path.join(work, "redis")).start()
-    names = [f"n{i}@localhost" for i in range(nodes)]
-    cl = LocalCluster(os.path.join(work, "cluster"), redis, names, 12 * nodes, SERVER_SETTINGS)
-    homed = {n: cl.homed(n, "u", per_node) for n in names}
-    assignment = pairs(homed, cross)
-    try:
-        single = ServerProcess(os.path.join(work, "single"), SERVER_SETTINGS)
-        os.makedirs(single.dir, exist_ok=True)
-        single.start()
+    with tempfile.TemporaryDirectory(prefix="whatsup-bench-cluster-") as work:  # the data dirs go too
+        started = time.time()
+        redis = RedisServer(os.path.join(work, "redis")).start()
+        names = [f"n{i}@localhost" for i in range(nodes)]
+        cl = LocalCluster(os.path.join(work, "cluster"), redis, names, 12 * nodes, SERVER_SETTINGS)
+        homed = {n: cl.homed(n, "u", per_node) for n in names}
+        assignment = pairs(homed, cross)
         try:
-            flat = [p for n in names for p in assignment[n]]
-            rows1 = run_target("1 node", {"single": single}, None, {"single": flat},
-                               [r // nodes for r in rates], seconds, progress)
+            single = ServerProcess(os.path.join(work, "single"), SERVER_SETTINGS)
+            os.makedirs(single.dir, exist_ok=True)
+            single.start()
+            try:
+                flat = [p for n in names for p in assignment[n]]
+                rows1 = run_target("1 node", {"single": single}, None, {"single": flat},
+                                   [r // nodes for r in rates], seconds, progress)
+            finally:
+                single.stop()
+            cl.start()
+            rows2 = run_target(f"{nodes} nodes", cl.nodes, redis.url, assignment, rates, seconds, progress)
         finally:
-            single.stop()
-        cl.start()
-        rows2 = run_target(f"{nodes} nodes", cl.nodes, redis.url, assignment, rates, seconds, progress)
-    finally:
-        for srv in cl.nodes.values():
-            srv.stop()
-        redis.stop()
+            for srv in cl.nodes.values():
+                srv.stop()
+            redis.stop()
     derived = derive(rows1, rows2, cross, nodes)
     for row in rows1 + rows2:
         e2e = row["e2e"] or {}
