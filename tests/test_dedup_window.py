@@ -1,4 +1,6 @@
 """The dedup window's I/O-free core (whatsup/routing/dedup.py): 24 bytes an id (and its index slot), bounded per sender."""
+import sys
+
 from whatsup.routing.dedup import ENTRY, Dedup, digest, digests, unpack_entries
 
 
@@ -12,6 +14,21 @@ def test_an_id_is_found_with_its_ts_until_size_newer_ids_push_it_out():
     assert d.find("bob", digest("bob", "m1")) is None  # windows are per sender
     assert d.find("ann", digest("cid", "m1")) is None  # and an id is known with where it went
     assert len(d.rings["ann"].buf) == 4 * ENTRY  # never more than size entries
+
+
+def test_a_full_window_holds_no_growth_slack_and_nbytes_counts_what_is_allocated():
+    d = Dedup(1000)
+    hs = [digest("bob", f"m{n}") for n in range(1001)]
+    for n, h in enumerate(hs[:999]):
+        d.add("ann", h, n)
+    ring = d.rings["ann"]
+    growing = sys.getsizeof(ring.buf)
+    assert growing > len(ring.buf) + 100  # bytearray's own over-allocation while it grows
+    assert d.nbytes() == growing + sys.getsizeof(ring.index)
+    d.add("ann", hs[999], 999)
+    assert sys.getsizeof(ring.buf) < 1000 * ENTRY + 100 < growing  # full: copied to its size once
+    d.add("ann", hs[1000], 1000)  # overwrites m0 in place
+    assert d.find("ann", hs[0]) is None and d.find("ann", hs[1]) == (1, 0) and d.find("ann", hs[1000]) == (1000, 0)
 
 
 def test_a_digest_matching_across_two_entries_is_not_taken_for_an_id():

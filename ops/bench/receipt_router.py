@@ -21,7 +21,7 @@ from gevent.queue import Queue
 
 from . import baseline, wire
 
-IDLE_TIMEOUT = 300.0
+IDLE_TIMEOUT = 300.0  # what hello advertises: the load generator pings at a third of it, as for whatsup
 users = {}  # name -> User (logged in)
 
 

@@ -7,7 +7,8 @@ only messages the sender sent to the reader (or the group) and the reader's
 device got. A sender's window is a ring in one bytearray of entries
 (64-bit blake2b digest of destination and id, ts in ms, the copy's seq: 0 for
 a group): ``size`` × 24 bytes at most (96 KiB for the default 4096), grown as
-the sender writes, plus its index (below: 32 KiB for a full default window)
+the sender writes (a growing bytearray is over-allocated by up to an eighth; a
+full ring is copied once to its exact size), plus its index (below: 32 KiB for a full default window)
 and ~300 bytes of fixed cost. It was an OrderedDict of id
 -> object (~350 bytes an id, 1.4 MiB a busy sender; RSS grew 161 -> 414 MB
 under traffic).
@@ -27,6 +28,7 @@ window (:meth:`Dedup.pick`) and writes those entries to its ids file.
 I/O-free: tested directly (tests/test_dedup_window.py).
 """
 import hashlib
+import sys
 from array import array
 
 ENTRY = 24
@@ -116,8 +118,9 @@ class Dedup:
         return len(self.rings)
 
     def nbytes(self):
-        """What the windows hold: rings and their indexes (O(senders): for the shell and tools)."""
-        return sum(len(r.buf) + r.index.itemsize * len(r.index) for r in self.rings.values())
+        """The memory the windows take: rings and indexes as allocated (a growing ring is
+        over-allocated by an eighth), O(senders): for the shell and tools."""
+        return sum(sys.getsizeof(r.buf) + sys.getsizeof(r.index) for r in self.rings.values())
 
     def find(self, sender, h):
         """``(ts, seq)`` of digest ``h`` in ``sender``'s window, or None."""
@@ -136,6 +139,8 @@ class Dedup:
         slot = ring.n % self.size
         if len(ring.buf) < self.size * ENTRY:
             ring.buf += entry
+            if len(ring.buf) == self.size * ENTRY:  # full for good: drop the growth's slack (up to an eighth)
+                ring.buf = bytearray(ring.buf)
         else:
             ring.unlink(slot)
             ring.buf[slot * ENTRY:slot * ENTRY + ENTRY] = entry
