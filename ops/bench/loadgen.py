@@ -265,7 +265,7 @@ class LoadGen:
         cpu = time.process_time() - cpu
         self.pump(time.monotonic() + 10, lambda: all(c.inflight <= 0 for c in senders) and
                   (not self.full or (len(st.lat["delivered"]) >= st.sent and
-                                                all(c.unsent <= 0 for c in senders))))
+                                     all(c.unsent <= 0 for c in senders))))
         for c in senders:
             c.inflight = c.unsent = 0
         return {**st.result(), "seconds": seconds, "delivered_in_time": delivered_in_time,
