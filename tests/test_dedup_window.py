@@ -13,21 +13,20 @@ def test_an_id_is_found_with_its_ts_until_size_newer_ids_push_it_out():
     assert d.find("ann", digest("bob", "m0")) is None and d.find("ann", digest("bob", "m4")) == (1004, 77)
     assert d.find("bob", digest("bob", "m1")) is None  # windows are per sender
     assert d.find("ann", digest("cid", "m1")) is None  # and an id is known with where it went
-    assert len(d.rings["ann"].buf) == 4 * ENTRY  # never more than size entries
+    assert d.rings["ann"].count == 4 and sum(map(len, d.rings["ann"].pages)) == 4 * ENTRY  # never more
 
 
-def test_a_full_window_holds_no_growth_slack_and_nbytes_counts_what_is_allocated():
+def test_a_window_grows_in_pages_that_never_move_and_nbytes_counts_what_is_allocated():
     d = Dedup(1000)
     hs = [digest("bob", f"m{n}") for n in range(1001)]
-    for n, h in enumerate(hs[:999]):
-        d.add("ann", h, n)
+    d.add("ann", hs[0], 0)
     ring = d.rings["ann"]
-    growing = sys.getsizeof(ring.buf)
-    assert growing > len(ring.buf) + 100  # bytearray's own over-allocation while it grows
-    assert d.nbytes() == growing + sys.getsizeof(ring.index)
-    d.add("ann", hs[999], 999)
-    assert sys.getsizeof(ring.buf) < 1000 * ENTRY + 100 < growing  # full: copied to its size once
-    d.add("ann", hs[1000], 1000)  # overwrites m0 in place
+    first = ring.pages[0]
+    for n, h in enumerate(hs[1:], 1):
+        d.add("ann", h, n)  # the last one overwrites m0 in place
+    assert ring.pages[0] is first  # allocated once: no re-allocation leaves holes in the heap
+    assert [len(p) // ENTRY for p in ring.pages] == [128] * 7 + [104]  # exactly the window, no slack
+    assert d.nbytes() == sys.getsizeof(ring.pages) + sum(map(sys.getsizeof, ring.pages)) + sys.getsizeof(ring.index)
     assert d.find("ann", hs[0]) is None and d.find("ann", hs[1]) == (1, 0) and d.find("ann", hs[1000]) == (1000, 0)
 
 

@@ -4,11 +4,13 @@ docs/PROTOCOL.md ("Messages and ticks"): a retransmitted id is answered
 ``sent`` again and never queued twice, for the last ``session.dedup_window``
 ids of each sender, across restarts and compaction; and a ``read`` may name
 only messages the sender sent to the reader (or the group) and the reader's
-device got. A sender's window is a ring in one bytearray of entries
-(64-bit blake2b digest of destination and id, ts in ms, the copy's seq: 0 for
-a group): ``size`` × 24 bytes at most (96 KiB for the default 4096), grown as
-the sender writes (a growing bytearray is over-allocated by up to an eighth; a
-full ring is copied once to its exact size), plus its index (below: 32 KiB for a full default window)
+device got. A sender's window is a ring of entries (64-bit blake2b digest of
+destination and id, ts in ms, the copy's seq: 0 for a group): ``size`` × 24
+bytes at most (96 KiB for the default 4096), in 3 KiB pages added as the
+sender writes, each allocated once at its size and never moved (one bytearray
+grown by ``+=`` is re-allocated an eighth larger each time, and the chunks the
+growing rings left behind grew glibc's free heap with the windows: 5 -> 28 MiB
+in a 30-minute soak), plus its index (below: 32 KiB for a full default window)
 and ~300 bytes of fixed cost. It was an OrderedDict of id
 -> object (~350 bytes an id, 1.4 MiB a busy sender; RSS grew 161 -> 414 MB
 under traffic).
@@ -32,7 +34,9 @@ import sys
 from array import array
 
 ENTRY = 24
-EMPTY = 0  # an index slot holds a ring slot + 1
+EMPTY = 0   # an index slot holds a ring slot + 1
+SHIFT = 7   # a ring page holds 2**SHIFT entries (3 KiB)
+LOW = (1 << SHIFT) - 1
 
 
 def digest(to, cid):
@@ -41,40 +45,48 @@ def digest(to, cid):
 
 
 class Ring:
-    """One sender's entries; ``n`` counts every entry ever added (the next ``k``).
+    """One sender's entries in pages of 128, each allocated once at its final size and never moved;
+    ``count`` entries are held, ``n`` counts every entry ever added (the next ``k``).
 
     ``index`` is a linear-probing table of ring slots + 1 keyed by the digest's
     low bits, kept at most half full; an overwritten entry leaves it by
     backward-shift deletion, so no tombstones accumulate."""
-    __slots__ = ("buf", "n", "index", "mask")
+    __slots__ = ("pages", "count", "n", "index", "mask")
 
     def __init__(self):
-        self.buf, self.n = bytearray(), 0
+        self.pages, self.count, self.n = [], 0, 0
         self.index, self.mask = array("I", bytes(4 * 8)), 7
 
     def __repr__(self):
-        return f"<Ring entries={len(self.buf) // ENTRY} added={self.n} index={len(self.index)}>"
+        return f"<Ring entries={self.count} added={self.n} index={len(self.index)}>"
+
+    def entry(self, slot):
+        """The 24 bytes of ring ``slot``."""
+        pos = (slot & LOW) * ENTRY
+        return self.pages[slot >> SHIFT][pos:pos + ENTRY]
 
     def home(self, slot):
         """Where the digest of ring ``slot`` starts probing."""
-        return int.from_bytes(self.buf[slot * ENTRY:slot * ENTRY + 8], "little") & self.mask
+        pos = (slot & LOW) * ENTRY
+        return int.from_bytes(self.pages[slot >> SHIFT][pos:pos + 8], "little") & self.mask
 
     def lookup(self, h):
         """The ring slot holding digest ``h``, or -1."""
-        index, mask, buf = self.index, self.mask, self.buf
+        index, mask, pages = self.index, self.mask, self.pages
         i = int.from_bytes(h, "little") & mask
         while (t := index[i]) != EMPTY:
-            pos = (t - 1) * ENTRY
-            if buf[pos:pos + 8] == h:
-                return t - 1
+            t -= 1
+            pos = (t & LOW) * ENTRY
+            if pages[t >> SHIFT][pos:pos + 8] == h:
+                return t
             i = (i + 1) & mask
         return -1
 
     def link(self, slot):
         """Put ring ``slot`` (already written) into the index, growing it past half full."""
-        if 2 * (len(self.buf) // ENTRY) > len(self.index):
+        if 2 * self.count > len(self.index):
             self.index, self.mask = array("I", bytes(8 * len(self.index))), 2 * len(self.index) - 1
-            for other in range(len(self.buf) // ENTRY):
+            for other in range(self.count):
                 if other != slot:
                     self._place(other)
         self._place(slot)
@@ -118,32 +130,33 @@ class Dedup:
         return len(self.rings)
 
     def nbytes(self):
-        """The memory the windows take: rings and indexes as allocated (a growing ring is
-        over-allocated by an eighth), O(senders): for the shell and tools."""
-        return sum(sys.getsizeof(r.buf) + sys.getsizeof(r.index) for r in self.rings.values())
+        """The memory the windows take: pages and indexes as allocated, O(senders): for the shell
+        and tools."""
+        return sum(sys.getsizeof(r.pages) + sum(map(sys.getsizeof, r.pages)) + sys.getsizeof(r.index)
+                   for r in self.rings.values())
 
     def find(self, sender, h):
         """``(ts, seq)`` of digest ``h`` in ``sender``'s window, or None."""
         ring = self.rings.get(sender)
         if ring is None or (slot := ring.lookup(h)) < 0:
             return None
-        i = slot * ENTRY
-        return int.from_bytes(ring.buf[i + 8:i + 16], "big"), int.from_bytes(ring.buf[i + 16:i + ENTRY], "big")
+        e = ring.entry(slot)
+        return int.from_bytes(e[8:16], "big"), int.from_bytes(e[16:ENTRY], "big")
 
     def add(self, sender, h, ts, seq=0):
         """Remember digest ``h`` (ts in ms, seq of its copy). The oldest entry goes when full."""
         ring = self.rings.get(sender)
         if ring is None:
             ring = self.rings[sender] = Ring()
-        entry = h + ts.to_bytes(8, "big") + seq.to_bytes(8, "big")
         slot = ring.n % self.size
-        if len(ring.buf) < self.size * ENTRY:
-            ring.buf += entry
-            if len(ring.buf) == self.size * ENTRY:  # full for good: drop the growth's slack (up to an eighth)
-                ring.buf = bytearray(ring.buf)
+        if ring.count < self.size:
+            if slot >> SHIFT == len(ring.pages):  # the last page only as big as the window needs
+                ring.pages.append(bytearray(min(LOW + 1, self.size - slot) * ENTRY))
+            ring.count += 1
         else:
             ring.unlink(slot)
-            ring.buf[slot * ENTRY:slot * ENTRY + ENTRY] = entry
+        pos = (slot & LOW) * ENTRY
+        ring.pages[slot >> SHIFT][pos:pos + ENTRY] = h + ts.to_bytes(8, "big") + seq.to_bytes(8, "big")
         ring.link(slot)
         ring.n += 1
 
@@ -153,11 +166,11 @@ class Dedup:
         ring = self.rings.get(sender)
         if ring is None:
             return b""
-        buf, out = ring.buf, bytearray()
+        out = bytearray()
         for h in dict.fromkeys(digests[i:i + 8] for i in range(0, len(digests), 8)):
             slot = ring.lookup(h)
             if slot >= 0:
-                out += buf[slot * ENTRY:slot * ENTRY + ENTRY]
+                out += ring.entry(slot)
         return bytes(out)
 
 
