@@ -19,13 +19,18 @@ def test_an_id_is_found_with_its_ts_until_size_newer_ids_push_it_out():
 def test_a_window_grows_in_pages_that_never_move_and_nbytes_counts_what_is_allocated():
     d = Dedup(1000)
     hs = [digest("bob", f"m{n}") for n in range(1001)]
-    d.add("ann", hs[0], 0)
+    for n, h in enumerate(hs[:3]):
+        d.add("ann", h, n)
     ring = d.rings["ann"]
-    first = ring.pages[0]
-    for n, h in enumerate(hs[1:], 1):
+    assert sum(map(len, ring.pages)) == 3 * ENTRY  # a light sender holds just its entries
+    for n, h in enumerate(hs[3:200], 3):
+        d.add("ann", h, n)
+    second = ring.pages[1]
+    for n, h in enumerate(hs[200:], 200):
         d.add("ann", h, n)  # the last one overwrites m0 in place
-    assert ring.pages[0] is first  # allocated once: no re-allocation leaves holes in the heap
-    assert [len(p) // ENTRY for p in ring.pages] == [128] * 7 + [104]  # exactly the window, no slack
+    assert ring.pages[1] is second  # allocated once: no re-allocation leaves holes in the heap
+    assert [len(p) // ENTRY for p in ring.pages] == [128] * 7 + [104]  # exactly the window
+    assert sys.getsizeof(ring.pages[0]) < 128 * ENTRY + 100  # the first page, full, holds no growth slack
     assert d.nbytes() == sys.getsizeof(ring.pages) + sum(map(sys.getsizeof, ring.pages)) + sys.getsizeof(ring.index)
     assert d.find("ann", hs[0]) is None and d.find("ann", hs[1]) == (1, 0) and d.find("ann", hs[1000]) == (1000, 0)
 

@@ -6,11 +6,13 @@ ids of each sender, across restarts and compaction; and a ``read`` may name
 only messages the sender sent to the reader (or the group) and the reader's
 device got. A sender's window is a ring of entries (64-bit blake2b digest of
 destination and id, ts in ms, the copy's seq: 0 for a group): ``size`` × 24
-bytes at most (96 KiB for the default 4096), in 3 KiB pages added as the
-sender writes, each allocated once at its size and never moved (one bytearray
-grown by ``+=`` is re-allocated an eighth larger each time, and the chunks the
-growing rings left behind grew glibc's free heap with the windows: 5 -> 28 MiB
-in a 30-minute soak), plus its index (below: 32 KiB for a full default window)
+bytes at most (96 KiB for the default 4096), in 3 KiB pages of 128 entries.
+The first page grows entry by entry, so a sender who wrote a few messages
+holds just those; every later page is allocated whole and never moves. One
+bytearray grown by ``+=`` to 96 KiB is re-allocated an eighth larger each
+time, and the chunks the rings left behind, each smaller than any later
+request, grew glibc's free heap with the windows (5 -> 28 MiB in a 30-minute
+soak). Plus its index (below: 32 KiB for a full default window)
 and ~300 bytes of fixed cost. It was an OrderedDict of id
 -> object (~350 bytes an id, 1.4 MiB a busy sender; RSS grew 161 -> 414 MB
 under traffic).
@@ -45,8 +47,9 @@ def digest(to, cid):
 
 
 class Ring:
-    """One sender's entries in pages of 128, each allocated once at its final size and never moved;
-    ``count`` entries are held, ``n`` counts every entry ever added (the next ``k``).
+    """One sender's entries in pages of 128: the first grows entry by entry (then is copied once
+    to its exact size), every later one is allocated whole and never moves; ``count`` entries
+    are held, ``n`` counts every entry ever added (the next ``k``).
 
     ``index`` is a linear-probing table of ring slots + 1 keyed by the digest's
     low bits, kept at most half full; an overwritten entry leaves it by
@@ -54,11 +57,16 @@ class Ring:
     __slots__ = ("pages", "count", "n", "index", "mask")
 
     def __init__(self):
-        self.pages, self.count, self.n = [], 0, 0
+        self.pages, self.count, self.n = [bytearray()], 0, 0
         self.index, self.mask = array("I", bytes(4 * 8)), 7
 
     def __repr__(self):
         return f"<Ring entries={self.count} added={self.n} index={len(self.index)}>"
+
+    def put(self, slot, entry):
+        """Write ``entry`` (24 bytes) over ring ``slot``, in place."""
+        pos = (slot & LOW) * ENTRY
+        self.pages[slot >> SHIFT][pos:pos + ENTRY] = entry
 
     def entry(self, slot):
         """The 24 bytes of ring ``slot``."""
@@ -149,14 +157,21 @@ class Dedup:
         if ring is None:
             ring = self.rings[sender] = Ring()
         slot = ring.n % self.size
-        if ring.count < self.size:
-            if slot >> SHIFT == len(ring.pages):  # the last page only as big as the window needs
-                ring.pages.append(bytearray(min(LOW + 1, self.size - slot) * ENTRY))
-            ring.count += 1
-        else:
+        entry = h + ts.to_bytes(8, "big") + seq.to_bytes(8, "big")
+        if ring.count == self.size:
             ring.unlink(slot)
-        pos = (slot & LOW) * ENTRY
-        ring.pages[slot >> SHIFT][pos:pos + ENTRY] = h + ts.to_bytes(8, "big") + seq.to_bytes(8, "big")
+            ring.put(slot, entry)
+        elif slot <= LOW:  # the first page grows with the sender: a light one holds just its entries
+            first = ring.pages[0]
+            first += entry
+            if len(first) == min(LOW + 1, self.size) * ENTRY:  # full: copied once to its exact size
+                ring.pages[0] = bytearray(first)
+            ring.count += 1
+        else:  # the later ones are allocated whole, once
+            if slot & LOW == 0:
+                ring.pages.append(bytearray(min(LOW + 1, self.size - slot) * ENTRY))
+            ring.put(slot, entry)
+            ring.count += 1
         ring.link(slot)
         ring.n += 1
 
