@@ -1,4 +1,5 @@
 """``whatsupd``: start a node. Options override etc/whatsupd.toml, which overrides the defaults."""
+import faulthandler
 import gc
 import logging
 import resource
@@ -29,6 +30,7 @@ def main(config_path, listen, data_dir, log_level, sets):
     cfg = load_config(config_path, {"server.listen": listen, "server.data_dir": data_dir,
                                     "server.log_level": log_level}, sets)
     logs.setup(cfg.server.log_level.upper(), fmt=cfg.server.log_format, node=cfg.server.node)
+    faulthandler.enable()  # a native crash (SIGSEGV, SIGABRT) leaves every thread's Python stack on stderr
     warn_plaintext(cfg)
     raise_nofile()
     try:
