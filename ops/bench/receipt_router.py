@@ -63,6 +63,7 @@ def handle(sock, addr):
 
 
 def _setup(frame):
+    """The answer to a frame of the handshake (or a ping, at any time)."""
     kind, ref = frame["type"], frame.get("ref")
     if kind == "hello":
         return {"type": "hello", "ref": ref, "version": 1, "server": "receipt_router", "idle_timeout": IDLE_TIMEOUT}
@@ -83,7 +84,7 @@ def _frame(user, frame):
     elif kind == "ack":
         _acked(user, frame["seq"])
     elif kind == "ping":
-        user.mailbox.put({"type": "pong"})
+        user.mailbox.put(_setup(frame))
 
 
 def _acked(user, upto):
